@@ -1,0 +1,3 @@
+from encimap.cli import main
+
+raise SystemExit(main())

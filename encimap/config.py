@@ -1,0 +1,286 @@
+"""Configuration: TOML file, defaults, environment overrides and validation.
+
+Every section is a frozen dataclass; the loader walks the dataclass fields, so a key that is not
+declared here is an error, and a value of the wrong type names its key. `config.example.toml`
+documents the same keys with the same defaults (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_CONFIG = "ENCIMAP_CONFIG"
+ENV_MOTORICAL_URL = "MOTORICAL_DATABASE_URL"
+ENV_ENCIMAP_URL = "ENCIMAP_DATABASE_URL"
+
+
+class ConfigError(Exception):
+    """A bad configuration file or value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    motorical_url: str = "postgresql://motorical@localhost/motorical_db"
+    encimap_url: str = "postgresql://encimap@localhost/motorical_encrypted_imap"
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    connect_timeout: float = 5.0
+    command_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    application_name: str = "encimap"
+    # Each service switches to its least-privilege role (encimap_auth, encimap_intake, ...)
+    # after connecting, so one login user serves all daemons with the rights each one needs.
+    set_role: bool = True
+    # Files holding the passwords of the two URLs (systemd LoadCredential= puts them in
+    # $CREDENTIALS_DIRECTORY; a relative name is looked up there).
+    motorical_password_file: str = ""
+    encimap_password_file: str = ""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str = "/etc/encimap/tls/fullchain.pem"
+    key: str = "/etc/encimap/tls/privkey.pem"
+    minimum_version: str = "TLSv1.2"
+
+
+@dataclass(frozen=True)
+class SMIMEConfig:
+    # Replace the outer Subject with "[...]" (RFC 9788); a vaultbox's limits may override.
+    hide_subject: bool = True
+    # Default content encryption profile for vaultboxes that do not choose one.
+    default_profile: str = "aes256-cbc"
+    # Accept a certificate whose email address differs from the vaultbox address.
+    allow_address_mismatch: bool = False
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    listen: str | list[str] = "127.0.0.1:2424"
+    protocol: str = "lmtp"
+    hostname: str = ""
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 100
+    recipient_delimiter: str = "+"
+    # What to answer for a vaultbox without a usable certificate: "tempfail" (451 4.7.1)
+    # or "reject" (550 5.7.1).
+    missing_certificate: str = "tempfail"
+    proxy_protocol: bool = False
+    workers: int = 1
+    duplicate_window_seconds: int = 86400
+    # Messages above this size are encrypted in a worker thread, off the event loop.
+    offload_threshold: int = 256 * 1024
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    listen: str | list[str] = "0.0.0.0:2587"
+    tls_listen: str | list[str] = ""
+    relay: str = "127.0.0.1:10025"
+    relay_starttls: bool = False
+    relay_username: str = ""
+    relay_password_file: str = ""
+    relay_timeout: float = 60.0
+    hostname: str = ""
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 50
+    check_from_header: bool = True
+    default_hourly_limit: int = 100
+    local_delivery: bool = False
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class AuthSocketConfig:
+    listen: str | list[str] = field(default_factory=lambda: ["unix:/run/encimap/auth"])
+    socket_mode: str = "0660"
+    socket_owner: str = ""
+    socket_group: str = ""
+    # nginx mail auth_http endpoint ("" disables it).
+    http_listen: str = ""
+    imap_upstream: str = "127.0.0.1:1143"
+    smtp_upstream: str = "127.0.0.1:2587"
+
+
+@dataclass(frozen=True)
+class IMAPConfig:
+    listen: str | list[str] = "0.0.0.0:1143"
+    tls_listen: str | list[str] = "0.0.0.0:1993"
+    proxy_protocol: bool = False
+    idle_timeout: float = 1800.0
+    max_line_length: int = 64 * 1024
+    max_literal_size: int = 50 * 1024 * 1024
+    max_connections_per_user: int = 20
+    trusted_networks: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    bcrypt_cost: int = 12
+    bcrypt_workers: int = 0  # 0 = number of cores
+    bcrypt_queue: int = 64
+    cache_ttl: float = 300.0
+    cache_size: int = 10000
+    negative_cache_ttl: float = 30.0
+    # The platform database has no triggers of ours: its cache entries live this long.
+    motorical_cache_ttl: float = 30.0
+    throttle_base_delay: float = 2.0
+    throttle_max_delay: float = 15.0
+    throttle_window: float = 900.0
+    max_failures_per_ip: int = 0  # 0 = no hard limit
+    trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9587"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"  # "json" or "console"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    smime: SMIMEConfig = field(default_factory=SMIMEConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    authsocket: AuthSocketConfig = field(default_factory=AuthSocketConfig)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    source: str = ""
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "tls.minimum_version": ("TLSv1.2", "TLSv1.3"),
+    "smime.default_profile": ("aes256-cbc", "aes128-cbc", "rsa-oaep", "aes256-gcm"),
+    "intake.protocol": ("lmtp", "smtp"),
+    "intake.missing_certificate": ("tempfail", "reject"),
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("json", "console"),
+}
+
+
+def load(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
+    """Load the configuration from `path` (or $ENCIMAP_CONFIG), or defaults without a file."""
+    env = dict(os.environ) if env is None else env
+    path = path or env.get(ENV_CONFIG) or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_toml(Path(path))
+    config = _build(Config, raw, prefix="")
+    overrides = {
+        "motorical_url": env.get(ENV_MOTORICAL_URL),
+        "encimap_url": env.get(ENV_ENCIMAP_URL),
+    }
+    database = dataclasses.replace(
+        config.database, **{k: v for k, v in overrides.items() if v}
+    )
+    return dataclasses.replace(config, database=database, source=str(path or ""))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: configuration file not readable") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _build(cls: type, raw: Any, *, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key")
+    values: dict[str, Any] = {}
+    for name in fields & raw.keys():
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], prefix=f"{key}.")
+        else:
+            values[name] = _check_value(key, hint, raw[name])
+    built = cls(**values)
+    _check_constraints(built, prefix)
+    return built
+
+
+def _check_value(key: str, hint: Any, value: Any) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if typing.get_origin(option) is list:
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            continue
+        if isinstance(value, option) and not (option is int and isinstance(value, bool)):
+            return value
+    wanted = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"{key}: expected {wanted}, got {_type_name(type(value))} {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return "list of strings"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _check_constraints(section: Any, prefix: str) -> None:
+    for f in dataclasses.fields(section):
+        key = f"{prefix}{f.name}"
+        value = getattr(section, f.name)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{key}: must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+    if prefix == "auth." and not 4 <= section.bcrypt_cost <= 31:
+        raise ConfigError(f"auth.bcrypt_cost: must be between 4 and 31, got {section.bcrypt_cost}")
+    if prefix == "database." and section.pool_min_size > section.pool_max_size:
+        raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
+
+
+def listeners(value: str | list[str]) -> list[str]:
+    """A listener key's value as a list (a key that takes several accepts one or a list)."""
+    if isinstance(value, str):
+        return [value] if value else []
+    return list(value)
+
+
+def parse_listener(spec: str) -> tuple[str, str | int]:
+    """Split `"host:port"` or `"unix:/path"` into ("unix", path) or (host, port)."""
+    if spec.startswith("unix:"):
+        return "unix", spec[len("unix:") :]
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{spec!r}: a listener is 'host:port' or 'unix:/path'")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - operator's choice
