@@ -181,7 +181,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def load(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None
+) -> Config:
     """Load the configuration from `path` (or $ENCIMAP_CONFIG), or defaults without a file."""
     env = dict(os.environ) if env is None else env
     path = path or env.get(ENV_CONFIG) or None
@@ -193,9 +195,7 @@ def load(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | No
         "motorical_url": env.get(ENV_MOTORICAL_URL),
         "encimap_url": env.get(ENV_ENCIMAP_URL),
     }
-    database = dataclasses.replace(
-        config.database, **{k: v for k, v in overrides.items() if v}
-    )
+    database = dataclasses.replace(config.database, **{k: v for k, v in overrides.items() if v})
     return dataclasses.replace(config, database=database, source=str(path or ""))
 
 

@@ -1,0 +1,191 @@
+"""Administrative commands: migrations, users, MotorBlocks, vaultboxes, credentials, check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import ssl
+
+from encimap import db
+from encimap.auth.passwords import hash_password
+from encimap.cli.common import CommandError, read_or_generate_password
+from encimap.config import Config, listeners, parse_listener
+from encimap.store import credentials, platform, vaultboxes
+
+
+async def db_migrate(cfg: Config, _args: argparse.Namespace) -> int:
+    for database in db.DATABASES:
+        async with db.connect(cfg.database, database) as conn:
+            applied = await db.migrate(conn, database)
+        names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied) or "nothing to apply"
+        print(f"{database}: {names}")
+    return 0
+
+
+async def db_status(cfg: Config, _args: argparse.Namespace) -> int:
+    pending_total = 0
+    for database in db.DATABASES:
+        async with db.connect(cfg.database, database) as conn:
+            done = await db.applied_versions(conn, database)
+        for migration in db.available_migrations(database):
+            state = "applied" if migration.version in done else "pending"
+            pending_total += state == "pending"
+            print(f"{database} {migration.version:03d}_{migration.name} {state}")
+    return 1 if pending_total else 0
+
+
+async def user_create(cfg: Config, args: argparse.Namespace) -> int:
+    async with db.connect(cfg.database, "motorical") as conn:
+        user = await platform.create_user(conn, args.email, args.name)
+    print(f"user {user.email} id={user.id}")
+    return 0
+
+
+async def motorblock_create(cfg: Config, args: argparse.Namespace) -> int:
+    if args.rate_limit < 0:
+        raise CommandError("--rate-limit must not be negative")
+    password, generated = read_or_generate_password("password")
+    password_hash = hash_password(password, cfg.auth.bcrypt_cost)
+    async with db.connect(cfg.database, "motorical") as conn:
+        user = await platform.find_user(conn, args.user)
+        block = await platform.create_motorblock(
+            conn,
+            user_id=user.id,
+            username=args.username,
+            password_hash=password_hash,
+            domain=args.domain,
+            rate_limit_per_hour=args.rate_limit,
+        )
+    print(
+        f"motorblock {block.username} domain={block.domain} "
+        f"rate_limit_per_hour={block.rate_limit_per_hour} id={block.id}"
+    )
+    if generated:
+        print(f"password: {password}")
+    return 0
+
+
+async def vaultbox_create(cfg: Config, args: argparse.Namespace) -> int:
+    async with db.connect(cfg.database, "motorical") as conn:
+        user = await platform.find_user(conn, args.user)
+    async with db.connect(cfg.database, "encimap") as conn:
+        box = await vaultboxes.create_vaultbox(
+            conn, user_id=user.id, alias=args.alias, domain=args.domain, name=args.name
+        )
+    print(f"vaultbox {box.address} id={box.id} status={box.status}")
+    return 0
+
+
+async def vaultbox_list(cfg: Config, _args: argparse.Namespace) -> int:
+    async with db.connect(cfg.database, "encimap") as conn:
+        boxes = await vaultboxes.list_vaultboxes(conn)
+    for box in boxes:
+        print(f"{box.address}\t{box.status}\tsmtp={'on' if box.smtp_enabled else 'off'}\t{box.id}")
+    return 0
+
+
+async def credential_create(cfg: Config, args: argparse.Namespace) -> int:
+    password, generated = read_or_generate_password("password")
+    password_hash = hash_password(password, cfg.auth.bcrypt_cost)
+    async with db.connect(cfg.database, "encimap") as conn, conn.transaction():
+        box = await vaultboxes.get_vaultbox(conn, args.address)
+        username = args.username or await credentials.vaultbox_username(conn, box.id)
+        if username is None:
+            username = credentials.new_username(box.domain)
+            while await credentials.username_owner(conn, username) is not None:
+                username = credentials.new_username(box.domain)
+        owner = await credentials.username_owner(conn, username)
+        if owner not in (None, box.id):
+            raise CommandError(f"username {username} belongs to another vaultbox")
+        await credentials.create_credential(
+            conn,
+            kind=args.kind,
+            vaultbox_id=box.id,
+            username=username,
+            password_hash=password_hash,
+        )
+    print(f"{args.kind} credential for {box.address}")
+    print(f"username: {username}")
+    if generated:
+        print(f"password: {password}")
+    return 0
+
+
+async def credential_revoke(cfg: Config, args: argparse.Namespace) -> int:
+    async with db.connect(cfg.database, "encimap") as conn, conn.transaction():
+        revoked = await credentials.revoke_credentials(conn, args.username)
+    print(f"revoked {args.username}: {', '.join(revoked)}")
+    return 0
+
+
+async def check(cfg: Config, _args: argparse.Namespace) -> int:
+    """Report every dependency a service needs, one line each; non-zero if any fails."""
+    results: list[tuple[str, bool, str]] = []
+    for database in db.DATABASES:
+        try:
+            async with db.connect(cfg.database, database) as conn:
+                done = await db.applied_versions(conn, database)
+            pending = len(db.available_migrations(database)) - len(done)
+            results.append(
+                (
+                    f"database {database}",
+                    pending == 0,
+                    "reachable, migrations current"
+                    if pending == 0
+                    else f"reachable, {pending} migration(s) pending",
+                )
+            )
+        except db.DatabaseUnavailable as exc:
+            results.append((f"database {database}", False, str(exc)))
+    results.append(("tls", *_check_tls(cfg)))
+    for name, spec in _configured_listeners(cfg):
+        results.append((f"listener {name} {spec}", *_check_listener(spec)))
+    for label, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'} {label}: {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def _check_tls(cfg: Config) -> tuple[bool, str]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cfg.tls.cert, cfg.tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"{cfg.tls.cert} / {cfg.tls.key}: {exc}"
+    return True, f"{cfg.tls.cert} loads with its key"
+
+
+def _configured_listeners(cfg: Config) -> list[tuple[str, str]]:
+    pairs = [
+        ("intake", cfg.intake.listen),
+        ("submission", cfg.submission.listen),
+        ("submission-tls", cfg.submission.tls_listen),
+        ("authsocket", cfg.authsocket.listen),
+        ("imap", cfg.imap.listen),
+        ("imap-tls", cfg.imap.tls_listen),
+        ("metrics", cfg.metrics.listen),
+    ]
+    return [(name, spec) for name, value in pairs for spec in listeners(value)]
+
+
+def _check_listener(spec: str) -> tuple[bool, str]:
+    """Whether a service could bind here: answering already (running) or free to bind."""
+    host, port = parse_listener(spec)
+    if host == "unix":
+        directory = os.path.dirname(str(port)) or "."
+        if os.path.exists(str(port)):
+            return True, "socket exists"
+        ok = os.access(directory, os.W_OK)
+        return ok, "directory writable" if ok else f"cannot create socket in {directory}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((host, int(port))) == 0:
+            return True, "accepting connections"
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port)))
+        except OSError as exc:
+            return False, f"cannot bind: {exc.strerror}"
+    return True, "free to bind"

@@ -1,0 +1,147 @@
+"""`encimap dev`: the demo. A private PostgreSQL cluster under `.dev/` in the repository, both
+databases migrated, a demo user, MotorBlock and vaultbox with fresh credentials, and every
+service on loopback ports; Ctrl-C stops the services and the cluster."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from encimap import config as config_module
+from encimap import db
+from encimap.auth.passwords import generate_password, hash_password
+from encimap.pgcluster import LocalCluster
+from encimap.store import credentials, platform, vaultboxes
+from encimap.tls import write_self_signed
+
+DEV_DIR = Path(__file__).resolve().parents[2] / ".dev"
+DEMO_USER = "demo@example.test"
+DEMO_DOMAIN = "example.test"
+DEMO_MOTORBLOCK = "demo-motorblock"
+DEMO_ADDRESS = f"demo@{DEMO_DOMAIN}"
+DEMO_PORT = 55432
+
+
+@dataclass
+class DemoLogin:
+    kind: str
+    username: str
+    password: str
+
+
+def dev_config(
+    base: config_module.Config, cluster: LocalCluster, tls: tuple[Path, Path]
+) -> config_module.Config:
+    """The demo's configuration: the private cluster, loopback listeners, the demo TLS files."""
+    dev_dir = cluster.datadir.parent
+    return dataclasses.replace(
+        base,
+        database=dataclasses.replace(
+            base.database,
+            motorical_url=cluster.url("motorical_db"),
+            encimap_url=cluster.url("motorical_encrypted_imap"),
+        ),
+        tls=dataclasses.replace(base.tls, cert=str(tls[0]), key=str(tls[1])),
+        submission=dataclasses.replace(base.submission, listen="127.0.0.1:2587"),
+        authsocket=dataclasses.replace(base.authsocket, listen=[f"unix:{dev_dir}/auth"]),
+        imap=dataclasses.replace(base.imap, listen="127.0.0.1:1143", tls_listen="127.0.0.1:1993"),
+        log=dataclasses.replace(base.log, format="console"),
+    )
+
+
+async def prepare(cluster: LocalCluster) -> None:
+    for name in ("motorical_db", "motorical_encrypted_imap"):
+        if not cluster.database_exists(name):
+            cluster.create_database(name)
+    for database, name in (("motorical", "motorical_db"), ("encimap", "motorical_encrypted_imap")):
+        conn = await asyncpg.connect(cluster.url(name))
+        try:
+            await db.migrate(conn, database)  # type: ignore[arg-type]
+        finally:
+            await conn.close()
+
+
+async def seed(cfg: config_module.Config) -> list[DemoLogin]:
+    """Create the demo data once; give its logins new passwords on every start."""
+    cost = cfg.auth.bcrypt_cost
+    logins = []
+    async with db.connect(cfg.database, "motorical") as conn:
+        try:
+            user = await platform.find_user(conn, DEMO_USER)
+        except platform.NotFound:
+            user = await platform.create_user(conn, DEMO_USER, "Demo User")
+        password = generate_password()
+        if await conn.fetchval("SELECT 1 FROM motor_blocks WHERE username = $1", DEMO_MOTORBLOCK):
+            await platform.set_motorblock_password(
+                conn, DEMO_MOTORBLOCK, hash_password(password, cost)
+            )
+        else:
+            await platform.create_motorblock(
+                conn,
+                user_id=user.id,
+                username=DEMO_MOTORBLOCK,
+                password_hash=hash_password(password, cost),
+                domain=DEMO_DOMAIN,
+                rate_limit_per_hour=100,
+            )
+        logins.append(DemoLogin("motorblock (SMTP)", DEMO_MOTORBLOCK, password))
+    async with db.connect(cfg.database, "encimap") as conn:
+        box = await vaultboxes.find_vaultbox(
+            conn, DEMO_ADDRESS
+        ) or await vaultboxes.create_vaultbox(
+            conn, user_id=user.id, alias="demo", domain=DEMO_DOMAIN, name="Demo vaultbox"
+        )
+        username = await credentials.vaultbox_username(conn, box.id) or credentials.new_username(
+            DEMO_DOMAIN
+        )
+        password = generate_password()
+        for kind in ("smtp", "imap"):
+            try:
+                await credentials.set_password(conn, kind, username, hash_password(password, cost))
+            except credentials.NotFound:
+                await credentials.create_credential(
+                    conn,
+                    kind=kind,
+                    vaultbox_id=box.id,
+                    username=username,
+                    password_hash=hash_password(password, cost),
+                )
+        logins.append(DemoLogin(f"vaultbox {box.address} (SMTP + IMAP)", username, password))
+    return logins
+
+
+def print_summary(
+    cfg: config_module.Config, cluster: LocalCluster, logins: list[DemoLogin]
+) -> None:
+    print("encimap demo")
+    print(f"  PostgreSQL     {cluster.url('motorical_db')}")
+    print(f"                 {cluster.url('motorical_encrypted_imap')}")
+    print(f"  data directory {cluster.datadir}")
+    for login in logins:
+        print(f"  {login.kind}: username {login.username}  password {login.password}")
+    print(f"  intake (LMTP)  {cfg.intake.listen}")
+    print(f"  submission     {cfg.submission.listen} (STARTTLS, then AUTH)")
+    print(f"  IMAP           {cfg.imap.listen} (STARTTLS), {cfg.imap.tls_listen} (TLS)")
+    print(f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}")
+    print(f"  TLS (self-signed demo certificate) {cfg.tls.cert}")
+    print("Ctrl-C stops the services and the database.", flush=True)
+
+
+async def run(base: config_module.Config, _args: argparse.Namespace) -> int:
+    from encimap import service
+
+    cluster = LocalCluster(DEV_DIR / "pg", port=DEMO_PORT)
+    tls = write_self_signed(DEV_DIR / "tls")
+    cluster.start()
+    try:
+        await prepare(cluster)
+        cfg = dev_config(base, cluster, tls)
+        logins = await seed(cfg)
+        print_summary(cfg, cluster, logins)
+        return await service.run(cfg, "all")
+    finally:
+        cluster.stop()

@@ -1,0 +1,205 @@
+"""The two PostgreSQL databases: connection pools, health checks and the migration runner.
+
+`motorical` is the platform database (MotorBlocks; encimap only reads it), `encimap` is
+encimap's own (vaultboxes, credentials, certificates, messages). A small installation may point
+both URLs at one database: the migration runner keys its records by component.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import asyncpg
+
+from encimap.config import DatabaseConfig
+from encimap.logs import get_logger
+
+log = get_logger(__name__)
+
+Database = Literal["motorical", "encimap"]
+DATABASES: tuple[Database, ...] = ("motorical", "encimap")
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+# Least-privilege roles per service (see sql/encimap/001_schema.sql). The auth role serves
+# both databases; the intake and IMAP roles exist only in encimap's database.
+ROLE_AUTH = "encimap_auth"
+ROLE_INTAKE = "encimap_intake"
+ROLE_IMAP = "encimap_imap"
+
+
+class DatabaseUnavailable(Exception):
+    """A database could not be reached or did not answer in time."""
+
+
+def database_url(config: DatabaseConfig, database: Database) -> str:
+    return config.motorical_url if database == "motorical" else config.encimap_url
+
+
+def _password(config: DatabaseConfig, database: Database) -> str | None:
+    name = (
+        config.motorical_password_file
+        if database == "motorical"
+        else (config.encimap_password_file)
+    )
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_absolute() and "CREDENTIALS_DIRECTORY" in os.environ:
+        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / name
+    return path.read_text().strip()
+
+
+async def create_pool(
+    config: DatabaseConfig,
+    database: Database,
+    *,
+    role: str | None = None,
+    purpose: str = "",
+    min_size: int | None = None,
+    max_size: int | None = None,
+) -> asyncpg.Pool:
+    """A pool on one database, running as `role` when `database.set_role` is on.
+
+    The role is a startup parameter rather than a `SET ROLE`, so the pool's `RESET ALL` on
+    release returns to it instead of to the (more privileged) login user.
+    """
+    settings = {"application_name": f"{config.application_name}-{purpose}".rstrip("-")}
+    if role and config.set_role:
+        settings["role"] = role
+    try:
+        pool = await asyncpg.create_pool(
+            database_url(config, database),
+            password=_password(config, database),
+            min_size=min(config.pool_min_size, max_size or config.pool_max_size),
+            max_size=max_size or config.pool_max_size,
+            max_inactive_connection_lifetime=config.idle_timeout,
+            timeout=config.connect_timeout,
+            command_timeout=config.command_timeout,
+            server_settings=settings,
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"{database} database: {_describe(exc)}") from exc
+    log.info("pool.open", database=database, role=settings.get("role"), purpose=purpose)
+    return pool
+
+
+@asynccontextmanager
+async def connect(config: DatabaseConfig, database: Database) -> AsyncIterator[asyncpg.Connection]:
+    """One administrative connection as the configured login user (CLI, migrations)."""
+    try:
+        conn = await asyncpg.connect(
+            database_url(config, database),
+            password=_password(config, database),
+            timeout=config.connect_timeout,
+            command_timeout=config.command_timeout,
+            server_settings={"application_name": f"{config.application_name}-admin"},
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"{database} database: {_describe(exc)}") from exc
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Health:
+    database: Database
+    ok: bool
+    latency_ms: float
+    error: str = ""
+
+
+async def check_health(pool: asyncpg.Pool, database: Database, timeout: float = 2.0) -> Health:
+    started = time.perf_counter()
+    try:
+        await pool.fetchval("SELECT 1", timeout=timeout)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return Health(database, False, (time.perf_counter() - started) * 1000, _describe(exc))
+    return Health(database, True, (time.perf_counter() - started) * 1000)
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    component: Database
+    version: int
+    name: str
+    path: Path
+
+
+def available_migrations(database: Database, sql_dir: Path = SQL_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted((sql_dir / database).glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise ValueError(f"{path}: migration files are named NNN_name.sql")
+        migrations.append(Migration(database, int(match[1]), match[2], path))
+    return migrations
+
+
+_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    component   text NOT NULL,
+    version     integer NOT NULL,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (component, version)
+)
+"""
+# One migrator at a time per database, whichever host runs it.
+_MIGRATION_LOCK = 0x656E63696D6170
+
+
+async def applied_versions(conn: asyncpg.Connection, database: Database) -> dict[int, str]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return {}
+    rows = await conn.fetch(
+        "SELECT version, name FROM schema_migrations WHERE component = $1", database
+    )
+    return {row["version"]: row["name"] for row in rows}
+
+
+async def migrate(conn: asyncpg.Connection, database: Database) -> list[Migration]:
+    """Apply the pending migrations of `database` in order, each in its own transaction."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(_SCHEMA_MIGRATIONS)
+        done = await applied_versions(conn, database)
+        applied = []
+        for migration in available_migrations(database):
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (component, version, name) VALUES ($1, $2, $3)",
+                    database,
+                    migration.version,
+                    migration.name,
+                )
+            log.info(
+                "migration.applied",
+                database=database,
+                version=migration.version,
+                name=migration.name,
+            )
+            applied.append(migration)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

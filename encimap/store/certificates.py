@@ -1,0 +1,68 @@
+"""Vaultbox certificates. Services that encrypt read only `public_certificates`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+
+from encimap.store.errors import Conflict
+from encimap.store.types import Executor
+
+CertificateType = Literal["public", "private"]
+
+
+@dataclass(frozen=True)
+class StoredCertificate:
+    id: uuid.UUID
+    vaultbox_id: uuid.UUID
+    pem_content: str
+    fingerprint_sha256: str | None
+    key_algorithm: str | None
+    not_before: datetime | None
+    not_after: datetime | None
+
+
+async def add_certificate(
+    db: Executor,
+    *,
+    vaultbox_id: uuid.UUID,
+    certificate_type: CertificateType,
+    pem_content: str,
+    fingerprint_sha256: str,
+    subject: str,
+    key_algorithm: str,
+    not_before: datetime,
+    not_after: datetime,
+) -> uuid.UUID:
+    try:
+        return await db.fetchval(
+            """INSERT INTO certificates (vaultbox_id, certificate_type, pem_content,
+                                         fingerprint_sha256, subject, key_algorithm,
+                                         not_before, not_after)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+            vaultbox_id,
+            certificate_type,
+            pem_content,
+            fingerprint_sha256,
+            subject,
+            key_algorithm,
+            not_before,
+            not_after,
+        )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"certificate {fingerprint_sha256} is already stored") from None
+
+
+async def public_certificates(db: Executor, vaultbox_id: uuid.UUID) -> list[StoredCertificate]:
+    """Active public certificates of a vaultbox, newest first (validity is the caller's check)."""
+    rows = await db.fetch(
+        """SELECT id, vaultbox_id, pem_content, fingerprint_sha256, key_algorithm,
+                  not_before, not_after
+             FROM public_certificates WHERE vaultbox_id = $1 ORDER BY created_at DESC""",
+        vaultbox_id,
+    )
+    return [StoredCertificate(**dict(row)) for row in rows]

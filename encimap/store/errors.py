@@ -1,0 +1,10 @@
+class StoreError(Exception):
+    """A request the data does not allow; the message is fit for an operator."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass

@@ -1,0 +1,119 @@
+"""Vaultboxes: one encrypted mailbox per address `alias@domain`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from encimap.store.errors import Conflict, NotFound, StoreError
+from encimap.store.types import Executor
+
+# Mailboxes every vaultbox starts with, and their RFC 6154 special-use attribute.
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+)
+
+_COLUMNS = "id, user_id, alias, domain, name, status, limits, smtp_enabled, created_at"
+
+
+@dataclass(frozen=True)
+class Vaultbox:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    alias: str
+    domain: str
+    status: str
+    name: str | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
+    smtp_enabled: bool = True
+
+    @property
+    def address(self) -> str:
+        return f"{self.alias}@{self.domain}"
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """`alias@domain` into its parts; raise StoreError for anything else."""
+    alias, sep, domain = address.strip().rpartition("@")
+    if not sep or not alias or not domain or any(c.isspace() for c in address.strip()):
+        raise StoreError(f"{address!r} is not an address of the form alias@domain")
+    return alias, domain
+
+
+def _vaultbox(row: asyncpg.Record) -> Vaultbox:
+    limits = row["limits"]
+    return Vaultbox(
+        id=row["id"],
+        user_id=row["user_id"],
+        alias=row["alias"],
+        domain=row["domain"],
+        status=row["status"],
+        name=row["name"],
+        limits=json.loads(limits) if isinstance(limits, str) else dict(limits or {}),
+        smtp_enabled=row["smtp_enabled"],
+    )
+
+
+async def create_vaultbox(
+    conn: asyncpg.Connection, *, user_id: uuid.UUID, alias: str, domain: str, name: str | None
+) -> Vaultbox:
+    """Create the vaultbox and its default mailboxes in one transaction."""
+    async with conn.transaction():
+        try:
+            row = await conn.fetchrow(
+                f"""INSERT INTO vaultboxes (user_id, alias, domain, name)
+                    VALUES ($1, lower($2), lower($3), $4) RETURNING {_COLUMNS}""",  # noqa: S608
+                user_id,
+                alias,
+                domain,
+                name,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"vaultbox {alias}@{domain} already exists") from None
+        except asyncpg.CheckViolationError:
+            raise StoreError(f"{alias}@{domain} is not a valid vaultbox address") from None
+        await conn.executemany(
+            "INSERT INTO mailboxes (vaultbox_id, name, special_use) VALUES ($1, $2, $3)",
+            [(row["id"], mailbox, use) for mailbox, use in DEFAULT_MAILBOXES],
+        )
+    return _vaultbox(row)
+
+
+async def list_vaultboxes(db: Executor) -> list[Vaultbox]:
+    rows = await db.fetch(
+        f"SELECT {_COLUMNS} FROM vaultboxes WHERE status <> 'deleted' "  # noqa: S608
+        "ORDER BY domain, alias"
+    )
+    return [_vaultbox(row) for row in rows]
+
+
+async def find_vaultbox(db: Executor, address: str) -> Vaultbox | None:
+    """The live vaultbox at `address` (case-insensitive), whatever its status."""
+    alias, domain = split_address(address)
+    row = await db.fetchrow(
+        f"""SELECT {_COLUMNS} FROM vaultboxes
+            WHERE lower(alias) = lower($1) AND lower(domain) = lower($2)
+              AND status <> 'deleted'""",  # noqa: S608
+        alias,
+        domain,
+    )
+    return _vaultbox(row) if row else None
+
+
+async def get_vaultbox(db: Executor, address: str) -> Vaultbox:
+    vaultbox = await find_vaultbox(db, address)
+    if vaultbox is None:
+        raise NotFound(f"no vaultbox {address}")
+    return vaultbox

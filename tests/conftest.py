@@ -1,0 +1,95 @@
+"""Test harness: one real PostgreSQL cluster per test session, fresh databases per module.
+
+Fixtures
+- `pg_cluster` (session): a private cluster started with initdb/pg_ctl (as root, through
+  runuser as the postgres user); stopped at the end.
+- `databases` (module): a fresh pair of migrated databases; returns a `Databases` with
+  the URLs, a `Config` pointing at them and helpers to create data.
+- `tls_ca`, `tls_files` (session): trustme CA and a server certificate for localhost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import trustme
+
+from encimap import db, logs
+from encimap.pgcluster import LocalCluster
+from tests.support import Databases, make_config
+
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[LocalCluster]:
+    base = Path(tempfile.mkdtemp(prefix="encimap-pg-"))
+    cluster = LocalCluster(base / "data")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+
+
+def _create_migrated(cluster: LocalCluster, tag: str) -> Databases:
+    names = (f"motorical_{tag}", f"encimap_{tag}")
+    for name in names:
+        cluster.create_database(name)
+
+    async def migrate() -> None:
+        for component, name in zip(db.DATABASES, names, strict=True):
+            conn = await asyncpg.connect(cluster.url(name))
+            try:
+                await db.migrate(conn, component)
+            finally:
+                await conn.close()
+
+    asyncio.run(migrate())
+    return Databases(cluster, cluster.url(names[0]), cluster.url(names[1]))
+
+
+@pytest.fixture(scope="module")
+def databases(pg_cluster: LocalCluster) -> Databases:
+    """Fresh migrated databases for one test module."""
+    return _create_migrated(pg_cluster, f"m{os.getpid()}_{next(_counter)}")
+
+
+@pytest.fixture
+def fresh_databases(pg_cluster: LocalCluster) -> Databases:
+    """Fresh migrated databases for one test."""
+    return _create_migrated(pg_cluster, f"t{os.getpid()}_{next(_counter)}")
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(certificate chain, key) PEM files for localhost / 127.0.0.1."""
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1")
+    directory = tmp_path_factory.mktemp("tls")
+    chain, key = directory / "fullchain.pem", directory / "privkey.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key))
+    return chain, key
+
+
+@pytest.fixture
+def config(databases: Databases, tls_files: tuple[Path, Path]):
+    return make_config(databases, tls_files)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> None:
+    logs.configure("warning", "console")
