@@ -69,8 +69,8 @@ async def _stored_hashes(url: str, table: str, username: str) -> str:
     conn = await asyncpg.connect(url)
     try:
         return await conn.fetchval(
-            f"SELECT password_hash FROM {table} WHERE username = $1",
-            username,  # noqa: S608
+            f"SELECT password_hash FROM {table} WHERE username = $1",  # noqa: S608
+            username,
         )
     finally:
         await conn.close()
