@@ -8,8 +8,11 @@ and closes it in reverse order through one AsyncExitStack.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
@@ -18,6 +21,8 @@ import asyncpg
 
 from encimap import db, logs
 from encimap.config import Config
+from encimap.service import health
+from encimap.service.activation import inherited_sockets
 from encimap.service.systemd import notify
 from encimap.tls import TLSMaterial
 
@@ -50,11 +55,18 @@ class Runtime:
         self._tls: TLSMaterial | None = None
         self._shared: dict[str, Any] = {}
         self.reload_hooks: list[Callable[[], None]] = []
+        # Listening sockets from systemd socket activation, for the component that serves them.
+        self.inherited_sockets: list[socket.socket] = inherited_sockets()
 
-    async def pool(self, database: db.Database, role: str | None, purpose: str) -> asyncpg.Pool:
+    async def pool(
+        self, database: db.Database, role: str | None, purpose: str, **sizes: int
+    ) -> asyncpg.Pool:
+        """The process's pool for (database, role), created on first use."""
         key = (database, role)
         if key not in self._pools:
-            pool = await db.create_pool(self.config.database, database, role=role, purpose=purpose)
+            pool = await db.create_pool(
+                self.config.database, database, role=role, purpose=purpose, **sizes
+            )
             self.stack.push_async_callback(pool.close)
             self._pools[key] = pool
         return self._pools[key]
@@ -103,13 +115,20 @@ async def run(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT (or `stop`), then drain. Returns the exit status."""
+    """Serve until SIGTERM/SIGINT (or `stop`), then drain. Returns the exit status.
+
+    READY=1 goes to systemd only when the pools are connected and every listener is bound;
+    WATCHDOG=1 is sent from the event loop itself, so a blocked loop stops the pings.
+    """
     if configure_logs:
         logs.configure(config.log.level, config.log.format)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
         runtime = Runtime(config, stack)
+        endpoint = None
+        if metrics_listen := config.metrics.for_service(which):
+            endpoint = await health.start(runtime, metrics_listen)
         components = [await _start(runtime, name) for name in selected(which)]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
@@ -117,6 +136,9 @@ async def run(
         stack.callback(_remove_signal_handlers, loop)
         for component in components:
             runtime.reload_hooks.append(component.reload)
+        stack.enter_context(_watchdog())
+        if endpoint is not None:
+            endpoint.started = True
         notify("READY=1")
         log.info("service.ready", components=[c.name for c in components])
         if ready is not None:
@@ -131,6 +153,28 @@ async def run(
         )
     log.info("service.stopped")
     return 0
+
+
+@contextlib.contextmanager
+def _watchdog():
+    """Ping systemd's watchdog at half its interval while the context is open."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        yield
+        return
+    interval = int(usec) / 2_000_000
+
+    async def ping() -> None:
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    task = asyncio.get_running_loop().create_task(ping())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:

@@ -1,0 +1,74 @@
+"""Running `encimap serve ...` as a real process, with a NOTIFY_SOCKET the test owns."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support import REPO
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's notification socket."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.messages: list[str] = []
+
+    def wait_for(self, message: str, timeout: float = 30.0) -> float:
+        """Wait until `message` arrives; return the monotonic time it did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.messages.append(data)
+            if message in data.split("\n"):
+                return time.monotonic()
+        raise AssertionError(f"{message} not received; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextmanager
+def serve_process(
+    config_file: Path,
+    which: str,
+    *,
+    env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "encimap", "--config", str(config_file), "serve", which],
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=None,
+        pass_fds=pass_fds,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - test URL
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

@@ -1,0 +1,77 @@
+"""Process life of `encimap serve`: readiness, watchdog, stop, metrics and health endpoints."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from encimap.pgcluster import LocalCluster, free_port
+from tests.service_support import NotifySocket, http_get, serve_process
+from tests.support import Databases, migrated_databases, write_config_file
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path):
+    sock = NotifySocket(tmp_path)
+    yield sock
+    sock.close()
+
+
+def test_ready_watchdog_and_stopping(tmp_path: Path, databases: Databases, notify_socket):
+    port = free_port()
+    cfg = write_config_file(
+        tmp_path / "c.toml", databases, f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "200000"}
+    with serve_process(cfg, "all", env=env) as process:
+        notify_socket.wait_for("READY=1")
+        assert http_get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
+        for _ in range(3):
+            notify_socket.wait_for("WATCHDOG=1", timeout=2)
+        process.send_signal(signal.SIGTERM)
+        notify_socket.wait_for("STOPPING=1")
+        assert process.wait(timeout=30) == 0
+
+
+def test_readyz_follows_the_database(tmp_path: Path, notify_socket):
+    """503 while PostgreSQL is down, 200 again once it is back, without a restart."""
+    tmp_path.chmod(0o755)
+    cluster = LocalCluster(tmp_path / "pg")
+    cluster.start()
+    try:
+        databases = migrated_databases(cluster, "m", "e")
+        port = free_port()
+        cfg = write_config_file(
+            tmp_path / "c.toml", databases, f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}):
+            notify_socket.wait_for("READY=1")
+            url = f"http://127.0.0.1:{port}/readyz"
+            assert http_get(url)[0] == 200
+            cluster.stop()
+            status, body = http_get(url)
+            assert status == 503, body
+            cluster.start()
+            deadline = time.monotonic() + 20
+            while http_get(url)[0] != 200:
+                assert time.monotonic() < deadline, "readyz did not recover"
+                time.sleep(0.2)
+            metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+            assert "encimap_db_query_seconds_count" in metrics
+    finally:
+        cluster.stop("immediate")
+
+
+def test_unknown_path_and_method(tmp_path: Path, databases: Databases, notify_socket):
+    port = free_port()
+    cfg = write_config_file(
+        tmp_path / "c.toml", databases, f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}) as process:
+        notify_socket.wait_for("READY=1")
+        assert http_get(f"http://127.0.0.1:{port}/nope")[0] == 404
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
