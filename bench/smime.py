@@ -75,8 +75,17 @@ def builder_smime(raw: bytes, certificate: x509.Certificate) -> bytes:
 
 def openssl_cms(message_path: Path, cert_path: Path, out_path: Path) -> None:
     subprocess.run(
-        ["openssl", "cms", "-encrypt", "-aes256", "-in", str(message_path),
-         "-out", str(out_path), str(cert_path)],
+        [
+            "openssl",
+            "cms",
+            "-encrypt",
+            "-aes256",
+            "-in",
+            str(message_path),
+            "-out",
+            str(out_path),
+            str(cert_path),
+        ],
         check=True,
     )
 
@@ -119,8 +128,10 @@ def main() -> None:
     pem, _ = generate_certificate("box@example.org")
     certificate = x509.load_pem_x509_certificate(pem)
     print("S/MIME encryption, default profile (AES-256-CBC, RSA-3072), medians")
-    print(f"{'size':>8} {'ours':>9} {'builder':>9} {'openssl':>9} {'vs builder':>11} "
-          f"{'vs openssl':>11}")
+    print(
+        f"{'size':>8} {'ours':>9} {'builder':>9} {'openssl':>9} {'vs builder':>11} "
+        f"{'vs openssl':>11}"
+    )
     with tempfile.TemporaryDirectory() as directory:
         cert_path = Path(directory, "cert.pem")
         cert_path.write_bytes(pem)
@@ -134,15 +145,21 @@ def main() -> None:
             openssl = median_seconds(
                 lambda: openssl_cms(message_path, cert_path, Path(directory, "out.p7m")), runs
             )
-            print(f"{label:>8} {ours * 1000:>7.1f}ms {builder * 1000:>7.1f}ms "
-                  f"{openssl * 1000:>7.1f}ms {builder / ours:>10.2f}x {ours / openssl:>10.2f}x")
+            print(
+                f"{label:>8} {ours * 1000:>7.1f}ms {builder * 1000:>7.1f}ms "
+                f"{openssl * 1000:>7.1f}ms {builder / ours:>10.2f}x {ours / openssl:>10.2f}x"
+            )
             if size >= 50 * MB:
                 heap = tracemalloc_growth(raw, pem) / len(raw)
                 rss = rss_growth(message_path, pem) / len(raw)
-                memory.append(f"  {label}: tracemalloc (Python heap) {heap:.2f}x, "
-                              f"RSS in a fresh process (VmHWM) {rss:.2f}x the message size")
-        print("(vs builder: builder time / ours, higher is better; "
-              "vs openssl: ours / openssl time, lower is better)")
+                memory.append(
+                    f"  {label}: tracemalloc (Python heap) {heap:.2f}x, "
+                    f"RSS in a fresh process (VmHWM) {rss:.2f}x the message size"
+                )
+        print(
+            "(vs builder: builder time / ours, higher is better; "
+            "vs openssl: ours / openssl time, lower is better)"
+        )
         print("Peak memory growth while encrypting:")
         print("\n".join(memory))
 

@@ -124,9 +124,13 @@ def openssl_decrypt(message: bytes, identity: Identity, *, command: str = "cms")
     """Decrypt a stored S/MIME message with `openssl cms` (or `openssl smime`)."""
     result = subprocess.run(
         [
-            "openssl", command, "-decrypt",
-            "-recip", str(identity.cert_path),
-            "-inkey", str(identity.key_path),
+            "openssl",
+            command,
+            "-decrypt",
+            "-recip",
+            str(identity.cert_path),
+            "-inkey",
+            str(identity.key_path),
         ],
         input=message,
         capture_output=True,
@@ -141,9 +145,15 @@ def openssl_decrypt_der(der: bytes, identity: Identity) -> bytes:
     """Decrypt a DER CMS structure (such as subject_encrypted) with `openssl cms`."""
     result = subprocess.run(
         [
-            "openssl", "cms", "-decrypt", "-inform", "DER",
-            "-recip", str(identity.cert_path),
-            "-inkey", str(identity.key_path),
+            "openssl",
+            "cms",
+            "-decrypt",
+            "-inform",
+            "DER",
+            "-recip",
+            str(identity.cert_path),
+            "-inkey",
+            str(identity.key_path),
         ],
         input=der,
         capture_output=True,

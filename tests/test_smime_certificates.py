@@ -118,9 +118,13 @@ def test_garbage_and_foreign_key_types_are_refused(tmp_path) -> None:
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, ADDRESS)])
     now = dt.datetime.now(dt.UTC)
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(1)
-        .not_valid_before(now - DAY).not_valid_after(now + DAY)
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + DAY)
         .sign(key, None)
     )
     with pytest.raises(CertificateError, match="cannot encrypt mail"):
@@ -157,14 +161,26 @@ def test_pkcs12_opens_with_openssl_and_its_key_decrypts_mail(
     key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
     for path, option in ((key_path, "-nocerts"), (cert_path, "-nokeys")):
         subprocess.run(
-            ["openssl", "pkcs12", "-in", str(bundle), "-passin", "pass:s3cret pass",
-             option, "-nodes", "-out", str(path)],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "pkcs12",
+                "-in",
+                str(bundle),
+                "-passin",
+                "pass:s3cret pass",
+                option,
+                "-nodes",
+                "-out",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
         )
     info = subprocess.run(
-        ["openssl", "pkcs12", "-in", str(bundle), "-passin", "pass:s3cret pass",
-         "-info", "-noout"],
-        check=True, capture_output=True, text=True,
+        ["openssl", "pkcs12", "-in", str(bundle), "-passin", "pass:s3cret pass", "-info", "-noout"],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stderr
     assert "AES-256-CBC" in info and "sha256" in info.lower()
     certificate = x509.load_pem_x509_certificate(pem)
@@ -180,6 +196,7 @@ def test_pkcs12_with_a_wrong_password_does_not_open(generated, tmp_path) -> None
     bundle.write_bytes(export_pkcs12(pem, key, b"right", "box"))
     result = subprocess.run(
         ["openssl", "pkcs12", "-in", str(bundle), "-passin", "pass:wrong", "-noout"],
-        capture_output=True, check=False,
+        capture_output=True,
+        check=False,
     )
     assert result.returncode != 0

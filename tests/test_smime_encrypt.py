@@ -85,7 +85,10 @@ NON_ASCII_HEADERS = (
 
 LONG_LINES = (
     b"From: a@example.net\r\nTo: box@example.org\r\nSubject: long\r\n\r\n"
-    + b"x" * 5000 + b"\r\n" + b"y" * 998 + b"\r\n"
+    + b"x" * 5000
+    + b"\r\n"
+    + b"y" * 998
+    + b"\r\n"
 )
 
 LF_ONLY = PLAIN.replace(b"\r\n", b"\n")
@@ -108,8 +111,7 @@ WITH_ATTACHMENTS = (
     b"--b1\n"
     b"Content-Type: application/octet-stream\n"
     b"Content-Transfer-Encoding: base64\n"
-    b"\n" + ATTACHMENT.replace(b"\r\n", b"\n") +
-    b"--b1\n"
+    b"\n" + ATTACHMENT.replace(b"\r\n", b"\n") + b"--b1\n"
     b"Content-Type: application/octet-stream\n"
     b"Content-Transfer-Encoding: binary\n"
     b"\n" + BINARY_PART + b"\n"
@@ -179,8 +181,18 @@ def test_outer_headers_hide_subject_bcc_and_everything_else(identities) -> None:
     stored = encrypt_message(PLAIN, [identities["rsa-2048"].pem]).message
     outer = outer_headers(stored)
     assert list(outer) == [
-        "received", "return-path", "from", "to", "cc", "subject", "date", "message-id",
-        "mime-version", "content-type", "content-disposition", "content-transfer-encoding",
+        "received",
+        "return-path",
+        "from",
+        "to",
+        "cc",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-disposition",
+        "content-transfer-encoding",
     ]
     assert outer["subject"] == ["[...]"]
     assert outer["content-type"] == [
@@ -275,7 +287,9 @@ def test_already_encrypted_mail_passes_unchanged(content_type: bytes) -> None:
     assert result.already_encrypted
     assert result.message is raw
     assert (result.subject_encrypted, result.algorithm, result.recipient_fingerprints) == (
-        None, None, ()
+        None,
+        None,
+        (),
     )
 
 
@@ -291,8 +305,10 @@ def test_old_style_pkcs7_without_smime_type_is_recognised_by_its_content(identit
 
 
 def test_signed_data_is_encrypted(identities) -> None:
-    raw = (b"From: a@example.net\r\nContent-Type: application/pkcs7-mime; "
-           b"smime-type=signed-data\r\n\r\nMIAGCSqG\r\n")
+    raw = (
+        b"From: a@example.net\r\nContent-Type: application/pkcs7-mime; "
+        b"smime-type=signed-data\r\n\r\nMIAGCSqG\r\n"
+    )
     assert not encrypt_message(raw, [identities["rsa-2048"].pem]).already_encrypted
 
 
