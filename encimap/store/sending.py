@@ -36,14 +36,14 @@ _RESERVE = """
 WITH bucket AS (SELECT date_trunc('hour', now(), 'UTC') AS start),
 reserved AS (
     INSERT INTO send_counters AS c (principal_key, window_start, count)
-    SELECT $1, bucket.start, $2 FROM bucket WHERE $2 <= $3
+    SELECT $1::text, bucket.start, $2::int FROM bucket WHERE $2::int <= $3::int
     ON CONFLICT (principal_key) DO UPDATE
        SET count = CASE WHEN c.window_start = EXCLUDED.window_start THEN c.count ELSE 0 END
                    + EXCLUDED.count,
            window_start = EXCLUDED.window_start,
            updated_at = now()
      WHERE CASE WHEN c.window_start = EXCLUDED.window_start THEN c.count ELSE 0 END
-           + EXCLUDED.count <= $3
+           + EXCLUDED.count <= $3::int
     RETURNING count
 )
 SELECT (SELECT count FROM reserved) AS count, bucket.start AS window_start FROM bucket

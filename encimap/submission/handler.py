@@ -71,7 +71,7 @@ class SubmissionHandler:
         self.session: Session | None = None
         self.tls = ""
         self.messages = 0
-        self.auth_failures = 0
+        self.failed_logins = 0
         self.started = time.monotonic()
 
     # --- AUTH (RFC 4954, PLAIN per RFC 4616) -------------------------------------------------
@@ -120,7 +120,7 @@ class SubmissionHandler:
                 method=method,
             )
         except AuthFailed:
-            self.auth_failures += 1
+            self.failed_logins += 1
             return _refused(replies.AUTH_INVALID)
         except AuthUnavailable:
             return _refused(replies.AUTH_UNAVAILABLE)
@@ -252,7 +252,7 @@ class SubmissionHandler:
             kind=principal.kind if principal else None,
             user=principal.username if principal else None,
             messages=self.messages,
-            auth_failures=self.auth_failures,
+            failed_logins=self.failed_logins,
             duration_ms=round((time.monotonic() - self.started) * 1000),
         )
 
