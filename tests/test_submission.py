@@ -12,6 +12,7 @@ import smtplib
 import pytest
 from aiosmtpd.controller import Controller
 
+from encimap import logs
 from encimap.store import credentials
 from tests.submission_helpers import (
     REFUSED_RECIPIENT_PREFIX,
@@ -28,6 +29,12 @@ from tests.support import make_config, make_motorblock, make_vaultbox
 
 MB_USER, MB_PASS, MB_DOMAIN = "mb-sub", "mb-secret-1", "mb.test"
 VB_ADDRESS, VB_PASS = "alice@vb.test", "vb-secret-1"
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_this_test() -> None:
+    # A module that captured stderr may leave structlog writing to a closed stream.
+    logs.configure("warning", "console")
 
 
 @pytest.fixture(scope="module")
