@@ -88,6 +88,8 @@ class SubmissionConfig:
     relay_starttls: bool = False
     relay_username: str = ""
     relay_password_file: str = ""
+    # CA bundle that verifies the upstream's certificate with relay_starttls ("" = system CAs).
+    relay_ca_file: str = ""
     relay_timeout: float = 60.0
     hostname: str = ""
     max_message_size: int = 25 * 1024 * 1024

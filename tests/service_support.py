@@ -13,7 +13,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support import REPO
+from encimap.pgcluster import free_port
+from tests.support import REPO, Databases, write_config_file
+
+
+def service_config(
+    path: Path, databases: Databases, tls_files: tuple[Path, Path], extra: str = ""
+) -> tuple[Path, dict[str, int]]:
+    """A config file with every listener on a free loopback port; returns it and the ports."""
+    names = ["intake", "submission", "relay", "imap", "imaps", "metrics", "auth_http"]
+    ports = {name: free_port() for name in names}
+    text = (
+        f'[tls]\ncert = "{tls_files[0]}"\nkey = "{tls_files[1]}"\n'
+        f'[intake]\nlisten = "127.0.0.1:{ports["intake"]}"\n'
+        f'[submission]\nlisten = "127.0.0.1:{ports["submission"]}"\n'
+        f'relay = "127.0.0.1:{ports["relay"]}"\n'
+        f'[imap]\nlisten = "127.0.0.1:{ports["imap"]}"\n'
+        f'tls_listen = "127.0.0.1:{ports["imaps"]}"\n'
+        f'[authsocket]\nlisten = ["unix:{path.parent}/auth"]\n'
+        f'http_listen = "127.0.0.1:{ports["auth_http"]}"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{ports["metrics"]}"\n{extra}'
+    )
+    return write_config_file(path, databases, text), ports
 
 
 class NotifySocket:

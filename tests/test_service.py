@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from encimap.pgcluster import LocalCluster, free_port
-from tests.service_support import NotifySocket, http_get, serve_process
-from tests.support import Databases, migrated_databases, write_config_file
+from encimap.pgcluster import LocalCluster
+from tests.service_support import NotifySocket, http_get, serve_process, service_config
+from tests.support import Databases, migrated_databases
 
 
 @pytest.fixture
@@ -20,11 +20,11 @@ def notify_socket(tmp_path: Path):
     sock.close()
 
 
-def test_ready_watchdog_and_stopping(tmp_path: Path, databases: Databases, notify_socket):
-    port = free_port()
-    cfg = write_config_file(
-        tmp_path / "c.toml", databases, f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
-    )
+def test_ready_watchdog_and_stopping(
+    tmp_path: Path, databases: Databases, notify_socket, tls_files
+):
+    cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
+    port = ports["metrics"]
     env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "200000"}
     with serve_process(cfg, "all", env=env) as process:
         notify_socket.wait_for("READY=1")
@@ -36,17 +36,15 @@ def test_ready_watchdog_and_stopping(tmp_path: Path, databases: Databases, notif
         assert process.wait(timeout=30) == 0
 
 
-def test_readyz_follows_the_database(tmp_path: Path, notify_socket):
+def test_readyz_follows_the_database(tmp_path: Path, notify_socket, tls_files):
     """503 while PostgreSQL is down, 200 again once it is back, without a restart."""
     tmp_path.chmod(0o755)
     cluster = LocalCluster(tmp_path / "pg")
     cluster.start()
     try:
         databases = migrated_databases(cluster, "m", "e")
-        port = free_port()
-        cfg = write_config_file(
-            tmp_path / "c.toml", databases, f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
-        )
+        cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
+        port = ports["metrics"]
         with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}):
             notify_socket.wait_for("READY=1")
             url = f"http://127.0.0.1:{port}/readyz"
@@ -65,11 +63,9 @@ def test_readyz_follows_the_database(tmp_path: Path, notify_socket):
         cluster.stop("immediate")
 
 
-def test_unknown_path_and_method(tmp_path: Path, databases: Databases, notify_socket):
-    port = free_port()
-    cfg = write_config_file(
-        tmp_path / "c.toml", databases, f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
-    )
+def test_unknown_path_and_method(tmp_path: Path, databases: Databases, notify_socket, tls_files):
+    cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
+    port = ports["metrics"]
     with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}) as process:
         notify_socket.wait_for("READY=1")
         assert http_get(f"http://127.0.0.1:{port}/nope")[0] == 404

@@ -15,6 +15,7 @@ from encimap.cli import admin, dev
 from encimap.cli.common import CommandError
 from encimap.db import DatabaseUnavailable
 from encimap.store import StoreError
+from encimap.tls import TLSError
 
 Handler = Callable[[config_module.Config, argparse.Namespace], Coroutine[Any, Any, int]]
 SERVICES = ("intake", "submission", "authsocket", "imap", "all")
@@ -111,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(handler(cfg, args))
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a listener that cannot bind, a file that cannot be read
+        print(f"encimap: {exc}", file=sys.stderr)
+        return 1
     except (
+        TLSError,
         CommandError,
         StoreError,
         PasswordError,

@@ -5,16 +5,20 @@ service on loopback ports; Ctrl-C stops the services and the cluster."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from encimap import config as config_module
-from encimap import db
+from encimap import db, logs
 from encimap.auth.passwords import generate_password, hash_password
 from encimap.pgcluster import LocalCluster
+from encimap.service.listeners import bind
 from encimap.store import credentials, platform, vaultboxes
 from encimap.tls import write_self_signed
 
@@ -24,6 +28,30 @@ DEMO_DOMAIN = "example.test"
 DEMO_MOTORBLOCK = "demo-motorblock"
 DEMO_ADDRESS = f"demo@{DEMO_DOMAIN}"
 DEMO_PORT = 55432
+
+
+class DevSink:
+    """The demo's upstream MTA for submission: logs what it receives and keeps nothing."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        content = envelope.original_content or b""
+        headers = BytesHeaderParser().parsebytes(content)
+        logs.get_logger("dev.sink").info(
+            "sink.received",
+            mail_from=envelope.mail_from,
+            rcpt_tos=envelope.rcpt_tos,
+            size=len(content),
+            subject=headers.get("Subject"),
+            auth=" ".join(str(headers.get("X-Encimap-Auth", "")).split()),
+        )
+        return "250 2.0.0 Ok: accepted by the encimap dev sink"
+
+
+async def start_sink(spec: str) -> asyncio.Server:
+    from aiosmtpd.smtp import SMTP
+
+    handler = DevSink()
+    return await bind(spec, lambda: SMTP(handler, hostname="dev-sink"))
 
 
 @dataclass
@@ -140,7 +168,10 @@ def print_summary(
     for login in logins:
         print(f"  {login.kind}: username {login.username}  password {login.password}")
     print(f"  intake (LMTP)  {cfg.intake.listen}")
-    print(f"  submission     {cfg.submission.listen} (STARTTLS, then AUTH)")
+    print(f"  submission     {cfg.submission.listen} (STARTTLS, then AUTH PLAIN/LOGIN)")
+    print(
+        f"                 relays to the dev sink {cfg.submission.relay}, which logs each message"
+    )
     print(f"  IMAP           {cfg.imap.listen} (STARTTLS), {cfg.imap.tls_listen} (TLS)")
     print(f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}")
     print(f"  TLS (self-signed demo certificate) {cfg.tls.cert}")
@@ -158,7 +189,11 @@ async def run(base: config_module.Config, args: argparse.Namespace) -> int:
         await prepare(cluster)
         cfg = dev_config(base, cluster, tls)
         logins = await seed(cfg)
-        print_summary(cfg, cluster, logins)
-        return await service.run(cfg, "all")
+        sink = await start_sink(cfg.submission.relay)
+        try:
+            print_summary(cfg, cluster, logins)
+            return await service.run(cfg, "all")
+        finally:
+            sink.close()
     finally:
         cluster.stop()

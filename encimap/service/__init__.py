@@ -29,7 +29,9 @@ from encimap.tls import TLSMaterial
 log = logs.get_logger(__name__)
 
 # name -> "module:function" of the front end's start(); imported only when served.
-COMPONENTS: dict[str, str] = {}
+COMPONENTS: dict[str, str] = {
+    "submission": "encimap.submission.service:start",
+}
 
 
 class Component(Protocol):
