@@ -185,9 +185,7 @@ def _check_address(addresses: tuple[str, ...], address: str) -> None:
         raise CertificateError(f"certificate carries no email address (expected {address})")
     wanted = address.casefold()
     if all(candidate.casefold() != wanted for candidate in addresses):
-        raise CertificateError(
-            f"certificate is for {', '.join(addresses)}, not for {address}"
-        )
+        raise CertificateError(f"certificate is for {', '.join(addresses)}, not for {address}")
 
 
 def generate_certificate(

@@ -44,9 +44,7 @@ ENVELOPED_OIDS_DER = (
 )
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_PARAMETER = re.compile(
-    rb';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)'
-)
+_PARAMETER = re.compile(rb';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)')
 _HP_PARAMETER = re.compile(rb"(?i);\s*hp\s*=")
 # A part header announcing a binary body; it always follows a line break.
 _BINARY_PART = re.compile(rb"(?i)\ncontent-transfer-encoding[ \t]*:[ \t]*binary")
@@ -214,9 +212,7 @@ def _canonical_entity(entity: bytes) -> list[bytes]:
 
 
 def _canonical_multipart(body: bytes, boundary: bytes) -> list[bytes]:
-    delimiter = re.compile(
-        rb"(?:\A|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)"
-    )
+    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
     pieces: list[bytes] = []
     position = 0
     closed = False
