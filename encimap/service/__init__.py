@@ -30,6 +30,7 @@ log = logs.get_logger(__name__)
 
 # name -> "module:function" of the front end's start(); imported only when served.
 COMPONENTS: dict[str, str] = {
+    "intake": "encimap.intake.service:start",
     "submission": "encimap.submission.service:start",
 }
 
