@@ -357,3 +357,21 @@ async def test_postfix_database_outage_answers_454(
         finally:
             await _block_database(fresh_databases, allow=True)
         assert "454 4.7.0" in down.stdout, down.stdout + postfix.log()
+
+
+async def test_check_reports_auth_pools_and_socket(
+    databases: Databases, auth_socket: Path, tmp_path: Path
+) -> None:
+    from tests.support import run_cli, write_config_file
+
+    config_file = write_config_file(
+        tmp_path / "encimap.toml",
+        databases,
+        f'[authsocket]\nlisten = ["unix:{auth_socket}"]\n',
+    )
+    result = await asyncio.to_thread(run_cli, "check", config_file=config_file)
+    assert "ok   auth pool motorical: role encimap_auth reads its login tables" in result.stdout
+    assert "ok   auth pool encimap: role encimap_auth reads its login tables" in result.stdout
+    assert f"ok   auth socket unix:{auth_socket}: answers the handshake (PLAIN, LOGIN)" in (
+        result.stdout
+    ), result.stdout + result.stderr
