@@ -375,3 +375,34 @@ async def test_check_reports_auth_pools_and_socket(
     assert f"ok   auth socket unix:{auth_socket}: answers the handshake (PLAIN, LOGIN)" in (
         result.stdout
     ), result.stdout + result.stderr
+
+
+async def test_stop_answers_requests_in_flight(databases: Databases, socket_dir: Path) -> None:
+    """SIGTERM-like stop: a login already being checked is answered before the socket closes."""
+    from encimap.auth.passwords import hash_password
+    from encimap.store import credentials
+
+    slow = await make_vaultbox(databases, "drain@vault.test", password="x")
+    conn = await databases.connect()
+    await credentials.set_password(conn, "smtp", slow.username, hash_password("drain-pass", 11))
+    await conn.close()
+    cfg = socket_config(databases, socket_dir, bcrypt_cost=11)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        service.run(cfg, "authsocket", configure_logs=False, ready=ready, stop=stop)
+    )
+    await asyncio.wait_for(ready.wait(), 20)
+    client = await Client.connect(socket_dir / "auth")
+    try:
+        await client.handshake()
+        client.send(
+            "AUTH", "1", "PLAIN", *AUTH_PARAMS, f"resp={plain(slow.username, 'drain-pass')}"
+        )
+        await client.writer.drain()
+        await asyncio.sleep(0.02)
+        stop.set()
+        assert await client.line() == ["OK", "1", f"user={slow.username}"]
+        assert await asyncio.wait_for(client.reader.read(), 10) == b""
+    finally:
+        await client.close()
+        await asyncio.wait_for(task, 30)
