@@ -199,7 +199,12 @@ def print_summary(
         f"                 relays to the dev sink {cfg.submission.relay}, which logs each message"
     )
     print(f"  IMAP           {cfg.imap.listen} (STARTTLS), {cfg.imap.tls_listen} (TLS)")
-    print(f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}")
+    print(
+        f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}"
+        " (Dovecot protocol: Postfix smtpd_sasl_type = dovecot, smtpd_sasl_path = that path)"
+    )
+    if cfg.authsocket.http_listen:
+        print(f"  nginx auth_http http://{cfg.authsocket.http_listen}/auth")
     print(f"  TLS (self-signed demo certificate) {cfg.tls.cert}")
     print("Ctrl-C stops the services and the database.", flush=True)
 

@@ -10,9 +10,9 @@ restarted if it exits while the service runs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import signal

@@ -32,6 +32,7 @@ log = logs.get_logger(__name__)
 COMPONENTS: dict[str, str] = {
     "intake": "encimap.intake.service:start",
     "submission": "encimap.submission.service:start",
+    "authsocket": "encimap.authsocket.service:start",
 }
 
 
