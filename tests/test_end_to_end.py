@@ -94,8 +94,8 @@ def test_postfix_to_intake_to_imap_and_sasl_through_the_auth_socket(
                 f'listen = ["unix:{socket_path}"]\nsocket_group = "postfix"',
             )
         )
-        with serve_process(config_path, "all", env={"NOTIFY_SOCKET": str(notify.path)}):
-            notify.wait_for("READY=1")
+        with serve_process(config_path, "all", env={"NOTIFY_SOCKET": str(notify.path)}) as process:
+            notify.wait_for("READY=1", process=process)
 
             # 1. Inbound: plain SMTP to Postfix, delivered to the vaultbox over LMTP.
             with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as smtp:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import os
 import signal
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 import asyncpg
 
 from encimap import db, logs
-from encimap.config import Config
+from encimap.config import Config, ConfigError
+from encimap.config import load as load_config
 from encimap.service import health
 from encimap.service.activation import inherited_sockets
 from encimap.service.systemd import notify
@@ -34,6 +36,10 @@ COMPONENTS: dict[str, str] = {
     "submission": "encimap.submission.service:start",
     "authsocket": "encimap.authsocket.service:start",
 }
+
+
+# Sections SIGHUP re-reads from the configuration file; everything else needs a restart.
+RELOADABLE = ("log", "tls")
 
 
 class Component(Protocol):
@@ -93,12 +99,33 @@ class Runtime:
         return self._shared[key]
 
     def reload(self) -> None:
+        """SIGHUP: re-read the reloadable keys ([log], [tls]) and run every reload hook (TLS
+        files, the auth cache flush, components). A bad file keeps the running values."""
+        changed = self._reload_config()
         for hook in self.reload_hooks:
             try:
                 hook()
             except Exception as exc:  # a bad new file must not take the service down
-                log.error("reload.failed", error=str(exc))
-        log.info("reload.done")
+                log.error("reload.failed", hook=getattr(hook, "__qualname__", ""), error=str(exc))
+        log.info("reload.done", changed=changed)
+
+    def _reload_config(self) -> list[str]:
+        if not self.config.source:
+            return []
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload.config_invalid", error=str(exc))
+            return []
+        changed = [key for key in RELOADABLE if getattr(new, key) != getattr(self.config, key)]
+        self.config = dataclasses.replace(
+            self.config, **{key: getattr(new, key) for key in RELOADABLE}
+        )
+        if "log" in changed:
+            logs.configure(new.log.level, new.log.format)
+        if self._tls is not None:
+            self._tls.config = new.tls
+        return changed
 
 
 def selected(which: str) -> list[str]:
