@@ -17,6 +17,7 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 
 from encimap import logs
 from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable, Principal
+from encimap.metrics import RELAYED
 from encimap.store import sending
 from encimap.submission import headers, replies
 from encimap.submission.relay import RelaySettings, Upstream, UpstreamRefused, UpstreamUnavailable
@@ -212,21 +213,21 @@ class SubmissionHandler:
         try:
             response = await self.upstream.send(message)
         except UpstreamRefused as exc:
-            reply = replies.passthrough(exc.code, exc.message)
+            result, reply = "rejected", replies.passthrough(exc.code, exc.message)
         except UpstreamUnavailable as exc:
             log.warning("submission.upstream_unavailable", stage="DATA", error=str(exc))
-            reply = replies.UPSTREAM_UNAVAILABLE
+            result, reply = "tempfail", replies.UPSTREAM_UNAVAILABLE
         else:
+            result, reply = "ok", replies.passthrough(response.code, response.message)
+        RELAYED.labels(result).inc()
+        if result == "ok":
             self.transaction = None  # delivered: the reservations are spent
             self.messages += 1
-            reply = replies.passthrough(response.code, response.message)
-            self._log_message(
-                transaction.id, "relayed", transaction.sender, recipients, len(message), reply
-            )
-            return reply
-        await self._abort()
+        else:
+            await self._abort()
+        outcome = "relayed" if result == "ok" else "failed"
         self._log_message(
-            transaction.id, "failed", transaction.sender, recipients, len(message), reply
+            transaction.id, outcome, transaction.sender, recipients, len(message), reply
         )
         return reply
 
