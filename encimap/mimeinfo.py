@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 MAX_DEPTH = 20  # nesting beyond this is served as an opaque part
 _QUOTED_MAX_ESCAPES = 4

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 USER = "oracle"
-PASSWORD = "oracle-pass"  # noqa: S105 - a throwaway local test instance
+PASSWORD = "oracle-pass"
 MAIL_USER = "nobody"
 
 
@@ -98,7 +98,7 @@ class Dovecot:
 
     def _write(self, messages: list[bytes]) -> None:
         mail = pwd.getpwnam(MAIL_USER)
-        os.chmod(self.base, 0o755)
+        os.chmod(self.base, 0o755)  # noqa: S103 - Dovecot's unprivileged users must enter it
         maildir = self.base / "Maildir"
         for sub in ("cur", "new", "tmp"):
             (maildir / sub).mkdir(parents=True)
