@@ -1,0 +1,330 @@
+"""The auth engine: a username and a password become a Principal, AuthFailed or AuthUnavailable.
+
+Per login: throttling check, the credential lookups (both databases at once for SMTP), then
+bcrypt in the thread pool unless a cache entry for exactly this credential row, stored hash and
+password exists. Unknown users are checked against a dummy hash of the configured cost, so the
+answer takes as long as for a known user with a wrong password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import asyncpg
+
+from encimap import db, logs
+from encimap.auth.cache import VerificationCache, fingerprint, new_secret
+from encimap.auth.hasher import BcryptVerifier, QueueFull
+from encimap.auth.principal import AuthFailed, AuthUnavailable, Principal
+from encimap.auth.throttle import Throttle
+from encimap.config import Config
+from encimap.store import logins
+from encimap.store.logins import LoginRow
+
+log = logs.get_logger(__name__)
+
+Service = Literal["smtp", "imap"]
+NOTIFY_CHANNEL = "encimap_auth"
+MAX_USERNAME_LENGTH = 256
+_DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Characters that can reach a log line verbatim; anything else becomes "?" so a crafted
+# username cannot forge the fields fail2ban reads (e.g. a second "rip=").
+_UNSAFE_LOG_CHARS = re.compile(r"[^A-Za-z0-9._@+\-]")
+_LISTEN_RETRY_MAX = 30.0
+
+
+class _Refused(Exception):
+    """Internal: a refusal with the reason for the log line (never shown to the client)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AuthEngine:
+    def __init__(self, config: Config, motorical: asyncpg.Pool, encimap: asyncpg.Pool) -> None:
+        self.config = config
+        self._auth = config.auth
+        self._motorical = motorical
+        self._encimap = encimap
+        self._secret = new_secret()
+        self._verified = VerificationCache(self._auth.cache_size)
+        self._refused = VerificationCache(self._auth.cache_size)
+        self._throttle = Throttle(self._auth)
+        self._bcrypt = BcryptVerifier(
+            workers=self._auth.bcrypt_workers,
+            queue=self._auth.bcrypt_queue,
+            cost=self._auth.bcrypt_cost,
+        )
+        self._lookup_timeout = config.database.connect_timeout + config.database.command_timeout
+        self._listener: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    # --- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Prepare the dummy hash and start LISTENing for credential changes."""
+        await self._bcrypt.start()
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="auth-listen")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        self._bcrypt.close()
+        self.flush_cache()
+
+    def flush_cache(self) -> None:
+        self._verified.clear()
+        self._refused.clear()
+
+    @property
+    def bcrypt_workers(self) -> int:
+        return self._bcrypt.workers
+
+    # --- the decision -------------------------------------------------------------------
+
+    async def authenticate(
+        self,
+        username: str,
+        password: str,
+        *,
+        service: Service,
+        client_ip: str | None = None,
+        secured: bool = True,
+        method: str = "PLAIN",
+    ) -> Principal:
+        rip = _valid_ip(client_ip)
+        line = _LogLine(username, method, service, rip, secured)
+        wait, over_limit = self._throttle.before_verify(rip, username)
+        if over_limit:
+            line.unavailable("too many failures from this address")
+            raise AuthUnavailable
+        if wait:
+            await asyncio.sleep(wait)
+        try:
+            principal = await self._decide(username, password, service)
+        except _Refused as refused:
+            attempt = fingerprint(self._secret, "attempt", service, username, password)
+            # A failure waits the address's delay in all, counting what it waited before.
+            delay = self._throttle.failed(rip, username, attempt) - wait
+            line.failed(refused.reason)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            raise AuthFailed from None
+        except AuthUnavailable as exc:
+            line.unavailable(str(exc))
+            raise AuthUnavailable from None
+        line.login(principal)
+        return principal
+
+    async def _decide(self, username: str, password: str, service: Service) -> Principal:
+        if not username or len(username) > MAX_USERNAME_LENGTH or "\0" in username:
+            await self._verify(password, None)
+            raise _Refused("malformed username")
+        row = await self._lookup(username, service)
+        state = "unknown" if row is None else ("live" if row.live else "inactive")
+        stored_hash = row.password_hash if row is not None else ""
+        credential = f"{row.kind}:{row.credential_id}" if row is not None else "-"
+        verified_key = fingerprint(self._secret, credential, stored_hash, username, password)
+        if row is not None and row.live and self._verified.hit(verified_key):
+            return self._principal(row)
+        refused_key = fingerprint(self._secret, "refused", state, credential, verified_key.hex())
+        if self._refused.hit(refused_key):
+            raise _Refused(f"{_REASONS[state]} (cached)")
+        matched = await self._verify(password, row.password_hash if row is not None else None)
+        if row is None or not row.live or not matched:
+            reason = _REASONS[state] if state != "live" else "password mismatch"
+            self._refused.add(refused_key, self._auth.negative_cache_ttl, username, None)
+            raise _Refused(reason)
+        ttl = self._auth.motorical_cache_ttl if row.kind == "motorblock" else self._auth.cache_ttl
+        self._verified.add(verified_key, ttl, username, row.vaultbox_id)
+        return self._principal(row)
+
+    async def _verify(self, password: str, password_hash: str | None) -> bool:
+        try:
+            return await self._bcrypt.verify(password, password_hash)
+        except QueueFull:
+            raise AuthUnavailable("bcrypt queue full") from None
+
+    async def _lookup(self, username: str, service: Service) -> LoginRow | None:
+        lookups: list[Awaitable[LoginRow | None]]
+        if service == "imap":
+            lookups = [self._query("encimap", logins.vaultbox_imap_login, username)]
+        else:
+            lookups = [
+                self._query("motorical", logins.motorblock_login, username),
+                self._query("encimap", logins.vaultbox_smtp_login, username),
+            ]
+        results = await asyncio.gather(*lookups, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        rows = [row for row in results if isinstance(row, LoginRow)]
+        live = [row for row in rows if row.live]
+        if len(live) > 1:
+            log.error(
+                "auth.username_conflict",
+                detail="username has live credentials in both databases; refusing every login "
+                "until one is renamed or disabled",
+                user=_safe(username),
+                kinds=[row.kind for row in live],
+            )
+            raise _Refused("username in both databases")
+        return (live or rows or [None])[0]
+
+    async def _query(
+        self,
+        database: db.Database,
+        lookup: Callable[[Any, str], Awaitable[LoginRow | None]],
+        username: str,
+    ) -> LoginRow | None:
+        pool = self._motorical if database == "motorical" else self._encimap
+        try:
+            async with asyncio.timeout(self._lookup_timeout):
+                return await lookup(pool, username)
+        except _DATABASE_ERRORS as exc:
+            log.error(
+                "auth.database_error", database=database, error=str(exc) or type(exc).__name__
+            )
+            raise AuthUnavailable(f"{database} database unavailable") from None
+
+    def _principal(self, row: LoginRow) -> Principal:
+        if row.kind == "motorblock":
+            domains: tuple[str, ...] = (row.domain,)
+            addresses: tuple[str, ...] = ()
+        else:
+            domains, addresses = (), (row.address,)
+        limit = row.hourly_limit
+        return Principal(
+            kind=row.kind,
+            username=row.username,
+            credential_id=row.credential_id,
+            user_id=row.user_id,
+            vaultbox_id=row.vaultbox_id,
+            motorblock_id=row.motorblock_id,
+            sender_domains=domains,
+            sender_addresses=addresses,
+            hourly_limit=limit
+            if limit is not None
+            else self.config.submission.default_hourly_limit,
+        )
+
+    # --- cache invalidation -------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Hold one connection LISTENing on the encimap database; reconnect when it drops.
+
+        Entries are dropped on every notification; the whole cache goes whenever the listener
+        was (or may have been) deaf, so nothing cached survives a missed notification.
+        """
+        retry = 0.5
+        while True:
+            try:
+                async with self._encimap.acquire() as conn:
+                    lost = asyncio.Event()
+                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                    await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                    self.flush_cache()
+                    self.listening.set()
+                    retry = 0.5
+                    try:
+                        await lost.wait()
+                    finally:
+                        with contextlib.suppress(*_DATABASE_ERRORS):
+                            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            except _DATABASE_ERRORS as exc:
+                log.warning("auth.listen_failed", error=str(exc) or type(exc).__name__)
+            self.listening.clear()
+            self.flush_cache()
+            log.warning("auth.listen_lost", retry_in=retry)
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, _LISTEN_RETRY_MAX)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        what, _, value = payload.partition(":")
+        if what == "user":
+            self._verified.drop(username=value)
+            self._refused.drop(username=value)
+        elif what == "vaultbox":
+            try:
+                vaultbox_id = uuid.UUID(value)
+            except ValueError:
+                self.flush_cache()
+                return
+            self._verified.drop(vaultbox_id=vaultbox_id)
+        else:
+            self.flush_cache()
+
+
+_REASONS = {
+    "unknown": "unknown user",
+    "inactive": "credential or account disabled",
+    "live": "password mismatch",
+}
+
+
+def _safe(value: str, limit: int = 64) -> str:
+    return _UNSAFE_LOG_CHARS.sub("?", value[:limit])
+
+
+def _valid_ip(client_ip: str | None) -> str | None:
+    if not client_ip:
+        return None
+    try:
+        return str(ipaddress.ip_address(client_ip))
+    except ValueError:
+        return None
+
+
+class _LogLine:
+    """The one log line per decision, in the shape fail2ban's filter reads."""
+
+    def __init__(
+        self, username: str, method: str, service: str, rip: str | None, secured: bool
+    ) -> None:
+        self.started = time.perf_counter()
+        self.fields = (
+            f"user=<{_safe(username)}>, method={_safe(method.upper(), 16)}, "
+            f"service={service}, rip={rip or 'unknown'}"
+        )
+        self.secured = secured
+
+    def _ms(self) -> int:
+        return round((time.perf_counter() - self.started) * 1000)
+
+    def login(self, principal: Principal) -> None:
+        log.info(
+            f"login: {self.fields}, kind={principal.kind}{', TLS' if self.secured else ''}",
+            duration_ms=self._ms(),
+        )
+
+    def failed(self, reason: str) -> None:
+        log.warning(f"auth failed: {self.fields}", reason=reason, duration_ms=self._ms())
+
+    def unavailable(self, reason: str) -> None:
+        log.error(f"auth unavailable: {self.fields}", reason=reason, duration_ms=self._ms())
+
+
+async def engine_for(runtime: Any) -> AuthEngine:
+    """The process's one engine on the auth pools of both databases (created on first use)."""
+
+    async def build() -> AuthEngine:
+        motorical = await runtime.pool("motorical", db.ROLE_AUTH, "auth")
+        encimap = await runtime.pool("encimap", db.ROLE_AUTH, "auth")
+        engine = AuthEngine(runtime.config, motorical, encimap)
+        await engine.start()
+        runtime.stack.push_async_callback(engine.close)
+        runtime.reload_hooks.append(engine.flush_cache)
+        return engine
+
+    return await runtime.shared("auth", build)

@@ -1,0 +1,107 @@
+"""Login lookups for the auth engine: one indexed SELECT per table, by username.
+
+Each function returns the credential row whatever its state, with `live` telling whether it may
+log in now (credential enabled / not revoked, vaultbox or MotorBlock active and allowed to send),
+so the engine can log why a login was refused without telling the client.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+
+from encimap.store.types import Executor
+
+LoginKind = Literal["motorblock", "vaultbox_smtp", "vaultbox_imap"]
+
+
+@dataclass(frozen=True)
+class LoginRow:
+    kind: LoginKind
+    credential_id: uuid.UUID
+    username: str
+    password_hash: str
+    live: bool
+    user_id: uuid.UUID
+    vaultbox_id: uuid.UUID | None = None
+    motorblock_id: uuid.UUID | None = None
+    domain: str = ""
+    address: str = ""
+    hourly_limit: int | None = None  # None: the configured default applies
+
+
+def _limits(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
+def _hourly_limit(limits: dict[str, Any]) -> int | None:
+    value = limits.get("hourly_send_limit")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _vaultbox_row(kind: LoginKind, row: asyncpg.Record) -> LoginRow:
+    return LoginRow(
+        kind=kind,
+        credential_id=row["id"],
+        username=row["username"],
+        password_hash=row["password_hash"],
+        live=row["live"],
+        user_id=row["user_id"],
+        vaultbox_id=row["vaultbox_id"],
+        domain=row["domain"].lower(),
+        address=f"{row['alias']}@{row['domain']}".lower(),
+        hourly_limit=_hourly_limit(_limits(row["limits"])),
+    )
+
+
+async def motorblock_login(db: Executor, username: str) -> LoginRow | None:
+    row = await db.fetchrow(
+        """SELECT id, user_id, username, password_hash, domain, rate_limit_per_hour,
+                  smtp_enabled AND status = 'active' AS live
+             FROM motor_blocks WHERE username = $1""",
+        username,
+    )
+    if row is None:
+        return None
+    return LoginRow(
+        kind="motorblock",
+        credential_id=row["id"],
+        username=row["username"],
+        password_hash=row["password_hash"],
+        live=row["live"],
+        user_id=row["user_id"],
+        motorblock_id=row["id"],
+        domain=row["domain"].lower(),
+        hourly_limit=row["rate_limit_per_hour"],
+    )
+
+
+async def vaultbox_smtp_login(db: Executor, username: str) -> LoginRow | None:
+    row = await db.fetchrow(
+        """SELECT c.id, c.username, c.password_hash, c.vaultbox_id,
+                  v.user_id, v.alias, v.domain, v.limits,
+                  c.enabled AND v.smtp_enabled AND v.status = 'active' AS live
+             FROM vaultbox_smtp_credentials c JOIN vaultboxes v ON v.id = c.vaultbox_id
+            WHERE c.username = $1""",
+        username,
+    )
+    return _vaultbox_row("vaultbox_smtp", row) if row else None
+
+
+async def vaultbox_imap_login(db: Executor, username: str) -> LoginRow | None:
+    """The live IMAP credential of `username`, else its latest revoked one (for the log)."""
+    row = await db.fetchrow(
+        """SELECT c.id, c.username, c.password_hash, c.vaultbox_id,
+                  v.user_id, v.alias, v.domain, v.limits,
+                  c.revoked_at IS NULL AND v.status = 'active' AS live
+             FROM imap_app_credentials c JOIN vaultboxes v ON v.id = c.vaultbox_id
+            WHERE c.username = $1
+            ORDER BY c.revoked_at IS NULL DESC, c.revoked_at DESC
+            LIMIT 1""",
+        username,
+    )
+    return _vaultbox_row("vaultbox_imap", row) if row else None
