@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pty
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,13 +69,29 @@ def run_cli(
     config_file: Path | None = None,
     stdin: str | None = None,
     env: dict[str, str] | None = None,
+    tty: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m encimap ARGS` as a user would; stdin is a pipe (never a terminal)."""
+    """Run `python -m encimap ARGS` as a user would: stdin is a pipe, or a terminal (`tty`)."""
     command = [sys.executable, "-m", "encimap"]
     if config_file:
         command += ["--config", str(config_file)]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full_env.pop("ENCIMAP_CONFIG", None)
+    if tty:
+        controller, terminal = pty.openpty()
+        try:
+            return subprocess.run(
+                [*command, *args],
+                stdin=terminal,
+                capture_output=True,
+                text=True,
+                env=full_env,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.close(controller)
+            os.close(terminal)
     return subprocess.run(
         [*command, *args],
         input=stdin or "",

@@ -29,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service", nargs="?", default="all", choices=SERVICES)
     serve.set_defaults(handler=_serve)
 
-    commands.add_parser(
-        "dev", help="demo: private PostgreSQL, demo data, all services"
-    ).set_defaults(handler=dev.run)
+    demo = commands.add_parser("dev", help="demo: private PostgreSQL, demo data, all services")
+    demo.add_argument("--dir", default=str(dev.DEV_DIR), help="demo state (default: .dev/)")
+    demo.add_argument("--pg-port", type=int, default=dev.DEMO_PORT, metavar="PORT")
+    demo.set_defaults(handler=dev.run)
 
     database = commands.add_parser("db", help="database migrations").add_subparsers(
         dest="action", required=True

@@ -36,8 +36,12 @@ class DemoLogin:
 def dev_config(
     base: config_module.Config, cluster: LocalCluster, tls: tuple[Path, Path]
 ) -> config_module.Config:
-    """The demo's configuration: the private cluster, loopback listeners, the demo TLS files."""
+    """The demo's configuration: the private cluster, the demo TLS files, and the configured
+    listeners moved to loopback (the default auth socket moves into the demo directory)."""
     dev_dir = cluster.datadir.parent
+    authsocket = base.authsocket.listen
+    if authsocket == config_module.AuthSocketConfig().listen:
+        authsocket = [f"unix:{dev_dir}/auth"]
     return dataclasses.replace(
         base,
         database=dataclasses.replace(
@@ -46,11 +50,23 @@ def dev_config(
             encimap_url=cluster.url("motorical_encrypted_imap"),
         ),
         tls=dataclasses.replace(base.tls, cert=str(tls[0]), key=str(tls[1])),
-        submission=dataclasses.replace(base.submission, listen="127.0.0.1:2587"),
-        authsocket=dataclasses.replace(base.authsocket, listen=[f"unix:{dev_dir}/auth"]),
-        imap=dataclasses.replace(base.imap, listen="127.0.0.1:1143", tls_listen="127.0.0.1:1993"),
+        submission=dataclasses.replace(
+            base.submission,
+            listen=_loopback(base.submission.listen),
+            tls_listen=_loopback(base.submission.tls_listen),
+        ),
+        authsocket=dataclasses.replace(base.authsocket, listen=authsocket),
+        imap=dataclasses.replace(
+            base.imap,
+            listen=_loopback(base.imap.listen),
+            tls_listen=_loopback(base.imap.tls_listen),
+        ),
         log=dataclasses.replace(base.log, format="console"),
     )
+
+
+def _loopback(value: str | list[str]) -> list[str]:
+    return [spec.replace("0.0.0.0:", "127.0.0.1:") for spec in config_module.listeners(value)]
 
 
 async def prepare(cluster: LocalCluster) -> None:
@@ -131,11 +147,12 @@ def print_summary(
     print("Ctrl-C stops the services and the database.", flush=True)
 
 
-async def run(base: config_module.Config, _args: argparse.Namespace) -> int:
+async def run(base: config_module.Config, args: argparse.Namespace) -> int:
     from encimap import service
 
-    cluster = LocalCluster(DEV_DIR / "pg", port=DEMO_PORT)
-    tls = write_self_signed(DEV_DIR / "tls")
+    directory = Path(args.dir).resolve()
+    cluster = LocalCluster(directory / "pg", port=args.pg_port)
+    tls = write_self_signed(directory / "tls")
     cluster.start()
     try:
         await prepare(cluster)

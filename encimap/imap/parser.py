@@ -89,7 +89,9 @@ class Reader:
     def _run(self, extra: frozenset[int] = frozenset()) -> bytes:
         start = self.pos
         data = self.data
-        while self.pos < len(data) and (data[self.pos] not in _ATOM_SPECIALS or data[self.pos] in extra):
+        while self.pos < len(data) and (
+            data[self.pos] not in _ATOM_SPECIALS or data[self.pos] in extra
+        ):
             self.pos += 1
         return data[start : self.pos]
 
@@ -461,7 +463,7 @@ def parse_search(reader: Reader) -> SearchProgram:
     return program
 
 
-def _search_key(reader: Reader, depth: int) -> object:  # noqa: PLR0911, PLR0912
+def _search_key(reader: Reader, depth: int) -> object:
     if depth > 50:
         raise ParseError("search program nested too deeply")
     if reader.peek() == 0x28:

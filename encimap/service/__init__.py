@@ -24,7 +24,9 @@ from encimap.tls import TLSMaterial
 log = logs.get_logger(__name__)
 
 # name -> "module:function" of the front end's start(); imported only when served.
-COMPONENTS: dict[str, str] = {}
+COMPONENTS: dict[str, str] = {
+    "intake": "encimap.intake.service:start",
+}
 
 
 class Component(Protocol):

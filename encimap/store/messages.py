@@ -1,5 +1,12 @@
-"""Stored messages (`encrypted_emails`): the one insert path (intake delivery and IMAP APPEND),
-and what IMAP reads and changes: UIDs, flags, bodies, expunge, copy and move.
+"""Stored messages (`encrypted_emails`): the one insert path (`insert_message`, used by intake
+delivery and IMAP APPEND), and what IMAP reads and changes: UIDs, flags, bodies, expunge, copy
+and move.
+
+`deliver` (intake) runs inside the caller's transaction, so a caller that stores one message to
+several vaultboxes (SMTP mode) commits all of them or none. It serialises deliveries per
+vaultbox by locking the vaultbox's INBOX row first: the duplicate check then sees every message
+committed before it, and UIDs become visible in increasing order (an IMAP client never sees a
+lower UID appear after a higher one).
 
 Every change publishes a NOTIFY on `encimap_mailbox` in the same transaction (delivered on
 commit), so other sessions learn about it without polling; see `encimap.store.events`.
@@ -11,7 +18,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -23,6 +30,9 @@ from encimap.store.errors import NotFound
 from encimap.store.types import Executor
 
 FlagMode = Literal["replace", "add", "remove"]
+INBOX = "INBOX"
+# LISTEN on this channel to learn about changes; see encimap.store.events for the payloads.
+NOTIFY_CHANNEL = events.CHANNEL
 
 # FETCH asks for columns by these names only (never interpolated from client input).
 COLUMNS = frozenset(
@@ -177,7 +187,9 @@ async def fetch_rows(
 
 async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
     """Compute and persist ENVELOPE/BODYSTRUCTURE for a row stored without them."""
-    body = await db.fetchval("SELECT body_encrypted FROM encrypted_emails WHERE id = $1", message_id)
+    body = await db.fetchval(
+        "SELECT body_encrypted FROM encrypted_emails WHERE id = $1", message_id
+    )
     if body is None:
         raise NotFound(f"no message {message_id}")
     info = mimeinfo.describe(body)
@@ -341,3 +353,153 @@ async def copy_messages(
                 conn, vaultbox_id, source_id, events.EXPUNGE, origin, source_uids
             )
     return target["uidvalidity"], list(zip(source_uids, new_uids, strict=True))
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """One recipient's copy of a message, ready to store (never logged: `body` is content)."""
+
+    vaultbox_id: uuid.UUID
+    recipient: str
+    sender: str
+    message_id: str
+    body: bytes = field(repr=False)
+    body_sha256: str
+    size_original: int
+    encryption_method: str
+    certificate_fingerprints: list[str]
+    subject_encrypted: str | None
+    internal_date: datetime
+    outcome: str = "stored"  # "stored" (encrypted here) or "passthrough" (arrived encrypted)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    email_id: uuid.UUID
+    mailbox_id: int
+    uid: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Usage:
+    messages: int
+    bytes: int
+
+
+async def usage(db: Executor, vaultbox_id: uuid.UUID) -> Usage:
+    """How many messages and bytes a vaultbox holds (all mailboxes), for its quota."""
+    row = await db.fetchrow(
+        """SELECT count(*) AS messages, coalesce(sum(size_bytes), 0) AS bytes
+             FROM encrypted_emails WHERE vaultbox_id = $1""",
+        vaultbox_id,
+    )
+    return Usage(row["messages"], row["bytes"])
+
+
+async def deliver(
+    conn: Executor,
+    message: NewMessage,
+    *,
+    queue_id: str,
+    duplicate_window_seconds: float,
+    duration_ms: int,
+) -> Delivered:
+    """Store `message` in the INBOX (in the caller's transaction) unless it is a duplicate.
+
+    A duplicate is the same Message-ID and body hash delivered to the same vaultbox within the
+    window: an MTA retrying after a lost reply. It is answered as delivered and stored once.
+    """
+    mailbox_id = await conn.fetchval(
+        "SELECT id FROM mailboxes WHERE vaultbox_id = $1 AND name = $2 FOR UPDATE",
+        message.vaultbox_id,
+        INBOX,
+    )
+    if mailbox_id is None:
+        raise NotFound(f"vaultbox {message.vaultbox_id} has no {INBOX}")
+    earlier = await conn.fetchrow(
+        """SELECT id, mailbox_id, uid FROM encrypted_emails
+            WHERE vaultbox_id = $1 AND message_id = $2 AND body_sha256 = $3
+              AND received_at > now() - make_interval(secs => $4)
+            LIMIT 1""",
+        message.vaultbox_id,
+        message.message_id,
+        message.body_sha256,
+        float(duplicate_window_seconds),
+    )
+    if earlier is not None:
+        delivered = Delivered(earlier["id"], earlier["mailbox_id"], earlier["uid"], True)
+        await _log(conn, message, delivered, "duplicate", queue_id, duration_ms)
+        return delivered
+    stored = await insert_message(
+        conn,
+        vaultbox_id=message.vaultbox_id,
+        mailbox_id=mailbox_id,
+        body=message.body,
+        internal_date=message.internal_date,
+        message_id=message.message_id,
+        sender=message.sender,
+        recipient=message.recipient,
+        subject_encrypted=message.subject_encrypted,
+        body_sha256=message.body_sha256,
+        encryption_method=message.encryption_method,
+        certificate_fingerprints=message.certificate_fingerprints,
+    )
+    email_id, uid = stored.id, stored.uid
+    delivered = Delivered(email_id, mailbox_id, uid, False)
+    await _log(conn, message, delivered, message.outcome, queue_id, duration_ms)
+    return delivered
+
+
+async def _log(
+    conn: Executor,
+    message: NewMessage,
+    delivered: Delivered,
+    outcome: str,
+    queue_id: str,
+    duration_ms: int,
+) -> None:
+    await conn.execute(
+        """INSERT INTO email_processing_logs
+               (vaultbox_id, email_id, queue_id, recipient, outcome, reply_code, algorithm,
+                certificate_fingerprints, size_original, size_stored, duration_ms)
+           VALUES ($1, $2, $3, $4, $5, '250', $6, $7, $8, $9, $10)""",
+        message.vaultbox_id,
+        delivered.email_id,
+        queue_id,
+        message.recipient,
+        outcome,
+        message.encryption_method,
+        message.certificate_fingerprints,
+        message.size_original,
+        len(message.body),
+        duration_ms,
+    )
+
+
+async def log_failure(
+    db: Executor,
+    *,
+    vaultbox_id: uuid.UUID,
+    queue_id: str,
+    recipient: str,
+    reply_code: str,
+    size_original: int,
+    duration_ms: int,
+    error: str,
+) -> None:
+    """Record a delivery that was refused or failed (never with content)."""
+    await db.execute(
+        """INSERT INTO email_processing_logs
+               (vaultbox_id, queue_id, recipient, outcome, reply_code, size_original,
+                duration_ms, error)
+           VALUES ($1, $2, $3, CASE WHEN $4 LIKE '4%' THEN 'tempfail' ELSE 'rejected' END,
+                   $4, $5, $6, $7)""",
+        vaultbox_id,
+        queue_id,
+        recipient,
+        reply_code,
+        size_original,
+        duration_ms,
+        error,
+    )

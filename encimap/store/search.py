@@ -90,7 +90,7 @@ class _Compiler:
         self.params.append(value)
         return f"${len(self.params)}{cast}"
 
-    def sql(self, key: Key) -> str:  # noqa: PLR0911 - one branch per node type
+    def sql(self, key: Key) -> str:
         match key:
             case All():
                 return "true"
@@ -106,7 +106,9 @@ class _Compiler:
             case Or(left, right):
                 return f"(({self.sql(left)}) OR ({self.sql(right)}))"
             case And(keys):
-                return "(" + " AND ".join(f"({self.sql(k)})" for k in keys) + ")" if keys else "true"
+                return (
+                    "(" + " AND ".join(f"({self.sql(k)})" for k in keys) + ")" if keys else "true"
+                )
             case Date(field, op, day):
                 column = "internal_date" if field == "internal" else "sent_date"
                 value = f"({column} AT TIME ZONE 'UTC')::date"

@@ -1,0 +1,301 @@
+"""MIME on bytes: header/body split, CRLF canonicalisation, header protection, the outer message.
+
+The email package is deliberately not used on bodies: re-serialising alters bytes and is slow
+for large messages. Bodies are only ever canonicalised to CRLF line endings (RFC 8551 section
+3.1.1), except parts with Content-Transfer-Encoding binary, whose bytes are left untouched.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+CRLF = b"\r\n"
+CHUNK_SIZE = 1 << 20
+BASE64_LINE_BYTES = 57  # encodes to the 76 characters RFC 2045 allows per line
+SUBJECT_PLACEHOLDER = b"[...]"  # RFC 9788 section 5.2.1
+
+# Outer header fields kept in clear: what the server and mail clients need to list, thread and
+# trace mail. Everything else (Bcc above all) exists only inside the encrypted part.
+CLEAR_FIELDS = frozenset(
+    {
+        b"date",
+        b"from",
+        b"to",
+        b"cc",
+        b"message-id",
+        b"in-reply-to",
+        b"references",
+        b"return-path",
+        b"received",
+    }
+)
+# Trace fields are added in transit, not by the author, so they get no HP-Outer copy.
+TRACE_FIELDS = frozenset({b"return-path", b"received"})
+ENCRYPTED_SMIME_TYPES = frozenset({"enveloped-data", "authenveloped-data"})
+PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+# DER of the ContentInfo contentType OIDs, to recognise an encrypted body without smime-type.
+ENVELOPED_OIDS_DER = (
+    bytes.fromhex("06092a864886f70d010703"),  # id-envelopedData
+    bytes.fromhex("060b2a864886f70d0109100117"),  # id-ct-authEnvelopedData
+)
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_PARAMETER = re.compile(rb';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)')
+_HP_PARAMETER = re.compile(rb"(?i);\s*hp\s*=")
+# A part header announcing a binary body; it always follows a line break.
+_BINARY_PART = re.compile(rb"(?i)\ncontent-transfer-encoding[ \t]*:[ \t]*binary")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    """One header field: lower-case name and the field as received, folding kept, CRLF ends."""
+
+    name: bytes
+    raw: bytes
+
+    @property
+    def value(self) -> bytes:
+        """The unfolded field body without surrounding white space (RFC 5322 section 2.2.3)."""
+        _, _, body = self.raw.partition(b":")
+        return body.replace(CRLF, b"").strip()
+
+
+# RFC 2045 section 5.2: what a part without Content-Type is.
+DEFAULT_CONTENT_TYPE = HeaderField(
+    b"content-type", b"Content-Type: text/plain; charset=us-ascii\r\n"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message split without copying its body: header fields and where the body starts."""
+
+    raw: bytes
+    fields: list[HeaderField]
+    body_start: int
+
+    def first(self, name: bytes) -> HeaderField | None:
+        return next((field for field in self.fields if field.name == name), None)
+
+    @property
+    def content_type(self) -> tuple[str, dict[str, str]]:
+        field = self.first(b"content-type")
+        return parse_content_type(field.value if field else b"text/plain")
+
+    @property
+    def transfer_encoding(self) -> str:
+        field = self.first(b"content-transfer-encoding")
+        return field.value.decode("latin-1").lower() if field else "7bit"
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """Bytes to encrypt, made lazily: `pieces` (iterate once) concatenate to `length` bytes."""
+
+    pieces: Iterable[bytes | memoryview]
+    length: int
+
+
+def parse_message(raw: bytes) -> Message:
+    """Split `raw` at the first empty line and parse the header fields before it."""
+    if raw.startswith((b"\n", b"\r\n")):
+        return Message(raw, [], raw.index(b"\n") + 1)
+    end = _HEADER_END.search(raw)
+    if end is None:
+        return Message(raw, parse_header_block(raw), len(raw))
+    return Message(raw, parse_header_block(raw[: end.start()]), end.end())
+
+
+def parse_header_block(block: bytes) -> list[HeaderField]:
+    """Header fields in order, each with its continuation lines and CRLF line endings."""
+    fields: list[list[bytes]] = []
+    for line in block.split(b"\n"):
+        line = line.removesuffix(b"\r")
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        elif line:
+            fields.append([line])
+    return [
+        HeaderField(lines[0].partition(b":")[0].strip().lower(), CRLF.join(lines) + CRLF)
+        for lines in fields
+    ]
+
+
+def parse_content_type(value: bytes) -> tuple[str, dict[str, str]]:
+    """(lower-case media type, parameters with lower-case names and unquoted values)."""
+    media = value.split(b";", 1)[0].strip().decode("latin-1").lower()
+    parameters = {}
+    for name, raw in _PARAMETER.findall(value):
+        if raw.startswith(b'"'):
+            raw = re.sub(rb"\\(.)", rb"\1", raw[1:-1])
+        parameters[name.decode("latin-1").lower()] = raw.decode("latin-1")
+    return media, parameters
+
+
+def is_encrypted(message: Message) -> bool:
+    """True for S/MIME enveloped or auth-enveloped data and for multipart/encrypted (PGP/MIME)."""
+    media, parameters = message.content_type
+    if media == "multipart/encrypted":
+        return True
+    if media not in PKCS7_MIME_TYPES:
+        return False
+    smime_type = parameters.get("smime-type", "").lower()
+    if smime_type:
+        return smime_type in ENCRYPTED_SMIME_TYPES
+    return _starts_with_enveloped_content(message.raw[message.body_start :][:256])
+
+
+def _starts_with_enveloped_content(head: bytes) -> bool:
+    """Old clients omit smime-type: look at the contentType OID of the CMS ContentInfo."""
+    text = b"".join(head.split())
+    try:
+        der = binascii.a2b_base64(text[: len(text) // 4 * 4])
+    except binascii.Error:
+        der = head
+    return any(oid in der[:24] for oid in ENVELOPED_OIDS_DER)
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Turn every line feed not preceded by a carriage return into CRLF."""
+    return data.replace(CRLF, b"\n").replace(b"\n", CRLF)
+
+
+def canonical_body(message: Message) -> Content:
+    """The body with CRLF line endings, binary parts untouched.
+
+    The common case streams: line endings are counted first, so the length is known without
+    building the converted body, and an already canonical body is not copied at all.
+    """
+    raw, start = message.raw, message.body_start
+    binary = message.transfer_encoding == "binary" or _BINARY_PART.search(raw, start)
+    if binary:
+        pieces = _canonical_entity_body(message)
+        return Content(pieces, sum(len(piece) for piece in pieces))
+    line_feeds = raw.count(b"\n", start)
+    length = len(raw) - start + line_feeds - raw.count(CRLF, start)
+    if length == len(raw) - start:
+        return Content([memoryview(raw)[start:]], length)
+    return Content(_crlf_chunks(raw, start), length)
+
+
+def _crlf_chunks(raw: bytes, start: int) -> Iterator[bytes]:
+    position = start
+    while position < len(raw):
+        end = min(position + CHUNK_SIZE, len(raw))
+        if raw[end - 1] == 0x0D and end < len(raw):
+            end += 1  # never cut between CR and LF
+        yield to_crlf(raw[position:end])
+        position = end
+
+
+def _canonical_entity_body(message: Message) -> list[bytes]:
+    """Walk the MIME tree of a message that has binary parts (rare; not streamed)."""
+    body = message.raw[message.body_start :]
+    if message.transfer_encoding == "binary":
+        return [body]
+    media, parameters = message.content_type
+    if media.startswith("multipart/") and parameters.get("boundary"):
+        return _canonical_multipart(body, parameters["boundary"].encode("latin-1"))
+    if media in ("message/rfc822", "message/global"):
+        return _canonical_entity(body)
+    return [to_crlf(body)]
+
+
+def _canonical_entity(entity: bytes) -> list[bytes]:
+    part = parse_message(entity)
+    header = b"".join(field.raw for field in part.fields) + CRLF
+    return [header, *_canonical_entity_body(part)]
+
+
+def _canonical_multipart(body: bytes, boundary: bytes) -> list[bytes]:
+    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
+    pieces: list[bytes] = []
+    position = 0
+    closed = False
+    for match in delimiter.finditer(body):
+        between = body[position : match.start()]
+        if position == 0 or closed:
+            pieces.append(to_crlf(between))  # preamble
+        else:
+            pieces.extend(_canonical_entity(between))
+        pieces.append(to_crlf(match.group()))
+        closed = closed or match.group(1) is not None
+        position = match.end()
+    pieces.append(to_crlf(body[position:]))  # epilogue
+    return pieces
+
+
+def protected_header(message: Message, outer: list[HeaderField]) -> bytes:
+    """Header of the encrypted MIME part: RFC 9788 header protection.
+
+    The original header fields (Bcc included) travel inside, the Content-Type gains
+    `hp="cipher"` (RFC 9788) and `protected-headers="v1"` (read by Thunderbird), and one
+    HP-Outer field per non-structural outer field records what was sent in clear.
+    """
+    fields = [
+        _mark_protected(field) if field.name == b"content-type" else field.raw
+        for field in message.fields
+    ]
+    if message.first(b"content-type") is None:
+        fields.append(_mark_protected(DEFAULT_CONTENT_TYPE))
+    fields.extend(b"HP-Outer: " + field.raw for field in outer if field.name not in TRACE_FIELDS)
+    return b"".join(fields) + CRLF
+
+
+def _mark_protected(field: HeaderField) -> bytes:
+    if _HP_PARAMETER.search(field.raw):
+        return field.raw
+    return field.raw.removesuffix(CRLF) + b';\r\n hp="cipher"; protected-headers="v1"\r\n'
+
+
+def outer_fields(message: Message, *, hide_subject: bool) -> list[HeaderField]:
+    """Header fields shown in clear, in their original order; Subject `[...]` when hidden."""
+    fields = []
+    for field in message.fields:
+        if field.name in CLEAR_FIELDS:
+            fields.append(field)
+        elif field.name == b"subject":
+            fields.append(
+                HeaderField(b"subject", b"Subject: " + SUBJECT_PLACEHOLDER + CRLF)
+                if hide_subject
+                else field
+            )
+    return fields
+
+
+def smime_header(smime_type: str) -> bytes:
+    """The MIME fields of the outer message (RFC 8551 section 3.2)."""
+    return (
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: application/pkcs7-mime; smime-type="
+        + smime_type.encode("ascii")
+        + b'; name="smime.p7m"\r\n'
+        b'Content-Disposition: attachment; filename="smime.p7m"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
+    )
+
+
+def write_base64(chunks: Iterable[bytes], out: BinaryIO) -> None:
+    """Write `chunks` base64-encoded in 76-character lines, each ended by CRLF."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk if carry else chunk
+        cut = len(data) - len(data) % BASE64_LINE_BYTES
+        _write_base64_lines(memoryview(data)[:cut], out)
+        carry = bytes(data[cut:])
+    _write_base64_lines(memoryview(carry), out)
+
+
+def _write_base64_lines(data: memoryview, out: BinaryIO) -> None:
+    if not data:
+        return
+    encode = binascii.b2a_base64
+    step = BASE64_LINE_BYTES
+    # One C call per line is the fastest pure-Python wrapping (see bench/smime.py).
+    lines = [encode(data[i : i + step], newline=False) for i in range(0, len(data), step)]
+    out.write(CRLF.join(lines))
+    out.write(CRLF)

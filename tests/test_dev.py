@@ -1,0 +1,110 @@
+"""`encimap dev` (what `make run` runs): private cluster, demo data, clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import bcrypt
+
+from encimap.pgcluster import LocalCluster, free_port
+from tests.support import REPO
+
+
+def _demo_config(path: Path) -> Path:
+    ports = [free_port() for _ in range(6)]
+    path.write_text(
+        f'[intake]\nlisten = "127.0.0.1:{ports[0]}"\n'
+        f'[submission]\nlisten = "127.0.0.1:{ports[1]}"\nrelay = "127.0.0.1:{ports[2]}"\n'
+        f'[imap]\nlisten = "127.0.0.1:{ports[3]}"\ntls_listen = "127.0.0.1:{ports[4]}"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{ports[5]}"\n'
+        "[auth]\nbcrypt_cost = 4\n"
+    )
+    return path
+
+
+def _start(tmp_path: Path, pg_port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "encimap",
+            "--config",
+            str(_demo_config(tmp_path / "c.toml")),
+            "dev",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--pg-port",
+            str(pg_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def _read_until_ready(process: subprocess.Popen[str], deadline: float) -> str:
+    output = ""
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output += line
+        if "Ctrl-C stops" in line:
+            return output
+    process.kill()
+    raise AssertionError(f"demo did not come up:\n{output}")
+
+
+async def _stored_hashes(url: str, table: str, username: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(
+            f"SELECT password_hash FROM {table} WHERE username = $1",  # noqa: S608
+            username,
+        )
+    finally:
+        await conn.close()
+
+
+def test_demo_starts_prints_working_logins_and_stops_cleanly(tmp_path: Path):
+    tmp_path.chmod(0o755)
+    pg_port = free_port()
+    process = _start(tmp_path, pg_port)
+    try:
+        output = _read_until_ready(process, time.monotonic() + 90)
+        platform_url = re.search(r"PostgreSQL\s+(\S+motorical_db)", output)[1]
+        encimap_url = re.search(r"\s(postgresql://\S+motorical_encrypted_imap)", output)[1]
+        motorblock = re.search(r"motorblock \(SMTP\): username (\S+)  password (\S+)", output)
+        vaultbox = re.search(
+            r"vaultbox demo@example.test .*: username (\S+)  password (\S+)", output
+        )
+        stored = asyncio.run(_stored_hashes(platform_url, "motor_blocks", motorblock[1]))
+        assert bcrypt.checkpw(motorblock[2].encode(), stored.encode())
+        for table in ("vaultbox_smtp_credentials", "imap_app_credentials"):
+            stored = asyncio.run(_stored_hashes(encimap_url, table, vaultbox[1]))
+            assert bcrypt.checkpw(vaultbox[2].encode(), stored.encode())
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, rest
+    assert not LocalCluster(tmp_path / "demo" / "pg").running
+
+    # A second start reuses the cluster and data and hands out new passwords.
+    process = _start(tmp_path, pg_port)
+    try:
+        again = _read_until_ready(process, time.monotonic() + 90)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    assert re.search(r"motorblock \(SMTP\): username (\S+)", again)[1] == motorblock[1]
+    assert motorblock[2] not in again
