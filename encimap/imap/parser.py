@@ -86,11 +86,15 @@ class Reader:
         if not self.at_end():
             raise ParseError("unexpected characters at the end of the command")
 
-    def _run(self, extra: frozenset[int] = frozenset()) -> bytes:
+    def _run(
+        self, extra: frozenset[int] = frozenset(), stop: frozenset[int] = frozenset()
+    ) -> bytes:
         start = self.pos
         data = self.data
-        while self.pos < len(data) and (
-            data[self.pos] not in _ATOM_SPECIALS or data[self.pos] in extra
+        while (
+            self.pos < len(data)
+            and (data[self.pos] not in _ATOM_SPECIALS or data[self.pos] in extra)
+            and data[self.pos] not in stop
         ):
             self.pos += 1
         return data[start : self.pos]
@@ -348,7 +352,7 @@ def parse_fetch_items(reader: Reader) -> list[FetchItem]:
 
 
 def _fetch_item(reader: Reader) -> FetchItem:
-    name = reader._run(frozenset()).decode("ascii", "replace").upper()
+    name = reader._run(stop=frozenset(b"[<")).decode("ascii", "replace").upper()
     if name in ("BODY", "BODY.PEEK") and reader.peek() == 0x5B:
         section = _section(reader)
         partial = None

@@ -26,6 +26,7 @@ log = logs.get_logger(__name__)
 # name -> "module:function" of the front end's start(); imported only when served.
 COMPONENTS: dict[str, str] = {
     "intake": "encimap.intake.service:start",
+    "imap": "encimap.imap.service:start",
 }
 
 
