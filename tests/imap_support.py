@@ -89,7 +89,7 @@ async def make_box(databases: Databases, address: str, directory: Path, **kwargs
 
 
 def plain_message(number: int, *, size: int = 200) -> bytes:
-    filler = ("line of text %d\r\n" % number) * max(1, size // 20)
+    filler = f"line of text {number}\r\n" * max(1, size // 20)
     return (
         f"From: Sender {number} <sender{number}@example.org>\r\n"
         f"To: vault@example.test\r\n"
@@ -133,3 +133,60 @@ def login(port: int, tls_ca: trustme.CA, box: Box) -> imaplib.IMAP4:
     client = starttls_client(port, tls_ca)
     client.login(box.username, box.password)
     return client
+
+
+class RawClient:
+    """Speaks IMAP bytes directly (implicit TLS), for malformed input and exact responses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.greeting = b""
+
+    @classmethod
+    async def connect(cls, port: int, tls_ca: trustme.CA | None = None) -> RawClient:
+        context = client_context(tls_ca) if tls_ca else None
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost" if context else None
+        )
+        client = cls(reader, writer)
+        client.greeting = await asyncio.wait_for(reader.readline(), 10)
+        return client
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def line(self) -> bytes:
+        return await asyncio.wait_for(self.reader.readline(), 10)
+
+    async def command(self, tag: str, text: bytes | str) -> list[bytes]:
+        """Send `tag text`, return every line up to and including the tagged one."""
+        if isinstance(text, str):
+            text = text.encode()
+        await self.send(tag.encode() + b" " + text + b"\r\n")
+        return await self.until(tag)
+
+    async def until(self, tag: str) -> list[bytes]:
+        lines = []
+        while True:
+            line = await self.line()
+            if not line:
+                raise ConnectionError(f"closed; got {lines!r}")
+            lines.append(line)
+            literal = line.rstrip(b"\r\n")
+            if literal.endswith(b"}") and b"{" in literal:
+                size = int(literal[literal.rindex(b"{") + 1 : -1].rstrip(b"+"))
+                lines.append(await asyncio.wait_for(self.reader.readexactly(size), 10))
+                continue
+            if line.startswith(tag.encode() + b" "):
+                return lines
+
+    async def login(self, box: Box) -> None:
+        reply = await self.command("L", f'LOGIN "{box.username}" "{box.password}"')
+        assert reply[-1].startswith(b"L OK"), reply
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
+            await self.writer.wait_closed()

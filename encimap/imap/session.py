@@ -215,6 +215,10 @@ class Session:
             self.send(f"{tag} {result}\r\n".encode())
         except AlreadyReplied:
             pass
+        except Reply as reply:
+            if reply.status == "NO":
+                await self.after_command(expunge_ok=False)
+            self.send(f"{tag} {reply.status} {reply.text}\r\n".encode())
         except (Disconnect, ConnectionError, asyncio.IncompleteReadError):
             raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -223,10 +227,6 @@ class Session:
         except Exception:
             log.exception("imap.server_bug", session=self.id)
             self.send(f"{tag} NO [SERVERBUG] Internal error\r\n".encode())
-        except Reply as reply:
-            if reply.status == "NO":
-                await self.after_command(expunge_ok=False)
-            self.send(f"{tag} {reply.status} {reply.text}\r\n".encode())
 
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed)."""

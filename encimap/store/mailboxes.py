@@ -141,8 +141,8 @@ async def set_subscribed(db: Executor, vaultbox_id: uuid.UUID, name: str, subscr
 async def counts(db: Executor, mailbox_id: int) -> Counts:
     row = await db.fetchrow(
         r"""SELECT count(*) AS messages,
-                   count(*) FILTER (WHERE NOT flags @> '{\Seen}') AS unseen,
-                   count(*) FILTER (WHERE flags @> '{\Deleted}') AS deleted,
+                   count(*) FILTER (WHERE NOT flags @> ARRAY['\Seen']) AS unseen,
+                   count(*) FILTER (WHERE flags @> ARRAY['\Deleted']) AS deleted,
                    coalesce(sum(size_bytes), 0) AS size
               FROM encrypted_emails WHERE mailbox_id = $1""",
         mailbox_id,

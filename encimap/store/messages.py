@@ -277,14 +277,14 @@ async def expunge(
         if uids is None:
             rows = await conn.fetch(
                 r"""DELETE FROM encrypted_emails
-                     WHERE mailbox_id = $1 AND flags @> '{\Deleted}' RETURNING uid""",
+                     WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted'] RETURNING uid""",
                 mailbox_id,
             )
         else:
             rows = await conn.fetch(
                 r"""DELETE FROM encrypted_emails
                      WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])
-                       AND flags @> '{\Deleted}' RETURNING uid""",
+                       AND flags @> ARRAY['\Deleted'] RETURNING uid""",
                 mailbox_id,
                 list(uids),
             )
