@@ -268,6 +268,15 @@ class Reader:
             raise ParseError("invalid date-time") from None
 
 
+def guess_tag(data: bytes) -> str:
+    """The tag to answer a command that cannot be parsed with ("*" if it has none)."""
+    reader = Reader(data)
+    try:
+        return reader.tag()
+    except ParseError:
+        return "*"
+
+
 def parse_head(data: bytes) -> tuple[str, str, Reader]:
     """(tag, upper-case command name, reader after the name). `UID X` is one name."""
     reader = Reader(data)

@@ -37,18 +37,19 @@ class State(enum.Enum):
 class Reply(Exception):
     """The tagged completion of a failed command: NO or BAD with its text."""
 
-    def __init__(self, status: str, text: str) -> None:
+    def __init__(self, status: str, text: str, tag: str = "") -> None:
         super().__init__(text)
         self.status = status
         self.text = text
+        self.tag = tag  # set when the reply is raised before the command was parsed
 
 
 def no(text: str) -> Reply:
     return Reply("NO", text)
 
 
-def bad(text: str) -> Reply:
-    return Reply("BAD", text)
+def bad(text: str, tag: str = "") -> Reply:
+    return Reply("BAD", text, tag)
 
 
 class AlreadyReplied(Exception):
@@ -119,20 +120,22 @@ class Session:
         except TimeoutError:
             raise Disconnect("BYE Autologout; idle for too long") from None
         except asyncio.LimitOverrunError as exc:
-            await self._discard_line(exc.consumed)
-            raise bad("Command line too long") from None
+            head = await self._discard_line(exc.consumed)
+            raise bad("Command line too long", parser.guess_tag(head)) from None
         except asyncio.IncompleteReadError:
             raise Disconnect() from None
         return line[:-2] if line.endswith(b"\r\n") else line[:-1]
 
-    async def _discard_line(self, consumed: int) -> None:
+    async def _discard_line(self, consumed: int) -> bytes:
+        """Skip the rest of an over-long line; returns its first bytes (for the tag)."""
+        head = await self.reader.readexactly(consumed)
         for _ in range(1_000_000):
-            await self.reader.readexactly(consumed)
             try:
                 await self.reader.readuntil(b"\n")
-                return
+                break
             except asyncio.LimitOverrunError as exc:
-                consumed = exc.consumed
+                await self.reader.readexactly(exc.consumed)
+        return head[:100]
 
     async def read_command(self) -> bytes:
         """A whole command with its literals, as `parser` expects it."""
@@ -150,7 +153,10 @@ class Session:
                 if not synchronizing:  # RFC 7888 4: the client sends it anyway; skip it
                     await self._skip(size)
                     await self.read_line()
-                raise bad(f"Literal too large (at most {self.config.max_literal_size} bytes)")
+                raise bad(
+                    f"Literal too large (at most {self.config.max_literal_size} bytes)",
+                    parser.guess_tag(pieces[0]),
+                )
             if synchronizing:
                 self.send(b"+ Ready for literal data\r\n")
                 await self.flush()
@@ -195,12 +201,12 @@ class Session:
         try:
             raw = await self.read_command()
             self.commands += 1
+            tag = parser.guess_tag(raw)
             if b"\x00" in raw:
                 raise bad("NUL byte in command")
             try:
                 tag, name, reader = parser.parse_head(raw)
             except parser.ParseError:
-                tag = raw.split(b" ", 1)[0].decode("ascii", "replace")[:64] or "*"
                 raise bad("Error in IMAP command received by server") from None
             command = commands.get(name)
             if command is None:
@@ -218,7 +224,7 @@ class Session:
         except Reply as reply:
             if reply.status == "NO":
                 await self.after_command(expunge_ok=False)
-            self.send(f"{tag} {reply.status} {reply.text}\r\n".encode())
+            self.send(f"{reply.tag or tag} {reply.status} {reply.text}\r\n".encode())
         except (Disconnect, ConnectionError, asyncio.IncompleteReadError):
             raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
