@@ -295,3 +295,15 @@ def parse_listener(spec: str) -> tuple[str, str | int]:
     if not sep or not port.isdigit():
         raise ConfigError(f"{spec!r}: a listener is 'host:port' or 'unix:/path'")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - operator's choice
+
+
+def to_mapping(config: Config) -> dict[str, Any]:
+    """The configuration as plain TOML-like data (what `from_mapping` reads back)."""
+    raw = dataclasses.asdict(config)
+    raw.pop("source")
+    return raw
+
+
+def from_mapping(raw: dict[str, Any], source: str = "") -> Config:
+    """A Config from plain data, validated like a file (worker processes receive it so)."""
+    return dataclasses.replace(_build(Config, raw, prefix=""), source=source)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pytest
 
 from encimap.pgcluster import LocalCluster
 from tests.service_support import NotifySocket, http_get, serve_process, service_config
-from tests.support import Databases, migrated_databases
+from tests.support import REPO, Databases, migrated_databases
 
 
 @pytest.fixture
@@ -71,3 +75,45 @@ def test_unknown_path_and_method(tmp_path: Path, databases: Databases, notify_so
         assert http_get(f"http://127.0.0.1:{port}/nope")[0] == 404
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_socket_activation_serves_the_inherited_auth_socket(
+    tmp_path: Path, databases: Databases, notify_socket, tls_files
+):
+    """systemd passes the listening socket as fd 3 with LISTEN_FDS=1; nothing else is bound."""
+    activated = tmp_path / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(activated))
+    listener.listen()
+    cfg, _ports = service_config(tmp_path / "c.toml", databases, tls_files)
+    fd = listener.fileno()
+    command = (
+        f"LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m encimap --config {cfg} "
+        "serve authsocket"
+    )
+    process = subprocess.Popen(
+        ["sh", "-c", command],
+        preexec_fn=lambda: os.dup2(fd, 3),
+        pass_fds=(3,),
+        env={**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": str(notify_socket.path)},
+    )
+    listener.close()
+    try:
+        notify_socket.wait_for("READY=1")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(10)
+            client.connect(str(activated))
+            client.sendall(b"VERSION\t1\t2\nCPID\t4242\n")
+            handshake = b""
+            while b"DONE\n" not in handshake:
+                chunk = client.recv(4096)
+                assert chunk, handshake
+                handshake += chunk
+        assert handshake.startswith(b"VERSION\t1\t2\nMECH\tPLAIN")
+        assert not (tmp_path / "auth").exists(), "the configured socket must not be bound"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

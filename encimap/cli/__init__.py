@@ -11,7 +11,7 @@ from typing import Any
 from encimap import config as config_module
 from encimap import logs
 from encimap.auth.passwords import PasswordError
-from encimap.cli import admin, dev
+from encimap.cli import admin, certs, dev
 from encimap.cli.common import CommandError
 from encimap.db import DatabaseUnavailable
 from encimap.store import StoreError
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = credential.add_parser("revoke", help="revoke a username's credentials")
     revoke.add_argument("username")
     revoke.set_defaults(handler=admin.credential_revoke)
+
+    certs.add_parser(commands)
 
     commands.add_parser("check", help="check databases, TLS files and listeners").set_defaults(
         handler=admin.check

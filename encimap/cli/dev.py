@@ -15,11 +15,11 @@ from typing import Any
 import asyncpg
 
 from encimap import config as config_module
-from encimap import db, logs
+from encimap import db, logs, smime
 from encimap.auth.passwords import generate_password, hash_password
 from encimap.pgcluster import LocalCluster
 from encimap.service.listeners import bind
-from encimap.store import credentials, platform, vaultboxes
+from encimap.store import certificates, credentials, platform, vaultboxes
 from encimap.tls import write_self_signed
 
 DEV_DIR = Path(__file__).resolve().parents[2] / ".dev"
@@ -28,6 +28,7 @@ DEMO_DOMAIN = "example.test"
 DEMO_MOTORBLOCK = "demo-motorblock"
 DEMO_ADDRESS = f"demo@{DEMO_DOMAIN}"
 DEMO_PORT = 55432
+DEMO_P12_NAME = "demo-smime.p12"
 
 
 class DevSink:
@@ -109,7 +110,7 @@ async def prepare(cluster: LocalCluster) -> None:
             await conn.close()
 
 
-async def seed(cfg: config_module.Config) -> list[DemoLogin]:
+async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[DemoLogin]:
     """Create the demo data once; give its logins new passwords on every start."""
     cost = cfg.auth.bcrypt_cost
     logins = []
@@ -155,7 +156,32 @@ async def seed(cfg: config_module.Config) -> list[DemoLogin]:
                     password_hash=hash_password(password, cost),
                 )
         logins.append(DemoLogin(f"vaultbox {box.address} (SMTP + IMAP)", username, password))
+        if not await certificates.public_certificates(conn, box.id):
+            logins.append(await _demo_certificate(conn, box.id, directory / DEMO_P12_NAME))
     return logins
+
+
+async def _demo_certificate(conn: asyncpg.Connection, vaultbox_id: Any, p12: Path) -> DemoLogin:
+    """A certificate so the intake can deliver to the demo vaultbox; the server stores only
+    the public part, the key goes to a PKCS#12 file for the mail client."""
+    cert_pem, key = smime.generate_certificate(DEMO_ADDRESS)
+    info = smime.check_certificate(cert_pem, DEMO_ADDRESS)
+    await certificates.add_certificate(
+        conn,
+        vaultbox_id=vaultbox_id,
+        certificate_type="public",
+        pem_content=cert_pem.decode(),
+        fingerprint_sha256=info.fingerprint_sha256,
+        subject=info.subject,
+        key_algorithm=info.key_algorithm,
+        not_before=info.not_before,
+        not_after=info.not_after,
+    )
+    password = generate_password()
+    p12.parent.mkdir(parents=True, exist_ok=True)
+    p12.touch(mode=0o600)
+    p12.write_bytes(smime.export_pkcs12(cert_pem, key, password.encode(), DEMO_ADDRESS))
+    return DemoLogin(f"S/MIME key for {DEMO_ADDRESS} (PKCS#12 {p12})", "-", password)
 
 
 def print_summary(
@@ -173,7 +199,12 @@ def print_summary(
         f"                 relays to the dev sink {cfg.submission.relay}, which logs each message"
     )
     print(f"  IMAP           {cfg.imap.listen} (STARTTLS), {cfg.imap.tls_listen} (TLS)")
-    print(f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}")
+    print(
+        f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}"
+        " (Dovecot protocol: Postfix smtpd_sasl_type = dovecot, smtpd_sasl_path = that path)"
+    )
+    if cfg.authsocket.http_listen:
+        print(f"  nginx auth_http http://{cfg.authsocket.http_listen}/auth")
     print(f"  TLS (self-signed demo certificate) {cfg.tls.cert}")
     print("Ctrl-C stops the services and the database.", flush=True)
 
@@ -188,12 +219,20 @@ async def run(base: config_module.Config, args: argparse.Namespace) -> int:
     try:
         await prepare(cluster)
         cfg = dev_config(base, cluster, tls)
-        logins = await seed(cfg)
+        logins = await seed(cfg, directory)
         sink = await start_sink(cfg.submission.relay)
-        try:
+        # The summary ends with "Ctrl-C stops...": print it once Ctrl-C is handled.
+        ready = asyncio.Event()
+
+        async def announce() -> None:
+            await ready.wait()
             print_summary(cfg, cluster, logins)
-            return await service.run(cfg, "all")
+
+        announcer = asyncio.create_task(announce())
+        try:
+            return await service.run(cfg, "all", ready=ready)
         finally:
+            announcer.cancel()
             sink.close()
     finally:
         cluster.stop()

@@ -30,7 +30,10 @@ log = logs.get_logger(__name__)
 
 # name -> "module:function" of the front end's start(); imported only when served.
 COMPONENTS: dict[str, str] = {
+    "intake": "encimap.intake.service:start",
     "submission": "encimap.submission.service:start",
+    "authsocket": "encimap.authsocket.service:start",
+    "imap": "encimap.imap.service:start",
 }
 
 

@@ -1,0 +1,113 @@
+"""`encimap serve intake`: the LMTP (or SMTP) listeners Postfix delivers inbound mail to."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+
+from encimap import db, logs
+from encimap.config import Config, listeners, parse_listener
+from encimap.intake import workers
+from encimap.intake.handler import IntakeHandler
+from encimap.intake.server import Connections, IntakeLMTP, IntakeSMTP
+from encimap.service import Runtime
+from encimap.service.listeners import bind
+
+log = logs.get_logger(__name__)
+
+PROXY_PROTOCOL_TIMEOUT = 5.0
+
+
+class Intake:
+    name = "intake"
+
+    def __init__(
+        self,
+        servers: list[asyncio.Server],
+        connections: Connections,
+        handler: IntakeHandler,
+        extra_workers: workers.Workers | None,
+    ) -> None:
+        self._servers = servers
+        self._connections = connections
+        self._handler = handler
+        self.workers = extra_workers
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._connections.start_draining()
+        if self.workers is not None:
+            self.workers.stop()
+
+    async def drain(self, timeout: float) -> None:
+        left = await self._connections.wait_closed(timeout)
+        unfinished = await self._handler.deliveries.drain(timeout)
+        if self.workers is not None:
+            await self.workers.wait(timeout)
+        log.info("intake.drained", connections_closed=left, deliveries_cancelled=unfinished)
+
+    def reload(self) -> None:
+        if self.workers is not None:
+            self.workers.signal(signal.SIGHUP)
+
+
+def protocol_factory(
+    handler: IntakeHandler, config: Config, connections: Connections, hostname: str
+):
+    settings = config.intake
+    protocol = IntakeLMTP if settings.protocol == "lmtp" else IntakeSMTP
+    proxy_timeout = PROXY_PROTOCOL_TIMEOUT if settings.proxy_protocol else None
+
+    def factory() -> IntakeLMTP | IntakeSMTP:
+        return protocol(
+            handler,
+            connections=connections,
+            data_size_limit=settings.max_message_size or None,
+            enable_SMTPUTF8=True,
+            hostname=hostname,
+            ident="encimap",
+            timeout=settings.timeout,
+            proxy_protocol_timeout=proxy_timeout,
+            loop=asyncio.get_running_loop(),
+        )
+
+    return factory
+
+
+async def start(runtime: Runtime) -> Intake:
+    config = runtime.config
+    settings = config.intake
+    pool = await runtime.pool("encimap", db.ROLE_INTAKE, "intake")
+    hostname = settings.hostname or socket.getfqdn()
+    handler = IntakeHandler(pool, config, hostname=hostname)
+    connections = Connections()
+    factory = protocol_factory(handler, config, connections, hostname)
+    shared = settings.workers > 1
+    servers = [
+        await bind(spec, factory, reuse_port=shared, sock=workers.inherited_socket(spec))
+        for spec in listeners(settings.listen)
+    ]
+    extra: workers.Workers | None = None
+    if shared and workers.worker_number() is None:
+        extra = workers.Workers(
+            config, _unix_sockets(settings.listen, servers), settings.workers - 1
+        )
+        await extra.start()
+    log.info(
+        "intake.listening",
+        listen=listeners(settings.listen),
+        protocol=settings.protocol,
+        worker=workers.worker_number() or 0,
+    )
+    return Intake(servers, connections, handler, extra)
+
+
+def _unix_sockets(listen: str | list[str], servers: list[asyncio.Server]) -> dict[str, int]:
+    """Unix listeners' descriptors, for workers to inherit (TCP ones use SO_REUSEPORT)."""
+    found = {}
+    for spec, server in zip(listeners(listen), servers, strict=True):
+        if parse_listener(spec)[0] == "unix":
+            found[spec] = server.sockets[0].fileno()
+    return found

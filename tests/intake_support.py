@@ -1,0 +1,182 @@
+"""Helpers for the intake tests: certificates in the store, a running intake, an LMTP client
+that reads every reply line itself, and decryption with the openssl command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from encimap import config as config_module
+from encimap import service, smime
+from encimap.pgcluster import free_port
+from encimap.store import certificates
+from encimap.store.vaultboxes import Vaultbox
+from tests.support import Databases, make_config
+
+
+def intake_config(databases: Databases, **intake: object) -> config_module.Config:
+    settings = {"listen": f"127.0.0.1:{free_port()}", "hostname": "mx.test", **intake}
+    return make_config(databases, intake=settings)
+
+
+def port_of(cfg: config_module.Config) -> int:
+    listen = cfg.intake.listen
+    assert isinstance(listen, str)
+    return int(listen.rpartition(":")[2])
+
+
+async def add_certificate(
+    databases: Databases, vaultbox: Vaultbox, directory: Path, *, address: str | None = None
+) -> Path:
+    """Give `vaultbox` a generated certificate (for `address`, default its own); returns the
+    private key's PEM file, which only the test keeps."""
+    cert_pem, key = smime.generate_certificate(address or vaultbox.address)
+    info = smime.check_certificate(cert_pem, address or vaultbox.address)
+    conn = await databases.connect()
+    try:
+        await certificates.add_certificate(
+            conn,
+            vaultbox_id=vaultbox.id,
+            certificate_type="public",
+            pem_content=cert_pem.decode(),
+            fingerprint_sha256=info.fingerprint_sha256,
+            subject=info.subject,
+            key_algorithm=info.key_algorithm,
+            not_before=info.not_before,
+            not_after=info.not_after,
+        )
+    finally:
+        await conn.close()
+    key_path = directory / f"{vaultbox.alias}-{info.fingerprint_sha256[:8]}.key"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (key_path.with_suffix(".crt")).write_bytes(cert_pem)
+    return key_path
+
+
+@contextlib.asynccontextmanager
+async def running_intake(cfg: config_module.Config) -> AsyncIterator[asyncio.Task[int]]:
+    """The intake served in this process until the block ends (then drained)."""
+    ready, stop = asyncio.Event(), asyncio.Event()
+    cfg = dataclasses.replace(cfg, service=config_module.ServiceConfig(drain_timeout=5.0))
+    task = asyncio.create_task(
+        service.run(cfg, "intake", ready=ready, stop=stop, configure_logs=False)
+    )
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():
+        waiter.cancel()
+        await task  # raises the start-up error
+        raise AssertionError("intake did not start")
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+class LMTPClient:
+    """A minimal LMTP client that returns every reply line, as the tests need them raw."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, host: str = "127.0.0.1") -> LMTPClient:
+        reader, writer = await asyncio.open_connection(host, port)
+        client = cls(reader, writer)
+        greeting = await client.reply()
+        assert greeting[0].startswith("220"), greeting
+        return client
+
+    async def reply(self) -> list[str]:
+        """One (possibly multi-line) reply."""
+        lines = []
+        while True:
+            line = (await asyncio.wait_for(self.reader.readline(), 30)).decode().rstrip("\r\n")
+            if not line:
+                raise ConnectionError("connection closed")
+            lines.append(line)
+            if line[3:4] != "-":
+                return lines
+
+    async def command(self, line: str) -> str:
+        self.writer.write(line.encode() + b"\r\n")
+        return (await self.reply())[-1]
+
+    async def send_data(self, data: bytes, replies: int) -> list[str]:
+        """DATA with `data` (dot-stuffed here), then read `replies` reply lines."""
+        start = await self.command("DATA")
+        assert start.startswith("354"), start
+        self.writer.write(dot_stuff(data) + b".\r\n")
+        return [(await self.reply())[-1] for _ in range(replies)]
+
+    async def transaction(
+        self, sender: str, recipients: list[str], data: bytes
+    ) -> tuple[list[str], list[str]]:
+        """(RCPT replies, DATA replies) of one mail transaction."""
+        assert (await self.command(f"MAIL FROM:<{sender}>")).startswith("250")
+        rcpt = [await self.command(f"RCPT TO:<{address}>") for address in recipients]
+        accepted = sum(reply.startswith("250") for reply in rcpt)
+        if not accepted:
+            await self.command("RSET")
+            return rcpt, []
+        return rcpt, await self.send_data(data, accepted)
+
+    async def close(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            await self.command("QUIT")
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+def dot_stuff(data: bytes) -> bytes:
+    lines = data.split(b"\r\n")
+    stuffed = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    return stuffed if stuffed.endswith(b"\r\n") else stuffed + b"\r\n"
+
+
+def openssl_decrypt(stored: bytes, key_path: Path) -> bytes:
+    """Decrypt a stored message with `openssl cms -decrypt` (an implementation not ours)."""
+    result = subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-decrypt",
+            "-inkey",
+            str(key_path),
+            "-recip",
+            str(key_path.with_suffix(".crt")),
+            "-binary",
+        ],
+        input=stored,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+async def stored_messages(databases: Databases, vaultbox: Vaultbox) -> list[dict]:
+    conn = await databases.connect()
+    try:
+        rows = await conn.fetch(
+            "SELECT * FROM encrypted_emails WHERE vaultbox_id = $1 ORDER BY uid", vaultbox.id
+        )
+    finally:
+        await conn.close()
+    return [dict(row) for row in rows]
