@@ -35,6 +35,7 @@ COMPONENTS: dict[str, str] = {
     "intake": "encimap.intake.service:start",
     "submission": "encimap.submission.service:start",
     "authsocket": "encimap.authsocket.service:start",
+    "imap": "encimap.imap.service:start",
 }
 
 

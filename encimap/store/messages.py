@@ -1,24 +1,358 @@
-"""Delivered messages: storing an encrypted message in a vaultbox's INBOX, quota usage.
+"""Stored messages (`encrypted_emails`): the one insert path (`insert_message`, used by intake
+delivery and IMAP APPEND), and what IMAP reads and changes: UIDs, flags, bodies, expunge, copy
+and move.
 
-`deliver` runs inside the caller's transaction, so a caller that stores one message to several
-vaultboxes (SMTP mode) commits all of them or none. It serialises deliveries per vaultbox by
-locking the vaultbox's INBOX row first: the duplicate check then sees every message committed
-before it, and UIDs become visible in increasing order (an IMAP client never sees a lower UID
-appear after a higher one).
+`deliver` (intake) runs inside the caller's transaction, so a caller that stores one message to
+several vaultboxes (SMTP mode) commits all of them or none. It serialises deliveries per
+vaultbox by locking the vaultbox's INBOX row first: the duplicate check then sees every message
+committed before it, and UIDs become visible in increasing order (an IMAP client never sees a
+lower UID appear after a higher one).
+
+Every change publishes a NOTIFY on `encimap_mailbox` in the same transaction (delivered on
+commit), so other sessions learn about it without polling; see `encimap.store.events`.
+Queries name one mailbox and exact UIDs, so their cost follows what is asked, not the mailbox.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
+import asyncpg
+
+from encimap import mimeinfo
+from encimap.store import events
 from encimap.store.errors import NotFound
 from encimap.store.types import Executor
 
+FlagMode = Literal["replace", "add", "remove"]
 INBOX = "INBOX"
-# LISTEN on this channel to learn about new messages; payload "<vaultbox>:<mailbox>:<uid>".
-NOTIFY_CHANNEL = "encimap_mailbox"
+# LISTEN on this channel to learn about changes; see encimap.store.events for the payloads.
+NOTIFY_CHANNEL = events.CHANNEL
+
+# FETCH asks for columns by these names only (never interpolated from client input).
+COLUMNS = frozenset(
+    {
+        "id",
+        "uid",
+        "flags",
+        "size_bytes",
+        "internal_date",
+        "envelope",
+        "bodystructure",
+        "bodystructure_basic",
+        "mime_parts",
+        "body_encrypted",
+    }
+)
+# What a copy carries over besides the mailbox and UID.
+_COPIED = (
+    "vaultbox_id, message_id, sender, recipient, subject_encrypted, body_encrypted, body_sha256, "
+    "encryption_method, certificate_fingerprints, size_bytes, flags, internal_date, envelope, "
+    "bodystructure, bodystructure_basic, mime_parts, sent_date, search_headers"
+)
+
+
+@dataclass(frozen=True)
+class Inserted:
+    id: uuid.UUID
+    mailbox_id: int
+    uid: int
+    uidvalidity: int
+
+
+def info_columns(info: mimeinfo.MessageInfo) -> dict[str, object]:
+    """The stored form of what FETCH and SEARCH need (see sql/encimap/004_imap.sql)."""
+    return {
+        "envelope": info.envelope,
+        "bodystructure": info.bodystructure,
+        "bodystructure_basic": info.body,
+        "mime_parts": json.dumps(
+            [[p.section, p.header_start, p.body_start, p.end] for p in info.parts]
+        ),
+        "sent_date": info.sent_date,
+        "search_headers": json.dumps(info.search),
+    }
+
+
+async def insert_message(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    *,
+    vaultbox_id: uuid.UUID,
+    body: bytes,
+    mailbox_id: int | None = None,
+    mailbox_name: str = "INBOX",
+    flags: Sequence[str] = (),
+    internal_date: datetime | None = None,
+    message_id: str | None = None,
+    sender: str | None = None,
+    recipient: str | None = None,
+    subject_encrypted: str | None = None,
+    body_sha256: str | None = None,
+    encryption_method: str | None = None,
+    certificate_fingerprints: Sequence[str] = (),
+    info: mimeinfo.MessageInfo | None = None,
+) -> Inserted:
+    """Store one message in a mailbox (INBOX unless named) with the next UID, and NOTIFY.
+
+    `body` is stored and later served exactly as given; `info` is `mimeinfo.describe(body)`
+    (computed here when not given). Runs in its own transaction, or in the caller's.
+    The mailbox row lock taken by the UID allocation orders concurrent inserts, so UIDs become
+    visible in increasing order.
+    """
+    info = info or mimeinfo.describe(body)
+    async with conn.transaction():
+        if mailbox_id is None:
+            mailbox = await conn.fetchrow(
+                """UPDATE mailboxes SET uid_next = uid_next + 1
+                    WHERE vaultbox_id = $1 AND name = $2
+                   RETURNING id, uid_next - 1 AS uid, uidvalidity""",
+                vaultbox_id,
+                mailbox_name,
+            )
+        else:
+            mailbox = await conn.fetchrow(
+                """UPDATE mailboxes SET uid_next = uid_next + 1
+                    WHERE vaultbox_id = $1 AND id = $2
+                   RETURNING id, uid_next - 1 AS uid, uidvalidity""",
+                vaultbox_id,
+                mailbox_id,
+            )
+        if mailbox is None:
+            raise NotFound(f"vaultbox {vaultbox_id} has no mailbox {mailbox_id or mailbox_name}")
+        columns = info_columns(info)
+        row_id = await conn.fetchval(
+            """INSERT INTO encrypted_emails
+                   (vaultbox_id, mailbox_id, uid, message_id, sender, recipient,
+                    subject_encrypted, body_encrypted, body_sha256, encryption_method,
+                    certificate_fingerprints, size_bytes, flags, internal_date, envelope,
+                    bodystructure, bodystructure_basic, mime_parts, sent_date, search_headers)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                       coalesce($14, now()), $15, $16, $17, $18::jsonb, $19, $20::jsonb)
+               RETURNING id""",
+            vaultbox_id,
+            mailbox["id"],
+            mailbox["uid"],
+            message_id,
+            sender,
+            recipient,
+            subject_encrypted,
+            body,
+            body_sha256,
+            encryption_method,
+            list(certificate_fingerprints),
+            len(body),
+            sorted(set(flags)),
+            internal_date,
+            columns["envelope"],
+            columns["bodystructure"],
+            columns["bodystructure_basic"],
+            columns["mime_parts"],
+            columns["sent_date"],
+            columns["search_headers"],
+        )
+        await events.publish_new(conn, vaultbox_id, mailbox["id"], mailbox["uid"])
+    return Inserted(row_id, mailbox["id"], mailbox["uid"], mailbox["uidvalidity"])
+
+
+async def uids_and_flags(db: Executor, mailbox_id: int, after_uid: int = 0) -> list[asyncpg.Record]:
+    """(uid, flags) of the mailbox's messages above `after_uid`, in UID order."""
+    return await db.fetch(
+        """SELECT uid, flags FROM encrypted_emails
+            WHERE mailbox_id = $1 AND uid > $2 ORDER BY uid""",
+        mailbox_id,
+        after_uid,
+    )
+
+
+async def fetch_rows(
+    db: Executor, mailbox_id: int, uids: Sequence[int], columns: Iterable[str]
+) -> list[asyncpg.Record]:
+    """The named columns of the messages with these UIDs (those that still exist), UID order."""
+    wanted = ["uid", *sorted(set(columns) - {"uid"})]
+    unknown = set(wanted) - COLUMNS
+    if unknown:
+        raise ValueError(f"unknown message columns {sorted(unknown)}")
+    return await db.fetch(
+        f"""SELECT {", ".join(wanted)} FROM encrypted_emails
+             WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) ORDER BY uid""",  # noqa: S608
+        mailbox_id,
+        list(uids),
+    )
+
+
+async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
+    """Compute and persist ENVELOPE/BODYSTRUCTURE for a row stored without them."""
+    body = await db.fetchval(
+        "SELECT body_encrypted FROM encrypted_emails WHERE id = $1", message_id
+    )
+    if body is None:
+        raise NotFound(f"no message {message_id}")
+    info = mimeinfo.describe(body)
+    columns = info_columns(info)
+    await db.execute(
+        """UPDATE encrypted_emails
+              SET envelope = $2, bodystructure = $3, bodystructure_basic = $4,
+                  mime_parts = $5::jsonb, sent_date = $6, search_headers = $7::jsonb
+            WHERE id = $1""",
+        message_id,
+        columns["envelope"],
+        columns["bodystructure"],
+        columns["bodystructure_basic"],
+        columns["mime_parts"],
+        columns["sent_date"],
+        columns["search_headers"],
+    )
+    return info
+
+
+_FLAG_CHANGE = {
+    # (new value, condition under which a row changes)
+    "add": (
+        "ARRAY(SELECT DISTINCT f FROM unnest(flags || $3::text[]) f ORDER BY f)",
+        "NOT flags @> $3::text[]",
+    ),
+    "remove": (
+        "ARRAY(SELECT f FROM unnest(flags) f WHERE f <> ALL($3::text[]) ORDER BY f)",
+        "flags && $3::text[]",
+    ),
+    "replace": ("$3::text[]", "NOT (flags @> $3::text[] AND flags <@ $3::text[])"),
+}
+
+
+async def store_flags(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    *,
+    vaultbox_id: uuid.UUID,
+    mailbox_id: int,
+    uids: Sequence[int],
+    mode: FlagMode,
+    flags: Sequence[str],
+    origin: str,
+) -> tuple[list[tuple[int, list[str]]], set[int]]:
+    """Change flags; returns ((uid, flags) of every existing target, the UIDs that changed).
+
+    Only rows whose flags change are written; the others are read, so a repeated
+    `STORE +FLAGS` costs no writes.
+    """
+    new_value, condition = _FLAG_CHANGE[mode]
+    async with conn.transaction():
+        rows = await conn.fetch(
+            f"""WITH changed AS (
+                    UPDATE encrypted_emails SET flags = {new_value}
+                     WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) AND {condition}
+                    RETURNING uid, flags)
+                SELECT uid, flags, true AS changed FROM changed
+                UNION ALL
+                SELECT uid, flags, false FROM encrypted_emails
+                 WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])
+                   AND uid NOT IN (SELECT uid FROM changed)""",  # noqa: S608
+            mailbox_id,
+            list(uids),
+            sorted(set(flags)),
+        )
+        changed = {row["uid"] for row in rows if row["changed"]}
+        if changed:
+            await events.publish_change(
+                conn, vaultbox_id, mailbox_id, events.FLAGS, origin, changed
+            )
+    result = sorted((row["uid"], list(row["flags"])) for row in rows)
+    return result, changed
+
+
+async def expunge(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    *,
+    vaultbox_id: uuid.UUID,
+    mailbox_id: int,
+    origin: str,
+    uids: Sequence[int] | None = None,
+) -> list[int]:
+    """Delete the messages flagged \\Deleted (only among `uids` when given); their UIDs."""
+    async with conn.transaction():
+        if uids is None:
+            rows = await conn.fetch(
+                r"""DELETE FROM encrypted_emails
+                     WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted'] RETURNING uid""",
+                mailbox_id,
+            )
+        else:
+            rows = await conn.fetch(
+                r"""DELETE FROM encrypted_emails
+                     WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])
+                       AND flags @> ARRAY['\Deleted'] RETURNING uid""",
+                mailbox_id,
+                list(uids),
+            )
+        gone = sorted(row["uid"] for row in rows)
+        if gone:
+            await events.publish_change(conn, vaultbox_id, mailbox_id, events.EXPUNGE, origin, gone)
+    return gone
+
+
+async def copy_messages(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    *,
+    vaultbox_id: uuid.UUID,
+    source_id: int,
+    target_id: int,
+    uids: Sequence[int],
+    origin: str,
+    move: bool = False,
+) -> tuple[int, list[tuple[int, int]]]:
+    """Copy (or move) messages to another mailbox of the same vaultbox.
+
+    Returns (target UIDVALIDITY, [(source uid, new uid)]). Both mailboxes must belong to
+    `vaultbox_id`; a message never leaves its vaultbox.
+    """
+    async with conn.transaction():
+        existing = await conn.fetch(
+            """SELECT e.uid FROM encrypted_emails e JOIN mailboxes m ON m.id = e.mailbox_id
+                WHERE e.mailbox_id = $1 AND m.vaultbox_id = $2 AND e.uid = ANY($3::bigint[])
+                ORDER BY e.uid""",
+            source_id,
+            vaultbox_id,
+            list(uids),
+        )
+        source_uids = [row["uid"] for row in existing]
+        target = await conn.fetchrow(
+            """UPDATE mailboxes SET uid_next = uid_next + $3
+                WHERE id = $1 AND vaultbox_id = $2
+               RETURNING uid_next - $3 AS first, uidvalidity""",
+            target_id,
+            vaultbox_id,
+            len(source_uids),
+        )
+        if target is None:
+            raise NotFound(f"no mailbox {target_id}")
+        if not source_uids:
+            return target["uidvalidity"], []
+        new_uids = list(range(target["first"], target["first"] + len(source_uids)))
+        await conn.execute(
+            f"""INSERT INTO encrypted_emails (mailbox_id, uid, {_COPIED})
+                SELECT $1, m.new_uid, {_COPIED}
+                  FROM unnest($3::bigint[], $4::bigint[]) AS m(old_uid, new_uid)
+                  JOIN encrypted_emails e ON e.mailbox_id = $2 AND e.uid = m.old_uid""",  # noqa: S608
+            target_id,
+            source_id,
+            source_uids,
+            new_uids,
+        )
+        await events.publish_new(conn, vaultbox_id, target_id, new_uids[-1])
+        if move:
+            await conn.execute(
+                "DELETE FROM encrypted_emails WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])",
+                source_id,
+                source_uids,
+            )
+            await events.publish_change(
+                conn, vaultbox_id, source_id, events.EXPUNGE, origin, source_uids
+            )
+    return target["uidvalidity"], list(zip(source_uids, new_uids, strict=True))
 
 
 @dataclass(frozen=True)
@@ -37,8 +371,6 @@ class NewMessage:
     subject_encrypted: str | None
     internal_date: datetime
     outcome: str = "stored"  # "stored" (encrypted here) or "passthrough" (arrived encrypted)
-    envelope: str | None = None
-    bodystructure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,39 +431,23 @@ async def deliver(
         delivered = Delivered(earlier["id"], earlier["mailbox_id"], earlier["uid"], True)
         await _log(conn, message, delivered, "duplicate", queue_id, duration_ms)
         return delivered
-    uid = await conn.fetchval(
-        "UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = $1 RETURNING uid_next - 1",
-        mailbox_id,
+    stored = await insert_message(
+        conn,
+        vaultbox_id=message.vaultbox_id,
+        mailbox_id=mailbox_id,
+        body=message.body,
+        internal_date=message.internal_date,
+        message_id=message.message_id,
+        sender=message.sender,
+        recipient=message.recipient,
+        subject_encrypted=message.subject_encrypted,
+        body_sha256=message.body_sha256,
+        encryption_method=message.encryption_method,
+        certificate_fingerprints=message.certificate_fingerprints,
     )
-    email_id = await conn.fetchval(
-        """INSERT INTO encrypted_emails
-               (vaultbox_id, mailbox_id, uid, message_id, sender, recipient, subject_encrypted,
-                body_encrypted, body_sha256, encryption_method, certificate_fingerprints,
-                size_bytes, internal_date, envelope, bodystructure)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-           RETURNING id""",
-        message.vaultbox_id,
-        mailbox_id,
-        uid,
-        message.message_id,
-        message.sender,
-        message.recipient,
-        message.subject_encrypted,
-        message.body,
-        message.body_sha256,
-        message.encryption_method,
-        message.certificate_fingerprints,
-        len(message.body),
-        message.internal_date,
-        message.envelope,
-        message.bodystructure,
-    )
+    email_id, uid = stored.id, stored.uid
     delivered = Delivered(email_id, mailbox_id, uid, False)
     await _log(conn, message, delivered, message.outcome, queue_id, duration_ms)
-    # Delivered to listeners at COMMIT, and only if the transaction commits.
-    await conn.execute(
-        "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{message.vaultbox_id}:{mailbox_id}:{uid}"
-    )
     return delivered
 
 

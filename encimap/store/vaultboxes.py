@@ -117,3 +117,13 @@ async def get_vaultbox(db: Executor, address: str) -> Vaultbox:
     if vaultbox is None:
         raise NotFound(f"no vaultbox {address}")
     return vaultbox
+
+
+async def vaultbox_by_id(db: Executor, vaultbox_id: uuid.UUID) -> Vaultbox:
+    row = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM vaultboxes WHERE id = $1",  # noqa: S608
+        vaultbox_id,
+    )
+    if row is None:
+        raise NotFound(f"no vaultbox {vaultbox_id}")
+    return _vaultbox(row)

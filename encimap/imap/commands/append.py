@@ -1,0 +1,96 @@
+"""APPEND (with UIDPLUS APPENDUID): clients save sent mail and drafts here. A message that is
+not already encrypted is encrypted to the vaultbox's public certificates first, so nothing
+in plaintext is stored; without a usable certificate the APPEND is refused."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from encimap import smime
+from encimap.imap.commands import AUTHENTICATED, command
+from encimap.imap.commands.mailbox import vaultbox_id
+from encimap.imap.commands.store import normalize_flags
+from encimap.imap.parser import Reader
+from encimap.imap.session import Session, no
+from encimap.logs import get_logger
+from encimap.store import certificates, mailboxes, messages, vaultboxes
+
+log = get_logger(__name__)
+
+_OFFLOAD_AT = 256 * 1024  # encrypt larger messages in a thread, off the event loop
+
+
+@command("APPEND", states=AUTHENTICATED)
+async def append(session: Session, _tag: str, reader: Reader) -> str:
+    reader.sp()
+    name = reader.mailbox()
+    reader.sp()
+    flags: list[str] = []
+    internal_date: datetime | None = None
+    if reader.peek() == 0x28:
+        flags = normalize_flags(reader.flag_list())
+        reader.sp()
+    if reader.peek() == 0x22:
+        internal_date = reader.date_time()
+        reader.sp()
+    data = reader.literal()
+    reader.end()
+    pool = session.server.pool
+    owner = vaultbox_id(session)
+    mailbox = await mailboxes.find_mailbox(pool, owner, name)
+    if mailbox is None:
+        raise no("[TRYCREATE] Mailbox doesn't exist: " + name[:200])
+    if not data:
+        raise no("Empty message")
+    stored = await _encrypted(session, data)
+    async with pool.acquire() as conn:
+        inserted = await messages.insert_message(
+            conn,
+            vaultbox_id=owner,
+            mailbox_id=mailbox.id,
+            body=stored.message,
+            flags=flags,
+            internal_date=internal_date,
+            subject_encrypted=stored.subject_encrypted,
+            encryption_method=stored.algorithm or "none",
+            certificate_fingerprints=stored.recipient_fingerprints,
+        )
+    log.info(
+        "imap.append",
+        session=session.id,
+        mailbox=mailbox.id,
+        uid=inserted.uid,
+        size=len(stored.message),
+        encrypted_here=not stored.already_encrypted,
+    )
+    return f"OK [APPENDUID {inserted.uidvalidity} {inserted.uid}] Append completed."
+
+
+async def _encrypted(session: Session, data: bytes) -> smime.EncryptionResult:
+    pool = session.server.pool
+    vaultbox = await vaultboxes.vaultbox_by_id(pool, vaultbox_id(session))
+    stored = await certificates.public_certificates(pool, vaultbox.id)
+    config = session.server.config.smime
+    usable = smime.usable_certificates(
+        [certificate.pem_content for certificate in stored],
+        vaultbox.address,
+        allow_address_mismatch=config.allow_address_mismatch,
+    )
+
+    def encrypt() -> smime.EncryptionResult:
+        return smime.encrypt_message(
+            data,
+            usable,
+            str(vaultbox.limits.get("smime_profile") or config.default_profile),
+            hide_subject=bool(vaultbox.limits.get("hide_subject", config.hide_subject)),
+        )
+
+    try:
+        if len(data) > _OFFLOAD_AT:
+            return await asyncio.to_thread(encrypt)
+        return encrypt()
+    except smime.NoUsableCertificate:
+        raise no("[CANNOT] The vaultbox has no usable certificate to encrypt with") from None
+    except (smime.SMIMEError, ValueError) as exc:
+        raise no(f"[CANNOT] Cannot encrypt this message: {exc}") from None

@@ -1,0 +1,205 @@
+"""FETCH and UID FETCH: stored bytes and stored ENVELOPE/BODYSTRUCTURE, nothing re-parsed.
+
+The set is read in chunks (one query each, only the columns the items need), and responses are
+buffered and written in large writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from encimap import mimeinfo
+from encimap.imap import wire
+from encimap.imap.commands import SELECTED, command
+from encimap.imap.commands.mailbox import vaultbox_id
+from encimap.imap.parser import FetchItem, Reader, Section, parse_fetch_items
+from encimap.imap.session import Session, bad
+from encimap.store import messages
+
+_CHUNK_WITH_BODY = 200
+_CHUNK_METADATA = 2000
+_COLUMNS_FOR = {
+    "UID": (),
+    "FLAGS": ("flags",),
+    "INTERNALDATE": ("internal_date",),
+    "RFC822.SIZE": ("size_bytes",),
+    "ENVELOPE": ("id", "envelope"),
+    "BODYSTRUCTURE": ("id", "bodystructure"),
+    "BODY": ("id", "bodystructure_basic"),
+    "RFC822": ("body_encrypted",),
+    "RFC822.HEADER": ("body_encrypted", "mime_parts", "id"),
+    "RFC822.TEXT": ("body_encrypted", "mime_parts", "id"),
+}
+_DERIVED = ("envelope", "bodystructure", "bodystructure_basic", "mime_parts")
+_FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
+
+
+def columns_for(items: Sequence[FetchItem]) -> set[str]:
+    columns: set[str] = set()
+    for item in items:
+        if item.section is not None:
+            columns.add("body_encrypted")
+            if item.section != Section():
+                columns.update(("mime_parts", "id"))
+        else:
+            columns.update(_COLUMNS_FOR[item.name])
+    return columns
+
+
+def sets_seen(items: Sequence[FetchItem]) -> bool:
+    """RFC 3501 6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
+    return any(
+        (item.section is not None and not item.peek) or item.name in ("RFC822", "RFC822.TEXT")
+        for item in items
+    )
+
+
+@command("FETCH", states=SELECTED, expunge_ok=False)
+async def fetch(session: Session, _tag: str, reader: Reader) -> str:
+    return await _fetch(session, reader, by_uid=False)
+
+
+@command("UID FETCH", states=SELECTED)
+async def uid_fetch(session: Session, _tag: str, reader: Reader) -> str:
+    return await _fetch(session, reader, by_uid=True)
+
+
+async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
+    selected = session.selected
+    assert selected is not None
+    reader.sp()
+    sequence = reader.sequence_set()
+    reader.sp()
+    items = parse_fetch_items(reader)
+    if not reader.at_end():  # RFC 7162 CHANGEDSINCE and other modifiers are not offered
+        raise bad("Unsupported FETCH modifiers")
+    if by_uid:
+        uids = selected.by_uid(sequence)
+        if not any(item.name == "UID" for item in items):
+            items = [FetchItem("UID"), *items]
+    else:
+        if not selected.is_sequence_valid(sequence):
+            raise bad("Invalid message sequence number")
+        uids = selected.by_sequence(sequence)
+    if not uids:
+        return "OK Fetch completed."
+    if sets_seen(items) and not selected.readonly:
+        async with session.server.pool.acquire() as conn:
+            await messages.store_flags(
+                conn,
+                vaultbox_id=vaultbox_id(session),
+                mailbox_id=selected.mailbox.id,
+                uids=uids,
+                mode="add",
+                flags=["\\Seen"],
+                origin=session.id,
+            )
+        if not any(item.name == "FLAGS" for item in items):
+            items = [*items, FetchItem("FLAGS")]
+    columns = columns_for(items)
+    chunk = _CHUNK_WITH_BODY if "body_encrypted" in columns else _CHUNK_METADATA
+    pool = session.server.pool
+    for start in range(0, len(uids), chunk):
+        rows = await messages.fetch_rows(
+            pool, selected.mailbox.id, uids[start : start + chunk], columns
+        )
+        for row in rows:
+            seq = selected.seq_of(row["uid"])
+            if seq is None:
+                continue
+            data = await _complete(pool, row, columns)
+            session.send(
+                b"* %d FETCH (%b)\r\n" % (seq, b" ".join(_render(item, data) for item in items))
+            )
+        await session.maybe_flush()
+    return "OK Fetch completed."
+
+
+async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) -> dict[str, Any]:
+    """The row as a dict; ENVELOPE/BODYSTRUCTURE computed and stored if the row lacks them
+    (messages stored before they existed)."""
+    data = dict(row)
+    if any(name in columns and data.get(name) is None for name in _DERIVED):
+        info = await messages.complete_info(pool, data["id"])
+        stored = messages.info_columns(info)
+        for name in _DERIVED:
+            data[name] = stored[name]
+    if isinstance(data.get("mime_parts"), str):
+        data["mime_parts"] = json.loads(data["mime_parts"])
+    return data
+
+
+def _render(item: FetchItem, row: dict[str, Any]) -> bytes:
+    name = item.name
+    if item.section is not None:
+        content = section_bytes(row, item.section)
+        if content is None:
+            return item.label().encode() + b" NIL"
+        if item.partial is not None:
+            start, length = item.partial
+            content = content[start : start + length]
+        return item.label().encode() + b" " + wire.literal_bytes(content)
+    if name == "UID":
+        return b"UID %d" % row["uid"]
+    if name == "FLAGS":
+        return b"FLAGS " + wire.flag_list(row["flags"]).encode()
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + wire.internal_date(row["internal_date"]).encode()
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % row["size_bytes"]
+    if name == "ENVELOPE":
+        return b"ENVELOPE " + row["envelope"].encode()
+    if name == "BODYSTRUCTURE":
+        return b"BODYSTRUCTURE " + row["bodystructure"].encode()
+    if name == "BODY":
+        return b"BODY " + row["bodystructure_basic"].encode()
+    if name == "RFC822":
+        return b"RFC822 " + wire.literal_bytes(row["body_encrypted"])
+    part = section_bytes(row, Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT"))
+    return name.encode() + b" " + wire.literal_bytes(part or b"")
+
+
+def section_bytes(row: dict[str, Any], section: Section) -> bytes | None:
+    """The bytes RFC 3501 6.4.5 names by a section, sliced from the stored message."""
+    body: bytes = row["body_encrypted"]
+    if section == Section():
+        return body
+    parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
+    key = ".".join(map(str, section.part))
+    if key not in parts:
+        return None
+    header_start, body_start, end = parts[key]
+    if section.text == "MIME":
+        return body[header_start:body_start]
+    if section.text == "":
+        return body[body_start:end] if section.part else body
+    if section.part:  # HEADER/TEXT of a message/rfc822 part: that message's own header
+        header_start = body_start
+        _header_end, body_start = mimeinfo.split_header(body, header_start, end)
+    if section.text == "TEXT":
+        return body[body_start:end]
+    header = body[header_start:body_start]
+    if section.text == "HEADER":
+        return header
+    return _header_fields(header, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
+
+
+def _header_fields(header: bytes, names: Sequence[str], *, exclude: bool) -> bytes:
+    wanted = {name.lower().encode() for name in names}
+    matches = list(_FIELD.finditer(header))
+    kept = []
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(header)
+        if (match[1].lower() in wanted) != exclude:
+            field = header[match.start() : end]
+            kept.append(field if field.endswith(b"\n") else field + b"\r\n")
+    joined = b"".join(kept)
+    # the trailing blank line of the header block, as in the full header
+    if joined.endswith(b"\r\n\r\n") or joined.endswith(b"\n\n"):
+        return joined
+    return joined + b"\r\n"

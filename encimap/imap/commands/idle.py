@@ -1,0 +1,42 @@
+"""IDLE (RFC 2177): report changes as they happen until the client sends DONE. Woken by the
+mailbox's NOTIFY events (see encimap.store.events), not by polling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from encimap.imap.commands import AUTHENTICATED, command
+from encimap.imap.parser import Reader
+from encimap.imap.session import Session, bad
+
+
+@command("IDLE", states=AUTHENTICATED)
+async def idle(session: Session, _tag: str, reader: Reader) -> str:
+    reader.end()
+    session.send(b"+ idling\r\n")
+    await session.after_command(expunge_ok=True)
+    await session.flush()
+    done = asyncio.ensure_future(session.read_line())
+    try:
+        while True:
+            waiters: set[asyncio.Future[object]] = {done}
+            changed = None
+            if session.selected is not None:
+                changed = asyncio.ensure_future(session.selected.changed.wait())
+                waiters.add(changed)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if changed is not None and not changed.done():
+                changed.cancel()
+            if done.done():
+                break
+            await session.after_command(expunge_ok=True)
+            await session.flush()
+    finally:
+        if not done.done():
+            done.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await done
+    if done.result().strip().upper() != b"DONE":
+        raise bad("Expected DONE")
+    return "OK Idle completed."

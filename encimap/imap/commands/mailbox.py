@@ -1,0 +1,268 @@
+"""Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST
+(with LIST-EXTENDED selection/return options and SPECIAL-USE), LSUB, STATUS, NAMESPACE,
+CLOSE, UNSELECT."""
+
+from __future__ import annotations
+
+import re
+
+from encimap.imap import wire
+from encimap.imap.commands import AUTHENTICATED, SELECTED, command
+from encimap.imap.parser import ParseError, Reader
+from encimap.imap.selected import Selected
+from encimap.imap.session import Session, State, no
+from encimap.store import NotFound, StoreError, mailboxes, messages
+from encimap.store.mailboxes import DELIMITER, Mailbox
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def vaultbox_id(session: Session):
+    assert session.principal is not None and session.principal.vaultbox_id is not None
+    return session.principal.vaultbox_id
+
+
+async def existing_mailbox(session: Session, name: str) -> Mailbox:
+    mailbox = await mailboxes.find_mailbox(session.server.pool, vaultbox_id(session), name)
+    if mailbox is None:
+        raise no("[NONEXISTENT] Mailbox doesn't exist: " + name[:200])
+    return mailbox
+
+
+def unselect(session: Session) -> None:
+    if session.selected is not None:
+        session.selected.close()
+        session.selected = None
+    session.state = State.AUTHENTICATED
+
+
+@command("SELECT", "EXAMINE", states=AUTHENTICATED)
+async def select(session: Session, _tag: str, reader: Reader) -> str:
+    readonly = reader.data[: reader.pos].upper().endswith(b"EXAMINE")
+    reader.sp()
+    name = reader.mailbox()
+    reader.end()
+    unselect(session)
+    mailbox = await existing_mailbox(session, name)
+    selected = Selected(
+        session.server.pool,
+        session.server.listener,
+        mailbox,
+        readonly=readonly,
+        session_id=session.id,
+    )
+    rows = await selected.load()
+    keywords = sorted({f for row in rows for f in row["flags"] if not f.startswith("\\")})
+    flags = " ".join((*SYSTEM_FLAGS, *keywords))
+    session.untagged(f"FLAGS ({flags})")
+    permanent = "()" if readonly else f"({flags} \\*)"
+    session.untagged(f"OK [PERMANENTFLAGS {permanent}] Flags permitted.")
+    session.untagged(f"{len(rows)} EXISTS")
+    session.untagged("0 RECENT")
+    first_unseen = next(
+        (seq for seq, row in enumerate(rows, 1) if "\\Seen" not in row["flags"]), None
+    )
+    if first_unseen is not None:
+        session.untagged(f"OK [UNSEEN {first_unseen}] First unseen.")
+    session.untagged(f"OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid")
+    session.untagged(f"OK [UIDNEXT {selected.highest_uid + 1}] Predicted next UID")
+    session.selected = selected
+    session.state = State.SELECTED
+    mode = "READ-ONLY" if readonly else "READ-WRITE"
+    return f"OK [{mode}] {'Examine' if readonly else 'Select'} completed."
+
+
+@command("UNSELECT", states=SELECTED)
+async def unselect_command(session: Session, _tag: str, reader: Reader) -> str:
+    reader.end()
+    unselect(session)
+    return "OK Unselect completed."
+
+
+@command("CLOSE", states=SELECTED)
+async def close(session: Session, _tag: str, reader: Reader) -> str:
+    """RFC 3501 6.4.2: expunge silently (unless read-only), then leave the mailbox."""
+    reader.end()
+    selected = session.selected
+    assert selected is not None
+    if not selected.readonly:
+        async with session.server.pool.acquire() as conn:
+            await messages.expunge(
+                conn,
+                vaultbox_id=vaultbox_id(session),
+                mailbox_id=selected.mailbox.id,
+                origin=session.id,
+            )
+    unselect(session)
+    return "OK Close completed."
+
+
+@command("CREATE", states=AUTHENTICATED)
+async def create(session: Session, _tag: str, reader: Reader) -> str:
+    reader.sp()
+    name = reader.mailbox()
+    reader.end()
+    try:
+        await mailboxes.create_mailbox(session.server.pool, vaultbox_id(session), name)
+    except StoreError as exc:
+        code = "[ALREADYEXISTS] " if "exists" in str(exc) else "[CANNOT] "
+        raise no(code + str(exc)) from None
+    return "OK Create completed."
+
+
+@command("DELETE", states=AUTHENTICATED)
+async def delete(session: Session, _tag: str, reader: Reader) -> str:
+    reader.sp()
+    name = reader.mailbox()
+    reader.end()
+    if session.selected is not None and session.selected.mailbox.name == mailboxes.canonical_name(
+        name
+    ):
+        unselect(session)
+    try:
+        await mailboxes.delete_mailbox(session.server.pool, vaultbox_id(session), name)
+    except NotFound:
+        raise no("[NONEXISTENT] Mailbox doesn't exist: " + name[:200]) from None
+    except StoreError as exc:
+        raise no("[CANNOT] " + str(exc)) from None
+    return "OK Delete completed."
+
+
+@command("RENAME", states=AUTHENTICATED)
+async def rename(session: Session, _tag: str, reader: Reader) -> str:
+    reader.sp()
+    old = reader.mailbox()
+    reader.sp()
+    new = reader.mailbox()
+    reader.end()
+    try:
+        await mailboxes.rename_mailbox(session.server.pool, vaultbox_id(session), old, new)
+    except NotFound:
+        raise no("[NONEXISTENT] Mailbox doesn't exist: " + old[:200]) from None
+    except StoreError as exc:
+        code = "[ALREADYEXISTS] " if "exists" in str(exc) else "[CANNOT] "
+        raise no(code + str(exc)) from None
+    return "OK Rename completed."
+
+
+@command("SUBSCRIBE", "UNSUBSCRIBE", states=AUTHENTICATED)
+async def subscribe(session: Session, _tag: str, reader: Reader) -> str:
+    on = not reader.data[: reader.pos].upper().endswith(b"UNSUBSCRIBE")
+    reader.sp()
+    name = reader.mailbox()
+    reader.end()
+    try:
+        await mailboxes.set_subscribed(session.server.pool, vaultbox_id(session), name, on)
+    except NotFound:
+        raise no("[NONEXISTENT] Mailbox doesn't exist: " + name[:200]) from None
+    return f"OK {'Subscribe' if on else 'Unsubscribe'} completed."
+
+
+def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
+    full = reference + pattern if not pattern.startswith(DELIMITER) else pattern
+    regex = "".join(
+        ".*" if c == "*" else f"[^{re.escape(DELIMITER)}]*" if c == "%" else re.escape(c)
+        for c in full
+    )
+    if full.upper().startswith("INBOX"):
+        regex = "(?i:INBOX)" + regex[len(re.escape("INBOX")) :]
+    return re.compile(regex + r"\Z")
+
+
+def _options(reader: Reader) -> list[str]:
+    reader.expect(b"(")
+    options = []
+    while reader.peek() != 0x29:
+        if options:
+            reader.sp()
+        options.append(reader.atom().upper())
+    reader.pos += 1
+    return options
+
+
+@command("LIST", "LSUB", states=AUTHENTICATED)
+async def list_mailboxes(session: Session, _tag: str, reader: Reader) -> str:
+    lsub = reader.data[: reader.pos].upper().endswith(b"LSUB")
+    reader.sp()
+    selection = _options(reader) if not lsub and reader.peek() == 0x28 else []
+    if selection:
+        reader.sp()
+    reference = reader.mailbox() if reader.peek() != 0x22 else reader.quoted().decode()
+    reader.sp()
+    patterns = [reader.list_mailbox()] if reader.peek() != 0x28 else None
+    if patterns is None:
+        reader.pos += 1
+        patterns = []
+        while reader.peek() != 0x29:
+            if patterns:
+                reader.sp()
+            patterns.append(reader.list_mailbox())
+        reader.pos += 1
+    returns: list[str] = []
+    if not reader.at_end():
+        reader.sp()
+        if not reader.accept(b"RETURN "):
+            raise ParseError("expected RETURN")
+        returns = _options(reader)
+    reader.end()
+    word = "LSUB" if lsub else "LIST"
+    if patterns == [""]:
+        session.untagged(f'{word} (\\Noselect) "{DELIMITER}" ""')
+        return f"OK {word} completed."
+    everything = await mailboxes.list_mailboxes(session.server.pool, vaultbox_id(session))
+    names = {m.name for m in everything}
+    matchers = [_pattern(reference, p) for p in patterns]
+    subscribed_only = lsub or "SUBSCRIBED" in selection
+    special_only = "SPECIAL-USE" in selection
+    for mailbox in everything:
+        if not any(m.match(mailbox.name) for m in matchers):
+            continue
+        if (subscribed_only and not mailbox.subscribed) or (
+            special_only and not mailbox.special_use
+        ):
+            continue
+        has_children = any(n.startswith(mailbox.name + DELIMITER) for n in names)
+        attributes = ["\\HasChildren" if has_children else "\\HasNoChildren"]
+        if mailbox.special_use and (not lsub):
+            attributes.append(mailbox.special_use)
+        if mailbox.subscribed and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
+            attributes.append("\\Subscribed")
+        session.untagged(
+            f'{word} ({" ".join(attributes)}) "{DELIMITER}" {wire.astring(mailbox.name)}'
+        )
+        await session.maybe_flush()
+    return f"OK {word} completed."
+
+
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE")
+
+
+@command("STATUS", states=AUTHENTICATED)
+async def status(session: Session, _tag: str, reader: Reader) -> str:
+    reader.sp()
+    name = reader.mailbox()
+    reader.sp()
+    items = _options(reader)
+    reader.end()
+    if not items or any(item not in _STATUS_ITEMS for item in items):
+        raise ParseError("unknown STATUS item")
+    mailbox = await existing_mailbox(session, name)
+    counts = await mailboxes.counts(session.server.pool, mailbox.id)
+    values = {
+        "MESSAGES": counts.messages,
+        "RECENT": 0,
+        "UIDNEXT": mailbox.uid_next,
+        "UIDVALIDITY": mailbox.uidvalidity,
+        "UNSEEN": counts.unseen,
+        "SIZE": counts.size,
+    }
+    listed = " ".join(f"{item} {values[item]}" for item in items)
+    session.untagged(f"STATUS {wire.astring(mailbox.name)} ({listed})")
+    return "OK Status completed."
+
+
+@command("NAMESPACE", states=AUTHENTICATED)
+async def namespace(session: Session, _tag: str, reader: Reader) -> str:
+    reader.end()
+    session.untagged(f'NAMESPACE (("" "{DELIMITER}")) NIL NIL')
+    return "OK Namespace completed."

@@ -1,0 +1,173 @@
+"""Changing messages: STORE, COPY, MOVE (RFC 6851), EXPUNGE and UID EXPUNGE (RFC 4315),
+with their UID forms; COPYUID replies (UIDPLUS)."""
+
+from __future__ import annotations
+
+from encimap.imap import wire
+from encimap.imap.commands import SELECTED, command
+from encimap.imap.commands.mailbox import existing_mailbox, vaultbox_id
+from encimap.imap.parser import ParseError, Reader
+from encimap.imap.selected import Selected
+from encimap.imap.session import Session, bad, no
+from encimap.store import messages
+
+_SYSTEM = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
+_MODES = {"FLAGS": "replace", "+FLAGS": "add", "-FLAGS": "remove"}
+
+
+def normalize_flags(flags: list[str]) -> list[str]:
+    """System flags in their canonical case; \\Recent and unknown system flags refused."""
+    result = []
+    for flag in flags:
+        if flag.startswith("\\"):
+            if flag.lower() not in _SYSTEM:
+                raise ParseError(f"cannot store flag {flag[:40]}")
+            flag = _SYSTEM[flag.lower()]
+        result.append(flag)
+    return result
+
+
+def target_uids(selected: Selected, reader: Reader, *, by_uid: bool) -> list[int]:
+    sequence = reader.sequence_set()
+    if by_uid:
+        return selected.by_uid(sequence)
+    if not selected.is_sequence_valid(sequence):
+        raise bad("Invalid message sequence number")
+    return selected.by_sequence(sequence)
+
+
+def writable(session: Session) -> Selected:
+    selected = session.selected
+    assert selected is not None
+    if selected.readonly:
+        raise no("[READ-ONLY] Mailbox is open read-only")
+    return selected
+
+
+@command("STORE", states=SELECTED, expunge_ok=False)
+async def store(session: Session, _tag: str, reader: Reader) -> str:
+    return await _store(session, reader, by_uid=False)
+
+
+@command("UID STORE", states=SELECTED)
+async def uid_store(session: Session, _tag: str, reader: Reader) -> str:
+    return await _store(session, reader, by_uid=True)
+
+
+async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
+    selected = writable(session)
+    reader.sp()
+    uids = target_uids(selected, reader, by_uid=by_uid)
+    reader.sp()
+    action = reader.atom().upper()
+    silent = action.endswith(".SILENT")
+    mode = _MODES.get(action.removesuffix(".SILENT"))
+    if mode is None:
+        raise ParseError(f"unknown STORE action {action[:20]}")
+    reader.sp()
+    flags = normalize_flags(reader.flag_list())
+    reader.end()
+    if not uids:
+        return "OK Store completed."
+    async with session.server.pool.acquire() as conn:
+        rows, _changed = await messages.store_flags(
+            conn,
+            vaultbox_id=vaultbox_id(session),
+            mailbox_id=selected.mailbox.id,
+            uids=uids,
+            mode=mode,  # type: ignore[arg-type]
+            flags=flags,
+            origin=session.id,
+        )
+    if not silent:
+        for uid, current in rows:
+            seq = selected.seq_of(uid)
+            if seq is not None:
+                uid_part = b" UID %d" % uid if by_uid else b""
+                session.send(
+                    b"* %d FETCH (FLAGS %b%b)\r\n"
+                    % (seq, wire.flag_list(current).encode(), uid_part)
+                )
+    return "OK Store completed."
+
+
+@command("COPY", "MOVE", states=SELECTED, expunge_ok=False)
+async def copy(session: Session, _tag: str, reader: Reader) -> str:
+    move = reader.data[: reader.pos].upper().endswith(b"MOVE")
+    return await _copy(session, reader, by_uid=False, move=move)
+
+
+@command("UID COPY", "UID MOVE", states=SELECTED)
+async def uid_copy(session: Session, _tag: str, reader: Reader) -> str:
+    move = reader.data[: reader.pos].upper().endswith(b"MOVE")
+    return await _copy(session, reader, by_uid=True, move=move)
+
+
+async def _copy(session: Session, reader: Reader, *, by_uid: bool, move: bool) -> str:
+    selected = writable(session) if move else session.selected
+    assert selected is not None
+    reader.sp()
+    uids = target_uids(selected, reader, by_uid=by_uid)
+    reader.sp()
+    name = reader.mailbox()
+    reader.end()
+    target = await existing_mailbox(session, name)
+    verb = "Move" if move else "Copy"
+    if not uids:
+        return f"OK {verb} completed."
+    if move and target.id == selected.mailbox.id:
+        raise no("[CANNOT] Source and destination are the same mailbox")
+    async with session.server.pool.acquire() as conn:
+        uidvalidity, pairs = await messages.copy_messages(
+            conn,
+            vaultbox_id=vaultbox_id(session),
+            source_id=selected.mailbox.id,
+            target_id=target.id,
+            uids=uids,
+            origin=session.id,
+            move=move,
+        )
+    if not pairs:
+        return f"OK {verb} completed."
+    code = (
+        f"COPYUID {uidvalidity} {wire.ordered_sequence_set([p[0] for p in pairs])} "
+        f"{wire.ordered_sequence_set([p[1] for p in pairs])}"
+    )
+    if move:  # RFC 6851 4.3: COPYUID in an untagged OK, then the EXPUNGEs
+        session.untagged(f"OK [{code}] Moved")
+        for seq in selected.forget([p[0] for p in pairs]):
+            session.send(b"* %d EXPUNGE\r\n" % seq)
+        return f"OK {verb} completed."
+    return f"OK [{code}] {verb} completed."
+
+
+@command("EXPUNGE", states=SELECTED)
+async def expunge(session: Session, _tag: str, reader: Reader) -> str:
+    reader.end()
+    return await _expunge(session, None)
+
+
+@command("UID EXPUNGE", states=SELECTED)
+async def uid_expunge(session: Session, _tag: str, reader: Reader) -> str:
+    reader.sp()
+    selected = writable(session)
+    uids = selected.by_uid(reader.sequence_set())
+    reader.end()
+    return await _expunge(session, uids)
+
+
+async def _expunge(session: Session, uids: list[int] | None) -> str:
+    selected = writable(session)
+    if uids == []:
+        return "OK Expunge completed."
+    async with session.server.pool.acquire() as conn:
+        gone = await messages.expunge(
+            conn,
+            vaultbox_id=vaultbox_id(session),
+            mailbox_id=selected.mailbox.id,
+            origin=session.id,
+            uids=uids,
+        )
+    for seq in selected.forget(gone):
+        session.send(b"* %d EXPUNGE\r\n" % seq)
+    return "OK Expunge completed."

@@ -1,0 +1,153 @@
+"""The selected mailbox of one session: the sequence number <-> UID map and the changes other
+sessions made that this one has not reported yet (RFC 3501 5.2, 7.4.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable, Sequence
+
+import asyncpg
+
+from encimap.imap import wire
+from encimap.imap.parser import SequenceSet
+from encimap.store import events, messages
+from encimap.store.mailboxes import Mailbox
+
+
+class Selected:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        listener: events.Listener,
+        mailbox: Mailbox,
+        *,
+        readonly: bool,
+        session_id: str,
+    ) -> None:
+        self.pool = pool
+        self.mailbox = mailbox
+        self.readonly = readonly
+        self.session_id = session_id
+        self.uids: list[int] = []  # index = sequence number - 1
+        self.highest_uid = 0
+        self.changed = asyncio.Event()  # wakes IDLE
+        self._new = False
+        self._flags: set[int] = set()
+        self._expunged: set[int] = set()
+        self._resync = False
+        self._unsubscribe: Callable[[], None] = listener.subscribe(mailbox.id, self._on_event)
+
+    async def load(self) -> list[asyncpg.Record]:
+        """Read the mailbox's (uid, flags) once, at SELECT."""
+        rows = await messages.uids_and_flags(self.pool, self.mailbox.id)
+        self.uids = [row["uid"] for row in rows]
+        self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
+        return rows
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+    # -- numbers --
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        index = bisect.bisect_left(self.uids, uid)
+        if index < len(self.uids) and self.uids[index] == uid:
+            return index + 1
+        return None
+
+    def by_sequence(self, sequence: SequenceSet) -> list[int]:
+        """UIDs of the messages a sequence-number set names (an empty mailbox names none)."""
+        if not self.uids:
+            return []
+        chosen: set[int] = set()
+        for low, high in sequence.resolve(len(self.uids)):
+            if low > len(self.uids):
+                continue
+            chosen.update(self.uids[low - 1 : min(high, len(self.uids))])
+        return sorted(chosen)
+
+    def by_uid(self, sequence: SequenceSet) -> list[int]:
+        """Existing UIDs within a UID set ("*" is the highest UID in the mailbox)."""
+        if not self.uids:
+            return []
+        chosen: list[int] = []
+        for low, high in sequence.resolve(self.uids[-1]):
+            start = bisect.bisect_left(self.uids, low)
+            stop = bisect.bisect_right(self.uids, high)
+            chosen.extend(self.uids[start:stop])
+        return sorted(set(chosen))
+
+    def is_sequence_valid(self, sequence: SequenceSet) -> bool:
+        return all(
+            (start is None or start <= len(self.uids)) and (end is None or end <= len(self.uids))
+            for start, end in sequence.ranges
+        )
+
+    # -- changes --
+    def _on_event(self, event: events.Event) -> None:
+        if event.kind == events.NEW:
+            if event.uid > self.highest_uid:
+                self._new = True
+        elif event.kind == events.RESYNC or event.uids is None:
+            self._resync = True
+        elif event.origin == self.session_id:
+            return
+        elif event.kind == events.FLAGS:
+            self._flags.update(event.uids)
+        elif event.kind == events.EXPUNGE:
+            self._expunged.update(event.uids)
+        self.changed.set()
+
+    def has_changes(self) -> bool:
+        return self._new or self._resync or bool(self._flags) or bool(self._expunged)
+
+    def forget(self, uids: Sequence[int]) -> list[int]:
+        """Drop expunged UIDs from the map; their sequence numbers as reported (RFC 3501 7.4.1:
+        each EXPUNGE renumbers the later messages at once)."""
+        numbers = []
+        for uid in sorted(uids):
+            seq = self.seq_of(uid)
+            if seq is not None:
+                del self.uids[seq - 1]
+                numbers.append(seq)
+        self._flags.difference_update(uids)
+        return numbers
+
+    async def sync(self, *, expunge_ok: bool) -> list[bytes]:
+        """Untagged responses for what changed since the last report."""
+        self.changed.clear()
+        if not self.has_changes():
+            return []
+        lines: list[bytes] = []
+        if self._resync:
+            self._resync = False
+            current = {
+                row["uid"] for row in await messages.uids_and_flags(self.pool, self.mailbox.id)
+            }
+            self._expunged.update(uid for uid in self.uids if uid not in current)
+            self._flags.update(uid for uid in self.uids if uid in current)
+            self._new = True
+        if expunge_ok and self._expunged:
+            gone, self._expunged = self._expunged, set()
+            lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(gone)))
+        if self._new:
+            self._new = False
+            rows = await messages.uids_and_flags(self.pool, self.mailbox.id, self.highest_uid)
+            if rows:
+                self.uids.extend(row["uid"] for row in rows)
+                self.highest_uid = rows[-1]["uid"]
+                lines.append(b"* %d EXISTS\r\n" % len(self.uids))
+        if self._flags:
+            changed, self._flags = sorted(self._flags), set()
+            rows = await messages.fetch_rows(self.pool, self.mailbox.id, changed, ["flags"])
+            for row in rows:
+                seq = self.seq_of(row["uid"])
+                if seq is not None:
+                    lines.append(
+                        b"* %d FETCH (UID %d FLAGS %s)\r\n"
+                        % (seq, row["uid"], wire.flag_list(row["flags"]).encode())
+                    )
+        return lines

@@ -1,0 +1,158 @@
+"""The IMAP component: STARTTLS listeners (`imap.listen`) and implicit TLS listeners
+(`imap.tls_listen`), per-user connection limits, and the shared pool, auth engine and
+mailbox event listener. `start(runtime)` is registered in COMPONENTS as "imap"."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from collections import Counter
+from typing import Any
+
+import asyncpg
+
+from encimap import db
+from encimap.config import Config, listeners
+from encimap.imap.session import Session
+from encimap.logs import get_logger
+from encimap.service.listeners import Sessions, bind
+from encimap.store import events
+from encimap.tls import TLSMaterial
+
+log = get_logger(__name__)
+
+_STREAM_LIMIT = 64 * 1024
+
+
+class Server:
+    name = "imap"
+
+    def __init__(
+        self,
+        config: Config,
+        pool: asyncpg.Pool,
+        engine: Any,
+        tls: TLSMaterial,
+        listener: events.Listener,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.engine = engine
+        self.tls = tls
+        self.listener = listener
+        self.sessions = Sessions()
+        self.servers: list[asyncio.Server] = []
+        self._per_user: Counter[str] = Counter()
+        self._counted: dict[str, str] = {}  # session id -> username
+        self._trusted = [
+            ipaddress.ip_network(network, strict=False) for network in config.imap.trusted_networks
+        ]
+
+    async def start(self) -> None:
+        settings = self.config.imap
+        for spec in listeners(settings.listen):
+            self.servers.append(await bind(spec, self._factory(tls=False)))
+        for spec in listeners(settings.tls_listen):
+            context = self._implicit_context()
+            self.servers.append(await bind(spec, self._factory(tls=True), tls=context))
+        log.info(
+            "imap.listening",
+            starttls=listeners(settings.listen),
+            tls=listeners(settings.tls_listen),
+        )
+
+    def _implicit_context(self) -> ssl.SSLContext:
+        """The listener's context; its SNI hook switches each handshake to the current
+        material, so a SIGHUP reload reaches implicit-TLS connections too."""
+        context = self.tls.context
+
+        def current(connection: ssl.SSLObject, _name: str | None, used: ssl.SSLContext) -> None:
+            if self.tls.context is not used:
+                connection.context = self.tls.context
+
+        context.sni_callback = current
+        return context
+
+    def tls_context(self) -> ssl.SSLContext:
+        return self.tls.context
+
+    def _factory(self, *, tls: bool) -> Any:
+        def build() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=max(self.config.imap.max_line_length, 1024))
+
+            async def connected(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                await self._serve(r, w, tls=tls)
+
+            return asyncio.StreamReaderProtocol(reader, connected)
+
+        return build
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        session = Session(self, reader, writer, tls=tls, client_ip=client_ip)
+        task = asyncio.current_task()
+        if task is not None:
+            self.sessions.add(task)
+        try:
+            await session.run()
+        except asyncio.CancelledError:
+            # drain() cancels sessions still open at its timeout; the connection is closed
+            # and this is the task's top level, so the cancellation ends here.
+            writer.transport.abort()
+
+    # -- policy --
+    def login_allowed(self, session: Session) -> bool:
+        """Passwords only over TLS, except from `imap.trusted_networks`."""
+        if session.tls:
+            return True
+        try:
+            address = ipaddress.ip_address(session.client_ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted)
+
+    def session_started(self, session: Session, principal: Any) -> bool:
+        """Count a logged-in session; False when the user is at `max_connections_per_user`."""
+        limit = self.config.imap.max_connections_per_user
+        if limit and self._per_user[principal.username] >= limit:
+            return False
+        self._per_user[principal.username] += 1
+        self._counted[session.id] = principal.username
+        return True
+
+    def session_ended(self, session: Session) -> None:
+        username = self._counted.pop(session.id, None)
+        if username is not None:
+            self._per_user[username] -= 1
+            if self._per_user[username] <= 0:
+                del self._per_user[username]
+
+    # -- component --
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+
+    async def drain(self, timeout: float) -> None:
+        await self.sessions.drain(timeout)
+
+    def reload(self) -> None:
+        """TLS material is reloaded by the runtime; new handshakes pick it up."""
+
+
+async def start(runtime: Any) -> Server:
+    from encimap.auth import engine_for
+
+    pool = await runtime.pool("encimap", db.ROLE_IMAP, "imap")
+    engine = await engine_for(runtime)
+    listener = events.Listener(pool)
+    await listener.start()
+    runtime.stack.push_async_callback(listener.close)
+    server = Server(runtime.config, pool, engine, runtime.tls, listener)
+    await server.start()
+    return server

@@ -1,0 +1,176 @@
+"""Mailbox change notifications over PostgreSQL LISTEN/NOTIFY (channel `encimap_mailbox`).
+
+Payloads (sent inside the changing transaction, so they arrive only after commit):
+- `<vaultbox_id>:<mailbox_id>:<uid>`: messages up to this UID were added (delivery, APPEND,
+  COPY/MOVE). Readers fetch everything above the last UID they know, so a lost or merged
+  notification costs nothing.
+- `<vaultbox_id>:<mailbox_id>:flags:<origin>:<uids>` and `...:expunge:<origin>:<uids>`: flags
+  changed / messages removed; `<uids>` is a range list such as `1-5,9`, or `*` ("resync",
+  when the list would not fit in a NOTIFY payload). `<origin>` names the session that made
+  the change so it can skip its own echo.
+
+One `Listener` per process holds one connection and fans events out to subscribers by
+mailbox; if that connection drops, every subscriber gets a resync event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import asyncpg
+
+from encimap.logs import get_logger
+from encimap.store.types import Executor
+
+log = get_logger(__name__)
+
+CHANNEL = "encimap_mailbox"
+NEW, FLAGS, EXPUNGE, RESYNC = "new", "flags", "expunge", "resync"
+_MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    mailbox_id: int
+    uid: int = 0  # NEW: the highest new UID
+    uids: frozenset[int] | None = None  # FLAGS/EXPUNGE; None means "unknown: resync"
+    origin: str = ""
+
+
+def encode_ranges(uids: Iterable[int]) -> str:
+    ordered = sorted(set(uids))
+    ranges: list[str] = []
+    start = prev = None
+    for uid in ordered:
+        if prev is not None and uid == prev + 1:
+            prev = uid
+            continue
+        if start is not None:
+            ranges.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = uid
+    if start is not None:
+        ranges.append(str(start) if start == prev else f"{start}-{prev}")
+    return ",".join(ranges)
+
+
+def decode_ranges(text: str) -> frozenset[int]:
+    uids: set[int] = set()
+    for item in text.split(","):
+        low, _, high = item.partition("-")
+        uids.update(range(int(low), int(high or low) + 1))
+    return frozenset(uids)
+
+
+async def publish_new(db: Executor, vaultbox_id: uuid.UUID, mailbox_id: int, uid: int) -> None:
+    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{vaultbox_id}:{mailbox_id}:{uid}")
+
+
+async def publish_change(
+    db: Executor,
+    vaultbox_id: uuid.UUID,
+    mailbox_id: int,
+    kind: str,
+    origin: str,
+    uids: Iterable[int],
+) -> None:
+    ranges = encode_ranges(uids)
+    if len(ranges) > _MAX_PAYLOAD:
+        ranges = "*"
+    await db.execute(
+        "SELECT pg_notify($1, $2)", CHANNEL, f"{vaultbox_id}:{mailbox_id}:{kind}:{origin}:{ranges}"
+    )
+
+
+def parse(payload: str) -> Event | None:
+    parts = payload.split(":")
+    try:
+        if len(parts) == 3:
+            return Event(NEW, int(parts[1]), uid=int(parts[2]))
+        if len(parts) == 5 and parts[2] in (FLAGS, EXPUNGE):
+            uids = None if parts[4] == "*" else decode_ranges(parts[4])
+            return Event(parts[2], int(parts[1]), uids=uids, origin=parts[3])
+    except ValueError:
+        pass
+    log.warning("events.bad_payload", payload=payload[:200])
+    return None
+
+
+Subscriber = Callable[[Event], None]
+
+
+class Listener:
+    """LISTENs on one dedicated connection and calls subscribers of the event's mailbox."""
+
+    def __init__(self, pool: asyncpg.Pool, retry_delay: float = 1.0) -> None:
+        self._pool = pool
+        self._retry_delay = retry_delay
+        self._subscribers: dict[int, set[Subscriber]] = {}
+        self._connection: asyncpg.pool.PoolConnectionProxy | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._watch(), name="events-listener")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._release()
+
+    def subscribe(self, mailbox_id: int, subscriber: Subscriber) -> Callable[[], None]:
+        self._subscribers.setdefault(mailbox_id, set()).add(subscriber)
+
+        def unsubscribe() -> None:
+            group = self._subscribers.get(mailbox_id)
+            if group is not None:
+                group.discard(subscriber)
+                if not group:
+                    del self._subscribers[mailbox_id]
+
+        return unsubscribe
+
+    async def _connect(self) -> None:
+        connection = await self._pool.acquire()
+        await connection.add_listener(CHANNEL, self._on_notify)
+        connection.add_termination_listener(lambda _conn: self._lost.set())
+        self._connection = connection
+        self._lost.clear()
+
+    async def _release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.remove_listener(CHANNEL, self._on_notify)
+            with contextlib.suppress(Exception):
+                await self._pool.release(connection)
+
+    async def _watch(self) -> None:
+        while True:
+            await self._lost.wait()
+            log.warning("events.connection_lost")
+            await self._release()
+            while self._connection is None:
+                try:
+                    await self._connect()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("events.reconnect_failed", error=str(exc))
+                    await asyncio.sleep(self._retry_delay)
+            for mailbox_id in list(self._subscribers):
+                self._dispatch(Event(RESYNC, mailbox_id))
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        event = parse(payload)
+        if event is not None:
+            self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        for subscriber in list(self._subscribers.get(event.mailbox_id, ())):
+            subscriber(event)

@@ -1,0 +1,146 @@
+"""SEARCH over what is stored in clear: flags, dates, sizes, UIDs and the outer header fields
+From/To/Cc/Bcc/Subject (`search_headers`). Message bodies are encrypted, so BODY never
+matches and TEXT matches those header fields only.
+
+The IMAP front end parses a search program into these nodes; `search()` turns them into one
+parameterised query over one mailbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Literal
+
+from encimap.store.types import Executor
+
+SEARCHABLE_HEADERS = ("from", "to", "cc", "bcc", "subject")
+
+
+@dataclass(frozen=True)
+class All:
+    pass
+
+
+@dataclass(frozen=True)
+class Nothing:
+    pass
+
+
+@dataclass(frozen=True)
+class Flag:
+    flag: str
+    present: bool = True
+
+
+@dataclass(frozen=True)
+class Uids:
+    uids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Or:
+    left: Key
+    right: Key
+
+
+@dataclass(frozen=True)
+class And:
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True)
+class Date:
+    field: Literal["internal", "sent"]
+    op: Literal["before", "on", "since"]
+    day: date
+
+
+@dataclass(frozen=True)
+class Size:
+    op: Literal["larger", "smaller"]
+    size: int
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str  # lower case
+    text: str
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+Key = All | Nothing | Flag | Uids | Not | Or | And | Date | Size | Header | Text
+
+
+class _Compiler:
+    def __init__(self, mailbox_id: int) -> None:
+        self.params: list[object] = [mailbox_id]
+
+    def param(self, value: object, cast: str = "") -> str:
+        self.params.append(value)
+        return f"${len(self.params)}{cast}"
+
+    def sql(self, key: Key) -> str:
+        match key:
+            case All():
+                return "true"
+            case Nothing():
+                return "false"
+            case Flag(flag, present):
+                test = f"flags @> ARRAY[{self.param(flag, '::text')}]"
+                return test if present else f"NOT {test}"
+            case Uids(uids):
+                return f"uid = ANY({self.param(list(uids), '::bigint[]')})"
+            case Not(inner):
+                return f"NOT ({self.sql(inner)})"
+            case Or(left, right):
+                return f"(({self.sql(left)}) OR ({self.sql(right)}))"
+            case And(keys):
+                return (
+                    "(" + " AND ".join(f"({self.sql(k)})" for k in keys) + ")" if keys else "true"
+                )
+            case Date(field, op, day):
+                column = "internal_date" if field == "internal" else "sent_date"
+                value = f"({column} AT TIME ZONE 'UTC')::date"
+                operator = {"before": "<", "on": "=", "since": ">="}[op]
+                return f"{value} {operator} {self.param(day, '::date')}"
+            case Size(op, size):
+                operator = ">" if op == "larger" else "<"
+                return f"size_bytes {operator} {self.param(size, '::integer')}"
+            case Header(name, text):
+                if name not in SEARCHABLE_HEADERS:
+                    return "false"
+                return self._contains(f"search_headers->>{self.param(name, '::text')}", text)
+            case Text(text):
+                fields = " || ' ' || ".join(
+                    f"coalesce(search_headers->>'{name}', '')" for name in SEARCHABLE_HEADERS
+                )
+                return self._contains(f"({fields})", text)
+        raise TypeError(f"not a search key: {key!r}")
+
+    def _contains(self, expression: str, text: str) -> str:
+        return f"strpos(lower({expression}), lower({self.param(text, '::text')})) > 0"
+
+
+async def search(db: Executor, mailbox_id: int, key: Key, within: Sequence[int]) -> list[int]:
+    """UIDs in `within` (the session's view of the mailbox) matching `key`, ascending."""
+    compiler = _Compiler(mailbox_id)
+    condition = compiler.sql(key)
+    scope = compiler.param(list(within), "::bigint[]")
+    rows = await db.fetch(
+        f"""SELECT uid FROM encrypted_emails
+             WHERE mailbox_id = $1 AND uid = ANY({scope}) AND ({condition})
+             ORDER BY uid""",  # noqa: S608 - only placeholders and fixed SQL are interpolated
+        *compiler.params,
+    )
+    return [row["uid"] for row in rows]

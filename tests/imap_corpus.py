@@ -1,0 +1,177 @@
+"""Varied messages for comparing our ENVELOPE/BODYSTRUCTURE with Dovecot's."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+
+def _crlf(text: str) -> bytes:
+    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+
+
+def smime_like(size: int = 10_000, *, seed: int = 0, subject: str = "[...]") -> bytes:
+    """An S/MIME enveloped-data message of about `size` bytes (the body is random base64:
+    structure is what matters here)."""
+    payload = base64.encodebytes(os.urandom(size * 3 // 4)).decode().replace("\n", "\r\n")
+    return (
+        _crlf(
+            f"From: Sender {seed} <sender{seed}@example.org>\n"
+            f"To: vault@example.test\n"
+            f"Subject: {subject}\n"
+            f"Date: Tue, 2 Jan 2024 10:{seed % 60:02d}:00 +0100\n"
+            f"Message-ID: <smime-{seed}@example.org>\n"
+            "MIME-Version: 1.0\n"
+            'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"\n'
+            "Content-Transfer-Encoding: base64\n"
+            'Content-Disposition: attachment; filename="smime.p7m"\n'
+            "Content-Description: S/MIME Encrypted Message\n"
+            "\n"
+        )
+        + payload.encode()
+    )
+
+
+PLAIN = _crlf(
+    "From: Alice Example <alice@example.org>\n"
+    "To: Bob <bob@example.org>, carol@example.org\n"
+    'Cc: "Dave, the third" <dave@example.org>\n'
+    "Subject: Plain   text\twith  spaces\n"
+    "Date: Mon, 1 Jan 2024 10:00:00 +0000\n"
+    "Message-ID: <plain@example.org>\n"
+    "In-Reply-To: <earlier@example.org>\n"
+    "\n"
+    "Hello Bob,\n\nthis is plain.\n"
+)
+
+ALTERNATIVE = _crlf(
+    "From: alice@example.org\n"
+    "To: bob@example.org\n"
+    "Subject: Alternative\n"
+    "Date: Mon, 1 Jan 2024 11:00:00 +0000\n"
+    "MIME-Version: 1.0\n"
+    'Content-Type: multipart/alternative; boundary="alt-1"\n'
+    "\n"
+    "This is a preamble.\n"
+    "--alt-1\n"
+    "Content-Type: text/plain; charset=utf-8\n"
+    "Content-Transfer-Encoding: quoted-printable\n"
+    "\n"
+    "Gr=C3=BC=C3=9Fe\n"
+    "--alt-1\n"
+    'Content-Type: text/html; charset="utf-8"\n'
+    "\n"
+    "<p>Gruesse</p>\n"
+    "--alt-1--\n"
+    "epilogue\n"
+)
+
+NESTED = _crlf(
+    'From: "Ünïcode Name" <u@example.org>\n'
+    "To: =?utf-8?q?J=C3=B6rg?= <joerg@example.org>\n"
+    "Subject: =?utf-8?b?w4RwZmVs?= and more\n"
+    "Date: Wed, 3 Jan 2024 12:00:00 -0500\n"
+    "Message-ID: <nested@example.org>\n"
+    "MIME-Version: 1.0\n"
+    "Content-Type: multipart/mixed; boundary=outer\n"
+    "\n"
+    "--outer\n"
+    "Content-Type: multipart/alternative; boundary=inner\n"
+    "\n"
+    "--inner\n"
+    "Content-Type: text/plain\n"
+    "\n"
+    "plain body\n"
+    "--inner\n"
+    "Content-Type: text/html\n"
+    "\n"
+    "<b>html</b>\n"
+    "--inner--\n"
+    "\n"
+    "--outer\n"
+    'Content-Type: application/pdf; name="report.pdf"\n'
+    "Content-Transfer-Encoding: base64\n"
+    'Content-Disposition: attachment; filename="report.pdf"\n'
+    "Content-ID: <part3@example.org>\n"
+    "Content-Language: en, de\n"
+    "\n"
+    "JVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoKPDwvTGVuZ3RoIDMgMCBSL0ZpbHRlci9GbGF0ZURlY29kZT4+\n"
+    "--outer\n"
+    "Content-Type: message/rfc822\n"
+    "\n"
+    "From: inner@example.org\n"
+    "To: someone@example.org\n"
+    "Subject: forwarded\n"
+    "Date: Thu, 4 Jan 2024 08:00:00 +0000\n"
+    "\n"
+    "inner body\n"
+    "--outer--\n"
+)
+
+NO_DATE_GROUPS = _crlf(
+    "From: Group Sender <gs@example.org>\n"
+    "To: undisclosed-recipients:;\n"
+    'Cc: Friends: anna@example.org, "Ben B" <ben@example.org>;, last@example.org\n'
+    "Reply-To: replies@example.org (Reply Desk)\n"
+    "Subject: no date here\n"
+    "\n"
+    "body without date\n"
+)
+
+UTF8_HEADERS = _crlf(
+    "From: Jörg Müller <joerg@example.org>\n"
+    "To: 佐藤 <sato@example.jp>\n"
+    "Subject: Grüße aus Köln ☕\n"
+    "Date: Fri, 5 Jan 2024 09:30:00 +0100\n"
+    "Content-Type: text/plain; charset=utf-8\n"
+    "Content-Transfer-Encoding: 8bit\n"
+    "MIME-Version: 1.0\n"
+    "\n"
+    "Grüße\n"
+)
+
+RFC2231 = _crlf(
+    "From: a@example.org\n"
+    "To: b@example.org\n"
+    "Subject: params\n"
+    "Date: Sat, 6 Jan 2024 09:30:00 +0000\n"
+    "MIME-Version: 1.0\n"
+    'Content-Type: multipart/mixed; boundary="b1"\n'
+    "\n"
+    "--b1\n"
+    "Content-Type: text/plain; charset=us-ascii\n"
+    "\n"
+    "see attachment\n"
+    "--b1\n"
+    "Content-Type: application/octet-stream;\n"
+    '  name*0="long"; name*1="name.bin"\n'
+    "Content-Disposition: attachment;\n"
+    "  filename*=utf-8''%C3%A4rger.bin\n"
+    "Content-Transfer-Encoding: base64\n"
+    "\n"
+    "AAECAwQ=\n"
+    "--b1--\n"
+)
+
+MISSING_PARTS = _crlf(
+    "From: <bare@example.org>\n"
+    'To: nodomain, "Quoted \\"Name\\"" <q@example.org>\n'
+    "Sender: sender@example.org\n"
+    "Subject:\n"
+    "Message-ID: <x@y>\n"
+    "\n"
+    "x\n"
+)
+
+SMIME = smime_like(4000, seed=7)
+
+CORPUS: dict[str, bytes] = {
+    "plain": PLAIN,
+    "alternative": ALTERNATIVE,
+    "nested": NESTED,
+    "no_date_groups": NO_DATE_GROUPS,
+    "utf8_headers": UTF8_HEADERS,
+    "rfc2231": RFC2231,
+    "missing_parts": MISSING_PARTS,
+    "smime": SMIME,
+}

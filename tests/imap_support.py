@@ -1,0 +1,192 @@
+"""Helpers for the IMAP tests: a running IMAP service, vaultboxes with a certificate and
+encrypted mail stored through the one insert path, and stdlib clients over real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import imaplib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+
+from encimap import config as config_module
+from encimap import service, smime
+from encimap.pgcluster import free_port
+from encimap.store import messages
+from tests.intake_support import add_certificate
+from tests.support import Databases, DemoVaultbox, make_config, make_vaultbox
+
+
+def imap_config(
+    databases: Databases, tls_files: tuple[Path, Path], **imap: object
+) -> config_module.Config:
+    settings = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "tls_listen": f"127.0.0.1:{free_port()}",
+        **imap,
+    }
+    return make_config(databases, tls_files, imap=settings)
+
+
+def ports(cfg: config_module.Config) -> tuple[int, int]:
+    """(STARTTLS port, implicit TLS port)."""
+    return tuple(
+        int(str(spec).rpartition(":")[2]) for spec in (cfg.imap.listen, cfg.imap.tls_listen)
+    )  # type: ignore[return-value]
+
+
+@contextlib.asynccontextmanager
+async def running_imap(cfg: config_module.Config) -> AsyncIterator[None]:
+    """The IMAP service in this process until the block ends (then drained)."""
+    ready, stop = asyncio.Event(), asyncio.Event()
+    cfg = dataclasses.replace(cfg, service=config_module.ServiceConfig(drain_timeout=2.0))
+    task = asyncio.create_task(
+        service.run(cfg, "imap", ready=ready, stop=stop, configure_logs=False)
+    )
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():
+        waiter.cancel()
+        await task
+        raise AssertionError("imap did not start")
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@dataclass
+class Box:
+    """A vaultbox with an IMAP login and a certificate whose private key only the test has."""
+
+    demo: DemoVaultbox
+    key_path: Path
+    certificate: bytes
+
+    @property
+    def id(self):
+        return self.demo.vaultbox.id
+
+    @property
+    def username(self) -> str:
+        return self.demo.username
+
+    @property
+    def password(self) -> str:
+        return self.demo.password
+
+
+async def make_box(databases: Databases, address: str, directory: Path, **kwargs: object) -> Box:
+    demo = await make_vaultbox(databases, address, **kwargs)  # type: ignore[arg-type]
+    key_path = await add_certificate(databases, demo.vaultbox, directory)
+    return Box(demo, key_path, key_path.with_suffix(".crt").read_bytes())
+
+
+def plain_message(number: int, *, size: int = 200) -> bytes:
+    filler = f"line of text {number}\r\n" * max(1, size // 20)
+    return (
+        f"From: Sender {number} <sender{number}@example.org>\r\n"
+        f"To: vault@example.test\r\n"
+        f"Subject: message {number}\r\n"
+        f"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+        f"Message-ID: <m{number}@example.org>\r\n"
+        f"\r\n{filler}"
+    ).encode()
+
+
+def encrypt_for(box: Box, plaintext: bytes) -> bytes:
+    return smime.encrypt_message(plaintext, [box.certificate]).message
+
+
+async def store(
+    databases: Databases, box: Box, body: bytes, *, mailbox: str = "INBOX", flags: tuple = ()
+) -> messages.Inserted:
+    """Store `body` as delivered (the insert path intake and APPEND use)."""
+    conn = await databases.connect()
+    try:
+        return await messages.insert_message(
+            conn, vaultbox_id=box.id, body=body, mailbox_name=mailbox, flags=flags
+        )
+    finally:
+        await conn.close()
+
+
+def client_context(tls_ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    tls_ca.configure_trust(context)
+    return context
+
+
+def starttls_client(port: int, tls_ca: trustme.CA) -> imaplib.IMAP4:
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+    client.starttls(client_context(tls_ca))
+    return client
+
+
+def login(port: int, tls_ca: trustme.CA, box: Box) -> imaplib.IMAP4:
+    client = starttls_client(port, tls_ca)
+    client.login(box.username, box.password)
+    return client
+
+
+class RawClient:
+    """Speaks IMAP bytes directly (implicit TLS), for malformed input and exact responses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.greeting = b""
+
+    @classmethod
+    async def connect(cls, port: int, tls_ca: trustme.CA | None = None) -> RawClient:
+        context = client_context(tls_ca) if tls_ca else None
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost" if context else None
+        )
+        client = cls(reader, writer)
+        client.greeting = await asyncio.wait_for(reader.readline(), 10)
+        return client
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def line(self) -> bytes:
+        return await asyncio.wait_for(self.reader.readline(), 10)
+
+    async def command(self, tag: str, text: bytes | str) -> list[bytes]:
+        """Send `tag text`, return every line up to and including the tagged one."""
+        if isinstance(text, str):
+            text = text.encode()
+        await self.send(tag.encode() + b" " + text + b"\r\n")
+        return await self.until(tag)
+
+    async def until(self, tag: str) -> list[bytes]:
+        lines = []
+        while True:
+            line = await self.line()
+            if not line:
+                raise ConnectionError(f"closed; got {lines!r}")
+            lines.append(line)
+            literal = line.rstrip(b"\r\n")
+            if literal.endswith(b"}") and b"{" in literal:
+                size = int(literal[literal.rindex(b"{") + 1 : -1].rstrip(b"+"))
+                lines.append(await asyncio.wait_for(self.reader.readexactly(size), 10))
+                continue
+            if line.startswith(tag.encode() + b" "):
+                return lines
+
+    async def login(self, box: Box) -> None:
+        reply = await self.command("L", f'LOGIN "{box.username}" "{box.password}"')
+        assert reply[-1].startswith(b"L OK"), reply
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
+            await self.writer.wait_closed()

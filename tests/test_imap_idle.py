@@ -1,0 +1,96 @@
+"""Sessions learn about other sessions' changes: IDLE woken by an LMTP delivery through the
+intake, flag changes and expunges reported to a second session at the allowed moments."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aioimaplib
+import pytest
+
+from tests.imap_support import (
+    RawClient,
+    client_context,
+    encrypt_for,
+    imap_config,
+    make_box,
+    plain_message,
+    ports,
+    running_imap,
+    store,
+)
+from tests.intake_support import LMTPClient, port_of, running_intake
+from tests.support import make_config
+
+
+@pytest.fixture
+def cfg(databases, tls_files):
+    return imap_config(databases, tls_files)
+
+
+async def test_idle_reports_an_lmtp_delivery_within_a_second(databases, cfg, tls_ca, tmp_path):
+    from encimap.pgcluster import free_port
+
+    box = await make_box(databases, "idler@example.test", tmp_path)
+    await store(databases, box, encrypt_for(box, plain_message(1)))
+    intake_cfg = make_config(
+        databases, intake={"listen": f"127.0.0.1:{free_port()}", "hostname": "mx.test"}
+    )
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg), running_intake(intake_cfg):
+        client = aioimaplib.IMAP4_SSL("127.0.0.1", tls_port, ssl_context=client_context(tls_ca))
+        await client.wait_hello_from_server()
+        await client.login(box.username, box.password)
+        await client.select("INBOX")
+        idle = await client.idle_start(timeout=10)
+        lmtp = await LMTPClient.connect(port_of(intake_cfg))
+        assert (await lmtp.command("LHLO client.test")).startswith("250")
+        started = time.monotonic()
+        rcpt, data = await lmtp.transaction(
+            "someone@example.org", ["idler@example.test"], plain_message(2)
+        )
+        assert data and data[0].startswith("250"), (rcpt, data)
+        pushed = await client.wait_server_push(timeout=2)
+        elapsed = time.monotonic() - started
+        client.idle_done()
+        await asyncio.wait_for(idle, 5)
+        await lmtp.close()
+        await client.logout()
+    assert b"2 EXISTS" in b"".join(line for line in pushed if isinstance(line, bytes)), pushed
+    assert elapsed < 1.0, elapsed
+
+
+async def test_two_sessions_see_each_others_flags_new_mail_and_expunges(
+    databases, cfg, tls_ca, tmp_path
+):
+    box = await make_box(databases, "shared@example.test", tmp_path)
+    for n in range(3):
+        await store(databases, box, encrypt_for(box, plain_message(n)))
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        first = await RawClient.connect(tls_port, tls_ca)
+        second = await RawClient.connect(tls_port, tls_ca)
+        for client in (first, second):
+            await client.login(box)
+            await client.command("s", "SELECT INBOX")
+        await first.command("a", "STORE 2 +FLAGS.SILENT (\\Flagged)")
+        reply = await second.command("b", "NOOP")
+        assert b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n" in reply, reply
+
+        await first.command("c", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+        reply = await first.command("d", "EXPUNGE")
+        assert reply[0] == b"* 1 EXPUNGE\r\n"
+        await store(databases, box, encrypt_for(box, plain_message(9)))
+        await asyncio.sleep(0.2)
+        # no EXPUNGE during FETCH (sequence numbers must stay put), but new mail is reported
+        reply = await second.command("e", "FETCH 1 (UID)")
+        assert reply[0] == b"* 1 FETCH (UID 1)\r\n" or b"EXPUNGE" not in b"".join(reply)
+        assert not any(b"EXPUNGE" in line for line in reply), reply
+        assert b"* 4 EXISTS\r\n" in reply, reply
+        reply = await second.command("f", "NOOP")
+        assert reply[0] == b"* 1 EXPUNGE\r\n", reply
+        reply = await second.command("g", "FETCH 1:* (UID)")
+        assert [line.split(b"UID ")[1][:1] for line in reply[:-1]] == [b"2", b"3", b"4"]
+        for client in (first, second):
+            await client.close()
