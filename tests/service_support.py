@@ -32,7 +32,12 @@ def service_config(
         f'tls_listen = "127.0.0.1:{ports["imaps"]}"\n'
         f'[authsocket]\nlisten = ["unix:{path.parent}/auth"]\n'
         f'http_listen = "127.0.0.1:{ports["auth_http"]}"\n'
-        f'[metrics]\nlisten = "127.0.0.1:{ports["metrics"]}"\n{extra}'
+        + "[metrics]\n"
+        + "".join(
+            f'{key} = "127.0.0.1:{ports["metrics"]}"\n'
+            for key in ("listen", "intake", "submission", "authsocket", "imap")
+        )
+        + extra
     )
     return write_config_file(path, databases, text), ports
 

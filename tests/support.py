@@ -63,6 +63,10 @@ def make_config(
             motorical_url=databases.motorical_url, encimap_url=databases.encimap_url
         ),
         auth=config_module.AuthConfig(bcrypt_cost=TEST_BCRYPT_COST),
+        # No fixed ports in tests: metrics endpoints only where a test asks for one.
+        metrics=config_module.MetricsConfig(
+            listen="", intake="", submission="", authsocket="", imap=""
+        ),
     )
     if tls_files:
         cfg = dataclasses.replace(
@@ -75,7 +79,13 @@ def make_config(
     return cfg
 
 
+_NO_METRICS = '[metrics]\nlisten = ""\nintake = ""\nsubmission = ""\nauthsocket = ""\nimap = ""\n'
+
+
 def write_config_file(path: Path, databases: Databases, extra: str = "") -> Path:
+    """A config file for the test databases; no metrics endpoint unless `extra` has one."""
+    if "[metrics]" not in extra:
+        extra += "\n" + _NO_METRICS
     path.write_text(
         f'[database]\nmotorical_url = "{databases.motorical_url}"\n'
         f'encimap_url = "{databases.encimap_url}"\n'
