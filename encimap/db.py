@@ -66,11 +66,18 @@ async def create_pool(
     purpose: str = "",
     min_size: int | None = None,
     max_size: int | None = None,
+    session_reset: bool = True,
 ) -> asyncpg.Pool:
     """A pool on one database, running as `role` when `database.set_role` is on.
 
     The role is a startup parameter rather than a `SET ROLE`, so the pool's `RESET ALL` on
     release returns to it instead of to the (more privileged) login user.
+
+    `session_reset=False` drops asyncpg's reset query on release (`pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL;`, one round trip per use); an open transaction is still
+    rolled back. Only for pools whose users never change session state (no SET, LISTEN,
+    advisory locks or cursors outside a transaction): the intake's, where the reset was one
+    of two round trips per recipient.
     """
     settings = {"application_name": f"{config.application_name}-{purpose}".rstrip("-")}
     if role and config.set_role:
@@ -91,11 +98,16 @@ async def create_pool(
             command_timeout=config.command_timeout,
             server_settings=settings,
             init=observe_queries,
+            reset=None if session_reset else _keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"{database} database: {_describe(exc)}") from exc
     log.info("pool.open", database=database, role=settings.get("role"), purpose=purpose)
     return pool
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Release without a reset query (asyncpg has already rolled back an open transaction)."""
 
 
 @asynccontextmanager

@@ -79,7 +79,8 @@ def protocol_factory(
 async def start(runtime: Runtime) -> Intake:
     config = runtime.config
     settings = config.intake
-    pool = await runtime.pool("encimap", db.ROLE_INTAKE, "intake")
+    # The intake never changes session state on its connections (see db.create_pool).
+    pool = await runtime.pool("encimap", db.ROLE_INTAKE, "intake", session_reset=False)
     hostname = settings.hostname or socket.getfqdn()
     handler = IntakeHandler(pool, config, hostname=hostname)
     connections = Connections()
