@@ -6,7 +6,8 @@ Runs a private PostgreSQL cluster, then (a) a no-op aiosmtpd LMTP server, (b) `e
 intake` with 1 worker, (c) with 2 workers, each loaded by Postfix's smtp-source (LMTP, 4
 sessions reusing their connection). Server CPU is utime+stime of the server process and its
 workers from /proc; PostgreSQL's CPU (all cluster processes) is shown beside it. The intake
-logs at level info (its one line per delivery is part of the cost). Then one 25 MB message: time and the intake's peak RSS.
+logs at level info (its one line per delivery is part of the cost). Then one 25 MB message:
+time and the intake's peak RSS.
 """
 
 from __future__ import annotations
