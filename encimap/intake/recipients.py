@@ -57,9 +57,15 @@ class CertificateCache:
         self._max_entries = max_entries
 
     def usable(
-        self, pems: Sequence[str], address: str, *, allow_address_mismatch: bool
+        self,
+        pems: Sequence[str],
+        address: str,
+        *,
+        allow_address_mismatch: bool,
+        now: datetime | None = None,
     ) -> list[x509.Certificate]:
-        now = datetime.now(UTC)
+        """The certificates among `pems` that mail to `address` may be encrypted to `now`."""
+        now = now or datetime.now(UTC)
         usable = []
         for pem in pems:
             key = (pem, address.lower(), allow_address_mismatch)
