@@ -56,6 +56,7 @@ class Result:
     cpu_ms: float
     messages: int
     postgres_cpu_ms: float = 0.0
+    per_process_ms: tuple[float, ...] = ()  # each server process's CPU, same order as pids
 
     @property
     def rate(self) -> float:
@@ -78,10 +79,6 @@ def process_tree(pid: int) -> list[int]:
 def process_cpu_ms(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * 1000 / TICKS  # utime, stime
-
-
-def cpu_ms(pids: list[int]) -> float:
-    return sum(process_cpu_ms(pid) for pid in pids)
 
 
 class PostgresCPU:
@@ -145,11 +142,11 @@ def measure(
         wait_listening(port, proc)
         time.sleep(2)  # workers announce themselves after the parent listens
         pids = process_tree(proc.pid)
-        before = cpu_ms(pids)
+        before = [process_cpu_ms(pid) for pid in pids]
         postgres.start()
         seconds = load(port, args)
-        used = cpu_ms(pids) - before
-        return Result(name, seconds, used, args.messages, postgres.used())
+        used = [process_cpu_ms(pid) - ms for pid, ms in zip(pids, before, strict=True)]
+        return Result(name, seconds, sum(used), args.messages, postgres.used(), tuple(used))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -266,6 +263,9 @@ def main() -> int:
         print(f"  {result.name:28} {result.rate:8.1f} msg/s  "
               f"{result.cpu_per_message:6.2f} CPU ms/msg  "
               f"(+ PostgreSQL {result.postgres_cpu_per_message:5.2f})")  # fmt: skip
+        if len(result.per_process_ms) > 1:
+            shares = ", ".join(f"{ms / result.cpu_ms:.0%}" for ms in result.per_process_ms)
+            print(f"  {'':28} CPU share per process: {shares}")
     print(f"  stored rows {stored} (expected {2 * args.messages}), duplicates {duplicates}")
     print(f"  (b)/(a) msg/s      {b.rate / a.rate:5.2f}   target >= 0.60")
     print(f"  (b)/(a) CPU/msg    {b.cpu_per_message / a.cpu_per_message:5.2f}   target <= 2.00")

@@ -363,22 +363,6 @@ class Delivered:
     duplicate: bool
 
 
-@dataclass(frozen=True)
-class Usage:
-    messages: int
-    bytes: int
-
-
-async def usage(db: Executor, vaultbox_id: uuid.UUID) -> Usage:
-    """How many messages and bytes a vaultbox holds (all mailboxes), for its quota."""
-    row = await db.fetchrow(
-        """SELECT count(*) AS messages, coalesce(sum(size_bytes), 0) AS bytes
-             FROM encrypted_emails WHERE vaultbox_id = $1""",
-        vaultbox_id,
-    )
-    return Usage(row["messages"], row["bytes"])
-
-
 async def deliver(
     db: Executor,
     message: NewMessage,
