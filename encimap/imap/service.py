@@ -148,7 +148,8 @@ class Server:
 async def start(runtime: Any) -> Server:
     from encimap.auth import engine_for
 
-    pool = await runtime.pool("encimap", db.ROLE_IMAP, "imap")
+    # IMAP queries keep no session state, so connections skip the reset round trip on release
+    pool = await runtime.pool("encimap", db.ROLE_IMAP, "imap", light_reset=True)
     engine = await engine_for(runtime)
     listener = events.Listener(pool)
     await listener.start()

@@ -54,10 +54,14 @@ class Runtime:
         self._shared: dict[str, Any] = {}
         self.reload_hooks: list[Callable[[], None]] = []
 
-    async def pool(self, database: db.Database, role: str | None, purpose: str) -> asyncpg.Pool:
+    async def pool(
+        self, database: db.Database, role: str | None, purpose: str, *, light_reset: bool = False
+    ) -> asyncpg.Pool:
         key = (database, role)
         if key not in self._pools:
-            pool = await db.create_pool(self.config.database, database, role=role, purpose=purpose)
+            pool = await db.create_pool(
+                self.config.database, database, role=role, purpose=purpose, light_reset=light_reset
+            )
             self.stack.push_async_callback(pool.close)
             self._pools[key] = pool
         return self._pools[key]

@@ -70,7 +70,7 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
     if not uids:
         return "OK Store completed."
     async with session.server.pool.acquire() as conn:
-        rows, _changed = await messages.store_flags(
+        rows = await messages.store_flags(
             conn,
             vaultbox_id=vaultbox_id(session),
             mailbox_id=selected.mailbox.id,
