@@ -39,6 +39,7 @@ from tests import dovecot_support
 ADDRESS = "bench@example.test"
 PASSWORD = "bench-password"
 _TICK = os.sysconf("SC_CLK_TCK")
+METADATA = "(b) UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)"
 
 
 def message(number: int, size: int) -> bytes:
@@ -173,7 +174,7 @@ def operations(count: int) -> dict[str, Callable[[Target, imaplib.IMAP4 | None],
 
     return {
         "(a) connect + LOGIN + SELECT": connect_login_select,
-        "(b) UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCT.)": fetch_metadata,
+        METADATA: fetch_metadata,
         "(c) FETCH 1:* BODY.PEEK[]": fetch_bodies,
         "(d) 200 x UID FETCH n BODY.PEEK[]": fetch_singles,
         "(e) STORE 1:* +FLAGS (\\Seen), then -FLAGS": store_add_remove,
