@@ -5,6 +5,7 @@ service on loopback ports; Ctrl-C stops the services and the cluster."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,11 @@ def print_summary(
         print(f"  {login.kind}: username {login.username}  password {login.password}")
     print(f"  intake (LMTP)  {cfg.intake.listen}")
     print(f"  submission     {cfg.submission.listen} (STARTTLS, then AUTH)")
-    print(f"  IMAP           {cfg.imap.listen} (STARTTLS), {cfg.imap.tls_listen} (TLS)")
+    starttls = ", ".join(config_module.listeners(cfg.imap.listen))
+    implicit = ", ".join(config_module.listeners(cfg.imap.tls_listen))
+    print(f"  IMAP           {starttls} (STARTTLS), {implicit} (TLS)")
+    print("                 user = the vaultbox username above; to read mail, import the key of")
+    print(f"                 `encimap cert generate {DEMO_ADDRESS} --p12 demo.p12` in the client")
     print(f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}")
     print(f"  TLS (self-signed demo certificate) {cfg.tls.cert}")
     print("Ctrl-C stops the services and the database.", flush=True)
@@ -158,7 +163,17 @@ async def run(base: config_module.Config, args: argparse.Namespace) -> int:
         await prepare(cluster)
         cfg = dev_config(base, cluster, tls)
         logins = await seed(cfg)
-        print_summary(cfg, cluster, logins)
-        return await service.run(cfg, "all")
+        ready = asyncio.Event()
+
+        async def announce() -> None:
+            # only once every service listens and Ctrl-C is handled
+            await ready.wait()
+            print_summary(cfg, cluster, logins)
+
+        announcing = asyncio.create_task(announce())
+        try:
+            return await service.run(cfg, "all", ready=ready)
+        finally:
+            announcing.cancel()
     finally:
         cluster.stop()
