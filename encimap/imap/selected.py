@@ -81,8 +81,10 @@ class Selected:
         return sorted(set(chosen))
 
     def is_sequence_valid(self, sequence: SequenceSet) -> bool:
+        """Numbers beyond the last message are an error; a range ending in "*" never is
+        (`FETCH 1:*` in an empty mailbox names nothing)."""
         return all(
-            (start is None or start <= len(self.uids)) and (end is None or end <= len(self.uids))
+            None in (start, end) or max(start, end) <= len(self.uids)  # type: ignore[type-var]
             for start, end in sequence.ranges
         )
 
