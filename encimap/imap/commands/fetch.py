@@ -103,21 +103,38 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             items = [*items, FetchItem("FLAGS")]
     columns = columns_for(items)
     chunk = _CHUNK_WITH_BODY if "body_encrypted" in columns else _CHUNK_METADATA
-    pool = session.server.pool
     for start in range(0, len(uids), chunk):
-        rows = await messages.fetch_rows(
-            pool, selected.mailbox.id, uids[start : start + chunk], columns
-        )
-        for row in rows:
-            seq = selected.seq_of(row["uid"])
+        for data in await _rows(session, uids[start : start + chunk], columns):
+            seq = selected.seq_of(data["uid"])
             if seq is None:
                 continue
-            data = await _complete(pool, row, columns)
             session.send(
                 b"* %d FETCH (%b)\r\n" % (seq, b" ".join(_render(item, data) for item in items))
             )
         await session.maybe_flush()
     return "OK Fetch completed."
+
+
+async def _rows(session: Session, uids: list[int], columns: set[str]) -> list[dict[str, Any]]:
+    """The rows of `uids` that still exist, from the cache where possible (never for flags)."""
+    selected = session.selected
+    assert selected is not None
+    cache = session.server.cache
+    mailbox_id = selected.mailbox.id
+    found: dict[int, dict[str, Any]] = {}
+    if "flags" not in columns:
+        for uid in uids:
+            entry = cache.get(mailbox_id, uid, columns)
+            if entry is not None:
+                found[uid] = entry
+    missing = [uid for uid in uids if uid not in found]
+    if missing:
+        pool = session.server.pool
+        for row in await messages.fetch_rows(pool, mailbox_id, missing, columns):
+            data = await _complete(pool, row, columns)
+            cache.put(mailbox_id, data)
+            found[data["uid"]] = data
+    return [found[uid] for uid in uids if uid in found]
 
 
 async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) -> dict[str, Any]:
