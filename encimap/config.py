@@ -88,6 +88,8 @@ class SubmissionConfig:
     relay_starttls: bool = False
     relay_username: str = ""
     relay_password_file: str = ""
+    # CA bundle that verifies the upstream's certificate with relay_starttls ("" = system CAs).
+    relay_ca_file: str = ""
     relay_timeout: float = 60.0
     hostname: str = ""
     max_message_size: int = 25 * 1024 * 1024
@@ -141,7 +143,16 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    # `serve all` uses `listen`; a process serving one component uses that component's key,
+    # so the units of one host do not compete for a port. "" turns the endpoint off.
     listen: str = "127.0.0.1:9587"
+    intake: str = "127.0.0.1:9588"
+    submission: str = "127.0.0.1:9589"
+    authsocket: str = "127.0.0.1:9590"
+    imap: str = "127.0.0.1:9591"
+
+    def for_service(self, which: str) -> str:
+        return self.listen if which == "all" else getattr(self, which)
 
 
 @dataclass(frozen=True)

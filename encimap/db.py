@@ -20,6 +20,7 @@ import asyncpg
 
 from encimap.config import DatabaseConfig
 from encimap.logs import get_logger
+from encimap.metrics import DB_QUERY_SECONDS
 
 log = get_logger(__name__)
 
@@ -79,6 +80,11 @@ async def create_pool(
     settings = {"application_name": f"{config.application_name}-{purpose}".rstrip("-")}
     if role and config.set_role:
         settings["role"] = role
+    query_seconds = DB_QUERY_SECONDS.labels(database)
+
+    async def observe_queries(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda query: query_seconds.observe(query.elapsed))
+
     try:
         pool = await asyncpg.create_pool(
             database_url(config, database),
@@ -89,6 +95,7 @@ async def create_pool(
             timeout=config.connect_timeout,
             command_timeout=config.command_timeout,
             server_settings=settings,
+            init=observe_queries,
             **({"reset": _reset_if_in_transaction} if light_reset else {}),
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:

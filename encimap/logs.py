@@ -23,6 +23,16 @@ def _redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[s
     return event
 
 
+class _Stderr:
+    """Writes to whatever `sys.stderr` is at the time of writing (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
     """Set up structlog once per process (services: json; CLI: console on stderr)."""
     renderer: Any
@@ -42,7 +52,7 @@ def configure(level: str = "info", fmt: str = "json", stream: Any = None) -> Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or _Stderr()),
         cache_logger_on_first_use=False,
     )
 

@@ -44,6 +44,21 @@ class TLSMaterial:
         """Load the files again; on error keep serving with the previous context."""
         self.context = server_context(self.config)
 
+    def listener_context(self) -> ssl.SSLContext:
+        """A context for implicit-TLS listeners that follows reloads.
+
+        A listening socket keeps the context it was created with; this one switches every new
+        handshake to the material loaded last (OpenSSL calls the SNI callback for every
+        ClientHello, with or without a server name), so established sessions keep theirs.
+        """
+        front = server_context(self.config)
+
+        def use_current(ssl_object: ssl.SSLObject, _name: str | None, _ctx: object) -> None:
+            ssl_object.context = self.context
+
+        front.sni_callback = use_current  # type: ignore[assignment]
+        return front
+
 
 def write_self_signed(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
     """A self-signed certificate for the demo (`encimap dev`); never for production."""

@@ -10,20 +10,18 @@ Fixtures
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import trustme
 
-from encimap import db, logs
+from encimap import logs
 from encimap.pgcluster import LocalCluster
-from tests.support import Databases, make_config
+from tests.support import Databases, make_config, migrated_databases
 
 _counter = itertools.count(1)
 
@@ -40,20 +38,7 @@ def pg_cluster() -> Iterator[LocalCluster]:
 
 
 def _create_migrated(cluster: LocalCluster, tag: str) -> Databases:
-    names = (f"motorical_{tag}", f"encimap_{tag}")
-    for name in names:
-        cluster.create_database(name)
-
-    async def migrate() -> None:
-        for component, name in zip(db.DATABASES, names, strict=True):
-            conn = await asyncpg.connect(cluster.url(name))
-            try:
-                await db.migrate(conn, component)
-            finally:
-                await conn.close()
-
-    asyncio.run(migrate())
-    return Databases(cluster, cluster.url(names[0]), cluster.url(names[1]))
+    return migrated_databases(cluster, f"motorical_{tag}", f"encimap_{tag}")
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import pty
@@ -14,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from encimap import config as config_module
+from encimap import db
 from encimap.auth.passwords import hash_password
 from encimap.pgcluster import LocalCluster
 from encimap.store import credentials, platform, vaultboxes
@@ -32,6 +34,24 @@ class Databases:
         return await asyncpg.connect(
             self.motorical_url if which == "motorical" else self.encimap_url
         )
+
+
+def migrated_databases(cluster: LocalCluster, motorical_name: str, encimap_name: str) -> Databases:
+    """Create both databases in `cluster` and apply every migration."""
+    names = (motorical_name, encimap_name)
+    for name in names:
+        cluster.create_database(name)
+
+    async def migrate() -> None:
+        for component, name in zip(db.DATABASES, names, strict=True):
+            conn = await asyncpg.connect(cluster.url(name))
+            try:
+                await db.migrate(conn, component)
+            finally:
+                await conn.close()
+
+    asyncio.run(migrate())
+    return Databases(cluster, cluster.url(names[0]), cluster.url(names[1]))
 
 
 def make_config(

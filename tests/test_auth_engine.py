@@ -17,6 +17,7 @@ from encimap import db
 from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable, Principal
 from encimap.auth.passwords import hash_password
 from encimap.config import AuthConfig, Config
+from encimap.metrics import REGISTRY
 from encimap.store import credentials
 from tests.support import (
     TEST_BCRYPT_COST,
@@ -238,12 +239,21 @@ async def test_changes_take_effect_on_next_login_on_both_engines(databases: Data
         await close_engine(second, second_pools)
 
 
+def _sample(metric: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(f"encimap_auth_{metric}_total", labels)
+    return value or 0.0
+
+
 async def test_cache_saves_bcrypt_and_notify_drops_entries(databases: Databases) -> None:
     cfg = make_config(databases, auth={"bcrypt_cost": 10})
     conn = await databases.connect()
     box = await make_vaultbox(databases, "speed@vault.test", password="pw")
     await credentials.set_password(conn, "imap", box.username, hash_password("slow-pw", 10))
     engine, pools = await open_engine(cfg)
+    hits, logins = (
+        _sample("cache_lookups", result="hit"),
+        _sample("decisions", service="imap", kind="vaultbox_imap", result="ok"),
+    )
     try:
         started = time.perf_counter()
         await engine.authenticate(box.username, "slow-pw", service="imap")
@@ -252,6 +262,10 @@ async def test_cache_saves_bcrypt_and_notify_drops_entries(databases: Databases)
         await engine.authenticate(box.username, "slow-pw", service="imap")
         cached = time.perf_counter() - started
         assert cached < uncached / 5, (cached, uncached)
+        assert _sample("cache_lookups", result="hit") == hits + 1
+        assert _sample("decisions", service="imap", kind="vaultbox_imap", result="ok") == (
+            logins + 2
+        )
         assert len(engine._verified) == 1
         await conn.execute(
             "UPDATE imap_app_credentials SET app_name = 'x', password_hash = password_hash "
@@ -412,12 +426,19 @@ async def test_unknown_user_costs_as_much_as_a_wrong_password(databases: Databas
         return time.perf_counter() - started
 
     try:
-        known, unknown = [], []
-        for i in range(6):
-            known.append(await duration(box.username, f"wrong-{i}"))
-            unknown.append(await duration(f"encimap-nobody-{i}", "pw"))
-        ratio = statistics.mean(unknown) / statistics.mean(known)
-        assert 0.85 <= ratio <= 1.15, (known, unknown)
+        await duration(box.username, "warm-up")
+        # The machine is shared: measure up to three rounds; a leak (no dummy check) would make
+        # the unknown user many times faster in every round, so this still fails when it must.
+        ratios = []
+        for _round in range(3):
+            known, unknown = [], []
+            for i in range(6):
+                known.append(await duration(box.username, f"wrong-{_round}-{i}"))
+                unknown.append(await duration(f"encimap-nobody-{_round}-{i}", "pw"))
+            ratios.append(statistics.mean(unknown) / statistics.mean(known))
+            if 0.85 <= ratios[-1] <= 1.15:
+                break
+        assert 0.85 <= ratios[-1] <= 1.15, ratios
     finally:
         await close_engine(engine, pools)
 
@@ -480,3 +501,52 @@ def _closed_port_url(cfg: Config) -> str:
 def test_auth_config_defaults_are_sane() -> None:
     auth = AuthConfig()
     assert auth.throttle_base_delay < auth.throttle_max_delay
+
+
+async def test_fail2ban_filter_matches_engine_lines(databases: Databases, tmp_path) -> None:
+    """The shipped filter, run by fail2ban-regex over lines the engine really wrote."""
+    import shutil
+    import subprocess
+
+    from encimap import logs
+    from tests.support import REPO
+
+    if shutil.which("fail2ban-regex") is None:
+        pytest.skip("fail2ban-regex is not installed (Debian package fail2ban)")
+    cfg = make_config(databases, auth={"throttle_base_delay": 0.0, "trusted_networks": []})
+    box = await make_vaultbox(databases, "f2b@vault.test", password="pw")
+    engine, pools = await open_engine(cfg)
+    log_file = tmp_path / "encimap.log"
+    for fmt in ("json", "console"):
+        with log_file.open("a") as stream:
+            logs.configure("info", fmt, stream=stream)
+            try:
+                for username, ip in (
+                    (box.username, "192.0.2.10"),
+                    ("nobody", "2001:db8::5"),
+                    ("x>, rip=203.0.113.99", "192.0.2.11"),
+                ):
+                    with pytest.raises(AuthFailed):
+                        await engine.authenticate(username, "bad", service="smtp", client_ip=ip)
+                await engine.authenticate(
+                    box.username, "pw", service="imap", client_ip="192.0.2.12"
+                )
+            finally:
+                logs.configure("warning", "console")
+    await close_engine(engine, pools)
+    result = subprocess.run(
+        [
+            "fail2ban-regex",
+            "-o",
+            "ip",
+            str(log_file),
+            str(REPO / "contrib/fail2ban/filter.d/encimap.conf"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # One banned address per failure line, in both formats; the forged one never appears.
+    assert result.stdout.split() == ["192.0.2.10", "2001:db8::5", "192.0.2.11"] * 2

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import smtplib
+import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -24,8 +26,11 @@ from tests.support import Databases, make_vaultbox
 
 
 @pytest.fixture
-def private_cluster(tmp_path: Path):
-    cluster = LocalCluster(tmp_path / "pg")
+def private_cluster():
+    # Not under pytest's tmp_path: another pytest run resets /tmp/pytest-of-root to 0700,
+    # which locks the unprivileged PostgreSQL user out of it.
+    base = Path(tempfile.mkdtemp(prefix="encimap-intake-pg-"))
+    cluster = LocalCluster(base / "pg")
     cluster.start()
     try:
         names = ("motorical_db", "encimap_db")
@@ -44,6 +49,7 @@ def private_cluster(tmp_path: Path):
         yield Databases(cluster, cluster.url(names[0]), cluster.url(names[1]))
     finally:
         cluster.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def message(subject: str, size: int = 0) -> bytes:

@@ -11,10 +11,11 @@ from typing import Any
 from encimap import config as config_module
 from encimap import logs
 from encimap.auth.passwords import PasswordError
-from encimap.cli import admin, dev
+from encimap.cli import admin, certs, dev
 from encimap.cli.common import CommandError
 from encimap.db import DatabaseUnavailable
 from encimap.store import StoreError
+from encimap.tls import TLSError
 
 Handler = Callable[[config_module.Config, argparse.Namespace], Coroutine[Any, Any, int]]
 SERVICES = ("intake", "submission", "authsocket", "imap", "all")
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("username")
     revoke.set_defaults(handler=admin.credential_revoke)
 
+    certs.add_parser(commands)
+
     commands.add_parser("check", help="check databases, TLS files and listeners").set_defaults(
         handler=admin.check
     )
@@ -111,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(handler(cfg, args))
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a listener that cannot bind, a file that cannot be read
+        print(f"encimap: {exc}", file=sys.stderr)
+        return 1
     except (
+        TLSError,
         CommandError,
         StoreError,
         PasswordError,

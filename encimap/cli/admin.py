@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import ssl
+
+import asyncpg
 
 from encimap import db
 from encimap.auth.passwords import hash_password
 from encimap.cli.common import CommandError, read_or_generate_password
 from encimap.config import Config, listeners, parse_listener
-from encimap.store import credentials, platform, vaultboxes
+from encimap.store import credentials, logins, platform, vaultboxes
 
 
 async def db_migrate(cfg: Config, _args: argparse.Namespace) -> int:
@@ -138,12 +141,65 @@ async def check(cfg: Config, _args: argparse.Namespace) -> int:
             )
         except db.DatabaseUnavailable as exc:
             results.append((f"database {database}", False, str(exc)))
+    for database in db.DATABASES:
+        results.append((f"auth pool {database}", *await _check_auth_pool(cfg, database)))
     results.append(("tls", *_check_tls(cfg)))
     for name, spec in _configured_listeners(cfg):
         results.append((f"listener {name} {spec}", *_check_listener(spec)))
+    for spec in listeners(cfg.authsocket.listen):
+        answer = await _check_auth_socket(spec)
+        if answer is not None:
+            results.append((f"auth socket {spec}", *answer))
     for label, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'} {label}: {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
+
+
+async def _check_auth_pool(cfg: Config, database: db.Database) -> tuple[bool, str]:
+    """The auth engine's pool: connects as its role and may read its login tables."""
+    try:
+        pool = await db.create_pool(
+            cfg.database, database, role=db.ROLE_AUTH, purpose="check", min_size=1, max_size=1
+        )
+    except db.DatabaseUnavailable as exc:
+        return False, str(exc)
+    try:
+        lookup = logins.motorblock_login if database == "motorical" else logins.vaultbox_imap_login
+        await lookup(pool, "encimap-check-no-such-user")
+    except (asyncpg.PostgresError, OSError) as exc:
+        return False, f"role {db.ROLE_AUTH}: {exc}"
+    finally:
+        await pool.close()
+    return True, f"role {db.ROLE_AUTH} reads its login tables"
+
+
+async def _check_auth_socket(spec: str) -> tuple[bool, str] | None:
+    """A running auth socket answers the Dovecot handshake (None: nothing listening there)."""
+    host, port = parse_listener(spec)
+    try:
+        if host == "unix":
+            reader, writer = await asyncio.open_unix_connection(str(port))
+        else:
+            reader, writer = await asyncio.open_connection(host, int(port))
+    except OSError:
+        return None
+    try:
+        writer.write(b"VERSION\t1\t2\nCPID\t1\n")
+        lines: list[bytes] = []
+        async with asyncio.timeout(5):
+            while not lines or lines[-1] != b"DONE":
+                line = await reader.readline()
+                if not line:
+                    break
+                lines.append(line.rstrip(b"\n"))
+    except (OSError, TimeoutError) as exc:
+        return False, f"no handshake: {exc or type(exc).__name__}"
+    finally:
+        writer.close()
+    mechanisms = [line.split(b"\t")[1].decode() for line in lines if line.startswith(b"MECH\t")]
+    if not lines or lines[-1] != b"DONE" or not mechanisms:
+        return False, "answered, but not with a Dovecot auth handshake"
+    return True, f"answers the handshake ({', '.join(mechanisms)})"
 
 
 def _check_tls(cfg: Config) -> tuple[bool, str]:

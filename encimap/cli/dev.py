@@ -8,15 +8,18 @@ import argparse
 import asyncio
 import dataclasses
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from encimap import config as config_module
-from encimap import db
+from encimap import db, logs, smime
 from encimap.auth.passwords import generate_password, hash_password
 from encimap.pgcluster import LocalCluster
-from encimap.store import credentials, platform, vaultboxes
+from encimap.service.listeners import bind
+from encimap.store import certificates, credentials, platform, vaultboxes
 from encimap.tls import write_self_signed
 
 DEV_DIR = Path(__file__).resolve().parents[2] / ".dev"
@@ -25,6 +28,31 @@ DEMO_DOMAIN = "example.test"
 DEMO_MOTORBLOCK = "demo-motorblock"
 DEMO_ADDRESS = f"demo@{DEMO_DOMAIN}"
 DEMO_PORT = 55432
+DEMO_P12_NAME = "demo-smime.p12"
+
+
+class DevSink:
+    """The demo's upstream MTA for submission: logs what it receives and keeps nothing."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        content = envelope.original_content or b""
+        headers = BytesHeaderParser().parsebytes(content)
+        logs.get_logger("dev.sink").info(
+            "sink.received",
+            mail_from=envelope.mail_from,
+            rcpt_tos=envelope.rcpt_tos,
+            size=len(content),
+            subject=headers.get("Subject"),
+            auth=" ".join(str(headers.get("X-Encimap-Auth", "")).split()),
+        )
+        return "250 2.0.0 Ok: accepted by the encimap dev sink"
+
+
+async def start_sink(spec: str) -> asyncio.Server:
+    from aiosmtpd.smtp import SMTP
+
+    handler = DevSink()
+    return await bind(spec, lambda: SMTP(handler, hostname="dev-sink"))
 
 
 @dataclass
@@ -82,7 +110,7 @@ async def prepare(cluster: LocalCluster) -> None:
             await conn.close()
 
 
-async def seed(cfg: config_module.Config) -> list[DemoLogin]:
+async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[DemoLogin]:
     """Create the demo data once; give its logins new passwords on every start."""
     cost = cfg.auth.bcrypt_cost
     logins = []
@@ -128,7 +156,32 @@ async def seed(cfg: config_module.Config) -> list[DemoLogin]:
                     password_hash=hash_password(password, cost),
                 )
         logins.append(DemoLogin(f"vaultbox {box.address} (SMTP + IMAP)", username, password))
+        if not await certificates.public_certificates(conn, box.id):
+            logins.append(await _demo_certificate(conn, box.id, directory / DEMO_P12_NAME))
     return logins
+
+
+async def _demo_certificate(conn: asyncpg.Connection, vaultbox_id: Any, p12: Path) -> DemoLogin:
+    """A certificate so the intake can deliver to the demo vaultbox; the server stores only
+    the public part, the key goes to a PKCS#12 file for the mail client."""
+    cert_pem, key = smime.generate_certificate(DEMO_ADDRESS)
+    info = smime.check_certificate(cert_pem, DEMO_ADDRESS)
+    await certificates.add_certificate(
+        conn,
+        vaultbox_id=vaultbox_id,
+        certificate_type="public",
+        pem_content=cert_pem.decode(),
+        fingerprint_sha256=info.fingerprint_sha256,
+        subject=info.subject,
+        key_algorithm=info.key_algorithm,
+        not_before=info.not_before,
+        not_after=info.not_after,
+    )
+    password = generate_password()
+    p12.parent.mkdir(parents=True, exist_ok=True)
+    p12.touch(mode=0o600)
+    p12.write_bytes(smime.export_pkcs12(cert_pem, key, password.encode(), DEMO_ADDRESS))
+    return DemoLogin(f"S/MIME key for {DEMO_ADDRESS} (PKCS#12 {p12})", "-", password)
 
 
 def print_summary(
@@ -141,13 +194,21 @@ def print_summary(
     for login in logins:
         print(f"  {login.kind}: username {login.username}  password {login.password}")
     print(f"  intake (LMTP)  {cfg.intake.listen}")
-    print(f"  submission     {cfg.submission.listen} (STARTTLS, then AUTH)")
+    print(f"  submission     {cfg.submission.listen} (STARTTLS, then AUTH PLAIN/LOGIN)")
+    print(
+        f"                 relays to the dev sink {cfg.submission.relay}, which logs each message"
+    )
     starttls = ", ".join(config_module.listeners(cfg.imap.listen))
     implicit = ", ".join(config_module.listeners(cfg.imap.tls_listen))
     print(f"  IMAP           {starttls} (STARTTLS), {implicit} (TLS)")
-    print("                 user = the vaultbox username above; to read mail, import the key of")
-    print(f"                 `encimap cert generate {DEMO_ADDRESS} --p12 demo.p12` in the client")
-    print(f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}")
+    print("                 log in with the vaultbox username above; import the PKCS#12 key")
+    print("                 above into the client to read the encrypted mail (docs/imap.md)")
+    print(
+        f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}"
+        " (Dovecot protocol: Postfix smtpd_sasl_type = dovecot, smtpd_sasl_path = that path)"
+    )
+    if cfg.authsocket.http_listen:
+        print(f"  nginx auth_http http://{cfg.authsocket.http_listen}/auth")
     print(f"  TLS (self-signed demo certificate) {cfg.tls.cert}")
     print("Ctrl-C stops the services and the database.", flush=True)
 
@@ -162,18 +223,20 @@ async def run(base: config_module.Config, args: argparse.Namespace) -> int:
     try:
         await prepare(cluster)
         cfg = dev_config(base, cluster, tls)
-        logins = await seed(cfg)
+        logins = await seed(cfg, directory)
+        sink = await start_sink(cfg.submission.relay)
+        # The summary ends with "Ctrl-C stops...": print it once Ctrl-C is handled.
         ready = asyncio.Event()
 
         async def announce() -> None:
-            # only once every service listens and Ctrl-C is handled
             await ready.wait()
             print_summary(cfg, cluster, logins)
 
-        announcing = asyncio.create_task(announce())
+        announcer = asyncio.create_task(announce())
         try:
             return await service.run(cfg, "all", ready=ready)
         finally:
-            announcing.cancel()
+            announcer.cancel()
+            sink.close()
     finally:
         cluster.stop()

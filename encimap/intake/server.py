@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -100,6 +101,7 @@ class _IntakeProtocol(SMTP):
         log.info(
             "session",
             peer=_peer_text(peer),
+            pid=os.getpid(),
             transactions=self.transactions,
             seconds=round(time.monotonic() - self.opened, 3),
             error=str(error) if error else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -74,7 +75,7 @@ class Workers:
             "encimap.intake.workers",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, WORKER_ENV: str(number), SOCKETS_ENV: self._sockets},
+            env={**_worker_environment(), WORKER_ENV: str(number), SOCKETS_ENV: self._sockets},
             pass_fds=self._fds,
         )
         assert proc.stdin is not None and proc.stdout is not None
@@ -134,6 +135,12 @@ class Workers:
             await asyncio.wait(pending, timeout=5)
 
 
+def _worker_environment() -> dict[str, str]:
+    """The parent's environment minus systemd's: only the main process talks to systemd."""
+    systemd = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+    return {key: value for key, value in os.environ.items() if key not in systemd}
+
+
 def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -150,6 +157,8 @@ async def _serve(cfg: config_module.Config) -> int:
         os.write(sys.stdout.fileno(), READY_LINE)
 
     announcer = asyncio.create_task(announce())
+    # The main process serves the metrics endpoint; workers would compete for its port.
+    cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, intake=""))
     try:
         return await service.run(cfg, "intake", ready=ready)
     finally:

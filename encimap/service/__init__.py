@@ -8,8 +8,12 @@ and closes it in reverse order through one AsyncExitStack.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import importlib
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
@@ -17,7 +21,10 @@ from typing import Any, Protocol
 import asyncpg
 
 from encimap import db, logs
-from encimap.config import Config
+from encimap.config import Config, ConfigError
+from encimap.config import load as load_config
+from encimap.service import health
+from encimap.service.activation import inherited_sockets
 from encimap.service.systemd import notify
 from encimap.tls import TLSMaterial
 
@@ -26,8 +33,14 @@ log = logs.get_logger(__name__)
 # name -> "module:function" of the front end's start(); imported only when served.
 COMPONENTS: dict[str, str] = {
     "intake": "encimap.intake.service:start",
+    "submission": "encimap.submission.service:start",
+    "authsocket": "encimap.authsocket.service:start",
     "imap": "encimap.imap.service:start",
 }
+
+
+# Sections SIGHUP re-reads from the configuration file; everything else needs a restart.
+RELOADABLE = ("log", "tls")
 
 
 class Component(Protocol):
@@ -53,14 +66,28 @@ class Runtime:
         self._tls: TLSMaterial | None = None
         self._shared: dict[str, Any] = {}
         self.reload_hooks: list[Callable[[], None]] = []
+        # Listening sockets from systemd socket activation, for the component that serves them.
+        self.inherited_sockets: list[socket.socket] = inherited_sockets()
 
     async def pool(
-        self, database: db.Database, role: str | None, purpose: str, *, light_reset: bool = False
+        self,
+        database: db.Database,
+        role: str | None,
+        purpose: str,
+        *,
+        light_reset: bool = False,
+        **sizes: int,
     ) -> asyncpg.Pool:
+        """The process's pool for (database, role), created on first use."""
         key = (database, role)
         if key not in self._pools:
             pool = await db.create_pool(
-                self.config.database, database, role=role, purpose=purpose, light_reset=light_reset
+                self.config.database,
+                database,
+                role=role,
+                purpose=purpose,
+                light_reset=light_reset,
+                **sizes,
             )
             self.stack.push_async_callback(pool.close)
             self._pools[key] = pool
@@ -84,12 +111,33 @@ class Runtime:
         return self._shared[key]
 
     def reload(self) -> None:
+        """SIGHUP: re-read the reloadable keys ([log], [tls]) and run every reload hook (TLS
+        files, the auth cache flush, components). A bad file keeps the running values."""
+        changed = self._reload_config()
         for hook in self.reload_hooks:
             try:
                 hook()
             except Exception as exc:  # a bad new file must not take the service down
-                log.error("reload.failed", error=str(exc))
-        log.info("reload.done")
+                log.error("reload.failed", hook=getattr(hook, "__qualname__", ""), error=str(exc))
+        log.info("reload.done", changed=changed)
+
+    def _reload_config(self) -> list[str]:
+        if not self.config.source:
+            return []
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload.config_invalid", error=str(exc))
+            return []
+        changed = [key for key in RELOADABLE if getattr(new, key) != getattr(self.config, key)]
+        self.config = dataclasses.replace(
+            self.config, **{key: getattr(new, key) for key in RELOADABLE}
+        )
+        if "log" in changed:
+            logs.configure(new.log.level, new.log.format)
+        if self._tls is not None:
+            self._tls.config = new.tls
+        return changed
 
 
 def selected(which: str) -> list[str]:
@@ -110,13 +158,20 @@ async def run(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT (or `stop`), then drain. Returns the exit status."""
+    """Serve until SIGTERM/SIGINT (or `stop`), then drain. Returns the exit status.
+
+    READY=1 goes to systemd only when the pools are connected and every listener is bound;
+    WATCHDOG=1 is sent from the event loop itself, so a blocked loop stops the pings.
+    """
     if configure_logs:
         logs.configure(config.log.level, config.log.format)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
         runtime = Runtime(config, stack)
+        endpoint = None
+        if metrics_listen := config.metrics.for_service(which):
+            endpoint = await health.start(runtime, metrics_listen)
         components = [await _start(runtime, name) for name in selected(which)]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
@@ -124,6 +179,9 @@ async def run(
         stack.callback(_remove_signal_handlers, loop)
         for component in components:
             runtime.reload_hooks.append(component.reload)
+        stack.enter_context(_watchdog())
+        if endpoint is not None:
+            endpoint.started = True
         notify("READY=1")
         log.info("service.ready", components=[c.name for c in components])
         if ready is not None:
@@ -138,6 +196,28 @@ async def run(
         )
     log.info("service.stopped")
     return 0
+
+
+@contextlib.contextmanager
+def _watchdog():
+    """Ping systemd's watchdog at half its interval while the context is open."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        yield
+        return
+    interval = int(usec) / 2_000_000
+
+    async def ping() -> None:
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    task = asyncio.get_running_loop().create_task(ping())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:

@@ -104,6 +104,7 @@ def check_certificate(
 ) -> CertificateInfo:
     """Check that mail to `address` may be encrypted to this certificate.
 
+    `now` (timezone-aware, default the current time) is the moment the validity is checked at.
     Raises CertificateError naming the first problem: unparsable, outside its validity period,
     unsupported or weak key, a KeyUsage or ExtendedKeyUsage that forbids mail encryption, or
     an email address that is not `address` (case-insensitive) unless the mismatch is allowed.

@@ -66,9 +66,10 @@ def encrypt_message(
     out.write(mime.CRLF)
     mime.write_base64(envelope.chunks, out)
     subject = message.first(b"subject")
+    subject_encrypted = None if subject is None else _encrypt_subject(subject, recipients, profile)
     return EncryptionResult(
         message=out.getvalue(),
-        subject_encrypted=_encrypt_subject(subject, recipients, profile) if subject else None,
+        subject_encrypted=subject_encrypted,
         algorithm=envelope.algorithm,
         recipient_fingerprints=tuple(fingerprint(certificate) for certificate in recipients),
     )

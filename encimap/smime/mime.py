@@ -79,6 +79,7 @@ class Message:
     body_start: int
 
     def first(self, name: bytes) -> HeaderField | None:
+        """The first field called `name` (lower case), if any."""
         return next((field for field in self.fields if field.name == name), None)
 
     @property
@@ -146,7 +147,8 @@ def is_encrypted(message: Message) -> bool:
     smime_type = parameters.get("smime-type", "").lower()
     if smime_type:
         return smime_type in ENCRYPTED_SMIME_TYPES
-    return _starts_with_enveloped_content(message.raw[message.body_start :][:256])
+    start = message.body_start
+    return _starts_with_enveloped_content(message.raw[start : start + 256])
 
 
 def _starts_with_enveloped_content(head: bytes) -> bool:

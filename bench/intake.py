@@ -1,0 +1,241 @@
+"""Intake throughput and CPU per message against a no-op aiosmtpd LMTP server, same client.
+
+    python -m bench.intake [--messages 2000] [--sessions 4] [--size 10240]
+
+Runs a private PostgreSQL cluster, then (a) a no-op aiosmtpd LMTP server, (b) `encimap serve
+intake` with 1 worker, (c) with 2 workers, each loaded by Postfix's smtp-source (LMTP, 4
+sessions reusing their connection). Server CPU is utime+stime of the server process and its
+workers from /proc. Then one 25 MB message: time and the intake's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from encimap import db, smime
+from encimap.pgcluster import LocalCluster, free_port
+from encimap.store import certificates, vaultboxes
+
+REPO = Path(__file__).resolve().parent.parent
+ADDRESS = "bench@vault.test"
+TICKS = os.sysconf("SC_CLK_TCK")
+NOOP_SERVER = """
+import asyncio, sys
+from aiosmtpd.lmtp import LMTP
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: LMTP(Handler(), hostname="noop", loop=loop), "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    cpu_ms: float
+    messages: int
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_per_message(self) -> float:
+        return self.cpu_ms / self.messages
+
+
+def process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
+def cpu_ms(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total * 1000 / TICKS
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not listen")
+
+
+def load(port: int, args: argparse.Namespace) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        ["smtp-source", "-L", "-d", "-s", str(args.sessions), "-m", str(args.messages),
+         "-l", str(args.size), "-f", "sender@bench.test", "-t", ADDRESS, f"127.0.0.1:{port}"],
+        check=True, timeout=600,
+    )  # fmt: skip
+    return time.perf_counter() - started
+
+
+def measure(name: str, command: list[str], port: int, args: argparse.Namespace) -> Result:
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, proc)
+        time.sleep(2)  # workers announce themselves after the parent listens
+        pids = process_tree(proc.pid)
+        before = cpu_ms(pids)
+        seconds = load(port, args)
+        used = cpu_ms(pids) - before
+        return Result(name, seconds, used, args.messages)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def prepare(cluster: LocalCluster) -> tuple[str, str]:
+    names = ("bench_motorical", "bench_encimap")
+    for name in names:
+        cluster.create_database(name)
+    for component, name in zip(db.DATABASES, names, strict=True):
+        conn = await asyncpg.connect(cluster.url(name))
+        try:
+            await db.migrate(conn, component)
+        finally:
+            await conn.close()
+    conn = await asyncpg.connect(cluster.url(names[1]))
+    try:
+        box = await vaultboxes.create_vaultbox(
+            conn, user_id=__import__("uuid").uuid4(), alias="bench", domain="vault.test", name=None
+        )
+        cert_pem, _key = smime.generate_certificate(ADDRESS)
+        info = smime.check_certificate(cert_pem, ADDRESS)
+        await certificates.add_certificate(
+            conn, vaultbox_id=box.id, certificate_type="public", pem_content=cert_pem.decode(),
+            fingerprint_sha256=info.fingerprint_sha256, subject=info.subject,
+            key_algorithm=info.key_algorithm, not_before=info.not_before,
+            not_after=info.not_after,
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    return cluster.url(names[0]), cluster.url(names[1])
+
+
+async def stored_count(url: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM encrypted_emails")
+        duplicates = await conn.fetchval(
+            "SELECT count(*) FROM email_processing_logs WHERE outcome = 'duplicate'"
+        )
+        return stored, duplicates
+    finally:
+        await conn.close()
+
+
+def config_file(directory: Path, urls: tuple[str, str], port: int, workers: int) -> Path:
+    path = directory / f"intake-{workers}.toml"
+    path.write_text(
+        f'[database]\nmotorical_url = "{urls[0]}"\nencimap_url = "{urls[1]}"\n'
+        f'[intake]\nlisten = "127.0.0.1:{port}"\nhostname = "bench.test"\nworkers = {workers}\n'
+        '[log]\nlevel = "warning"\n'
+    )
+    return path
+
+
+def big_message(port: int, config: Path) -> tuple[float, int]:
+    """(seconds, peak RSS in kB) for one 25 MB message through `encimap serve intake`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "encimap", "--config", str(config), "serve", "intake"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, proc)
+        line = b"y" * 76 + b"\r\n"
+        body = line * (25 * 1024 * 1024 // len(line))
+        data = b"Subject: big\r\nMessage-ID: <big@bench.test>\r\n\r\n" + body
+        started = time.perf_counter()
+        with smtplib.LMTP("127.0.0.1", port) as client:
+            client.sendmail("sender@bench.test", [ADDRESS], data)
+        seconds = time.perf_counter() - started
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak = int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1])
+        return seconds, peak
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--size", type=int, default=10240)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="encimap-bench-"))
+    cluster = LocalCluster(base / "pg")
+    cluster.start()
+    try:
+        urls = asyncio.run(prepare(cluster))
+        results = []
+        port = free_port()
+        noop = [sys.executable, "-c", NOOP_SERVER, str(port)]
+        results.append(measure("(a) no-op aiosmtpd LMTP", noop, port, args))
+        for workers in (1, 2):
+            port = free_port()
+            command = [sys.executable, "-m", "encimap", "--config",
+                       str(config_file(base, urls, port, workers)), "serve", "intake"]  # fmt: skip
+            results.append(measure(f"({'bc'[workers - 1]}) intake, {workers} worker(s)",
+                                   command, port, args))  # fmt: skip
+        stored, duplicates = asyncio.run(stored_count(urls[1]))
+        port = free_port()
+        seconds, peak_kb = big_message(port, config_file(base, urls, port, 1))
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+    a, b, c = results
+    print(f"{args.messages} messages of {args.size} bytes, {args.sessions} LMTP sessions "
+          f"(smtp-source -L -d), {os.cpu_count()} cores")  # fmt: skip
+    for result in results:
+        print(f"  {result.name:28} {result.rate:8.1f} msg/s  "
+              f"{result.cpu_per_message:6.2f} CPU ms/msg")  # fmt: skip
+    print(f"  stored rows {stored} (expected {2 * args.messages}), duplicates {duplicates}")
+    print(f"  (b)/(a) msg/s      {b.rate / a.rate:5.2f}   target >= 0.60")
+    print(f"  (b)/(a) CPU/msg    {b.cpu_per_message / a.cpu_per_message:5.2f}   target <= 2.00")
+    print(f"  (c)/(b) msg/s      {c.rate / b.rate:5.2f}   target >= 1.00")
+    print(f"  (c)/(b) CPU/msg    {c.cpu_per_message / b.cpu_per_message:5.2f}   target <= 1.10")
+    print(f"  25 MB message: {seconds:.2f} s, intake peak RSS {peak_kb / 1024:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""One client connection of the auth socket (a Postfix smtpd process, or another daemon).
+
+The server sends its handshake at once, then answers AUTH/CONT lines. Every AUTH runs as its
+own task, so one connection may have many requests in flight; answers carry the request id.
+A temporary failure (database down, bcrypt queue full) closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from dataclasses import dataclass
+
+from encimap import logs
+from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable
+from encimap.authsocket import codec
+from encimap.service.listeners import Sessions
+
+log = logs.get_logger(__name__)
+
+MAX_PENDING = 128  # unfinished exchanges per connection
+SERVICES = {"smtp": "smtp", "submission": "smtp", "imap": "imap"}
+_connection_ids = itertools.count(1)
+
+
+@dataclass
+class _Exchange:
+    request: codec.AuthRequest
+    username: str | None = None
+
+
+class AuthConnection:
+    def __init__(
+        self,
+        engine: AuthEngine,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        requests: Sessions,
+    ) -> None:
+        self.engine = engine
+        self.reader = reader
+        self.writer = writer
+        self.requests = requests
+        self.id = next(_connection_ids)
+        self._pending: dict[str, _Exchange] = {}
+        self._running: set[str] = set()
+
+    async def run(self) -> None:
+        self._send(codec.handshake(os.getpid(), self.id))
+        try:
+            while True:
+                try:
+                    line = await self.reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    return
+                except asyncio.LimitOverrunError:
+                    raise codec.ProtocolError(f"line longer than {codec.MAX_LINE} bytes") from None
+                self._dispatch(codec.split_line(line[:-1]))
+        except codec.ProtocolError as exc:
+            log.warning("authsocket.protocol_error", connection=self.id, error=str(exc))
+        except ConnectionError:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+    def _send(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    def _dispatch(self, fields: list[str]) -> None:
+        command, args = fields[0], fields[1:]
+        if command == "VERSION":
+            if not args or args[0] != str(codec.MAJOR_VERSION):
+                raise codec.ProtocolError(f"unsupported protocol version {args[:1]}")
+        elif command == "AUTH":
+            self._auth(codec.parse_auth(args))
+        elif command == "CONT":
+            if len(args) < 2:
+                raise codec.ProtocolError("CONT needs an id and data")
+            self._cont(args[0], args[1])
+        # CPID and unknown commands need no answer (Dovecot ignores what it does not know).
+
+    def _auth(self, request: codec.AuthRequest) -> None:
+        if request.id in self._pending or request.id in self._running:
+            raise codec.ProtocolError(f"request id {request.id} is already in use")
+        if len(self._pending) + len(self._running) >= MAX_PENDING:
+            raise codec.ProtocolError("too many requests in flight")
+        if request.mechanism not in codec.MECHANISMS or request.service not in SERVICES:
+            self._start(request, "", "")  # refused by the engine, logged and throttled there
+            return
+        exchange = _Exchange(request)
+        if request.initial_response is None:
+            self._pending[request.id] = exchange
+            prompt = "" if request.mechanism == "PLAIN" else codec.LOGIN_USERNAME_PROMPT
+            self._send(codec.cont(request.id, prompt))
+        else:
+            self._step(exchange, request.initial_response)
+
+    def _cont(self, request_id: str, data: str) -> None:
+        exchange = self._pending.pop(request_id, None)
+        if exchange is None:
+            raise codec.ProtocolError(f"CONT for unknown request id {request_id}")
+        self._step(exchange, data)
+
+    def _step(self, exchange: _Exchange, data: str) -> None:
+        """Feed one client response into PLAIN or LOGIN; start the check when complete."""
+        request = exchange.request
+        try:
+            if request.mechanism == "PLAIN":
+                username, password = codec.parse_plain(data)
+            elif exchange.username is None:
+                exchange.username = codec.decode_b64(data)
+                self._pending[request.id] = exchange
+                self._send(codec.cont(request.id, codec.LOGIN_PASSWORD_PROMPT))
+                return
+            else:
+                username, password = exchange.username, codec.decode_b64(data)
+        except codec.SaslError:
+            username, password = "", ""  # a malformed exchange is an ordinary failure
+        self._start(request, username, password)
+
+    def _start(self, request: codec.AuthRequest, username: str, password: str) -> None:
+        self._running.add(request.id)
+        task = asyncio.create_task(self._answer(request, username, password))
+        self.requests.add(task)
+
+    async def _answer(self, request: codec.AuthRequest, username: str, password: str) -> None:
+        try:
+            principal = await self.engine.authenticate(
+                username,
+                password,
+                service=SERVICES.get(request.service, "smtp"),  # type: ignore[arg-type]
+                client_ip=request.client_ip,
+                secured=request.secured,
+                method=request.mechanism,
+            )
+        except AuthFailed:
+            self._send(codec.fail(request.id))
+        except AuthUnavailable:
+            # The one temporary signal Postfix understands (454 4.7.0); see codec.fail.
+            log.warning("authsocket.closed_for_temporary_failure", connection=self.id)
+            self.close()
+        else:
+            self._send(codec.ok(request.id, principal.username))
+        finally:
+            self._running.discard(request.id)

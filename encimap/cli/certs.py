@@ -1,0 +1,109 @@
+"""`encimap cert generate|import`: a vaultbox's encryption certificate.
+
+The server keeps only the public certificate; `generate` hands the private key to the user as
+a password-protected PKCS#12 file for the mail client. `--keep-private-key` additionally keeps
+the key on the server, encrypted with that same password (never in clear).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from encimap import db, smime
+from encimap.cli.common import CommandError, read_or_generate_password
+from encimap.config import Config
+from encimap.store import certificates, vaultboxes
+
+
+async def generate(cfg: Config, args: argparse.Namespace) -> int:
+    output = Path(args.p12)
+    if output.exists():
+        raise CommandError(f"{output} exists; not overwriting it")
+    password, generated = read_or_generate_password("PKCS#12 password")
+    cert_pem, key = smime.generate_certificate(args.address.lower(), ec=args.ec)
+    info = smime.check_certificate(cert_pem, args.address)
+    async with db.connect(cfg.database, "encimap") as conn, conn.transaction():
+        box = await vaultboxes.get_vaultbox(conn, args.address)
+        await _store(conn, box.id, "public", cert_pem.decode(), info)
+        if args.keep_private_key:
+            encrypted_key = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(password.encode()),
+            )
+            await _store(conn, box.id, "private", encrypted_key.decode(), info)
+        bundle = smime.export_pkcs12(cert_pem, key, password.encode(), box.address)
+        output.touch(mode=0o600)
+        output.write_bytes(bundle)
+    _describe("certificate for", box.address, info)
+    print(f"PKCS#12 for the mail client: {output}")
+    if generated:
+        print(f"PKCS#12 password: {password}")
+    return 0
+
+
+async def import_certificate(cfg: Config, args: argparse.Namespace) -> int:
+    try:
+        pem = Path(args.certificate).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"{args.certificate}: {exc.strerror}") from None
+    try:
+        info = smime.check_certificate(
+            pem, args.address, allow_address_mismatch=cfg.smime.allow_address_mismatch
+        )
+    except smime.CertificateError as exc:
+        raise CommandError(f"{args.certificate} cannot be used for {args.address}: {exc}") from None
+    public_pem = smime.load_certificate(pem).public_bytes(serialization.Encoding.PEM).decode()
+    async with db.connect(cfg.database, "encimap") as conn:
+        box = await vaultboxes.get_vaultbox(conn, args.address)
+        await _store(conn, box.id, "public", public_pem, info)
+    _describe("imported for", box.address, info)
+    return 0
+
+
+def _describe(what: str, address: str, info: smime.CertificateInfo) -> None:
+    print(f"{what} {address}: {info.key_algorithm}, valid until {info.not_after:%Y-%m-%d}")
+    print(f"fingerprint (SHA-256): {info.fingerprint_sha256}")
+
+
+async def _store(
+    conn: object,
+    vaultbox_id: object,
+    kind: certificates.CertificateType,
+    pem: str,
+    info: smime.CertificateInfo,
+) -> None:
+    await certificates.add_certificate(
+        conn,  # type: ignore[arg-type]
+        vaultbox_id=vaultbox_id,  # type: ignore[arg-type]
+        certificate_type=kind,
+        pem_content=pem,
+        fingerprint_sha256=info.fingerprint_sha256,
+        subject=info.subject,
+        key_algorithm=info.key_algorithm,
+        not_before=info.not_before,
+        not_after=info.not_after,
+    )
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    cert = commands.add_parser("cert", help="vaultbox encryption certificates").add_subparsers(
+        dest="action", required=True
+    )
+    make = cert.add_parser("generate", help="new keypair: public cert stored, PKCS#12 written")
+    make.add_argument("address")
+    make.add_argument("--p12", required=True, metavar="OUT.p12")
+    make.add_argument("--ec", action="store_true", help="EC P-256 instead of RSA-3072")
+    make.add_argument(
+        "--keep-private-key",
+        action="store_true",
+        help="also keep the key on the server, encrypted with the PKCS#12 password",
+    )
+    make.set_defaults(handler=generate)
+    load = cert.add_parser("import", help="store a public certificate for a vaultbox")
+    load.add_argument("address")
+    load.add_argument("certificate", metavar="CERT.pem")
+    load.set_defaults(handler=import_certificate)

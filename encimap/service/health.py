@@ -1,0 +1,78 @@
+"""/metrics, /healthz and /readyz for one process.
+
+/healthz answers while the process runs; /readyz only once every component is started and
+both databases answer (503 otherwise, with one line per database). A database the process has
+no pool for is checked through the endpoint's own one-connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from encimap import db
+from encimap.metrics import DB_POOL_CONNECTIONS, REGISTRY
+from encimap.service.http import Request, Response, serve
+
+READY_TIMEOUT = 2.0
+
+
+class HealthEndpoint:
+    def __init__(self, runtime) -> None:  # runtime: encimap.service.Runtime
+        self.runtime = runtime
+        self.started = False
+
+    async def handle(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"GET only\n")
+        if request.path == "/metrics":
+            self._observe_pools()
+            return Response(200, generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        if request.path == "/healthz":
+            return Response(200, b"ok\n")
+        if request.path == "/readyz":
+            return await self._ready()
+        return Response(404, b"not found\n")
+
+    def _observe_pools(self) -> None:
+        for (database, role), pool in self.runtime.pools.items():
+            size, idle = pool.get_size(), pool.get_idle_size()
+            DB_POOL_CONNECTIONS.labels(database, role or "", "open").set(size)
+            DB_POOL_CONNECTIONS.labels(database, role or "", "idle").set(idle)
+
+    async def _check(self, database: db.Database) -> db.Health:
+        pool = next(
+            (pool for (name, _role), pool in self.runtime.pools.items() if name == database),
+            None,
+        )
+        try:
+            pool = pool or await self.runtime.pool(
+                database, db.ROLE_AUTH, "health", min_size=0, max_size=1
+            )
+        except db.DatabaseUnavailable as exc:
+            return db.Health(database, False, 0.0, str(exc))
+        return await db.check_health(pool, database, READY_TIMEOUT)
+
+    async def _ready(self) -> Response:
+        if not self.started:
+            return Response(503, b"starting\n")
+        checks = await asyncio.gather(*(self._check(database) for database in db.DATABASES))
+        lines = [
+            f"{h.database}: {'ok' if h.ok else 'unavailable: ' + h.error} ({h.latency_ms:.1f} ms)"
+            for h in checks
+        ]
+        status = 200 if all(h.ok for h in checks) else 503
+        return Response(status, ("\n".join(lines) + "\n").encode())
+
+
+async def start(runtime, spec: str) -> HealthEndpoint:
+    endpoint = HealthEndpoint(runtime)
+    server = await serve(spec, endpoint.handle)
+    runtime.stack.push_async_callback(_close, server)
+    return endpoint
+
+
+async def _close(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()

@@ -1,0 +1,338 @@
+"""One submission session's policy: AUTH through the auth engine, who may send as whom, the
+shared hourly limit, and the upstream transaction that follows the client's step by step."""
+
+from __future__ import annotations
+
+import binascii
+import datetime
+import secrets
+import time
+from base64 import b64decode
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
+
+from encimap import logs
+from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable, Principal
+from encimap.store import sending
+from encimap.submission import headers, replies
+from encimap.submission.relay import RelaySettings, Upstream, UpstreamRefused, UpstreamUnavailable
+
+log = logs.get_logger(__name__)
+
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every session of one process needs (rebuilt on SIGHUP)."""
+
+    hostname: str
+    max_recipients: int
+    check_from_header: bool
+    relay: RelaySettings
+
+
+@dataclass
+class Context:
+    """Shared by the sessions of one process."""
+
+    engine: AuthEngine
+    pool: asyncpg.Pool
+    settings: Settings
+
+
+@dataclass
+class Transaction:
+    id: str
+    sender: str
+    reserved: Counter[datetime.datetime] = field(default_factory=Counter)
+
+
+def principal_key(principal: Principal) -> str:
+    """The sending entity the hourly limit counts for (all its credentials share it)."""
+    if principal.kind == "motorblock":
+        return f"motorblock:{principal.motorblock_id}"
+    return f"vaultbox:{principal.vaultbox_id}"
+
+
+class SubmissionHandler:
+    """aiosmtpd handler for one connection (created per connection by the listener)."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.upstream = Upstream(self.settings.relay)
+        self.principal: Principal | None = None
+        self.transaction: Transaction | None = None
+        self.session: Session | None = None
+        self.tls = ""
+        self.messages = 0
+        self.failed_logins = 0
+        self.started = time.monotonic()
+
+    # --- AUTH (RFC 4954, PLAIN per RFC 4616) -------------------------------------------------
+
+    async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            response = await server.challenge_auth("")
+            if response is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                response = b64decode(args[1], validate=True)
+            except binascii.Error:
+                return _refused(replies.AUTH_BAD_BASE64)
+        parts = response.split(b"\x00")
+        if len(parts) != 3:
+            return _refused(replies.AUTH_BAD_PLAIN)
+        return await self._authenticate(server, parts[1], parts[2], "PLAIN")
+
+    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            username = await server.challenge_auth("Username:")
+        else:
+            try:
+                username = b64decode(args[1], validate=True)
+            except binascii.Error:
+                return _refused(replies.AUTH_BAD_BASE64)
+        if username is MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, username, password, "LOGIN")
+
+    async def _authenticate(
+        self, server: Any, username: bytes, password: bytes, method: str
+    ) -> AuthResult:
+        self._note_session(server)
+        try:
+            principal = await self.context.engine.authenticate(
+                username.decode("utf-8", "replace"),
+                password.decode("utf-8", "replace"),
+                service="smtp",
+                client_ip=self._client_ip(),
+                secured=server.secured,
+                method=method,
+            )
+        except AuthFailed:
+            self.failed_logins += 1
+            return _refused(replies.AUTH_INVALID)
+        except AuthUnavailable:
+            return _refused(replies.AUTH_UNAVAILABLE)
+        self.principal = principal
+        return AuthResult(success=True, auth_data=principal, message=replies.AUTH_OK)
+
+    # --- envelope ---------------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self, server: Any, session: Session, envelope: Envelope, hostname: str, responses: list
+    ) -> list[str]:
+        session.host_name = hostname
+        self._note_session(server)
+        await self._abort()
+        return responses
+
+    async def handle_RSET(self, server: Any, session: Session, envelope: Envelope) -> str:
+        await self._abort()
+        return replies.OK
+
+    async def handle_MAIL(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        principal = self._principal()
+        await self._abort()
+        if not principal.may_send_as(address):
+            self._log_message(None, "refused", address, 0, 0, replies.SENDER_NOT_OWNED)
+            return replies.SENDER_NOT_OWNED
+        try:
+            await self.upstream.begin(address, body_8bit="BODY=8BITMIME" in options)
+        except UpstreamRefused as exc:
+            return replies.passthrough(exc.code, exc.message)
+        except UpstreamUnavailable as exc:
+            log.warning("submission.upstream_unavailable", stage="MAIL", error=str(exc))
+            return replies.UPSTREAM_UNAVAILABLE
+        self.transaction = Transaction(secrets.token_hex(6), address)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return replies.OK
+
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        principal, transaction = self._principal(), self.transaction
+        if transaction is None:  # MAIL was refused
+            return "503 5.5.1 Error: need MAIL command"
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        key = principal_key(principal)
+        try:
+            quota = await sending.reserve(self.context.pool, key, 1, principal.hourly_limit)
+        except _DB_ERRORS as exc:
+            log.error("submission.counter_unavailable", error=str(exc))
+            return replies.DATABASE_UNAVAILABLE
+        if not quota.granted:
+            log.info(
+                "submission.rate_limited",
+                id=transaction.id,
+                user=principal.username,
+                limit=principal.hourly_limit,
+                resets_at=quota.resets_at.isoformat(),
+            )
+            return replies.rate_limited(principal.hourly_limit, quota.resets_at)
+        try:
+            await self.upstream.recipient(address)
+        except (UpstreamRefused, UpstreamUnavailable) as exc:
+            await self._release(key, Counter({quota.window_start: 1}))
+            if isinstance(exc, UpstreamRefused):
+                return replies.passthrough(exc.code, exc.message)
+            log.warning("submission.upstream_unavailable", stage="RCPT", error=str(exc))
+            return replies.UPSTREAM_UNAVAILABLE
+        transaction.reserved[quota.window_start] += 1
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return replies.OK
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        transaction = self.transaction
+        assert transaction is not None and envelope.original_content is not None
+        content = envelope.original_content
+        recipients = len(envelope.rcpt_tos)
+        if self.settings.check_from_header and not self._from_header_allowed(content):
+            await self._abort()
+            self._log_message(
+                transaction.id, "refused", transaction.sender, recipients, len(content), "553"
+            )
+            return replies.FROM_NOT_OWNED
+        message = self._trace(transaction, session) + headers.strip_auth_header(content)
+        try:
+            response = await self.upstream.send(message)
+        except UpstreamRefused as exc:
+            reply = replies.passthrough(exc.code, exc.message)
+        except UpstreamUnavailable as exc:
+            log.warning("submission.upstream_unavailable", stage="DATA", error=str(exc))
+            reply = replies.UPSTREAM_UNAVAILABLE
+        else:
+            self.transaction = None  # delivered: the reservations are spent
+            self.messages += 1
+            reply = replies.passthrough(response.code, response.message)
+            self._log_message(
+                transaction.id, "relayed", transaction.sender, recipients, len(message), reply
+            )
+            return reply
+        await self._abort()
+        self._log_message(
+            transaction.id, "failed", transaction.sender, recipients, len(message), reply
+        )
+        return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Without this aiosmtpd answers a permanent "500 Error: (Class) text" to the client.
+        log.error("submission.error", error=repr(error))
+        await self._abort()
+        return replies.DATABASE_UNAVAILABLE
+
+    # --- session end --------------------------------------------------------------------------
+
+    async def finish(self) -> None:
+        """Connection closed: give back unsent reservations, close the upstream, log it."""
+        try:
+            await self._abort()
+        finally:
+            await self.upstream.close()
+        principal = self.principal
+        log.info(
+            "submission.session",
+            rip=self._client_ip(),
+            tls=self.tls or None,
+            kind=principal.kind if principal else None,
+            user=principal.username if principal else None,
+            messages=self.messages,
+            failed_logins=self.failed_logins,
+            duration_ms=round((time.monotonic() - self.started) * 1000),
+        )
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _principal(self) -> Principal:
+        assert self.principal is not None, "the server refuses MAIL before AUTH"
+        return self.principal
+
+    def _from_header_allowed(self, content: bytes) -> bool:
+        addresses = headers.from_addresses(content)
+        return bool(addresses) and all(self._principal().may_send_as(a) for a in addresses)
+
+    async def _abort(self) -> None:
+        """End the transaction in progress: release its reservations, RSET the upstream."""
+        transaction, self.transaction = self.transaction, None
+        if transaction is None:
+            return
+        if transaction.reserved:
+            await self._release(principal_key(self._principal()), transaction.reserved)
+        await self.upstream.reset()
+
+    async def _release(self, key: str, reserved: Counter[datetime.datetime]) -> None:
+        try:
+            for window_start, count in reserved.items():
+                await sending.release(self.context.pool, key, window_start, count)
+        except _DB_ERRORS as exc:  # the quota stays used until the window ends: safe side
+            log.error("submission.counter_release_failed", key=key, error=str(exc))
+
+    def _trace(self, transaction: Transaction, session: Session) -> bytes:
+        principal = self._principal()
+        return headers.trace_headers(
+            headers.Trace(
+                submission_id=transaction.id,
+                hostname=self.settings.hostname,
+                helo=session.host_name or "",
+                client_ip=self._client_ip(),
+                tls=self.tls,
+                kind=principal.kind,
+                user_id=str(principal.user_id),
+                principal_id=str(principal.motorblock_id or principal.vaultbox_id),
+                credential_id=str(principal.credential_id),
+            )
+        )
+
+    def _note_session(self, server: Any) -> None:
+        self.session = server.session
+        ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            self.tls = f"{ssl_object.version()} {cipher[0] if cipher else ''}".strip()
+
+    def _client_ip(self) -> str:
+        peer = self.session.peer if self.session else None
+        return str(peer[0]) if isinstance(peer, tuple) else "unknown"
+
+    def _log_message(
+        self,
+        submission_id: str | None,
+        outcome: str,
+        sender: str,
+        recipients: int,
+        size: int,
+        reply: str,
+    ) -> None:
+        principal = self._principal()
+        log.info(
+            "submission.message",
+            id=submission_id,
+            outcome=outcome,
+            kind=principal.kind,
+            user=principal.username,
+            rip=self._client_ip(),
+            sender=sender,
+            recipients=recipients,
+            size=size,
+            reply=reply.splitlines()[-1],
+        )
+
+
+def _refused(reply: str) -> AuthResult:
+    # handled=False with a message: aiosmtpd sends it (handled=True would send nothing).
+    return AuthResult(success=False, handled=False, message=reply)
