@@ -103,6 +103,11 @@ class Selected:
             self._expunged.update(event.uids)
         self.changed.set()
 
+    def expect_new(self) -> None:
+        """This session added messages here (APPEND, COPY): report them with its reply rather
+        than when the NOTIFY comes back."""
+        self._new = True
+
     def has_changes(self) -> bool:
         return self._new or self._resync or bool(self._flags) or bool(self._expunged)
 

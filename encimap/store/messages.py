@@ -185,6 +185,17 @@ async def fetch_rows(
     )
 
 
+async def sizes(db: Executor, mailbox_id: int, uids: Sequence[int]) -> dict[int, int]:
+    """Stored sizes of the messages with these UIDs (an index-only read)."""
+    rows = await db.fetch(
+        """SELECT uid, size_bytes FROM encrypted_emails
+            WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",
+        mailbox_id,
+        list(uids),
+    )
+    return {row["uid"]: row["size_bytes"] for row in rows}
+
+
 async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
     """Compute and persist ENVELOPE/BODYSTRUCTURE for a row stored without them."""
     body = await db.fetchval(

@@ -23,6 +23,7 @@ from encimap.store import messages
 
 _CHUNK_WITH_BODY = 200
 _CHUNK_METADATA = 2000
+_CHUNK_BYTES = 4 * 1024 * 1024
 _COLUMNS_FOR = {
     "UID": (),
     "FLAGS": ("flags",),
@@ -102,9 +103,8 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
     columns = columns_for(items)
-    chunk = _CHUNK_WITH_BODY if "body_encrypted" in columns else _CHUNK_METADATA
-    for start in range(0, len(uids), chunk):
-        for data in await _rows(session, uids[start : start + chunk], columns):
+    for chunk in await _chunks(session, uids, columns):
+        for data in await _rows(session, chunk, columns):
             seq = selected.seq_of(data["uid"])
             if seq is None:
                 continue
@@ -113,6 +113,28 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             )
         await session.maybe_flush()
     return "OK Fetch completed."
+
+
+async def _chunks(session: Session, uids: list[int], columns: set[str]) -> list[list[int]]:
+    """`uids` in groups to read with one query each: by count, and with bodies also by size
+    (so a bulk fetch of large messages holds a few megabytes, not the whole set)."""
+    if "body_encrypted" not in columns:
+        return [uids[i : i + _CHUNK_METADATA] for i in range(0, len(uids), _CHUNK_METADATA)]
+    if len(uids) == 1:
+        return [uids]
+    selected = session.selected
+    assert selected is not None
+    sizes = await messages.sizes(session.server.pool, selected.mailbox.id, uids)
+    chunks: list[list[int]] = [[]]
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if chunks[-1] and (total + size > _CHUNK_BYTES or len(chunks[-1]) >= _CHUNK_WITH_BODY):
+            chunks.append([])
+            total = 0
+        chunks[-1].append(uid)
+        total += size
+    return chunks
 
 
 async def _rows(session: Session, uids: list[int], columns: set[str]) -> list[dict[str, Any]]:

@@ -129,6 +129,8 @@ async def _copy(session: Session, reader: Reader, *, by_uid: bool, move: bool) -
         )
     if not pairs:
         return f"OK {verb} completed."
+    if target.id == selected.mailbox.id:
+        selected.expect_new()
     code = (
         f"COPYUID {uidvalidity} {wire.ordered_sequence_set([p[0] for p in pairs])} "
         f"{wire.ordered_sequence_set([p[1] for p in pairs])}"
