@@ -66,18 +66,16 @@ async def create_pool(
     purpose: str = "",
     min_size: int | None = None,
     max_size: int | None = None,
-    session_reset: bool = True,
+    light_reset: bool = False,
 ) -> asyncpg.Pool:
     """A pool on one database, running as `role` when `database.set_role` is on.
 
     The role is a startup parameter rather than a `SET ROLE`, so the pool's `RESET ALL` on
     release returns to it instead of to the (more privileged) login user.
 
-    `session_reset=False` drops asyncpg's reset query on release (`pg_advisory_unlock_all();
-    CLOSE ALL; UNLISTEN *; RESET ALL;`, one round trip per use); an open transaction is still
-    rolled back. Only for pools whose users never change session state (no SET, LISTEN,
-    advisory locks or cursors outside a transaction): the intake's, where the reset was one
-    of two round trips per recipient.
+    `light_reset` skips that reset round trip on release (it doubles the cost of a short
+    query) unless the connection is left inside a transaction; only for users whose
+    connections keep no session state (no SET, LISTEN, advisory locks or cursors).
     """
     settings = {"application_name": f"{config.application_name}-{purpose}".rstrip("-")}
     if role and config.set_role:
@@ -98,7 +96,7 @@ async def create_pool(
             command_timeout=config.command_timeout,
             server_settings=settings,
             init=observe_queries,
-            reset=None if session_reset else _keep_session,
+            **({"reset": _reset_if_in_transaction} if light_reset else {}),
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"{database} database: {_describe(exc)}") from exc
@@ -106,8 +104,9 @@ async def create_pool(
     return pool
 
 
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """Release without a reset query (asyncpg has already rolled back an open transaction)."""
+async def _reset_if_in_transaction(conn: asyncpg.Connection) -> None:
+    if conn.is_in_transaction():
+        await conn.reset()
 
 
 @asynccontextmanager

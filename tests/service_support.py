@@ -46,15 +46,20 @@ class NotifySocket:
         self.sock.bind(str(self.path))
         self.messages: list[str] = []
 
-    def wait_for(self, message: str, timeout: float = 30.0) -> float:
-        """Wait until `message` arrives; return the monotonic time it did."""
+    def wait_for(
+        self, message: str, timeout: float = 30.0, process: subprocess.Popen | None = None
+    ) -> float:
+        """Wait until `message` arrives; return the monotonic time it did. Fails at once if
+        `process` exits first (a port taken meanwhile, a bad configuration)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"process exited ({process.returncode}) before {message}")
+            self.sock.settimeout(max(0.01, min(0.5, deadline - time.monotonic())))
             try:
                 data = self.sock.recv(4096).decode()
             except TimeoutError:
-                break
+                continue
             self.messages.append(data)
             if message in data.split("\n"):
                 return time.monotonic()

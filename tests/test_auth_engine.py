@@ -17,6 +17,7 @@ from encimap import db
 from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable, Principal
 from encimap.auth.passwords import hash_password
 from encimap.config import AuthConfig, Config
+from encimap.metrics import REGISTRY
 from encimap.store import credentials
 from tests.support import (
     TEST_BCRYPT_COST,
@@ -238,12 +239,21 @@ async def test_changes_take_effect_on_next_login_on_both_engines(databases: Data
         await close_engine(second, second_pools)
 
 
+def _sample(metric: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(f"encimap_auth_{metric}_total", labels)
+    return value or 0.0
+
+
 async def test_cache_saves_bcrypt_and_notify_drops_entries(databases: Databases) -> None:
     cfg = make_config(databases, auth={"bcrypt_cost": 10})
     conn = await databases.connect()
     box = await make_vaultbox(databases, "speed@vault.test", password="pw")
     await credentials.set_password(conn, "imap", box.username, hash_password("slow-pw", 10))
     engine, pools = await open_engine(cfg)
+    hits, logins = (
+        _sample("cache_lookups", result="hit"),
+        _sample("decisions", service="imap", kind="vaultbox_imap", result="ok"),
+    )
     try:
         started = time.perf_counter()
         await engine.authenticate(box.username, "slow-pw", service="imap")
@@ -252,6 +262,10 @@ async def test_cache_saves_bcrypt_and_notify_drops_entries(databases: Databases)
         await engine.authenticate(box.username, "slow-pw", service="imap")
         cached = time.perf_counter() - started
         assert cached < uncached / 5, (cached, uncached)
+        assert _sample("cache_lookups", result="hit") == hits + 1
+        assert _sample("decisions", service="imap", kind="vaultbox_imap", result="ok") == (
+            logins + 2
+        )
         assert len(engine._verified) == 1
         await conn.execute(
             "UPDATE imap_app_credentials SET app_name = 'x', password_hash = password_hash "

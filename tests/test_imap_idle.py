@@ -75,14 +75,14 @@ async def test_two_sessions_see_each_others_flags_new_mail_and_expunges(
             await client.login(box)
             await client.command("s", "SELECT INBOX")
         await first.command("a", "STORE 2 +FLAGS.SILENT (\\Flagged)")
-        reply = await second.command("b", "NOOP")
+        reply = await _noop_until(second, b"FETCH")
         assert b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n" in reply, reply
 
         await first.command("c", "STORE 1 +FLAGS.SILENT (\\Deleted)")
         reply = await first.command("d", "EXPUNGE")
         assert reply[0] == b"* 1 EXPUNGE\r\n"
         await store(databases, box, encrypt_for(box, plain_message(9)))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # NOTIFY arrives asynchronously (usually within milliseconds)
         # no EXPUNGE during FETCH (sequence numbers must stay put), but new mail is reported
         reply = await second.command("e", "FETCH 1 (UID)")
         assert reply[0] == b"* 1 FETCH (UID 1)\r\n" or b"EXPUNGE" not in b"".join(reply)
@@ -94,3 +94,13 @@ async def test_two_sessions_see_each_others_flags_new_mail_and_expunges(
         assert [line.split(b"UID ")[1][:1] for line in reply[:-1]] == [b"2", b"3", b"4"]
         for client in (first, second):
             await client.close()
+
+
+async def _noop_until(client: RawClient, wanted: bytes, timeout: float = 3.0) -> list[bytes]:
+    """NOOP until a reply carries `wanted` (another session's change arrives by NOTIFY)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = await client.command("b", "NOOP")
+        if any(wanted in line for line in reply) or time.monotonic() > deadline:
+            return reply
+        await asyncio.sleep(0.05)

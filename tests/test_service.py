@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from encimap.pgcluster import LocalCluster
 from tests.service_support import NotifySocket, http_get, serve_process, service_config
@@ -31,7 +34,7 @@ def test_ready_watchdog_and_stopping(
     port = ports["metrics"]
     env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "200000"}
     with serve_process(cfg, "all", env=env) as process:
-        notify_socket.wait_for("READY=1")
+        notify_socket.wait_for("READY=1", process=process)
         assert http_get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
         for _ in range(3):
             notify_socket.wait_for("WATCHDOG=1", timeout=2)
@@ -49,8 +52,8 @@ def test_readyz_follows_the_database(tmp_path: Path, notify_socket, tls_files):
         databases = migrated_databases(cluster, "m", "e")
         cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
         port = ports["metrics"]
-        with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}):
-            notify_socket.wait_for("READY=1")
+        with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}) as process:
+            notify_socket.wait_for("READY=1", process=process)
             url = f"http://127.0.0.1:{port}/readyz"
             assert http_get(url)[0] == 200
             cluster.stop()
@@ -71,7 +74,7 @@ def test_unknown_path_and_method(tmp_path: Path, databases: Databases, notify_so
     cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
     port = ports["metrics"]
     with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}) as process:
-        notify_socket.wait_for("READY=1")
+        notify_socket.wait_for("READY=1", process=process)
         assert http_get(f"http://127.0.0.1:{port}/nope")[0] == 404
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -99,7 +102,7 @@ def test_socket_activation_serves_the_inherited_auth_socket(
     )
     listener.close()
     try:
-        notify_socket.wait_for("READY=1")
+        notify_socket.wait_for("READY=1", process=process)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.settimeout(10)
             client.connect(str(activated))
@@ -117,3 +120,49 @@ def test_socket_activation_serves_the_inherited_auth_socket(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _served_certificate(port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.starttls(context=context)
+        return smtp.sock.getpeercert(binary_form=True)
+
+
+def test_sighup_rereads_tls_files_named_in_the_new_configuration(
+    tmp_path: Path, databases: Databases, notify_socket, tls_files, tls_ca
+):
+    """New sessions get the new certificate; an invalid file would keep the old one."""
+    cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
+    other = tls_ca.issue_cert("mail.renewed.test", "127.0.0.1")
+    new_cert, new_key = tmp_path / "new-chain.pem", tmp_path / "new-key.pem"
+    new_cert.write_bytes(b"".join(blob.bytes() for blob in other.cert_chain_pems))
+    other.private_key_pem.write_to_path(str(new_key))
+    with serve_process(
+        cfg, "submission", env={"NOTIFY_SOCKET": str(notify_socket.path)}
+    ) as process:
+        notify_socket.wait_for("READY=1", process=process)
+        before = _served_certificate(ports["submission"])
+        cfg.write_text(
+            cfg.read_text()
+            .replace(str(tls_files[0]), str(new_cert))
+            .replace(str(tls_files[1]), str(new_key))
+        )
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while _served_certificate(ports["submission"]) == before:
+            assert time.monotonic() < deadline, "SIGHUP did not load the new certificate"
+            time.sleep(0.2)
+        after = x509.load_der_x509_certificate(_served_certificate(ports["submission"]))
+        assert "mail.renewed.test" in after.subject.rfc4514_string() or any(
+            name.value == "mail.renewed.test"
+            for name in after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        )
+        cfg.write_text(cfg.read_text().replace("[tls]", "[tls]\nnonsense = 1"))
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert _served_certificate(ports["submission"]) != before  # kept, not reverted
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0

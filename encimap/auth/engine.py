@@ -25,6 +25,7 @@ from encimap.auth.hasher import BcryptVerifier, QueueFull
 from encimap.auth.principal import AuthFailed, AuthUnavailable, Principal
 from encimap.auth.throttle import Throttle
 from encimap.config import Config
+from encimap.metrics import AUTH_CACHE, AUTH_DECISIONS, AUTH_THROTTLED
 from encimap.store import logins
 from encimap.store.logins import LoginRow
 
@@ -107,9 +108,11 @@ class AuthEngine:
         line = _LogLine(username, method, service, rip, secured)
         wait, over_limit = self._throttle.before_verify(rip, username)
         if over_limit:
+            AUTH_THROTTLED.labels("refused").inc()
             line.unavailable("too many failures from this address")
             raise AuthUnavailable
         if wait:
+            AUTH_THROTTLED.labels("delayed").inc()
             await asyncio.sleep(wait)
         try:
             principal = await self._decide(username, password, service)
@@ -137,7 +140,9 @@ class AuthEngine:
         credential = f"{row.kind}:{row.credential_id}" if row is not None else "-"
         verified_key = fingerprint(self._secret, credential, stored_hash, username, password)
         if row is not None and row.live and self._verified.hit(verified_key):
+            AUTH_CACHE.labels("hit").inc()
             return self._principal(row)
+        AUTH_CACHE.labels("miss").inc()
         refused_key = fingerprint(self._secret, "refused", state, credential, verified_key.hex())
         if self._refused.hit(refused_key):
             raise _Refused(f"{_REASONS[state]} (cached)")
@@ -298,20 +303,24 @@ class _LogLine:
             f"service={service}, rip={rip or 'unknown'}"
         )
         self.secured = secured
+        self.service = service
 
     def _ms(self) -> int:
         return round((time.perf_counter() - self.started) * 1000)
 
     def login(self, principal: Principal) -> None:
+        AUTH_DECISIONS.labels(self.service, principal.kind, "ok").inc()
         log.info(
             f"login: {self.fields}, kind={principal.kind}{', TLS' if self.secured else ''}",
             duration_ms=self._ms(),
         )
 
     def failed(self, reason: str) -> None:
+        AUTH_DECISIONS.labels(self.service, "unknown", "failed").inc()
         log.warning(f"auth failed: {self.fields}", reason=reason, duration_ms=self._ms())
 
     def unavailable(self, reason: str) -> None:
+        AUTH_DECISIONS.labels(self.service, "unknown", "tempfail").inc()
         log.error(f"auth unavailable: {self.fields}", reason=reason, duration_ms=self._ms())
 
 

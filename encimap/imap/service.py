@@ -14,6 +14,7 @@ import asyncpg
 
 from encimap import db
 from encimap.config import Config, listeners
+from encimap.imap.cache import MessageCache
 from encimap.imap.session import Session
 from encimap.logs import get_logger
 from encimap.service.listeners import Sessions, bind
@@ -42,6 +43,7 @@ class Server:
         self.tls = tls
         self.listener = listener
         self.sessions = Sessions()
+        self.cache = MessageCache()
         self.servers: list[asyncio.Server] = []
         self._per_user: Counter[str] = Counter()
         self._counted: dict[str, str] = {}  # session id -> username
@@ -148,7 +150,8 @@ class Server:
 async def start(runtime: Any) -> Server:
     from encimap.auth import engine_for
 
-    pool = await runtime.pool("encimap", db.ROLE_IMAP, "imap")
+    # IMAP queries keep no session state, so connections skip the reset round trip on release
+    pool = await runtime.pool("encimap", db.ROLE_IMAP, "imap", light_reset=True)
     engine = await engine_for(runtime)
     listener = events.Listener(pool)
     await listener.start()

@@ -80,7 +80,7 @@ async def start(runtime: Runtime) -> Intake:
     config = runtime.config
     settings = config.intake
     # The intake never changes session state on its connections (see db.create_pool).
-    pool = await runtime.pool("encimap", db.ROLE_INTAKE, "intake", session_reset=False)
+    pool = await runtime.pool("encimap", db.ROLE_INTAKE, "intake", light_reset=True)
     hostname = settings.hostname or socket.getfqdn()
     handler = IntakeHandler(pool, config, hostname=hostname)
     connections = Connections()

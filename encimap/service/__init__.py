@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import os
 import signal
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 import asyncpg
 
 from encimap import db, logs
-from encimap.config import Config
+from encimap.config import Config, ConfigError
+from encimap.config import load as load_config
 from encimap.service import health
 from encimap.service.activation import inherited_sockets
 from encimap.service.systemd import notify
@@ -35,6 +37,10 @@ COMPONENTS: dict[str, str] = {
     "authsocket": "encimap.authsocket.service:start",
     "imap": "encimap.imap.service:start",
 }
+
+
+# Sections SIGHUP re-reads from the configuration file; everything else needs a restart.
+RELOADABLE = ("log", "tls")
 
 
 class Component(Protocol):
@@ -64,14 +70,24 @@ class Runtime:
         self.inherited_sockets: list[socket.socket] = inherited_sockets()
 
     async def pool(
-        self, database: db.Database, role: str | None, purpose: str, **options: Any
+        self,
+        database: db.Database,
+        role: str | None,
+        purpose: str,
+        *,
+        light_reset: bool = False,
+        **sizes: int,
     ) -> asyncpg.Pool:
-        """The process's pool for (database, role), created on first use (`options` go to
-        `db.create_pool`: sizes, session_reset)."""
+        """The process's pool for (database, role), created on first use."""
         key = (database, role)
         if key not in self._pools:
             pool = await db.create_pool(
-                self.config.database, database, role=role, purpose=purpose, **options
+                self.config.database,
+                database,
+                role=role,
+                purpose=purpose,
+                light_reset=light_reset,
+                **sizes,
             )
             self.stack.push_async_callback(pool.close)
             self._pools[key] = pool
@@ -95,12 +111,33 @@ class Runtime:
         return self._shared[key]
 
     def reload(self) -> None:
+        """SIGHUP: re-read the reloadable keys ([log], [tls]) and run every reload hook (TLS
+        files, the auth cache flush, components). A bad file keeps the running values."""
+        changed = self._reload_config()
         for hook in self.reload_hooks:
             try:
                 hook()
             except Exception as exc:  # a bad new file must not take the service down
-                log.error("reload.failed", error=str(exc))
-        log.info("reload.done")
+                log.error("reload.failed", hook=getattr(hook, "__qualname__", ""), error=str(exc))
+        log.info("reload.done", changed=changed)
+
+    def _reload_config(self) -> list[str]:
+        if not self.config.source:
+            return []
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload.config_invalid", error=str(exc))
+            return []
+        changed = [key for key in RELOADABLE if getattr(new, key) != getattr(self.config, key)]
+        self.config = dataclasses.replace(
+            self.config, **{key: getattr(new, key) for key in RELOADABLE}
+        )
+        if "log" in changed:
+            logs.configure(new.log.level, new.log.format)
+        if self._tls is not None:
+            self._tls.config = new.tls
+        return changed
 
 
 def selected(which: str) -> list[str]:

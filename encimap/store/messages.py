@@ -165,6 +165,17 @@ async def fetch_rows(
     )
 
 
+async def sizes(db: Executor, mailbox_id: int, uids: Sequence[int]) -> dict[int, int]:
+    """Stored sizes of the messages with these UIDs (an index-only read)."""
+    rows = await db.fetch(
+        """SELECT uid, size_bytes FROM encrypted_emails
+            WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",
+        mailbox_id,
+        list(uids),
+    )
+    return {row["uid"]: row["size_bytes"] for row in rows}
+
+
 async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
     """Compute and persist ENVELOPE/BODYSTRUCTURE for a row stored without them."""
     body = await db.fetchval(
@@ -213,35 +224,27 @@ async def store_flags(
     mode: FlagMode,
     flags: Sequence[str],
     origin: str,
-) -> tuple[list[tuple[int, list[str]]], set[int]]:
-    """Change flags; returns ((uid, flags) of every existing target, the UIDs that changed).
+) -> list[tuple[int, list[str]]]:
+    """Change flags; returns (uid, new flags) of the messages whose flags changed.
 
-    Only rows whose flags change are written; the others are read, so a repeated
-    `STORE +FLAGS` costs no writes.
+    Rows that already have the wanted flags are not written (nor reported, as Dovecot does),
+    so a repeated `STORE +FLAGS` costs no writes.
     """
     new_value, condition = _FLAG_CHANGE[mode]
     async with conn.transaction():
         rows = await conn.fetch(
-            f"""WITH changed AS (
-                    UPDATE encrypted_emails SET flags = {new_value}
-                     WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) AND {condition}
-                    RETURNING uid, flags)
-                SELECT uid, flags, true AS changed FROM changed
-                UNION ALL
-                SELECT uid, flags, false FROM encrypted_emails
-                 WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])
-                   AND uid NOT IN (SELECT uid FROM changed)""",  # noqa: S608
+            f"""UPDATE encrypted_emails SET flags = {new_value}
+                 WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) AND {condition}
+                RETURNING uid, flags""",  # noqa: S608 - fixed SQL fragments only
             mailbox_id,
             list(uids),
             sorted(set(flags)),
         )
-        changed = {row["uid"] for row in rows if row["changed"]}
-        if changed:
+        if rows:
             await events.publish_change(
-                conn, vaultbox_id, mailbox_id, events.FLAGS, origin, changed
+                conn, vaultbox_id, mailbox_id, events.FLAGS, origin, [row["uid"] for row in rows]
             )
-    result = sorted((row["uid"], list(row["flags"])) for row in rows)
-    return result, changed
+    return sorted((row["uid"], list(row["flags"])) for row in rows)
 
 
 async def expunge(

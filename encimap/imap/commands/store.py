@@ -70,7 +70,7 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
     if not uids:
         return "OK Store completed."
     async with session.server.pool.acquire() as conn:
-        rows, _changed = await messages.store_flags(
+        rows = await messages.store_flags(
             conn,
             vaultbox_id=vaultbox_id(session),
             mailbox_id=selected.mailbox.id,
@@ -129,6 +129,8 @@ async def _copy(session: Session, reader: Reader, *, by_uid: bool, move: bool) -
         )
     if not pairs:
         return f"OK {verb} completed."
+    if target.id == selected.mailbox.id:
+        selected.expect_new()
     code = (
         f"COPYUID {uidvalidity} {wire.ordered_sequence_set([p[0] for p in pairs])} "
         f"{wire.ordered_sequence_set([p[1] for p in pairs])}"
