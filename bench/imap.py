@@ -239,7 +239,7 @@ def main() -> int:
             f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
             f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
             f'trusted_networks = ["127.0.0.0/8"]\nmax_connections_per_user = 100\n'
-            f'[log]\nlevel = "warning"\n'
+            f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n'
         )
         server = subprocess.Popen(
             [sys.executable, "-m", "encimap", "--config", str(config), "serve", "imap"],

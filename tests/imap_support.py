@@ -30,7 +30,8 @@ def imap_config(
         "tls_listen": f"127.0.0.1:{free_port()}",
         **imap,
     }
-    return make_config(databases, tls_files, imap=settings)
+    # no metrics endpoint: its fixed default port would collide with other test runs
+    return make_config(databases, tls_files, imap=settings, metrics={"imap": "", "intake": ""})
 
 
 def ports(cfg: config_module.Config) -> tuple[int, int]:

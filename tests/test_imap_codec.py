@@ -50,7 +50,6 @@ def test_fetch_items_and_search_programs():
 
 
 def test_wire_forms():
-    assert wire.sequence_set([5, 1, 2, 3, 9]) == "1:3,5,9"
     assert wire.ordered_sequence_set([7, 8, 2]) == "7:8,2"
     assert wire.astring("INBOX") == "INBOX"
     assert wire.astring("My Folder") == '"My Folder"'

@@ -35,7 +35,9 @@ async def test_idle_reports_an_lmtp_delivery_within_a_second(databases, cfg, tls
     box = await make_box(databases, "idler@example.test", tmp_path)
     await store(databases, box, encrypt_for(box, plain_message(1)))
     intake_cfg = make_config(
-        databases, intake={"listen": f"127.0.0.1:{free_port()}", "hostname": "mx.test"}
+        databases,
+        intake={"listen": f"127.0.0.1:{free_port()}", "hostname": "mx.test"},
+        metrics={"intake": ""},
     )
     _, tls_port = ports(cfg)
     async with running_imap(cfg), running_intake(intake_cfg):

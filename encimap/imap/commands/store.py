@@ -91,16 +91,24 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
     return "OK Store completed."
 
 
-@command("COPY", "MOVE", states=SELECTED, expunge_ok=False)
+@command("COPY", states=SELECTED, expunge_ok=False)
 async def copy(session: Session, _tag: str, reader: Reader) -> str:
-    move = reader.data[: reader.pos].upper().endswith(b"MOVE")
-    return await _copy(session, reader, by_uid=False, move=move)
+    return await _copy(session, reader, by_uid=False, move=False)
 
 
-@command("UID COPY", "UID MOVE", states=SELECTED)
+@command("MOVE", states=SELECTED, expunge_ok=False)
+async def move(session: Session, _tag: str, reader: Reader) -> str:
+    return await _copy(session, reader, by_uid=False, move=True)
+
+
+@command("UID COPY", states=SELECTED)
 async def uid_copy(session: Session, _tag: str, reader: Reader) -> str:
-    move = reader.data[: reader.pos].upper().endswith(b"MOVE")
-    return await _copy(session, reader, by_uid=True, move=move)
+    return await _copy(session, reader, by_uid=True, move=False)
+
+
+@command("UID MOVE", states=SELECTED)
+async def uid_move(session: Session, _tag: str, reader: Reader) -> str:
+    return await _copy(session, reader, by_uid=True, move=True)
 
 
 async def _copy(session: Session, reader: Reader, *, by_uid: bool, move: bool) -> str:
