@@ -246,6 +246,11 @@ async def test_literals_in_login_and_exact_responses(databases, cfg, tls_ca, tmp
         await raw.send(b"c3 APPEND Junk (\\Seen) {%d+}\r\n%b\r\n" % (len(message), message))
         reply = await raw.until("c3")
         assert re.match(rb"c3 OK \[APPENDUID \d+ 2\]", reply[-1]), reply
+        await raw.send(b"c4 APPEND INBOX {%d+}\r\n%b\r\n" % (len(message), message))
+        reply = await raw.until("c4")  # into the selected mailbox: EXISTS with the reply
+        assert reply[0] == b"* 2 EXISTS\r\n" and reply[-1].startswith(b"c4 OK"), reply
+        reply = await raw.command("c5", "UID FETCH 2 (BODY.PEEK[])")
+        assert reply[1] == message, reply
         reply = await raw.command("e", "ENABLE UTF8=ACCEPT")
         assert reply[-1].startswith(b"e OK")
         reply = await raw.command("f", "UNSELECT")

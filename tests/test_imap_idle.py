@@ -35,7 +35,9 @@ async def test_idle_reports_an_lmtp_delivery_within_a_second(databases, cfg, tls
     box = await make_box(databases, "idler@example.test", tmp_path)
     await store(databases, box, encrypt_for(box, plain_message(1)))
     intake_cfg = make_config(
-        databases, intake={"listen": f"127.0.0.1:{free_port()}", "hostname": "mx.test"}
+        databases,
+        intake={"listen": f"127.0.0.1:{free_port()}", "hostname": "mx.test"},
+        metrics={"intake": ""},
     )
     _, tls_port = ports(cfg)
     async with running_imap(cfg), running_intake(intake_cfg):
@@ -75,14 +77,14 @@ async def test_two_sessions_see_each_others_flags_new_mail_and_expunges(
             await client.login(box)
             await client.command("s", "SELECT INBOX")
         await first.command("a", "STORE 2 +FLAGS.SILENT (\\Flagged)")
-        reply = await second.command("b", "NOOP")
+        reply = await _noop_until(second, b"FETCH")
         assert b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n" in reply, reply
 
         await first.command("c", "STORE 1 +FLAGS.SILENT (\\Deleted)")
         reply = await first.command("d", "EXPUNGE")
         assert reply[0] == b"* 1 EXPUNGE\r\n"
         await store(databases, box, encrypt_for(box, plain_message(9)))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # NOTIFY arrives asynchronously (usually within milliseconds)
         # no EXPUNGE during FETCH (sequence numbers must stay put), but new mail is reported
         reply = await second.command("e", "FETCH 1 (UID)")
         assert reply[0] == b"* 1 FETCH (UID 1)\r\n" or b"EXPUNGE" not in b"".join(reply)
@@ -94,3 +96,13 @@ async def test_two_sessions_see_each_others_flags_new_mail_and_expunges(
         assert [line.split(b"UID ")[1][:1] for line in reply[:-1]] == [b"2", b"3", b"4"]
         for client in (first, second):
             await client.close()
+
+
+async def _noop_until(client: RawClient, wanted: bytes, timeout: float = 3.0) -> list[bytes]:
+    """NOOP until a reply carries `wanted` (another session's change arrives by NOTIFY)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = await client.command("b", "NOOP")
+        if any(wanted in line for line in reply) or time.monotonic() > deadline:
+            return reply
+        await asyncio.sleep(0.05)

@@ -210,3 +210,36 @@ async def test_malformed_commands_get_bad_and_the_session_continues(
         fetched = await raw.command("f", "FETCH 1 (UID)")
         assert fetched[0] == b"* 1 FETCH (UID 1)\r\n"
         await raw.close()
+
+
+async def test_proxy_protocol_names_the_client(databases, tls_files, tls_ca, tmp_path):
+    """Behind a balancer the PROXY header's address decides (here: a trusted network, so
+    LOGIN works in clear); a STARTTLS-port connection without the header is dropped."""
+    box = await make_box(databases, "proxied@example.test", tmp_path)
+    cfg = imap_config(
+        databases, tls_files, proxy_protocol=True, trusted_networks=["203.0.113.0/24"]
+    )
+    port, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 143\r\n")
+        raw = RawClient(reader, writer)
+        raw.greeting = await raw.line()
+        assert b"AUTH=PLAIN" in raw.greeting and b"LOGINDISABLED" not in raw.greeting
+        await raw.login(box)
+        await raw.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 143\r\n")
+        raw = RawClient(reader, writer)
+        assert b"LOGINDISABLED" in await raw.line()
+        await raw.close()
+
+        implicit = await RawClient.connect(tls_port, tls_ca)  # no header on implicit TLS
+        await implicit.login(box)
+        await implicit.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"a1 LOGIN x y\r\n")
+        assert await asyncio.wait_for(reader.read(), 15) == b""
+        writer.close()

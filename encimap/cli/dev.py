@@ -198,7 +198,11 @@ def print_summary(
     print(
         f"                 relays to the dev sink {cfg.submission.relay}, which logs each message"
     )
-    print(f"  IMAP           {cfg.imap.listen} (STARTTLS), {cfg.imap.tls_listen} (TLS)")
+    starttls = ", ".join(config_module.listeners(cfg.imap.listen))
+    implicit = ", ".join(config_module.listeners(cfg.imap.tls_listen))
+    print(f"  IMAP           {starttls} (STARTTLS), {implicit} (TLS)")
+    print("                 log in with the vaultbox username above; import the PKCS#12 key")
+    print("                 above into the client to read the encrypted mail (docs/imap.md)")
     print(
         f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}"
         " (Dovecot protocol: Postfix smtpd_sasl_type = dovecot, smtpd_sasl_path = that path)"

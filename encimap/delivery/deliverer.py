@@ -2,25 +2,30 @@
 
 LMTP stores each recipient in its own transaction and answers each (RFC 2033 4.2); SMTP stores
 all recipients in one transaction and answers once, so a 451 always means nothing was stored.
+An LMTP recipient's delivery is one statement (`store.messages.deliver`) on a pooled
+connection outside any transaction block: PostgreSQL commits it before answering, so it costs
+one round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from encimap import logs, smime
+from encimap import logs, mimeinfo, smime
 from encimap.config import Config
 from encimap.delivery import replies
 from encimap.delivery.recipients import DATABASE_ERRORS, Target
 from encimap.delivery.replies import Reply
 from encimap.delivery.trace import Prepared
+from encimap.metrics import DELIVERIES, ENCRYPTION_SECONDS
+from encimap.service.listeners import Sessions
 from encimap.store import messages
 
 log = logs.get_logger(__name__)
@@ -42,10 +47,25 @@ class Job:
     started: float  # time.perf_counter() at the end of DATA
 
 
+def report(queue_id: str, recipient: str, outcome: str, reply: Reply, **fields: object) -> None:
+    """The one `delivery` log line and metric per recipient outcome (RCPT refusals too)."""
+    DELIVERIES.labels(outcome).inc()
+    log.info(
+        "delivery",
+        queue_id=queue_id,
+        recipient=recipient,
+        outcome=outcome,
+        code=f"{reply.code} {reply.enhanced}",
+        **fields,
+    )
+
+
 class Deliverer:
-    def __init__(self, pool: asyncpg.Pool, config: Config) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: Config, background: Sessions) -> None:
         self._pool = pool
         self._config = config
+        # Failure records written after the reply (shutdown waits for them, briefly).
+        self._background = background
 
     async def each(self, job: Job, targets: Sequence[Target]) -> list[Reply]:
         """LMTP: one transaction and one reply per recipient, in RCPT order."""
@@ -60,7 +80,7 @@ class Deliverer:
         # Lock INBOX rows in one global order, so two sessions never wait on each other.
         copies.sort(key=lambda copy: copy.vaultbox_id)
         try:
-            async with self._transaction() as conn:
+            async with self._connection() as conn, conn.transaction():
                 for copy in copies:
                     await self._store(conn, job, copy)
         except DATABASE_ERRORS as exc:
@@ -72,7 +92,7 @@ class Deliverer:
     async def _one(self, job: Job, target: Target) -> Reply:
         try:
             copy = await self._encrypt(job, target)
-            async with self._transaction() as conn:
+            async with self._connection() as conn:
                 delivered = await self._store(conn, job, copy)
         except (DeliveryFailed, *DATABASE_ERRORS) as exc:
             return self._outcome(
@@ -82,9 +102,8 @@ class Deliverer:
         return self._outcome(job, [target], _delivered(job), outcome, uid=delivered.uid)
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        timeout = self._config.database.connect_timeout
-        async with self._pool.acquire(timeout=timeout) as conn, conn.transaction():
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._pool.acquire(timeout=self._config.database.connect_timeout) as conn:
             yield conn
 
     async def _store(
@@ -99,17 +118,24 @@ class Deliverer:
         )
 
     async def _encrypt(self, job: Job, target: Target) -> messages.NewMessage:
-        encrypt: Callable[[], smime.EncryptionResult] = lambda: smime.encrypt_message(  # noqa: E731
-            job.prepared.data,
-            target.certificates,
-            target.profile,
-            hide_subject=target.hide_subject,
-        )
+        def encrypt() -> tuple[smime.EncryptionResult, mimeinfo.MessageInfo]:
+            started = time.perf_counter()
+            result = smime.encrypt_message(
+                job.prepared.data,
+                target.certificates,
+                target.profile,
+                hide_subject=target.hide_subject,
+            )
+            ENCRYPTION_SECONDS.observe(time.perf_counter() - started)
+            # What IMAP serves without parsing again, computed here so that a large message
+            # is described in the worker thread too.
+            return result, mimeinfo.describe(result.message)
+
         try:
             if len(job.prepared.data) > self._config.intake.offload_threshold:
-                result = await asyncio.to_thread(encrypt)
+                result, info = await asyncio.to_thread(encrypt)
             else:
-                result = encrypt()
+                result, info = encrypt()
         except (smime.SMIMEError, ValueError) as exc:
             raise DeliveryFailed(f"encryption failed: {exc}") from exc
         return messages.NewMessage(
@@ -125,6 +151,7 @@ class Deliverer:
             subject_encrypted=result.subject_encrypted,
             internal_date=job.received_at,
             outcome="passthrough" if result.already_encrypted else "stored",
+            info=info,
         )
 
     def _outcome(
@@ -136,21 +163,45 @@ class Deliverer:
         error: str = "",
         uid: int | None = None,
     ) -> Reply:
-        """Log one line per recipient's delivery outcome, return the reply."""
+        """Report each recipient's outcome, record a temporary failure; return the reply."""
+        fields: dict[str, object] = {"size": job.size_original, "ms": _elapsed_ms(job)}
+        if uid is not None:
+            fields["uid"] = uid
+        if error:
+            fields["error"] = error
         for target in targets:
-            log.info(
-                "delivery",
-                queue_id=job.queue_id,
-                recipient=target.address,
+            report(
+                job.queue_id,
+                target.address,
+                outcome,
+                reply,
                 vaultbox=str(target.vaultbox.id),
-                outcome=outcome,
-                code=f"{reply.code} {reply.enhanced}",
-                size=job.size_original,
-                ms=_elapsed_ms(job),
-                **({"uid": uid} if uid is not None else {}),
-                **({"error": error} if error else {}),
+                **fields,
             )
+        if outcome == "tempfail":
+            task = asyncio.ensure_future(self._record_failure(job, targets, reply, error))
+            self._background.add(task)
         return reply
+
+    async def _record_failure(
+        self, job: Job, targets: Sequence[Target], reply: Reply, error: str
+    ) -> None:
+        """A `tempfail` row per recipient, if the database answers; never delays the reply."""
+        try:
+            async with self._connection() as conn:
+                for target in targets:
+                    await messages.log_failure(
+                        conn,
+                        vaultbox_id=target.vaultbox.id,
+                        queue_id=job.queue_id,
+                        recipient=target.address,
+                        reply_code=str(reply.code),
+                        size_original=job.size_original,
+                        duration_ms=_elapsed_ms(job),
+                        error=error,
+                    )
+        except DATABASE_ERRORS as exc:
+            log.warning("delivery.log_failed", queue_id=job.queue_id, error=_describe(exc))
 
 
 def _delivered(job: Job) -> Reply:

@@ -81,8 +81,10 @@ class Selected:
         return sorted(set(chosen))
 
     def is_sequence_valid(self, sequence: SequenceSet) -> bool:
+        """Numbers beyond the last message are an error; a range ending in "*" never is
+        (`FETCH 1:*` in an empty mailbox names nothing)."""
         return all(
-            (start is None or start <= len(self.uids)) and (end is None or end <= len(self.uids))
+            None in (start, end) or max(start, end) <= len(self.uids)  # type: ignore[type-var]
             for start, end in sequence.ranges
         )
 
@@ -100,6 +102,11 @@ class Selected:
         elif event.kind == events.EXPUNGE:
             self._expunged.update(event.uids)
         self.changed.set()
+
+    def expect_new(self) -> None:
+        """This session added messages here (APPEND, COPY): report them with its reply rather
+        than when the NOTIFY comes back."""
+        self._new = True
 
     def has_changes(self) -> bool:
         return self._new or self._resync or bool(self._flags) or bool(self._expunged)

@@ -14,6 +14,8 @@ import asyncpg
 
 from encimap import db
 from encimap.config import Config, listeners
+from encimap.imap import proxy
+from encimap.imap.cache import MessageCache
 from encimap.imap.session import Session
 from encimap.logs import get_logger
 from encimap.service.listeners import Sessions, bind
@@ -42,6 +44,7 @@ class Server:
         self.tls = tls
         self.listener = listener
         self.sessions = Sessions()
+        self.cache = MessageCache()
         self.servers: list[asyncio.Server] = []
         self._per_user: Counter[str] = Counter()
         self._counted: dict[str, str] = {}  # session id -> username
@@ -93,6 +96,16 @@ class Server:
     ) -> None:
         peer = writer.get_extra_info("peername")
         client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        # PROXY headers on the STARTTLS listeners only: before an implicit-TLS handshake the
+        # header's bytes and the ClientHello can arrive in one read, which asyncio cannot
+        # hand over to TLS.
+        if self.config.imap.proxy_protocol and not tls:
+            try:
+                client_ip = await proxy.read_header(reader) or client_ip
+            except (proxy.ProxyError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                log.warning("imap.proxy_refused", peer=client_ip, error=str(exc))
+                writer.transport.abort()
+                return
         session = Session(self, reader, writer, tls=tls, client_ip=client_ip)
         task = asyncio.current_task()
         if task is not None:
@@ -148,6 +161,7 @@ class Server:
 async def start(runtime: Any) -> Server:
     from encimap.auth import engine_for
 
+    # IMAP queries keep no session state, so connections skip the reset round trip on release
     pool = await runtime.pool("encimap", db.ROLE_IMAP, "imap")
     engine = await engine_for(runtime)
     listener = events.Listener(pool)

@@ -114,9 +114,9 @@ class Session:
     async def read_line(self) -> bytes:
         """One line without its line ending; BAD-worthy lines raise `Reply`."""
         try:
-            line = await asyncio.wait_for(
-                self.reader.readuntil(b"\n"), timeout=self.config.idle_timeout
-            )
+            # asyncio.timeout, unlike wait_for, runs the read in this task (no task per line)
+            async with asyncio.timeout(self.config.idle_timeout):
+                line = await self.reader.readuntil(b"\n")
         except TimeoutError:
             raise Disconnect("BYE Autologout; idle for too long") from None
         except asyncio.LimitOverrunError as exc:
@@ -161,9 +161,8 @@ class Session:
                 self.send(b"+ Ready for literal data\r\n")
                 await self.flush()
             try:
-                data = await asyncio.wait_for(
-                    self.reader.readexactly(size), timeout=self.config.idle_timeout
-                )
+                async with asyncio.timeout(self.config.idle_timeout):
+                    data = await self.reader.readexactly(size)
             except (asyncio.IncompleteReadError, TimeoutError):
                 raise Disconnect() from None
             pieces.append(b"\r\n" + data)

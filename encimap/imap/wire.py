@@ -33,23 +33,9 @@ def internal_date(value: datetime) -> str:
     return '"' + value.strftime("%d-%b-%Y %H:%M:%S %z") + '"'
 
 
-def sequence_set(numbers: Iterable[int]) -> str:
-    """Ascending numbers as a compact set: 1:3,7,9:10."""
-    ordered = sorted(set(numbers))
-    ranges: list[str] = []
-    index = 0
-    while index < len(ordered):
-        start = end = ordered[index]
-        while index + 1 < len(ordered) and ordered[index + 1] == end + 1:
-            index += 1
-            end = ordered[index]
-        ranges.append(str(start) if start == end else f"{start}:{end}")
-        index += 1
-    return ",".join(ranges)
-
-
 def ordered_sequence_set(numbers: list[int]) -> str:
-    """Numbers in the given order (COPYUID pairs source and target sets element by element)."""
+    """Numbers in the given order as a set of ranges: 7:8,2 (COPYUID pairs the source and
+    target sets element by element, so their order must survive)."""
     ranges: list[str] = []
     index = 0
     while index < len(numbers):

@@ -14,8 +14,8 @@ from aiosmtpd.smtp import SMTP, Session
 from encimap import logs
 from encimap.config import Config
 from encimap.delivery import replies, trace
-from encimap.delivery.deliverer import Deliverer, Job
-from encimap.delivery.recipients import Target, resolve
+from encimap.delivery.deliverer import Deliverer, Job, report
+from encimap.delivery.recipients import CertificateCache, Target, resolve
 from encimap.intake.server import IntakeEnvelope
 from encimap.service.listeners import Sessions
 
@@ -32,10 +32,11 @@ class IntakeHandler:
         self._config = config
         self._hostname = hostname
         self._lmtp = config.intake.protocol == "lmtp"
-        self._deliverer = Deliverer(pool, config)
         # Deliveries run as their own tasks: a client that disconnects after DATA does not
         # cancel a transaction half-way; shutdown waits for these.
         self.deliveries = Sessions()
+        self._deliverer = Deliverer(pool, config, self.deliveries)
+        self._certificates = CertificateCache()
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Any, proxy: Any) -> bool:
         return True  # the trusted proxy's data is in session.proxy_data
@@ -54,21 +55,15 @@ class IntakeHandler:
         if len(envelope.targets) >= self._config.intake.max_recipients:
             reply = replies.TOO_MANY_RECIPIENTS
         else:
-            found = await resolve(self._pool, address, self._config)
+            found = await resolve(self._pool, address, self._config, self._certificates)
             if isinstance(found, Target):
                 envelope.rcpt_tos.append(address)
                 envelope.rcpt_options.extend(options)
                 envelope.targets.append(found)
                 return str(replies.RECIPIENT_OK)
             reply = found
-        log.info(
-            "delivery",
-            queue_id=envelope.queue_id,
-            recipient=address,
-            outcome="tempfail" if reply.temporary else "rejected",
-            code=f"{reply.code} {reply.enhanced}",
-            stage="rcpt",
-        )
+        outcome = "tempfail" if reply.temporary else "rejected"
+        report(envelope.queue_id, address, outcome, reply, stage="rcpt")
         return str(reply)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> str:

@@ -79,6 +79,7 @@ def protocol_factory(
 async def start(runtime: Runtime) -> Intake:
     config = runtime.config
     settings = config.intake
+    # The intake never changes session state on its connections (see db.create_pool).
     pool = await runtime.pool("encimap", db.ROLE_INTAKE, "intake")
     hostname = settings.hostname or socket.getfqdn()
     handler = IntakeHandler(pool, config, hostname=hostname)

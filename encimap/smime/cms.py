@@ -13,6 +13,7 @@ RFC 8017/RFC 4055); EC certificates get a KeyAgreeRecipientInfo with ephemeral-s
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -180,13 +181,11 @@ def _enveloped_data(
     iv = os.urandom(AES_BLOCK_BYTES)
     encryptor = Cipher(algorithms.AES(content_key), modes.CBC(iv)).encryptor()
     pad = AES_BLOCK_BYTES - length % AES_BLOCK_BYTES
-    algorithm = _AlgorithmIdentifier(
-        {"algorithm": scheme.content_oid, "parameters": core.OctetString(iv)}
-    )
+    algorithm = _tlv(0x30, _oid(scheme.content_oid) + _tlv(0x04, iv))  # IV as parameters
     # RFC 5652 section 6.1: version 2 as soon as a recipient info is not version 0 (kari is 3).
     version = 2 if any(_is_key_agreement(info) for info in recipient_infos) else 0
     yield _content_info_head(
-        OID_ENVELOPED_DATA, version, recipient_infos, algorithm.dump(), length + pad, 0
+        OID_ENVELOPED_DATA, version, recipient_infos, algorithm, length + pad, 0
     )
     for chunk in _chunks(pieces, length):
         yield encryptor.update(chunk)
@@ -227,22 +226,29 @@ def _content_info_head(
     EncryptedContentInfo { id-data, algorithm, [0] IMPLICIT ciphertext } <trailer> } },
     where the trailer (the GCM mac) follows the ciphertext.
     """
-    version_der = core.Integer(version).dump()
+    version_der = _integer(version)
     # DER orders the elements of a SET OF by their encodings.
     recipients_der = _tlv(0x31, b"".join(sorted(recipient_infos)))
-    encrypted_head = (
-        core.ObjectIdentifier(OID_DATA).dump()
-        + content_algorithm
-        + _header(0x80, ciphertext_length)
-    )
+    encrypted_head = _oid(OID_DATA) + content_algorithm + _header(0x80, ciphertext_length)
     encrypted_length = len(encrypted_head) + ciphertext_length
     body_head = version_der + recipients_der + _header(0x30, encrypted_length) + encrypted_head
     body_length = len(body_head) + ciphertext_length + trailer_length
     sequence_head = _header(0x30, body_length)
     explicit_head = _header(0xA0, len(sequence_head) + body_length)
-    type_der = core.ObjectIdentifier(content_type).dump()
+    type_der = _oid(content_type)
     outer_length = len(type_der) + len(explicit_head) + len(sequence_head) + body_length
     return _header(0x30, outer_length) + type_der + explicit_head + sequence_head + body_head
+
+
+# DER of the few OIDs and small integers every envelope repeats.
+@functools.cache
+def _oid(dotted: str) -> bytes:
+    return core.ObjectIdentifier(dotted).dump()
+
+
+@functools.cache
+def _integer(value: int) -> bytes:
+    return core.Integer(value).dump()
 
 
 def _header(tag: int, length: int) -> bytes:
@@ -278,43 +284,57 @@ def _recipient_info(
     certificate: x509.Certificate, content_key: bytes, scheme: _Scheme
 ) -> tuple[str, bytes]:
     """(key management name, DER RecipientInfo) for one certificate."""
-    key_algorithm(certificate)  # refuses weak RSA and unsupported curves or key types
-    public_key = certificate.public_key()
-    rid = _issuer_and_serial(certificate)
+    public_key, rid = _recipient(certificate)
     if isinstance(public_key, rsa.RSAPublicKey):
         return _key_transport(public_key, rid, content_key, oaep=scheme.rsa_oaep)
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    return "ecdh", _key_agreement(public_key, rid, content_key)
+    return "ecdh", _key_agreement(public_key, cms.IssuerAndSerialNumber.load(rid), content_key)
 
 
-def _issuer_and_serial(certificate: x509.Certificate) -> cms.IssuerAndSerialNumber:
+@functools.lru_cache(maxsize=1024)
+def _recipient(
+    certificate: x509.Certificate,
+) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, bytes]:
+    """(public key, DER IssuerAndSerialNumber) of a usable certificate.
+
+    Cached: the intake encrypts message after message to the same few certificates, and
+    parsing them again (asn1crypto) cost more than the RSA operation itself.
+    """
+    key_algorithm(certificate)  # refuses weak RSA and unsupported curves or key types
     parsed = asn1_x509.Certificate.load(certificate.public_bytes(serialization.Encoding.DER))
-    return cms.IssuerAndSerialNumber(
+    rid = cms.IssuerAndSerialNumber(
         {"issuer": parsed.issuer, "serial_number": parsed.serial_number}
     )
+    public_key = certificate.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+    return public_key, rid.dump()
+
+
+# KeyTransRecipientInfo parts that do not change (RFC 5652 6.2.1): version 0 (the rid is an
+# IssuerAndSerialNumber) and the key encryption algorithms.
+_KTRI_VERSION = _integer(0)
+# RFC 3370 section 4.2.1: rsaEncryption carries NULL parameters.
+_RSA_PKCS1V15 = cms.KeyEncryptionAlgorithm(
+    {"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()}
+).dump()
+_RSA_OAEP = cms.KeyEncryptionAlgorithm(
+    {"algorithm": "rsaes_oaep", "parameters": _OAEP_PARAMETERS}
+).dump()
 
 
 def _key_transport(
-    public_key: rsa.RSAPublicKey, rid: cms.IssuerAndSerialNumber, content_key: bytes, *, oaep: bool
+    public_key: rsa.RSAPublicKey, rid: bytes, content_key: bytes, *, oaep: bool
 ) -> tuple[str, bytes]:
+    """DER KeyTransRecipientInfo (the untagged `ktri` choice of RecipientInfo)."""
     if oaep:
         mgf = padding.MGF1(hashes.SHA256())
         encrypted_key = public_key.encrypt(content_key, padding.OAEP(mgf, hashes.SHA256(), None))
-        algorithm = {"algorithm": "rsaes_oaep", "parameters": _OAEP_PARAMETERS}
+        algorithm = _RSA_OAEP
     else:
         encrypted_key = public_key.encrypt(content_key, padding.PKCS1v15())
-        # RFC 3370 section 4.2.1: rsaEncryption carries NULL parameters.
-        algorithm = {"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()}
-    info = cms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=rid),
-            "key_encryption_algorithm": algorithm,
-            "encrypted_key": encrypted_key,
-        }
-    )
+        algorithm = _RSA_PKCS1V15
     name = "rsa-oaep" if oaep else "rsa"
-    return name, cms.RecipientInfo(name="ktri", value=info).dump()
+    return name, _tlv(0x30, _KTRI_VERSION + rid + algorithm + _tlv(0x04, encrypted_key))
 
 
 def _key_agreement(

@@ -99,8 +99,8 @@ async def delete_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Non
 
 
 async def rename_mailbox(db: Executor, vaultbox_id: uuid.UUID, old: str, new: str) -> None:
-    """Rename a folder and its children; UIDVALIDITY changes (RFC 3501 6.3.5 allows keeping it,
-    but a new value is the safe signal for clients that cache by name)."""
+    """Rename a folder and its children. UIDVALIDITY and UIDs stay (RFC 3501 6.3.5 allows it,
+    Dovecot does the same): the messages are unchanged, so clients keep their caches."""
     old, new = canonical_name(old), canonical_name(new.rstrip(DELIMITER))
     if old == "INBOX":
         raise StoreError("renaming INBOX is not supported")
@@ -109,8 +109,7 @@ async def rename_mailbox(db: Executor, vaultbox_id: uuid.UUID, old: str, new: st
     try:
         status = await db.execute(
             """UPDATE mailboxes
-                  SET name = $3 || substr(name, length($2) + 1),
-                      uidvalidity = nextval('mailbox_uidvalidity_seq')
+                  SET name = $3 || substr(name, length($2) + 1)
                 WHERE vaultbox_id = $1 AND (name = $2 OR name LIKE $4 ESCAPE '\\')""",
             vaultbox_id,
             old,

@@ -2,11 +2,11 @@
 delivery and IMAP APPEND), and what IMAP reads and changes: UIDs, flags, bodies, expunge, copy
 and move.
 
-`deliver` (intake) runs inside the caller's transaction, so a caller that stores one message to
-several vaultboxes (SMTP mode) commits all of them or none. It serialises deliveries per
-vaultbox by locking the vaultbox's INBOX row first: the duplicate check then sees every message
-committed before it, and UIDs become visible in increasing order (an IMAP client never sees a
-lower UID appear after a higher one).
+`deliver` (intake) is one statement: alone it is its own transaction; a caller that stores one
+message to several vaultboxes (SMTP mode) runs it inside one transaction and commits all of them
+or none. It serialises deliveries per vaultbox by locking the vaultbox's INBOX row first: the
+duplicate check then sees every message committed before it, and UIDs become visible in
+increasing order (an IMAP client never sees a lower UID appear after a higher one).
 
 Every change publishes a NOTIFY on `encimap_mailbox` in the same transaction (delivered on
 commit), so other sessions learn about it without polling; see `encimap.store.events`.
@@ -65,6 +65,17 @@ class Inserted:
     uidvalidity: int
 
 
+# The IMAP columns in the order the SQL functions of 006_deliver.sql take them.
+INFO_COLUMNS = (
+    "envelope",
+    "bodystructure",
+    "bodystructure_basic",
+    "mime_parts",
+    "sent_date",
+    "search_headers",
+)
+
+
 def info_columns(info: mimeinfo.MessageInfo) -> dict[str, object]:
     """The stored form of what FETCH and SEARCH need (see sql/encimap/004_imap.sql)."""
     return {
@@ -100,63 +111,32 @@ async def insert_message(
     """Store one message in a mailbox (INBOX unless named) with the next UID, and NOTIFY.
 
     `body` is stored and later served exactly as given; `info` is `mimeinfo.describe(body)`
-    (computed here when not given). Runs in its own transaction, or in the caller's.
-    The mailbox row lock taken by the UID allocation orders concurrent inserts, so UIDs become
-    visible in increasing order.
+    (computed here when not given). One statement (`encimap_insert_message`, one round trip),
+    atomic on its own or part of the caller's transaction. The mailbox row lock taken by the
+    UID allocation orders concurrent inserts, so UIDs become visible in increasing order.
     """
-    info = info or mimeinfo.describe(body)
-    async with conn.transaction():
-        if mailbox_id is None:
-            mailbox = await conn.fetchrow(
-                """UPDATE mailboxes SET uid_next = uid_next + 1
-                    WHERE vaultbox_id = $1 AND name = $2
-                   RETURNING id, uid_next - 1 AS uid, uidvalidity""",
-                vaultbox_id,
-                mailbox_name,
-            )
-        else:
-            mailbox = await conn.fetchrow(
-                """UPDATE mailboxes SET uid_next = uid_next + 1
-                    WHERE vaultbox_id = $1 AND id = $2
-                   RETURNING id, uid_next - 1 AS uid, uidvalidity""",
-                vaultbox_id,
-                mailbox_id,
-            )
-        if mailbox is None:
-            raise NotFound(f"vaultbox {vaultbox_id} has no mailbox {mailbox_id or mailbox_name}")
-        columns = info_columns(info)
-        row_id = await conn.fetchval(
-            """INSERT INTO encrypted_emails
-                   (vaultbox_id, mailbox_id, uid, message_id, sender, recipient,
-                    subject_encrypted, body_encrypted, body_sha256, encryption_method,
-                    certificate_fingerprints, size_bytes, flags, internal_date, envelope,
-                    bodystructure, bodystructure_basic, mime_parts, sent_date, search_headers)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                       coalesce($14, now()), $15, $16, $17, $18::jsonb, $19, $20::jsonb)
-               RETURNING id""",
-            vaultbox_id,
-            mailbox["id"],
-            mailbox["uid"],
-            message_id,
-            sender,
-            recipient,
-            subject_encrypted,
-            body,
-            body_sha256,
-            encryption_method,
-            list(certificate_fingerprints),
-            len(body),
-            sorted(set(flags)),
-            internal_date,
-            columns["envelope"],
-            columns["bodystructure"],
-            columns["bodystructure_basic"],
-            columns["mime_parts"],
-            columns["sent_date"],
-            columns["search_headers"],
-        )
-        await events.publish_new(conn, vaultbox_id, mailbox["id"], mailbox["uid"])
-    return Inserted(row_id, mailbox["id"], mailbox["uid"], mailbox["uidvalidity"])
+    columns = info_columns(info or mimeinfo.describe(body))
+    row = await conn.fetchrow(
+        """SELECT * FROM encimap_insert_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                                                $12, $13, $14, $15, $16, $17, $18, $19)""",
+        vaultbox_id,
+        mailbox_id,
+        mailbox_name,
+        body,
+        sorted(set(flags)),
+        internal_date,
+        message_id,
+        sender,
+        recipient,
+        subject_encrypted,
+        body_sha256,
+        encryption_method,
+        list(certificate_fingerprints),
+        *(columns[name] for name in INFO_COLUMNS),
+    )
+    if row is None:
+        raise NotFound(f"vaultbox {vaultbox_id} has no mailbox {mailbox_id or mailbox_name}")
+    return Inserted(row["email_id"], row["mailbox_id"], row["uid"], row["uidvalidity"])
 
 
 async def uids_and_flags(db: Executor, mailbox_id: int, after_uid: int = 0) -> list[asyncpg.Record]:
@@ -183,6 +163,17 @@ async def fetch_rows(
         mailbox_id,
         list(uids),
     )
+
+
+async def sizes(db: Executor, mailbox_id: int, uids: Sequence[int]) -> dict[int, int]:
+    """Stored sizes of the messages with these UIDs (an index-only read)."""
+    rows = await db.fetch(
+        """SELECT uid, size_bytes FROM encrypted_emails
+            WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",
+        mailbox_id,
+        list(uids),
+    )
+    return {row["uid"]: row["size_bytes"] for row in rows}
 
 
 async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
@@ -233,35 +224,27 @@ async def store_flags(
     mode: FlagMode,
     flags: Sequence[str],
     origin: str,
-) -> tuple[list[tuple[int, list[str]]], set[int]]:
-    """Change flags; returns ((uid, flags) of every existing target, the UIDs that changed).
+) -> list[tuple[int, list[str]]]:
+    """Change flags; returns (uid, new flags) of the messages whose flags changed.
 
-    Only rows whose flags change are written; the others are read, so a repeated
-    `STORE +FLAGS` costs no writes.
+    Rows that already have the wanted flags are not written (nor reported, as Dovecot does),
+    so a repeated `STORE +FLAGS` costs no writes.
     """
     new_value, condition = _FLAG_CHANGE[mode]
     async with conn.transaction():
         rows = await conn.fetch(
-            f"""WITH changed AS (
-                    UPDATE encrypted_emails SET flags = {new_value}
-                     WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) AND {condition}
-                    RETURNING uid, flags)
-                SELECT uid, flags, true AS changed FROM changed
-                UNION ALL
-                SELECT uid, flags, false FROM encrypted_emails
-                 WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])
-                   AND uid NOT IN (SELECT uid FROM changed)""",  # noqa: S608
+            f"""UPDATE encrypted_emails SET flags = {new_value}
+                 WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) AND {condition}
+                RETURNING uid, flags""",  # noqa: S608 - fixed SQL fragments only
             mailbox_id,
             list(uids),
             sorted(set(flags)),
         )
-        changed = {row["uid"] for row in rows if row["changed"]}
-        if changed:
+        if rows:
             await events.publish_change(
-                conn, vaultbox_id, mailbox_id, events.FLAGS, origin, changed
+                conn, vaultbox_id, mailbox_id, events.FLAGS, origin, [row["uid"] for row in rows]
             )
-    result = sorted((row["uid"], list(row["flags"])) for row in rows)
-    return result, changed
+    return sorted((row["uid"], list(row["flags"])) for row in rows)
 
 
 async def expunge(
@@ -371,6 +354,8 @@ class NewMessage:
     subject_encrypted: str | None
     internal_date: datetime
     outcome: str = "stored"  # "stored" (encrypted here) or "passthrough" (arrived encrypted)
+    # mimeinfo.describe(body), when the caller computed it already (e.g. in a worker thread).
+    info: mimeinfo.MessageInfo | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -381,100 +366,46 @@ class Delivered:
     duplicate: bool
 
 
-@dataclass(frozen=True)
-class Usage:
-    messages: int
-    bytes: int
-
-
-async def usage(db: Executor, vaultbox_id: uuid.UUID) -> Usage:
-    """How many messages and bytes a vaultbox holds (all mailboxes), for its quota."""
-    row = await db.fetchrow(
-        """SELECT count(*) AS messages, coalesce(sum(size_bytes), 0) AS bytes
-             FROM encrypted_emails WHERE vaultbox_id = $1""",
-        vaultbox_id,
-    )
-    return Usage(row["messages"], row["bytes"])
-
-
 async def deliver(
-    conn: Executor,
+    db: Executor,
     message: NewMessage,
     *,
     queue_id: str,
     duplicate_window_seconds: float,
     duration_ms: int,
 ) -> Delivered:
-    """Store `message` in the INBOX (in the caller's transaction) unless it is a duplicate.
+    """Store `message` in the INBOX unless it is a duplicate; log it either way.
 
     A duplicate is the same Message-ID and body hash delivered to the same vaultbox within the
     window: an MTA retrying after a lost reply. It is answered as delivered and stored once.
+    One statement (`encimap_deliver`, sql/encimap/006_deliver.sql), so one round trip: on a
+    pool or connection outside a transaction it commits on its own before returning; inside
+    the caller's transaction (SMTP mode) it commits with it.
     """
-    mailbox_id = await conn.fetchval(
-        "SELECT id FROM mailboxes WHERE vaultbox_id = $1 AND name = $2 FOR UPDATE",
+    columns = info_columns(message.info or mimeinfo.describe(message.body))
+    row = await db.fetchrow(
+        """SELECT * FROM encimap_deliver($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                         $14, $15, $16, $17, $18, $19, $20, $21)""",
         message.vaultbox_id,
-        INBOX,
-    )
-    if mailbox_id is None:
-        raise NotFound(f"vaultbox {message.vaultbox_id} has no {INBOX}")
-    earlier = await conn.fetchrow(
-        """SELECT id, mailbox_id, uid FROM encrypted_emails
-            WHERE vaultbox_id = $1 AND message_id = $2 AND body_sha256 = $3
-              AND received_at > now() - make_interval(secs => $4)
-            LIMIT 1""",
-        message.vaultbox_id,
+        message.body,
+        message.internal_date,
         message.message_id,
-        message.body_sha256,
-        float(duplicate_window_seconds),
-    )
-    if earlier is not None:
-        delivered = Delivered(earlier["id"], earlier["mailbox_id"], earlier["uid"], True)
-        await _log(conn, message, delivered, "duplicate", queue_id, duration_ms)
-        return delivered
-    stored = await insert_message(
-        conn,
-        vaultbox_id=message.vaultbox_id,
-        mailbox_id=mailbox_id,
-        body=message.body,
-        internal_date=message.internal_date,
-        message_id=message.message_id,
-        sender=message.sender,
-        recipient=message.recipient,
-        subject_encrypted=message.subject_encrypted,
-        body_sha256=message.body_sha256,
-        encryption_method=message.encryption_method,
-        certificate_fingerprints=message.certificate_fingerprints,
-    )
-    email_id, uid = stored.id, stored.uid
-    delivered = Delivered(email_id, mailbox_id, uid, False)
-    await _log(conn, message, delivered, message.outcome, queue_id, duration_ms)
-    return delivered
-
-
-async def _log(
-    conn: Executor,
-    message: NewMessage,
-    delivered: Delivered,
-    outcome: str,
-    queue_id: str,
-    duration_ms: int,
-) -> None:
-    await conn.execute(
-        """INSERT INTO email_processing_logs
-               (vaultbox_id, email_id, queue_id, recipient, outcome, reply_code, algorithm,
-                certificate_fingerprints, size_original, size_stored, duration_ms)
-           VALUES ($1, $2, $3, $4, $5, '250', $6, $7, $8, $9, $10)""",
-        message.vaultbox_id,
-        delivered.email_id,
-        queue_id,
+        message.sender,
         message.recipient,
-        outcome,
+        message.subject_encrypted,
+        message.body_sha256,
         message.encryption_method,
         message.certificate_fingerprints,
+        *(columns[name] for name in INFO_COLUMNS),
+        float(duplicate_window_seconds),
+        queue_id,
+        message.outcome,
         message.size_original,
-        len(message.body),
         duration_ms,
     )
+    if row is None:
+        raise NotFound(f"vaultbox {message.vaultbox_id} has no {INBOX}")
+    return Delivered(row["email_id"], row["mailbox_id"], row["uid"], row["duplicate"])
 
 
 async def log_failure(

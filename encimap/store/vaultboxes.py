@@ -52,7 +52,7 @@ def split_address(address: str) -> tuple[str, str]:
     return alias, domain
 
 
-def _vaultbox(row: asyncpg.Record) -> Vaultbox:
+def vaultbox_from_row(row: asyncpg.Record) -> Vaultbox:
     limits = row["limits"]
     return Vaultbox(
         id=row["id"],
@@ -88,7 +88,7 @@ async def create_vaultbox(
             "INSERT INTO mailboxes (vaultbox_id, name, special_use) VALUES ($1, $2, $3)",
             [(row["id"], mailbox, use) for mailbox, use in DEFAULT_MAILBOXES],
         )
-    return _vaultbox(row)
+    return vaultbox_from_row(row)
 
 
 async def list_vaultboxes(db: Executor) -> list[Vaultbox]:
@@ -96,7 +96,7 @@ async def list_vaultboxes(db: Executor) -> list[Vaultbox]:
         f"SELECT {_COLUMNS} FROM vaultboxes WHERE status <> 'deleted' "  # noqa: S608
         "ORDER BY domain, alias"
     )
-    return [_vaultbox(row) for row in rows]
+    return [vaultbox_from_row(row) for row in rows]
 
 
 async def find_vaultbox(db: Executor, address: str) -> Vaultbox | None:
@@ -109,7 +109,7 @@ async def find_vaultbox(db: Executor, address: str) -> Vaultbox | None:
         alias,
         domain,
     )
-    return _vaultbox(row) if row else None
+    return vaultbox_from_row(row) if row else None
 
 
 async def get_vaultbox(db: Executor, address: str) -> Vaultbox:
@@ -126,4 +126,4 @@ async def vaultbox_by_id(db: Executor, vaultbox_id: uuid.UUID) -> Vaultbox:
     )
     if row is None:
         raise NotFound(f"no vaultbox {vaultbox_id}")
-    return _vaultbox(row)
+    return vaultbox_from_row(row)

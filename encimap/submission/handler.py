@@ -22,8 +22,9 @@ from encimap.config import Config
 from encimap.delivery import replies as delivery_replies
 from encimap.delivery import trace
 from encimap.delivery.deliverer import Deliverer, Job
-from encimap.delivery.recipients import Target, resolve
+from encimap.delivery.recipients import CertificateCache, Target, resolve
 from encimap.metrics import RELAYED
+from encimap.service.listeners import Sessions
 from encimap.store import sending
 from encimap.submission import headers, replies
 from encimap.submission.relay import RelaySettings, Upstream, UpstreamRefused, UpstreamUnavailable
@@ -51,6 +52,8 @@ class LocalDelivery:
     pool: asyncpg.Pool
     config: Config
     deliverer: Deliverer
+    certificates: CertificateCache
+    background: Sessions  # failure records written after the reply
 
 
 @dataclass
@@ -288,7 +291,7 @@ class SubmissionHandler:
         local = self.context.local
         if local is None or principal.kind != "vaultbox_smtp":
             return None
-        found = await resolve(local.pool, address, local.config)
+        found = await resolve(local.pool, address, local.config, local.certificates)
         return None if found == delivery_replies.UNKNOWN_RECIPIENT else found
 
     async def _deliver_locally(

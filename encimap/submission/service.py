@@ -10,6 +10,7 @@ from encimap import config as config_module
 from encimap import db, logs
 from encimap.auth import engine_for
 from encimap.delivery.deliverer import Deliverer
+from encimap.delivery.recipients import CertificateCache
 from encimap.service import Runtime
 from encimap.service.listeners import Sessions, bind
 from encimap.submission.handler import Context, LocalDelivery, Settings, SubmissionHandler
@@ -73,6 +74,8 @@ class SubmissionService:
         left = await self.sessions.drain(timeout)
         # Sessions that ended (or were cancelled) leave a short task releasing their quota.
         await self.sessions.drain(2.0)
+        if self.context.local is not None:
+            await self.context.local.background.drain(2.0)
         if left:
             log.warning("submission.drain_timeout", cancelled=left)
 
@@ -83,7 +86,14 @@ class SubmissionService:
 
 async def _local_delivery(runtime: Runtime) -> LocalDelivery:
     pool = await runtime.pool("encimap", db.ROLE_INTAKE, "submission-local")
-    return LocalDelivery(pool, runtime.config, Deliverer(pool, runtime.config))
+    background = Sessions()
+    return LocalDelivery(
+        pool,
+        runtime.config,
+        Deliverer(pool, runtime.config, background),
+        CertificateCache(),
+        background,
+    )
 
 
 async def start(runtime: Runtime) -> SubmissionService:

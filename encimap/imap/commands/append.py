@@ -56,6 +56,8 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
             encryption_method=stored.algorithm or "none",
             certificate_fingerprints=stored.recipient_fingerprints,
         )
+    if session.selected is not None and session.selected.mailbox.id == mailbox.id:
+        session.selected.expect_new()
     log.info(
         "imap.append",
         session=session.id,

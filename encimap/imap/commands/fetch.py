@@ -23,6 +23,7 @@ from encimap.store import messages
 
 _CHUNK_WITH_BODY = 200
 _CHUNK_METADATA = 2000
+_CHUNK_BYTES = 4 * 1024 * 1024
 _COLUMNS_FOR = {
     "UID": (),
     "FLAGS": ("flags",),
@@ -102,22 +103,60 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
     columns = columns_for(items)
-    chunk = _CHUNK_WITH_BODY if "body_encrypted" in columns else _CHUNK_METADATA
-    pool = session.server.pool
-    for start in range(0, len(uids), chunk):
-        rows = await messages.fetch_rows(
-            pool, selected.mailbox.id, uids[start : start + chunk], columns
-        )
-        for row in rows:
-            seq = selected.seq_of(row["uid"])
+    for chunk in await _chunks(session, uids, columns):
+        for data in await _rows(session, chunk, columns):
+            seq = selected.seq_of(data["uid"])
             if seq is None:
                 continue
-            data = await _complete(pool, row, columns)
             session.send(
                 b"* %d FETCH (%b)\r\n" % (seq, b" ".join(_render(item, data) for item in items))
             )
         await session.maybe_flush()
     return "OK Fetch completed."
+
+
+async def _chunks(session: Session, uids: list[int], columns: set[str]) -> list[list[int]]:
+    """`uids` in groups to read with one query each: by count, and with bodies also by size
+    (so a bulk fetch of large messages holds a few megabytes, not the whole set)."""
+    if "body_encrypted" not in columns:
+        return [uids[i : i + _CHUNK_METADATA] for i in range(0, len(uids), _CHUNK_METADATA)]
+    if len(uids) == 1:
+        return [uids]
+    selected = session.selected
+    assert selected is not None
+    sizes = await messages.sizes(session.server.pool, selected.mailbox.id, uids)
+    chunks: list[list[int]] = [[]]
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if chunks[-1] and (total + size > _CHUNK_BYTES or len(chunks[-1]) >= _CHUNK_WITH_BODY):
+            chunks.append([])
+            total = 0
+        chunks[-1].append(uid)
+        total += size
+    return chunks
+
+
+async def _rows(session: Session, uids: list[int], columns: set[str]) -> list[dict[str, Any]]:
+    """The rows of `uids` that still exist, from the cache where possible (never for flags)."""
+    selected = session.selected
+    assert selected is not None
+    cache = session.server.cache
+    mailbox_id = selected.mailbox.id
+    found: dict[int, dict[str, Any]] = {}
+    if "flags" not in columns:
+        for uid in uids:
+            entry = cache.get(mailbox_id, uid, columns)
+            if entry is not None:
+                found[uid] = entry
+    missing = [uid for uid in uids if uid not in found]
+    if missing:
+        pool = session.server.pool
+        for row in await messages.fetch_rows(pool, mailbox_id, missing, columns):
+            data = await _complete(pool, row, columns)
+            cache.put(mailbox_id, data)
+            found[data["uid"]] = data
+    return [found[uid] for uid in uids if uid in found]
 
 
 async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ CLOSE, UNSELECT."""
 from __future__ import annotations
 
 import re
+import uuid
 
 from encimap.imap import wire
 from encimap.imap.commands import AUTHENTICATED, SELECTED, command
@@ -17,7 +18,7 @@ from encimap.store.mailboxes import DELIMITER, Mailbox
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
-def vaultbox_id(session: Session):
+def vaultbox_id(session: Session) -> uuid.UUID:
     assert session.principal is not None and session.principal.vaultbox_id is not None
     return session.principal.vaultbox_id
 
@@ -36,9 +37,17 @@ def unselect(session: Session) -> None:
     session.state = State.AUTHENTICATED
 
 
-@command("SELECT", "EXAMINE", states=AUTHENTICATED)
+@command("SELECT", states=AUTHENTICATED)
 async def select(session: Session, _tag: str, reader: Reader) -> str:
-    readonly = reader.data[: reader.pos].upper().endswith(b"EXAMINE")
+    return await _select(session, reader, readonly=False)
+
+
+@command("EXAMINE", states=AUTHENTICATED)
+async def examine(session: Session, _tag: str, reader: Reader) -> str:
+    return await _select(session, reader, readonly=True)
+
+
+async def _select(session: Session, reader: Reader, *, readonly: bool) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.end()
@@ -145,9 +154,17 @@ async def rename(session: Session, _tag: str, reader: Reader) -> str:
     return "OK Rename completed."
 
 
-@command("SUBSCRIBE", "UNSUBSCRIBE", states=AUTHENTICATED)
+@command("SUBSCRIBE", states=AUTHENTICATED)
 async def subscribe(session: Session, _tag: str, reader: Reader) -> str:
-    on = not reader.data[: reader.pos].upper().endswith(b"UNSUBSCRIBE")
+    return await _subscribe(session, reader, on=True)
+
+
+@command("UNSUBSCRIBE", states=AUTHENTICATED)
+async def unsubscribe(session: Session, _tag: str, reader: Reader) -> str:
+    return await _subscribe(session, reader, on=False)
+
+
+async def _subscribe(session: Session, reader: Reader, *, on: bool) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.end()
@@ -180,9 +197,17 @@ def _options(reader: Reader) -> list[str]:
     return options
 
 
-@command("LIST", "LSUB", states=AUTHENTICATED)
-async def list_mailboxes(session: Session, _tag: str, reader: Reader) -> str:
-    lsub = reader.data[: reader.pos].upper().endswith(b"LSUB")
+@command("LIST", states=AUTHENTICATED)
+async def list_command(session: Session, _tag: str, reader: Reader) -> str:
+    return await _list(session, reader, lsub=False)
+
+
+@command("LSUB", states=AUTHENTICATED)
+async def lsub_command(session: Session, _tag: str, reader: Reader) -> str:
+    return await _list(session, reader, lsub=True)
+
+
+async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
     reader.sp()
     selection = _options(reader) if not lsub and reader.peek() == 0x28 else []
     if selection:

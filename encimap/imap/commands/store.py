@@ -70,7 +70,7 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
     if not uids:
         return "OK Store completed."
     async with session.server.pool.acquire() as conn:
-        rows, _changed = await messages.store_flags(
+        rows = await messages.store_flags(
             conn,
             vaultbox_id=vaultbox_id(session),
             mailbox_id=selected.mailbox.id,
@@ -91,16 +91,24 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
     return "OK Store completed."
 
 
-@command("COPY", "MOVE", states=SELECTED, expunge_ok=False)
+@command("COPY", states=SELECTED, expunge_ok=False)
 async def copy(session: Session, _tag: str, reader: Reader) -> str:
-    move = reader.data[: reader.pos].upper().endswith(b"MOVE")
-    return await _copy(session, reader, by_uid=False, move=move)
+    return await _copy(session, reader, by_uid=False, move=False)
 
 
-@command("UID COPY", "UID MOVE", states=SELECTED)
+@command("MOVE", states=SELECTED, expunge_ok=False)
+async def move(session: Session, _tag: str, reader: Reader) -> str:
+    return await _copy(session, reader, by_uid=False, move=True)
+
+
+@command("UID COPY", states=SELECTED)
 async def uid_copy(session: Session, _tag: str, reader: Reader) -> str:
-    move = reader.data[: reader.pos].upper().endswith(b"MOVE")
-    return await _copy(session, reader, by_uid=True, move=move)
+    return await _copy(session, reader, by_uid=True, move=False)
+
+
+@command("UID MOVE", states=SELECTED)
+async def uid_move(session: Session, _tag: str, reader: Reader) -> str:
+    return await _copy(session, reader, by_uid=True, move=True)
 
 
 async def _copy(session: Session, reader: Reader, *, by_uid: bool, move: bool) -> str:
@@ -129,6 +137,8 @@ async def _copy(session: Session, reader: Reader, *, by_uid: bool, move: bool) -
         )
     if not pairs:
         return f"OK {verb} completed."
+    if target.id == selected.mailbox.id:
+        selected.expect_new()
     code = (
         f"COPYUID {uidvalidity} {wire.ordered_sequence_set([p[0] for p in pairs])} "
         f"{wire.ordered_sequence_set([p[1] for p in pairs])}"

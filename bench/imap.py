@@ -1,0 +1,277 @@
+"""IMAP benchmark: encimap against Dovecot 2.3 on the same 1,000 S/MIME messages (~10 KB).
+
+    python -m bench.imap [--messages 1000] [--runs 5]
+
+One run starts a private PostgreSQL cluster, stores the messages through the insert path,
+serves them with `encimap serve imap` (a separate process, so its CPU can be measured) and with
+a private Dovecot from a Maildir (tests/dovecot_support.py), then times each operation with
+imaplib against both: medians of `--runs` after one warm-up. Both are plain IMAP on loopback
+(encimap's `imap.trusted_networks` allows LOGIN there), so TLS is not part of the comparison.
+Server CPU is user+system time of the server's processes during the operation (for encimap,
+also of the PostgreSQL backends, which do the work Dovecot's index does in-process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import imaplib
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+
+from encimap import db, smime
+from encimap.auth.passwords import hash_password
+from encimap.pgcluster import LocalCluster, free_port
+from encimap.store import certificates, credentials, messages, vaultboxes
+from encimap.tls import write_self_signed
+from tests import dovecot_support
+
+ADDRESS = "bench@example.test"
+PASSWORD = "bench-password"
+_TICK = os.sysconf("SC_CLK_TCK")
+METADATA = "(b) UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)"
+
+
+def message(number: int, size: int) -> bytes:
+    body = "".join(
+        f"Line {line} of message {number}: lorem ipsum dolor sit amet\r\n"
+        for line in range(size // 48)
+    )
+    return (
+        f"From: Sender {number} <sender{number}@example.org>\r\nTo: {ADDRESS}\r\n"
+        f"Subject: Benchmark message {number}\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+        f"Message-ID: <bench{number}@example.org>\r\n\r\n{body}"
+    ).encode()
+
+
+async def prepare(cluster: LocalCluster, count: int) -> tuple[str, list[bytes]]:
+    """Migrated databases with one vaultbox holding `count` encrypted messages."""
+    for name in ("motorical_db", "motorical_encrypted_imap"):
+        cluster.create_database(name)
+    for database, name in (("motorical", "motorical_db"), ("encimap", "motorical_encrypted_imap")):
+        conn = await asyncpg.connect(cluster.url(name))
+        await db.migrate(conn, database)  # type: ignore[arg-type]
+        await conn.close()
+    conn = await asyncpg.connect(cluster.url("motorical_encrypted_imap"))
+    try:
+        box = await vaultboxes.create_vaultbox(
+            conn,
+            user_id=__import__("uuid").uuid4(),
+            alias="bench",
+            domain="example.test",
+            name=None,
+        )
+        username = credentials.new_username("example.test")
+        await credentials.create_credential(
+            conn,
+            kind="imap",
+            vaultbox_id=box.id,
+            username=username,
+            password_hash=hash_password(PASSWORD, 10),
+        )
+        cert_pem, _key = smime.generate_certificate(ADDRESS)
+        info = smime.check_certificate(cert_pem, ADDRESS)
+        await certificates.add_certificate(
+            conn,
+            vaultbox_id=box.id,
+            certificate_type="public",
+            pem_content=cert_pem.decode(),
+            fingerprint_sha256=info.fingerprint_sha256,
+            subject=info.subject,
+            key_algorithm=info.key_algorithm,
+            not_before=info.not_before,
+            not_after=info.not_after,
+        )
+        stored = [smime.encrypt_message(message(n, 7000), [cert_pem]).message for n in range(count)]
+        for body in stored:
+            await messages.insert_message(conn, vaultbox_id=box.id, body=body)
+    finally:
+        await conn.close()
+    return username, stored
+
+
+def cpu_of_tree(root: int) -> float:
+    """CPU seconds (user+system) of `root` and all its descendants now alive."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        times[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += times.get(pid, 0.0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+class Target:
+    def __init__(self, name: str, port: int, user: str, password: str, roots: list[int]) -> None:
+        self.name, self.port, self.user, self.password, self.roots = (
+            name,
+            port,
+            user,
+            password,
+            roots,
+        )
+
+    def cpu(self) -> float:
+        return sum(cpu_of_tree(root) for root in self.roots)
+
+    def session(self) -> imaplib.IMAP4:
+        client = imaplib.IMAP4("127.0.0.1", self.port)
+        client.login(self.user, self.password)
+        client.select("INBOX")
+        return client
+
+
+def operations(count: int) -> dict[str, Callable[[Target, imaplib.IMAP4 | None], object]]:
+    rng = random.Random(7)
+    picks = [rng.randint(1, count) for _ in range(200)]
+
+    def connect_login_select(target: Target, _client: object) -> imaplib.IMAP4:
+        return target.session()
+
+    def fetch_metadata(_target: Target, client: imaplib.IMAP4) -> None:
+        typ, data = client.uid(
+            "FETCH", "1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)"
+        )
+        assert typ == "OK" and len(data) >= count, (typ, len(data))
+
+    def fetch_bodies(_target: Target, client: imaplib.IMAP4) -> None:
+        typ, data = client.fetch("1:*", "BODY.PEEK[]")
+        assert typ == "OK" and sum(isinstance(d, tuple) for d in data) == count
+
+    def fetch_singles(_target: Target, client: imaplib.IMAP4) -> None:
+        for uid in picks:
+            typ, data = client.uid("FETCH", str(uid), "BODY.PEEK[]")
+            assert typ == "OK" and isinstance(data[0], tuple)
+
+    def store_add_remove(_target: Target, client: imaplib.IMAP4) -> None:
+        # both directions in one operation, so every run changes every message
+        typ, data = client.store("1:*", "+FLAGS", "(\\Seen)")
+        assert typ == "OK" and len(data) == count, (typ, len(data))
+        typ, data = client.store("1:*", "-FLAGS", "(\\Seen)")
+        assert typ == "OK" and len(data) == count, (typ, len(data))
+
+    return {
+        "(a) connect + LOGIN + SELECT": connect_login_select,
+        METADATA: fetch_metadata,
+        "(c) FETCH 1:* BODY.PEEK[]": fetch_bodies,
+        "(d) 200 x UID FETCH n BODY.PEEK[]": fetch_singles,
+        "(e) STORE 1:* +FLAGS (\\Seen), then -FLAGS": store_add_remove,
+    }
+
+
+def measure(target: Target, runs: int, count: int) -> dict[str, tuple[float, float]]:
+    """{operation: (median wall ms, median server CPU ms)}."""
+    results = {}
+    client = target.session()
+    for name, operation in operations(count).items():
+        walls, cpus = [], []
+        for attempt in range(runs + 1):  # the first is the warm-up
+            cpu_before = target.cpu()
+            started = time.perf_counter()
+            opened = operation(target, client)
+            wall = time.perf_counter() - started
+            cpu = target.cpu() - cpu_before  # before LOGOUT: Dovecot's imap process still lives
+            if isinstance(opened, imaplib.IMAP4):
+                opened.logout()
+            if attempt:
+                walls.append(wall * 1000)
+                cpus.append(cpu * 1000)
+        results[name] = (statistics.median(walls), statistics.median(cpus))
+    client.logout()
+    return results
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    if reason := dovecot_support.available():
+        print(f"cannot run the Dovecot baseline: {reason}", file=sys.stderr)
+        return 1
+    base = Path(tempfile.mkdtemp(prefix="encimap-bench-"))
+    cluster = LocalCluster(base / "pg")
+    cluster.start()
+    server = dovecot = None
+    try:
+        username, stored = asyncio.run(prepare(cluster, args.messages))
+        sizes = [len(body) for body in stored]
+        print(f"{len(stored)} S/MIME messages, median {statistics.median(sizes) / 1024:.1f} KB")
+        cert, key = write_self_signed(base / "tls")
+        port = free_port()
+        config = base / "encimap.toml"
+        config.write_text(
+            f'[database]\nmotorical_url = "{cluster.url("motorical_db")}"\n'
+            f'encimap_url = "{cluster.url("motorical_encrypted_imap")}"\n'
+            f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+            f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
+            f'trusted_networks = ["127.0.0.0/8"]\nmax_connections_per_user = 100\n'
+            f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n'
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "encimap", "--config", str(config), "serve", "imap"],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        wait_for_port(port)
+        dovecot = dovecot_support.Dovecot(stored)
+        dovecot.start()
+        master = int((dovecot.base / "run" / "master.pid").read_text())
+        postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+        targets = [
+            Target("Dovecot", dovecot.port, dovecot.user, dovecot.password, [master]),
+            Target("encimap", port, username, PASSWORD, [server.pid, postmaster]),
+        ]
+        results = {target.name: measure(target, args.runs, len(stored)) for target in targets}
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        if dovecot is not None:
+            dovecot.stop()
+        cluster.stop()
+    print(f"\nmedians of {args.runs} after a warm-up; wall ms (server CPU ms)")
+    print(f"{'operation':<84} {'Dovecot':>16} {'encimap':>16} {'ratio':>6}")
+    for name in results["Dovecot"]:
+        theirs, ours = results["Dovecot"][name], results["encimap"][name]
+        print(
+            f"{name:<84} {theirs[0]:>7.1f} ({theirs[1]:>5.0f}) {ours[0]:>7.1f} ({ours[1]:>5.0f})"
+            f" {ours[0] / theirs[0]:>5.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""What the intake needs at RCPT, in one query: the vaultbox an address delivers to, its usage
+(only when it has a quota) and its active public certificates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from encimap.store.types import Executor
+from encimap.store.vaultboxes import Vaultbox, split_address, vaultbox_from_row
+
+_QUOTA_KEYS = ["max_messages", "max_bytes"]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    vaultbox: Vaultbox
+    messages: int  # stored messages and bytes; 0 when the vaultbox has no quota to check
+    bytes: int
+    certificates: tuple[str, ...]  # PEM of the active public certificates, newest first
+
+
+async def find_recipient(db: Executor, addresses: Sequence[str]) -> Recipient | None:
+    """The live vaultbox at the first of `addresses` that has one (case-insensitive).
+
+    Raises StoreError if an address is not of the form alias@domain.
+    """
+    parts = [split_address(address) for address in addresses]
+    row = await db.fetchrow(
+        """SELECT v.id, v.user_id, v.alias, v.domain, v.name, v.status, v.limits,
+                  v.smtp_enabled, u.messages, u.bytes,
+                  ARRAY(SELECT c.pem_content FROM public_certificates c
+                         WHERE c.vaultbox_id = v.id ORDER BY c.created_at DESC) AS pems
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS a(alias, domain, rank)
+             JOIN vaultboxes v ON lower(v.alias) = lower(a.alias)
+                              AND lower(v.domain) = lower(a.domain)
+                              AND v.status <> 'deleted'
+             CROSS JOIN LATERAL (
+                   -- Counted only for a vaultbox with a quota (a one-time filter otherwise).
+                   SELECT count(*) AS messages, coalesce(sum(e.size_bytes), 0) AS bytes
+                     FROM encrypted_emails e
+                    WHERE e.vaultbox_id = v.id AND v.limits ?| $3::text[]) u
+            ORDER BY a.rank
+            LIMIT 1""",
+        [alias for alias, _ in parts],
+        [domain for _, domain in parts],
+        _QUOTA_KEYS,
+    )
+    if row is None:
+        return None
+    return Recipient(
+        vaultbox=vaultbox_from_row(row),
+        messages=row["messages"],
+        bytes=row["bytes"],
+        certificates=tuple(row["pems"]),
+    )
