@@ -58,6 +58,15 @@ def _password(config: DatabaseConfig, database: Database) -> str | None:
     return path.read_text().strip()
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool release hook: asyncpg has already rolled back an open transaction and dropped the
+    connection's listeners; nothing else needs undoing, because encimap's code never changes
+    session state on a pooled connection (the role is a startup parameter, no SET, no
+    session-level advisory locks, LISTEN is removed by its owner). The default hook would run
+    `RESET ALL; UNLISTEN *; CLOSE ALL; SELECT pg_advisory_unlock_all()` on every release: one
+    more round trip for every single-statement `pool.fetch*()` call."""
+
+
 async def create_pool(
     config: DatabaseConfig,
     database: Database,
@@ -66,16 +75,11 @@ async def create_pool(
     purpose: str = "",
     min_size: int | None = None,
     max_size: int | None = None,
-    light_reset: bool = False,
 ) -> asyncpg.Pool:
     """A pool on one database, running as `role` when `database.set_role` is on.
 
-    The role is a startup parameter rather than a `SET ROLE`, so the pool's `RESET ALL` on
-    release returns to it instead of to the (more privileged) login user.
-
-    `light_reset` skips that reset round trip on release (it doubles the cost of a short
-    query) unless the connection is left inside a transaction; only for users whose
-    connections keep no session state (no SET, LISTEN, advisory locks or cursors).
+    The role is a startup parameter rather than a `SET ROLE`, so a session can never return
+    to the (more privileged) login user, and a release needs no `RESET ALL` (`_keep_session`).
     """
     settings = {"application_name": f"{config.application_name}-{purpose}".rstrip("-")}
     if role and config.set_role:
@@ -96,17 +100,12 @@ async def create_pool(
             command_timeout=config.command_timeout,
             server_settings=settings,
             init=observe_queries,
-            **({"reset": _reset_if_in_transaction} if light_reset else {}),
+            reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"{database} database: {_describe(exc)}") from exc
     log.info("pool.open", database=database, role=settings.get("role"), purpose=purpose)
     return pool
-
-
-async def _reset_if_in_transaction(conn: asyncpg.Connection) -> None:
-    if conn.is_in_transaction():
-        await conn.reset()
 
 
 @asynccontextmanager

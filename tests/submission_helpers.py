@@ -20,6 +20,7 @@ from encimap.submission.service import SubmissionService, start
 
 REFUSED_RECIPIENT_PREFIX = "refuse"
 REJECTED_SUBJECT = b"Subject: reject me"
+DROPPED_SUBJECT = b"Subject: drop me"
 
 
 def free_port() -> int:
@@ -51,6 +52,9 @@ class SinkHandler:
     async def handle_DATA(self, server, session, envelope) -> str:
         if REJECTED_SUBJECT in envelope.original_content:
             return "554 5.6.0 Message refused by test upstream"
+        if DROPPED_SUBJECT in envelope.original_content:
+            server.transport.close()  # gone before the final reply: outcome unknown upstream
+            return "421 4.3.0 closing"
         self.messages.append(
             Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
         )

@@ -12,7 +12,7 @@ import smtplib
 import pytest
 from aiosmtpd.controller import Controller
 
-from encimap import logs
+from encimap import metrics
 from encimap.store import credentials
 from tests.submission_helpers import (
     REFUSED_RECIPIENT_PREFIX,
@@ -29,12 +29,6 @@ from tests.support import make_config, make_motorblock, make_vaultbox
 
 MB_USER, MB_PASS, MB_DOMAIN = "mb-sub", "mb-secret-1", "mb.test"
 VB_ADDRESS, VB_PASS = "alice@vb.test", "vb-secret-1"
-
-
-@pytest.fixture(autouse=True)
-def _logs_to_this_test() -> None:
-    # A module that captured stderr may leave structlog writing to a closed stream.
-    logs.configure("warning", "console")
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +332,38 @@ async def test_upstream_dropping_mid_session_gives_451_then_recovers(
         finally:
             client.close()
     assert [m.rcpt_tos for m in handler.messages] == [["a@x.test"], ["b@x.test"]]
+
+
+def relayed(result: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("encimap_relayed_messages_total", {"result": result})
+    return value or 0.0
+
+
+async def test_relayed_metric_counts_each_message_handed_upstream(service, tls_ca):
+    sender = f"a@{MB_DOMAIN}"
+    results = ("ok", "rejected", "tempfail")
+    before = {result: relayed(result) for result in results}
+
+    def send(subject: str) -> int:
+        with login(starttls_port(service), tls_ca, MB_USER, MB_PASS) as client:
+            client.docmd("MAIL", f"FROM:<{sender}>")
+            client.docmd("RCPT", "TO:<ok@x.test>")
+            return client.data(message(sender, ["ok@x.test"], subject=subject))[0]
+
+    assert await in_thread(send, "fine") == 250
+    assert {r: relayed(r) - before[r] for r in results} == {"ok": 1, "rejected": 0, "tempfail": 0}
+    assert await in_thread(send, "reject me") == 554
+    assert await in_thread(send, "drop me") == 451
+    assert {r: relayed(r) - before[r] for r in results} == {"ok": 1, "rejected": 1, "tempfail": 1}
+
+    def refused_by_us() -> int:  # the From: check refuses before anything goes upstream
+        with login(starttls_port(service), tls_ca, MB_USER, MB_PASS) as client:
+            client.docmd("MAIL", f"FROM:<{sender}>")
+            client.docmd("RCPT", "TO:<ok@x.test>")
+            return client.data(message("x@other.test", ["ok@x.test"]))[0]
+
+    assert await in_thread(refused_by_us) == 553
+    assert {r: relayed(r) - before[r] for r in results} == {"ok": 1, "rejected": 1, "tempfail": 1}
 
 
 # --- TLS reload -----------------------------------------------------------------------------

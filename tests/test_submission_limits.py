@@ -8,19 +8,12 @@ import re
 import asyncpg
 import pytest
 
-from encimap import logs
 from encimap.store import sending
 from tests.submission_helpers import login, message, sink, starttls_port, submission
 from tests.support import make_config, make_motorblock
 
 USER, PASSWORD, DOMAIN, LIMIT = "mb-limited", "limited-pw", "limited.test", 5
 SENDER = f"news@{DOMAIN}"
-
-
-@pytest.fixture(autouse=True)
-def _logs_to_this_test() -> None:
-    # A module that captured stderr may leave structlog writing to a closed stream.
-    logs.configure("warning", "console")
 
 
 @pytest.fixture(scope="module")

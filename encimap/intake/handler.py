@@ -13,9 +13,9 @@ from aiosmtpd.smtp import SMTP, Session
 
 from encimap import logs
 from encimap.config import Config
-from encimap.intake import replies, trace
-from encimap.intake.delivery import Deliverer, Job
-from encimap.intake.recipients import Target, resolve
+from encimap.delivery import replies, trace
+from encimap.delivery.deliverer import Deliverer, Job
+from encimap.delivery.recipients import Target, resolve
 from encimap.intake.server import IntakeEnvelope
 from encimap.service.listeners import Sessions
 

@@ -18,8 +18,8 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
 
 from encimap import logs
-from encimap.intake import replies
-from encimap.intake.recipients import Target
+from encimap.delivery import replies
+from encimap.delivery.recipients import Target
 
 log = logs.get_logger(__name__)
 

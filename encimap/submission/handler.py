@@ -3,6 +3,7 @@ shared hourly limit, and the upstream transaction that follows the client's step
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import datetime
 import secrets
@@ -17,6 +18,12 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 
 from encimap import logs
 from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable, Principal
+from encimap.config import Config
+from encimap.delivery import replies as delivery_replies
+from encimap.delivery import trace
+from encimap.delivery.deliverer import Deliverer, Job
+from encimap.delivery.recipients import Target, resolve
+from encimap.metrics import RELAYED
 from encimap.store import sending
 from encimap.submission import headers, replies
 from encimap.submission.relay import RelaySettings, Upstream, UpstreamRefused, UpstreamUnavailable
@@ -36,6 +43,16 @@ class Settings:
     relay: RelaySettings
 
 
+@dataclass(frozen=True)
+class LocalDelivery:
+    """`local_delivery`: vaultbox-to-vaultbox mail on this host goes through the intake's
+    delivery path (on the intake role's pool) instead of the upstream."""
+
+    pool: asyncpg.Pool
+    config: Config
+    deliverer: Deliverer
+
+
 @dataclass
 class Context:
     """Shared by the sessions of one process."""
@@ -43,6 +60,7 @@ class Context:
     engine: AuthEngine
     pool: asyncpg.Pool
     settings: Settings
+    local: LocalDelivery | None = None
 
 
 @dataclass
@@ -50,6 +68,8 @@ class Transaction:
     id: str
     sender: str
     reserved: Counter[datetime.datetime] = field(default_factory=Counter)
+    local: list[Target] = field(default_factory=list)  # stored here, not relayed
+    relayed: int = 0  # recipients the upstream accepted
 
 
 def principal_key(principal: Principal) -> str:
@@ -184,6 +204,15 @@ class SubmissionHandler:
                 resets_at=quota.resets_at.isoformat(),
             )
             return replies.rate_limited(principal.hourly_limit, quota.resets_at)
+        local = await self._local_target(principal, address)
+        if isinstance(local, delivery_replies.Reply):  # a local vaultbox that cannot take it
+            await self._release(key, Counter({quota.window_start: 1}))
+            return str(local)
+        if local is not None:
+            transaction.local.append(local)
+            transaction.reserved[quota.window_start] += 1
+            envelope.rcpt_tos.append(address)
+            return replies.OK
         try:
             await self.upstream.recipient(address)
         except (UpstreamRefused, UpstreamUnavailable) as exc:
@@ -193,6 +222,7 @@ class SubmissionHandler:
             log.warning("submission.upstream_unavailable", stage="RCPT", error=str(exc))
             return replies.UPSTREAM_UNAVAILABLE
         transaction.reserved[quota.window_start] += 1
+        transaction.relayed += 1
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return replies.OK
@@ -208,27 +238,87 @@ class SubmissionHandler:
                 transaction.id, "refused", transaction.sender, recipients, len(content), "553"
             )
             return replies.FROM_NOT_OWNED
-        message = self._trace(transaction, session) + headers.strip_auth_header(content)
+        content = headers.strip_auth_header(content)
+        if transaction.local:
+            stored = await self._deliver_locally(transaction, session, content)
+            if stored.code != 250 or not transaction.relayed:
+                return await self._finish(transaction, stored.code == 250, str(stored), content)
+        message = self._trace(transaction, session) + content
         try:
             response = await self.upstream.send(message)
         except UpstreamRefused as exc:
-            reply = replies.passthrough(exc.code, exc.message)
+            result, reply = "rejected", replies.passthrough(exc.code, exc.message)
         except UpstreamUnavailable as exc:
             log.warning("submission.upstream_unavailable", stage="DATA", error=str(exc))
-            reply = replies.UPSTREAM_UNAVAILABLE
+            result, reply = "tempfail", replies.UPSTREAM_UNAVAILABLE
         else:
-            self.transaction = None  # delivered: the reservations are spent
+            result, reply = "ok", replies.passthrough(response.code, response.message)
+        RELAYED.labels(result).inc()
+        return await self._finish(transaction, result == "ok", reply, message)
+
+    async def _finish(
+        self, transaction: Transaction, delivered: bool, reply: str, message: bytes
+    ) -> str:
+        """End the transaction after DATA: spend or give back its reservations, log it.
+
+        A retry after a failure past local delivery stores no second copy: the delivery path
+        recognises the same Message-ID and body within its duplicate window."""
+        if delivered:
+            self.transaction = None  # the reservations are spent
             self.messages += 1
-            reply = replies.passthrough(response.code, response.message)
-            self._log_message(
-                transaction.id, "relayed", transaction.sender, recipients, len(message), reply
-            )
-            return reply
-        await self._abort()
+            if not transaction.relayed:  # everything stayed here: end the upstream's MAIL
+                await self.upstream.reset()
+        else:
+            await self._abort()
         self._log_message(
-            transaction.id, "failed", transaction.sender, recipients, len(message), reply
+            transaction.id,
+            "relayed" if delivered else "failed",
+            transaction.sender,
+            transaction.relayed + len(transaction.local),
+            len(message),
+            reply,
         )
         return reply
+
+    async def _local_target(
+        self, principal: Principal, address: str
+    ) -> Target | delivery_replies.Reply | None:
+        """The vaultbox on this host `address` delivers to when local delivery applies (a
+        refusal if it is one but cannot take mail now), None when the upstream gets it."""
+        local = self.context.local
+        if local is None or principal.kind != "vaultbox_smtp":
+            return None
+        found = await resolve(local.pool, address, local.config)
+        return None if found == delivery_replies.UNKNOWN_RECIPIENT else found
+
+    async def _deliver_locally(
+        self, transaction: Transaction, session: Session, content: bytes
+    ) -> delivery_replies.Reply:
+        local = self.context.local
+        assert local is not None
+        received_at = datetime.datetime.now(datetime.UTC)
+        prepared = trace.prepare(
+            content,
+            trace.Trace(
+                sender=transaction.sender,
+                helo=session.host_name or "",
+                peer_ip=self._client_ip(),
+                hostname=self.settings.hostname,
+                protocol="ESMTPSA",
+                queue_id=transaction.id,
+                received_at=received_at,
+            ),
+        )
+        job = Job(
+            queue_id=transaction.id,
+            sender=transaction.sender,
+            prepared=prepared,
+            size_original=len(content),
+            received_at=received_at,
+            started=time.perf_counter(),
+        )
+        # Shielded: a client that disconnects now does not cancel a transaction half-way.
+        return await asyncio.shield(local.deliverer.all(job, transaction.local))
 
     async def handle_exception(self, error: Exception) -> str:
         # Without this aiosmtpd answers a permanent "500 Error: (Class) text" to the client.

@@ -9,9 +9,10 @@ import socket
 from encimap import config as config_module
 from encimap import db, logs
 from encimap.auth import engine_for
+from encimap.delivery.deliverer import Deliverer
 from encimap.service import Runtime
 from encimap.service.listeners import Sessions, bind
-from encimap.submission.handler import Context, Settings, SubmissionHandler
+from encimap.submission.handler import Context, LocalDelivery, Settings, SubmissionHandler
 from encimap.submission.relay import RelaySettings
 from encimap.submission.server import SubmissionServer
 
@@ -80,6 +81,11 @@ class SubmissionService:
         self.context.settings = settings
 
 
+async def _local_delivery(runtime: Runtime) -> LocalDelivery:
+    pool = await runtime.pool("encimap", db.ROLE_INTAKE, "submission-local")
+    return LocalDelivery(pool, runtime.config, Deliverer(pool, runtime.config))
+
+
 async def start(runtime: Runtime) -> SubmissionService:
     # aiosmtpd logs every command line (AUTH responses included) at INFO on "mail.log".
     logging.getLogger("mail.log").setLevel(logging.ERROR)
@@ -89,6 +95,7 @@ async def start(runtime: Runtime) -> SubmissionService:
         engine=await engine_for(runtime),
         pool=await runtime.pool("encimap", db.ROLE_AUTH, "submission"),
         settings=build_settings(config, hostname),
+        local=await _local_delivery(runtime) if config.local_delivery else None,
     )
     service = SubmissionService(runtime, context)
     try:

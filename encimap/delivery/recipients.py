@@ -10,8 +10,8 @@ from cryptography import x509
 
 from encimap import smime
 from encimap.config import Config
-from encimap.intake import replies
-from encimap.intake.replies import Reply
+from encimap.delivery import replies
+from encimap.delivery.replies import Reply
 from encimap.store import StoreError, certificates, messages, vaultboxes
 from encimap.store.vaultboxes import Vaultbox
 

@@ -17,10 +17,10 @@ import asyncpg
 
 from encimap import logs, smime
 from encimap.config import Config
-from encimap.intake import replies
-from encimap.intake.recipients import DATABASE_ERRORS, Target
-from encimap.intake.replies import Reply
-from encimap.intake.trace import Prepared
+from encimap.delivery import replies
+from encimap.delivery.recipients import DATABASE_ERRORS, Target
+from encimap.delivery.replies import Reply
+from encimap.delivery.trace import Prepared
 from encimap.store import messages
 
 log = logs.get_logger(__name__)
