@@ -161,7 +161,6 @@ class Server:
 async def start(runtime: Any) -> Server:
     from encimap.auth import engine_for
 
-    # IMAP queries keep no session state, so connections skip the reset round trip on release
     pool = await runtime.pool("encimap", db.ROLE_IMAP, "imap")
     engine = await engine_for(runtime)
     listener = events.Listener(pool)

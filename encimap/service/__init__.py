@@ -70,21 +70,13 @@ class Runtime:
         self.inherited_sockets: list[socket.socket] = inherited_sockets()
 
     async def pool(
-        self,
-        database: db.Database,
-        role: str | None,
-        purpose: str,
-        **sizes: int,
+        self, database: db.Database, role: str | None, purpose: str, **sizes: int
     ) -> asyncpg.Pool:
         """The process's pool for (database, role), created on first use."""
         key = (database, role)
         if key not in self._pools:
             pool = await db.create_pool(
-                self.config.database,
-                database,
-                role=role,
-                purpose=purpose,
-                **sizes,
+                self.config.database, database, role=role, purpose=purpose, **sizes
             )
             self.stack.push_async_callback(pool.close)
             self._pools[key] = pool
