@@ -15,7 +15,7 @@ from pathlib import Path
 import trustme
 
 from encimap import config as config_module
-from encimap import logs, service, smime
+from encimap import service, smime
 from encimap.pgcluster import free_port
 from encimap.store import messages
 from tests.intake_support import add_certificate
@@ -30,8 +30,7 @@ def imap_config(
         "tls_listen": f"127.0.0.1:{free_port()}",
         **imap,
     }
-    # no metrics endpoint: its fixed default port would collide with other test runs
-    return make_config(databases, tls_files, imap=settings, metrics={"imap": "", "intake": ""})
+    return make_config(databases, tls_files, imap=settings)
 
 
 def ports(cfg: config_module.Config) -> tuple[int, int]:
@@ -44,8 +43,6 @@ def ports(cfg: config_module.Config) -> tuple[int, int]:
 @contextlib.asynccontextmanager
 async def running_imap(cfg: config_module.Config) -> AsyncIterator[None]:
     """The IMAP service in this process until the block ends (then drained)."""
-    # another module may have left structlog writing to a capture stream that is closed now
-    logs.configure("warning", "console")
     ready, stop = asyncio.Event(), asyncio.Event()
     cfg = dataclasses.replace(cfg, service=config_module.ServiceConfig(drain_timeout=2.0))
     task = asyncio.create_task(

@@ -9,10 +9,12 @@ import imaplib
 
 import pytest
 
+from encimap.metrics import REGISTRY
 from tests.imap_support import (
     RawClient,
     encrypt_for,
     imap_config,
+    login,
     make_box,
     plain_message,
     ports,
@@ -243,3 +245,22 @@ async def test_proxy_protocol_names_the_client(databases, tls_files, tls_ca, tmp
         writer.write(b"a1 LOGIN x y\r\n")
         assert await asyncio.wait_for(reader.read(), 15) == b""
         writer.close()
+
+
+async def test_open_sessions_gauge_follows_connections(databases, cfg, tls_ca, tmp_path):
+    box = await make_box(databases, "counted@example.test", tmp_path)
+    port, _ = ports(cfg)
+
+    def open_sessions() -> float:
+        return REGISTRY.get_sample_value("encimap_imap_sessions", {"state": "open"}) or 0.0
+
+    async with running_imap(cfg):
+        before = open_sessions()
+        client = await asyncio.to_thread(login, port, tls_ca, box)
+        assert open_sessions() == before + 1
+        await asyncio.to_thread(client.logout)
+        for _ in range(50):
+            if open_sessions() == before:
+                break
+            await asyncio.sleep(0.05)
+        assert open_sessions() == before

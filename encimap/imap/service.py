@@ -18,6 +18,7 @@ from encimap.imap import proxy
 from encimap.imap.cache import MessageCache
 from encimap.imap.session import Session
 from encimap.logs import get_logger
+from encimap.metrics import IMAP_SESSIONS
 from encimap.service.listeners import Sessions, bind
 from encimap.store import events
 from encimap.tls import TLSMaterial
@@ -110,12 +111,15 @@ class Server:
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
+        IMAP_SESSIONS.labels("open").inc()
         try:
             await session.run()
         except asyncio.CancelledError:
             # drain() cancels sessions still open at its timeout; the connection is closed
             # and this is the task's top level, so the cancellation ends here.
             writer.transport.abort()
+        finally:
+            IMAP_SESSIONS.labels("open").dec()
 
     # -- policy --
     def login_allowed(self, session: Session) -> bool:
