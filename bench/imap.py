@@ -86,11 +86,7 @@ async def prepare(cluster: LocalCluster, count: int) -> tuple[str, list[bytes]]:
             vaultbox_id=box.id,
             certificate_type="public",
             pem_content=cert_pem.decode(),
-            fingerprint_sha256=info.fingerprint_sha256,
-            subject=info.subject,
-            key_algorithm=info.key_algorithm,
-            not_before=info.not_before,
-            not_after=info.not_after,
+            info=info,
         )
         stored = [smime.encrypt_message(message(n, 7000), [cert_pem]).message for n in range(count)]
         for body in stored:

@@ -170,11 +170,12 @@ async def prepare(cluster: LocalCluster) -> tuple[str, str]:
         cert_pem, _key = smime.generate_certificate(ADDRESS)
         info = smime.check_certificate(cert_pem, ADDRESS)
         await certificates.add_certificate(
-            conn, vaultbox_id=box.id, certificate_type="public", pem_content=cert_pem.decode(),
-            fingerprint_sha256=info.fingerprint_sha256, subject=info.subject,
-            key_algorithm=info.key_algorithm, not_before=info.not_before,
-            not_after=info.not_after,
-        )  # fmt: skip
+            conn,
+            vaultbox_id=box.id,
+            certificate_type="public",
+            pem_content=cert_pem.decode(),
+            info=info,
+        )
     finally:
         await conn.close()
     return cluster.url(names[0]), cluster.url(names[1])

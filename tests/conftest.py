@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +79,20 @@ def config(databases: Databases, tls_files: tuple[Path, Path]):
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> None:
     logs.configure("warning", "console")
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[Databases]:
+    """Migrated databases on a cluster of this test's own, which the test may stop and start.
+
+    Not under pytest's tmp_path: another pytest run on the machine resets
+    /tmp/pytest-of-root to 0700, which would lock the postgres user out.
+    """
+    base = Path(tempfile.mkdtemp(prefix="encimap-private-pg-"))
+    cluster = LocalCluster(base / "pg")
+    cluster.start()
+    try:
+        yield migrated_databases(cluster, "motorical_db", "encimap_db")
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)

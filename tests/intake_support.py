@@ -45,11 +45,7 @@ async def add_certificate(
             vaultbox_id=vaultbox.id,
             certificate_type="public",
             pem_content=cert_pem.decode(),
-            fingerprint_sha256=info.fingerprint_sha256,
-            subject=info.subject,
-            key_algorithm=info.key_algorithm,
-            not_before=info.not_before,
-            not_after=info.not_after,
+            info=info,
         )
     finally:
         await conn.close()

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import smtplib
-import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from encimap import db
-from encimap.pgcluster import LocalCluster
 from tests.intake_support import (
     add_certificate,
     intake_config,
@@ -23,33 +18,6 @@ from tests.intake_support import (
     stored_messages,
 )
 from tests.support import Databases, make_vaultbox
-
-
-@pytest.fixture
-def private_cluster():
-    # Not under pytest's tmp_path: another pytest run resets /tmp/pytest-of-root to 0700,
-    # which locks the unprivileged PostgreSQL user out of it.
-    base = Path(tempfile.mkdtemp(prefix="encimap-intake-pg-"))
-    cluster = LocalCluster(base / "pg")
-    cluster.start()
-    try:
-        names = ("motorical_db", "encimap_db")
-        for name in names:
-            cluster.create_database(name)
-
-        async def migrate() -> None:
-            for component, name in zip(db.DATABASES, names, strict=True):
-                conn = await asyncpg.connect(cluster.url(name))
-                try:
-                    await db.migrate(conn, component)
-                finally:
-                    await conn.close()
-
-        asyncio.run(migrate())
-        yield Databases(cluster, cluster.url(names[0]), cluster.url(names[1]))
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def message(subject: str, size: int = 0) -> bytes:

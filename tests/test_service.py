@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from encimap.pgcluster import LocalCluster
 from tests.service_support import NotifySocket, http_get, serve_process, service_config
-from tests.support import REPO, Databases, migrated_databases
+from tests.support import REPO, Databases
 
 
 @pytest.fixture
@@ -43,31 +42,25 @@ def test_ready_watchdog_and_stopping(
         assert process.wait(timeout=30) == 0
 
 
-def test_readyz_follows_the_database(tmp_path: Path, notify_socket, tls_files):
+def test_readyz_follows_the_database(tmp_path: Path, notify_socket, tls_files, private_cluster):
     """503 while PostgreSQL is down, 200 again once it is back, without a restart."""
-    tmp_path.chmod(0o755)
-    cluster = LocalCluster(tmp_path / "pg")
-    cluster.start()
-    try:
-        databases = migrated_databases(cluster, "m", "e")
-        cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
-        port = ports["metrics"]
-        with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}) as process:
-            notify_socket.wait_for("READY=1", process=process)
-            url = f"http://127.0.0.1:{port}/readyz"
-            assert http_get(url)[0] == 200
-            cluster.stop()
-            status, body = http_get(url)
-            assert status == 503, body
-            cluster.start()
-            deadline = time.monotonic() + 20
-            while http_get(url)[0] != 200:
-                assert time.monotonic() < deadline, "readyz did not recover"
-                time.sleep(0.2)
-            metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
-            assert "encimap_db_query_seconds_count" in metrics
-    finally:
-        cluster.stop("immediate")
+    cluster = private_cluster.cluster
+    cfg, ports = service_config(tmp_path / "c.toml", private_cluster, tls_files)
+    port = ports["metrics"]
+    with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}) as process:
+        notify_socket.wait_for("READY=1", process=process)
+        url = f"http://127.0.0.1:{port}/readyz"
+        assert http_get(url)[0] == 200
+        cluster.stop()
+        status, body = http_get(url)
+        assert status == 503, body
+        cluster.start()
+        deadline = time.monotonic() + 20
+        while http_get(url)[0] != 200:
+            assert time.monotonic() < deadline, "readyz did not recover"
+            time.sleep(0.2)
+        metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+        assert "encimap_db_query_seconds_count" in metrics
 
 
 def test_unknown_path_and_method(tmp_path: Path, databases: Databases, notify_socket, tls_files):

@@ -27,14 +27,26 @@ async def generate(cfg: Config, args: argparse.Namespace) -> int:
     info = smime.check_certificate(cert_pem, args.address)
     async with db.connect(cfg.database, "encimap") as conn, conn.transaction():
         box = await vaultboxes.get_vaultbox(conn, args.address)
-        await _store(conn, box.id, "public", cert_pem.decode(), info)
+        await certificates.add_certificate(
+            conn,
+            vaultbox_id=box.id,
+            certificate_type="public",
+            pem_content=cert_pem.decode(),
+            info=info,
+        )
         if args.keep_private_key:
             encrypted_key = key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.BestAvailableEncryption(password.encode()),
             )
-            await _store(conn, box.id, "private", encrypted_key.decode(), info)
+            await certificates.add_certificate(
+                conn,
+                vaultbox_id=box.id,
+                certificate_type="private",
+                pem_content=encrypted_key.decode(),
+                info=info,
+            )
         bundle = smime.export_pkcs12(cert_pem, key, password.encode(), box.address)
         output.touch(mode=0o600)
         output.write_bytes(bundle)
@@ -59,7 +71,9 @@ async def import_certificate(cfg: Config, args: argparse.Namespace) -> int:
     public_pem = smime.load_certificate(pem).public_bytes(serialization.Encoding.PEM).decode()
     async with db.connect(cfg.database, "encimap") as conn:
         box = await vaultboxes.get_vaultbox(conn, args.address)
-        await _store(conn, box.id, "public", public_pem, info)
+        await certificates.add_certificate(
+            conn, vaultbox_id=box.id, certificate_type="public", pem_content=public_pem, info=info
+        )
     _describe("imported for", box.address, info)
     return 0
 
@@ -67,26 +81,6 @@ async def import_certificate(cfg: Config, args: argparse.Namespace) -> int:
 def _describe(what: str, address: str, info: smime.CertificateInfo) -> None:
     print(f"{what} {address}: {info.key_algorithm}, valid until {info.not_after:%Y-%m-%d}")
     print(f"fingerprint (SHA-256): {info.fingerprint_sha256}")
-
-
-async def _store(
-    conn: object,
-    vaultbox_id: object,
-    kind: certificates.CertificateType,
-    pem: str,
-    info: smime.CertificateInfo,
-) -> None:
-    await certificates.add_certificate(
-        conn,  # type: ignore[arg-type]
-        vaultbox_id=vaultbox_id,  # type: ignore[arg-type]
-        certificate_type=kind,
-        pem_content=pem,
-        fingerprint_sha256=info.fingerprint_sha256,
-        subject=info.subject,
-        key_algorithm=info.key_algorithm,
-        not_before=info.not_before,
-        not_after=info.not_after,
-    )
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -171,11 +171,7 @@ async def _demo_certificate(conn: asyncpg.Connection, vaultbox_id: Any, p12: Pat
         vaultbox_id=vaultbox_id,
         certificate_type="public",
         pem_content=cert_pem.decode(),
-        fingerprint_sha256=info.fingerprint_sha256,
-        subject=info.subject,
-        key_algorithm=info.key_algorithm,
-        not_before=info.not_before,
-        not_after=info.not_after,
+        info=info,
     )
     password = generate_password()
     p12.parent.mkdir(parents=True, exist_ok=True)

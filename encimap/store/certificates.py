@@ -9,6 +9,7 @@ from typing import Literal
 
 import asyncpg
 
+from encimap.smime import CertificateInfo
 from encimap.store.errors import Conflict
 from encimap.store.types import Executor
 
@@ -32,12 +33,9 @@ async def add_certificate(
     vaultbox_id: uuid.UUID,
     certificate_type: CertificateType,
     pem_content: str,
-    fingerprint_sha256: str,
-    subject: str,
-    key_algorithm: str,
-    not_before: datetime,
-    not_after: datetime,
+    info: CertificateInfo,
 ) -> uuid.UUID:
+    """Store a certificate that `smime.check_certificate` described as `info`."""
     try:
         return await db.fetchval(
             """INSERT INTO certificates (vaultbox_id, certificate_type, pem_content,
@@ -47,14 +45,14 @@ async def add_certificate(
             vaultbox_id,
             certificate_type,
             pem_content,
-            fingerprint_sha256,
-            subject,
-            key_algorithm,
-            not_before,
-            not_after,
+            info.fingerprint_sha256,
+            info.subject,
+            info.key_algorithm,
+            info.not_before,
+            info.not_after,
         )
     except asyncpg.UniqueViolationError:
-        raise Conflict(f"certificate {fingerprint_sha256} is already stored") from None
+        raise Conflict(f"certificate {info.fingerprint_sha256} is already stored") from None
 
 
 async def public_certificates(db: Executor, vaultbox_id: uuid.UUID) -> list[StoredCertificate]:
