@@ -1,10 +1,13 @@
-"""`python -m bench` (make bench): every benchmark, one after another."""
+"""`python -m bench [NAME ...]` (make bench): the benchmarks, each in its own process."""
 
-import importlib
+import subprocess
 import sys
 
-BENCHMARKS = ["smime", "intake", "auth", "submission", "imap"]
+BENCHMARKS = ["smime", "auth", "intake", "submission", "imap"]
 
+failed = []
 for name in sys.argv[1:] or BENCHMARKS:
     print(f"== bench.{name}", flush=True)
-    importlib.import_module(f"bench.{name}").main()
+    if subprocess.run([sys.executable, "-m", f"bench.{name}"], check=False).returncode:
+        failed.append(name)
+sys.exit(f"failed: {', '.join(failed)}" if failed else 0)
