@@ -26,15 +26,40 @@ def notify_socket(tmp_path: Path):
     sock.close()
 
 
-def test_ready_watchdog_and_stopping(
-    tmp_path: Path, databases: Databases, notify_socket, tls_files
+def _greeting(service: str, ports: dict[str, int], socket_dir: Path) -> bytes:
+    """Connect the way a client of `service` does and read its first line."""
+    if service == "authsocket":
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(5)
+        client.connect(str(socket_dir / "auth"))
+        client.sendall(b"VERSION\t1\t2\nCPID\t1\n")
+    else:
+        client = socket.create_connection(("127.0.0.1", ports[service]), timeout=5)
+    with client:
+        return client.recv(200)
+
+
+@pytest.mark.parametrize(
+    ("service", "greeting"),
+    [
+        ("intake", b"220 "),
+        ("submission", b"220 "),
+        ("imap", b"* OK"),
+        ("authsocket", b"VERSION\t1\t2"),
+    ],
+)
+def test_ready_only_when_listening_then_watchdog_and_clean_stop(
+    tmp_path: Path, databases: Databases, notify_socket, tls_files, service, greeting
 ):
+    """READY=1 comes after the listener accepts (a client connecting at that moment is
+    served), WATCHDOG=1 keeps coming from the loop, SIGTERM sends STOPPING=1 and the process
+    exits 0. (A session in flight finishing during the drain: test_intake_process.py.)"""
     cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
-    port = ports["metrics"]
     env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "200000"}
-    with serve_process(cfg, "all", env=env) as process:
+    with serve_process(cfg, service, env=env) as process:
         notify_socket.wait_for("READY=1", process=process)
-        assert http_get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
+        assert _greeting(service, ports, tmp_path).startswith(greeting)
+        assert http_get(f"http://127.0.0.1:{ports['metrics']}/healthz") == (200, "ok\n")
         for _ in range(3):
             notify_socket.wait_for("WATCHDOG=1", timeout=2)
         process.send_signal(signal.SIGTERM)
