@@ -188,9 +188,11 @@ def print_summary(
     print(f"                 {cluster.url('motorical_encrypted_imap')}")
     print(f"  data directory {cluster.datadir}")
     for login in logins:
-        print(f"  {login.kind}: username {login.username}  password {login.password}")
-    print(f"  intake (LMTP)  {cfg.intake.listen}")
-    print(f"  submission     {cfg.submission.listen} (STARTTLS, then AUTH PLAIN/LOGIN)")
+        who = f"username {login.username}  " if login.username != "-" else ""
+        print(f"  {login.kind}: {who}password {login.password}")
+    print(f"  intake (LMTP)  {', '.join(config_module.listeners(cfg.intake.listen))}")
+    submission = ", ".join(config_module.listeners(cfg.submission.listen))
+    print(f"  submission     {submission} (STARTTLS, then AUTH PLAIN/LOGIN)")
     print(
         f"                 relays to the dev sink {cfg.submission.relay}, which logs each message"
     )
@@ -205,6 +207,8 @@ def print_summary(
     )
     if cfg.authsocket.http_listen:
         print(f"  nginx auth_http http://{cfg.authsocket.http_listen}/auth")
+    if cfg.metrics.listen:
+        print(f"  metrics        http://{cfg.metrics.listen}/metrics  /healthz  /readyz")
     print(f"  TLS (self-signed demo certificate) {cfg.tls.cert}")
     print("Ctrl-C stops the services and the database.", flush=True)
 
