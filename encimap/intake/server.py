@@ -21,6 +21,7 @@ from encimap import logs
 from encimap.delivery import replies
 from encimap.delivery.recipients import Target
 from encimap.smtpaddress import FastAddressParsing
+from encimap.smtpdata import FastDataReading
 
 log = logs.get_logger(__name__)
 
@@ -72,7 +73,7 @@ class Connections:
         return len(left)
 
 
-class _IntakeProtocol(FastAddressParsing):
+class _IntakeProtocol(FastAddressParsing, FastDataReading):
     def __init__(self, handler: Any, *, connections: Connections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections

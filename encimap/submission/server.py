@@ -23,10 +23,11 @@ from typing import Any
 from aiosmtpd.smtp import TLSSetupException, syntax
 
 from encimap.smtpaddress import FastAddressParsing
+from encimap.smtpdata import FastDataReading
 from encimap.submission import replies
 
 
-class SubmissionServer(FastAddressParsing):
+class SubmissionServer(FastAddressParsing, FastDataReading):
     def __init__(
         self,
         handler: Any,
