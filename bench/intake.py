@@ -1,10 +1,11 @@
 """Intake throughput and CPU per message against a no-op aiosmtpd LMTP server, same client.
 
-    python -m bench.intake [--messages 2000] [--sessions 4] [--size 10240]
+    python -m bench.intake [--messages 2000] [--sessions 4] [--size 10240] [--event-loop uvloop]
 
 Runs a private PostgreSQL cluster, then (a) a no-op aiosmtpd LMTP server, (b) `encimap serve
-intake` with 1 worker, (c) with 2 workers, each loaded by Postfix's smtp-source (LMTP, 4
-sessions reusing their connection). Server CPU is utime+stime of the server process and its
+intake` with 1 worker, (c) with 2 workers, all three on the same event loop implementation
+(--event-loop, default uvloop), each loaded by Postfix's smtp-source (LMTP, 4 sessions reusing
+their connection). Server CPU is utime+stime of the server process and its
 workers from /proc; PostgreSQL's CPU (all cluster processes) is shown beside it. The intake
 logs at level info (its one line per delivery is part of the cost). Then one 25 MB message:
 time and the intake's peak RSS.
@@ -34,9 +35,11 @@ from encimap.store import certificates, vaultboxes
 REPO = Path(__file__).resolve().parent.parent
 ADDRESS = "bench@vault.test"
 TICKS = os.sysconf("SC_CLK_TCK")
+# The baseline runs on the same event loop implementation as the intake (argv[2]).
 NOOP_SERVER = """
 import asyncio, sys
 from aiosmtpd.lmtp import LMTP
+from encimap.service import eventloop
 class Handler:
     async def handle_DATA(self, server, session, envelope):
         return "250 OK"
@@ -45,7 +48,7 @@ async def main():
     server = await loop.create_server(
         lambda: LMTP(Handler(), hostname="noop", loop=loop), "127.0.0.1", int(sys.argv[1]))
     await server.serve_forever()
-asyncio.run(main())
+eventloop.run(main(), sys.argv[2])
 """
 
 
@@ -193,12 +196,14 @@ async def stored_count(url: str) -> tuple[int, int]:
         await conn.close()
 
 
-def config_file(directory: Path, urls: tuple[str, str], port: int, workers: int) -> Path:
+def config_file(
+    directory: Path, urls: tuple[str, str], port: int, workers: int, event_loop: str
+) -> Path:
     path = directory / f"intake-{workers}.toml"
     path.write_text(
         f'[database]\nmotorical_url = "{urls[0]}"\nencimap_url = "{urls[1]}"\n'
         f'[intake]\nlisten = "127.0.0.1:{port}"\nhostname = "bench.test"\nworkers = {workers}\n'
-        '[log]\nlevel = "info"\n'
+        f'[log]\nlevel = "info"\n[service]\nevent_loop = "{event_loop}"\n'
     )
     return path
 
@@ -233,6 +238,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--size", type=int, default=10240)
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="loop of the intake and of the baseline")  # fmt: skip
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="encimap-bench-"))
     cluster = LocalCluster(base / "pg")
@@ -242,24 +249,26 @@ def main() -> int:
         results = []
         postgres = PostgresCPU(cluster)
         port = free_port()
-        noop = [sys.executable, "-c", NOOP_SERVER, str(port)]
+        noop = [sys.executable, "-c", NOOP_SERVER, str(port), args.event_loop]
         results.append(measure("(a) no-op aiosmtpd LMTP", noop, port, args, postgres))
         for workers in (1, 2):
             port = free_port()
             command = [sys.executable, "-m", "encimap", "--config",
-                       str(config_file(base, urls, port, workers)), "serve", "intake"]  # fmt: skip
+                       str(config_file(base, urls, port, workers, args.event_loop)),
+                       "serve", "intake"]  # fmt: skip
             results.append(measure(f"({'bc'[workers - 1]}) intake, {workers} worker(s)",
                                    command, port, args, postgres))  # fmt: skip
         stored, duplicates = asyncio.run(stored_count(urls[1]))
         port = free_port()
-        seconds, peak_kb = big_message(port, config_file(base, urls, port, 1))
+        seconds, peak_kb = big_message(port, config_file(base, urls, port, 1, args.event_loop))
     finally:
         cluster.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)
 
     a, b, c = results
     print(f"{args.messages} messages of {args.size} bytes, {args.sessions} LMTP sessions "
-          f"(smtp-source -L -d), {os.cpu_count()} cores")  # fmt: skip
+          f"(smtp-source -L -d), {os.cpu_count()} cores, event loop {args.event_loop} "
+          "(servers (a)-(c))")  # fmt: skip
     for result in results:
         print(f"  {result.name:28} {result.rate:8.1f} msg/s  "
               f"{result.cpu_per_message:6.2f} CPU ms/msg  "

@@ -29,6 +29,7 @@ from encimap.delivery import deliverer as delivery
 from encimap.delivery import recipients, trace
 from encimap.intake import handler
 from encimap.pgcluster import LocalCluster, free_port
+from encimap.service import eventloop
 from encimap.store import messages
 
 spent: collections.Counter[str] = collections.Counter()
@@ -96,11 +97,11 @@ def main() -> int:
     cluster.start()
     try:
         urls = asyncio.run(bench.prepare(cluster))
-        config_path = bench.config_file(base, urls, free_port(), 1)
+        config_path = bench.config_file(base, urls, free_port(), 1, "uvloop")
         with open("/dev/null", "w") as sink:
             logs.configure("info", "json", stream=sink)  # the delivery line is part of the cost
             instrument()
-            asyncio.run(measure(cluster, config_path, args))
+            eventloop.run(measure(cluster, config_path, args), "uvloop")  # as `encimap serve`
     finally:
         cluster.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Authenticated submissions of 10 KB messages over 4 connections (one login each) through
 `encimap serve submission` to a sink, against the same client sending straight to the sink.
 
-    python -m bench.submission [--messages 2000] [--rounds 5]
+    python -m bench.submission [--messages 2000] [--rounds 5] [--event-loop uvloop]
 
 A private PostgreSQL cluster is started for the run (as the tests do). The client is smtplib
 in 4 threads; the sink is an aiosmtpd Controller in a thread of this process; the submission
@@ -9,6 +9,7 @@ service runs as `encimap serve submission` in its own process, as in production.
 messages/s for both and their ratio (target >= 0.5), and the CPU milliseconds per message each
 party spent (client threads, sink thread, submission process, PostgreSQL backends), read from
 /proc: on a 2-core machine where all of them share the cores, that shows where the time goes.
+The sink and the submission service run on the same event loop implementation (--event-loop).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import trustme
 
 from encimap import db, logs
 from encimap.pgcluster import LocalCluster
+from encimap.service import eventloop
 from tests.submission_helpers import free_port, message, sink
 from tests.support import REPO, Databases, make_motorblock, write_config_file
 
@@ -176,7 +178,7 @@ def report(sent: int, rounds: list[tuple[Run, Run]]) -> None:
         print(f"  {name}: {busy:.2f} of 2 cores busy on these parties")
 
 
-async def main(total: int, repeat: int) -> None:
+async def main(total: int, repeat: int, event_loop: str) -> None:
     logs.configure("warning", "console")
     base = Path(tempfile.mkdtemp(prefix="encimap-bench-"))
     cluster = LocalCluster(base / "data")
@@ -215,7 +217,10 @@ async def main(total: int, repeat: int) -> None:
 
         per_connection = max(1, total // CONNECTIONS)
         sent = per_connection * CONNECTIONS
-        with sink() as (controller, handler):
+        # The sink (the direct baseline) runs on the loop the submission service runs on.
+        factory = eventloop.loop_factory(event_loop)
+        with sink(**({"loop": factory()} if factory else {})) as (controller, handler):
+            print(f"event loop: {eventloop.implementation(controller.loop)} (sink and submission)")
             sink_stat = f"/proc/self/task/{controller._thread.native_id}/stat"
             sources = {
                 "sink": lambda: cpu_seconds(sink_stat),
@@ -227,7 +232,8 @@ async def main(total: int, repeat: int) -> None:
                 databases,
                 f'[tls]\ncert = "{chain}"\nkey = "{key}"\n'
                 f'[submission]\nlisten = "127.0.0.1:{port}"\n'
-                f'relay = "127.0.0.1:{controller.port}"\n[log]\nlevel = "info"\n',
+                f'relay = "127.0.0.1:{controller.port}"\n[log]\nlevel = "info"\n'
+                f'[service]\nevent_loop = "{event_loop}"\n',
             )
             rounds = []
             with serving(config_file, port) as pid:
@@ -251,5 +257,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000, help="per run")
     parser.add_argument("--rounds", type=int, default=5, help="direct and through, alternating")
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.messages, arguments.rounds))
+    asyncio.run(main(arguments.messages, arguments.rounds, arguments.event_loop))

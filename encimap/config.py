@@ -164,6 +164,8 @@ class LogConfig:
 @dataclass(frozen=True)
 class ServiceConfig:
     drain_timeout: float = 30.0
+    # "uvloop" (faster; falls back to asyncio if the package is missing) or "asyncio".
+    event_loop: str = "uvloop"
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "intake.missing_certificate": ("tempfail", "reject"),
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("json", "console"),
+    "service.event_loop": ("uvloop", "asyncio"),
 }
 
 

@@ -52,7 +52,10 @@ def configure(level: str = "info", fmt: str = "json", stream: Any = None) -> Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or _Stderr()),
+        # One write per line (PrintLogger writes the newline separately): stderr to a file or
+        # journald's pipe is write-through, and the intake's worker processes share it, so two
+        # writes per line let their lines interleave.
+        logger_factory=structlog.WriteLoggerFactory(stream or _Stderr()),
         cache_logger_on_first_use=False,
     )
 

@@ -12,6 +12,7 @@ offsets of its header and body, so BODY[1], BODY[1.MIME] and BODY[TEXT] are byte
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -386,8 +387,26 @@ def envelope(headers: Headers) -> str:
 _MIME_SPECIALS = '()<>@,;:\\"/[]?='
 
 
+# Values up to this length are remembered: the Content-Type and Content-Disposition of what
+# the intake stores are the same few strings for every message.
+_CACHED_CONTENT_VALUE_LENGTH = 200
+
+
 def parse_content_value(value: str) -> tuple[str, list[tuple[str, str]]]:
     """`token; key=value; ...` into the token and its parameters (RFC 2231 joined)."""
+    if len(value) > _CACHED_CONTENT_VALUE_LENGTH:
+        return _parse_content_value(value)
+    token, params = _cached_content_value(value)
+    return token, list(params)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_content_value(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    token, params = _parse_content_value(value)
+    return token, tuple(params)
+
+
+def _parse_content_value(value: str) -> tuple[str, list[tuple[str, str]]]:
     tokens = _Tokens(value, _MIME_SPECIALS)
     tokens.skip_cfws()
     token = tokens.atom()

@@ -19,10 +19,18 @@ from pathlib import Path
 
 import pytest
 import trustme
+import uvloop
 
 from encimap import logs
 from encimap.pgcluster import LocalCluster
 from tests.support import Databases, make_config, migrated_databases
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item):
+    """Async tests (and the services they start in-process) run on uvloop, the loop
+    `encimap serve` uses by default; tests/test_intake_process.py covers `asyncio`."""
+    return {"uvloop": uvloop.new_event_loop}
+
 
 _counter = itertools.count(1)
 

@@ -29,12 +29,16 @@ def vaultbox(databases: Databases, tmp_path_factory: pytest.TempPathFactory):
     return asyncio.run(make())
 
 
-def start_intake(databases: Databases, tmp_path: Path, port: int, workers: int = 1):
+def start_intake(
+    databases: Databases, tmp_path: Path, port: int, workers: int = 1, event_loop: str = ""
+):
+    """`encimap serve intake`; `event_loop` "" leaves service.event_loop at its default."""
     config = write_config_file(
         tmp_path / "encimap.toml",
         databases,
         f'[intake]\nlisten = "127.0.0.1:{port}"\nhostname = "mx.test"\nworkers = {workers}\n'
-        "[service]\ndrain_timeout = 5.0\n",
+        "[service]\ndrain_timeout = 5.0\n"
+        + (f'event_loop = "{event_loop}"\n' if event_loop else ""),
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "encimap", "--config", str(config), "serve", "intake"],
@@ -97,9 +101,20 @@ async def test_sigkill_during_flood_loses_nothing_acknowledged(databases, vaultb
     assert missing == []
 
 
-async def test_sigterm_finishes_sessions_and_exits_zero(databases, vaultbox, tmp_path):
+def log_entries(tmp_path: Path, event: str) -> list[dict]:
+    return [
+        json.loads(line)
+        for line in (tmp_path / "intake.log").read_text().splitlines()
+        if f'"event": "{event}"' in line
+    ]
+
+
+@pytest.mark.parametrize(("configured", "expected"), [("", "uvloop"), ("asyncio", "asyncio")])
+async def test_sigterm_finishes_sessions_and_exits_zero(
+    databases, vaultbox, tmp_path, configured, expected
+):
     port = free_port()
-    proc = start_intake(databases, tmp_path, port)
+    proc = start_intake(databases, tmp_path, port, event_loop=configured)
     try:
         idle = await LMTPClient.connect(port)
         await idle.command("LHLO idle.test")
@@ -122,6 +137,7 @@ async def test_sigterm_finishes_sessions_and_exits_zero(databases, vaultbox, tmp
             proc.kill()
     stored = {row["message_id"] for row in await stored_messages(databases, vaultbox)}
     assert "<term@flood.test>" in stored
+    assert [entry["event_loop"] for entry in log_entries(tmp_path, "service.ready")] == [expected]
 
 
 def children(pid: int) -> list[int]:
@@ -153,12 +169,11 @@ async def test_workers_share_the_port(databases, vaultbox, tmp_path):
         if proc.poll() is None:
             proc.kill()
     # Both processes served sessions (16 connections all hashed to one socket: 2**-15).
-    sessions = [
-        json.loads(line)
-        for line in (tmp_path / "intake.log").read_text().splitlines()
-        if '"event": "session"' in line
-    ]
+    sessions = log_entries(tmp_path, "session")
     assert {entry["pid"] for entry in sessions} == {proc.pid, workers[0]}
+    # The parent and its worker, each on the default loop.
+    ready = log_entries(tmp_path, "service.ready")
+    assert [entry["event_loop"] for entry in ready] == ["uvloop", "uvloop"]
     stored = {row["message_id"] for row in await stored_messages(databases, vaultbox)}
     assert set(acknowledged) <= stored
 

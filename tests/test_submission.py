@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import shutil
 import smtplib
+import socket
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -118,6 +119,7 @@ async def test_implicit_tls_listener(databases, tls_files, accounts, upstream, t
             with smtplib.SMTP_SSL("127.0.0.1", port, context=context, timeout=10) as client:
                 client.ehlo()
                 assert "starttls" not in client.esmtp_features
+                assert client.docmd("STARTTLS")[0] == 454
                 client.login(MB_USER, MB_PASS)
                 client.sendmail(
                     f"a@{MB_DOMAIN}", ["x@y.test"], message(f"a@{MB_DOMAIN}", ["x@y.test"])
@@ -151,11 +153,39 @@ async def test_auth_required_after_tls(service, tls_ca):
         with smtplib.SMTP("127.0.0.1", starttls_port(service), timeout=10) as client:
             client.starttls(context=client_context(tls_ca))
             client.ehlo()
-            return client.esmtp_features.get("auth", ""), client.docmd("MAIL", "FROM:<a@b.test>")
+            features = dict(client.esmtp_features)
+            again = client.docmd("STARTTLS")
+            return features, again, client.docmd("MAIL", "FROM:<a@b.test>")
 
-    auth, mail = await in_thread(probe)
-    assert set(auth.split()) == {"PLAIN", "LOGIN"}
+    features, again, mail = await in_thread(probe)
+    assert set(features["auth"].split()) == {"PLAIN", "LOGIN"}
+    assert "starttls" not in features
+    assert again[0] == 554
     assert mail[0] == 530 and b"Authentication required" in mail[1]
+
+
+async def test_plaintext_pipelined_after_starttls_is_discarded(service, tls_ca):
+    """RFC 3207 4.2 (CVE-2011-0411 style injection): a command sent in clear behind STARTTLS
+    must not be executed inside the TLS session."""
+
+    def probe() -> list[bytes]:
+        with socket.create_connection(("127.0.0.1", starttls_port(service)), timeout=10) as raw:
+            stream = raw.makefile("rb")
+            stream.readline()  # greeting
+            raw.sendall(b"EHLO probe.test\r\n")
+            while not stream.readline().startswith(b"250 "):
+                pass
+            raw.sendall(b"STARTTLS\r\nNOOP injected\r\n")
+            assert stream.readline().startswith(b"220")
+            with client_context(tls_ca).wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"RSET\r\nQUIT\r\n")
+                replies = b""
+                while data := tls.recv(4096):
+                    replies += data
+                return replies.splitlines()
+
+    replies = await in_thread(probe)
+    assert [line[:3] for line in replies] == [b"250", b"221"]
 
 
 async def test_wrong_password_is_535(service, tls_ca):

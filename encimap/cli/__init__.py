@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -14,6 +13,7 @@ from encimap.auth.passwords import PasswordError
 from encimap.cli import admin, certs, dev
 from encimap.cli.common import CommandError
 from encimap.db import DatabaseUnavailable
+from encimap.service import eventloop
 from encimap.store import StoreError
 from encimap.tls import TLSError
 
@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(cfg.log.level if cfg.log.level != "info" else "warning", "console")
     handler: Handler = args.handler
     try:
-        return asyncio.run(handler(cfg, args))
+        # Services run on the configured loop; one-shot admin commands gain nothing from it.
+        event_loop = cfg.service.event_loop if args.command in ("serve", "dev") else "asyncio"
+        return eventloop.run(handler(cfg, args), event_loop)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:  # a listener that cannot bind, a file that cannot be read

@@ -15,11 +15,13 @@ import time
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import Envelope
 
 from encimap import logs
 from encimap.delivery import replies
 from encimap.delivery.recipients import Target
+from encimap.smtpaddress import FastAddressParsing
+from encimap.smtpdata import FastDataReading
 
 log = logs.get_logger(__name__)
 
@@ -71,7 +73,7 @@ class Connections:
         return len(left)
 
 
-class _IntakeProtocol(SMTP):
+class _IntakeProtocol(FastAddressParsing, FastDataReading):
     def __init__(self, handler: Any, *, connections: Connections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections

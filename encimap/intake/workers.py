@@ -22,6 +22,7 @@ from typing import Any
 
 from encimap import config as config_module
 from encimap import logs
+from encimap.service import eventloop
 
 log = logs.get_logger(__name__)
 
@@ -168,7 +169,8 @@ async def _serve(cfg: config_module.Config) -> int:
 def main() -> int:
     _die_with_parent()
     raw: dict[str, Any] = json.loads(sys.stdin.buffer.read())
-    return asyncio.run(_serve(config_module.from_mapping(raw)))
+    cfg = config_module.from_mapping(raw)
+    return eventloop.run(_serve(cfg), cfg.service.event_loop)
 
 
 if __name__ == "__main__":

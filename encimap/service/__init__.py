@@ -23,7 +23,7 @@ import asyncpg
 from encimap import db, logs
 from encimap.config import Config, ConfigError
 from encimap.config import load as load_config
-from encimap.service import health
+from encimap.service import eventloop, health
 from encimap.service.activation import inherited_sockets
 from encimap.service.systemd import notify
 from encimap.tls import TLSMaterial
@@ -172,7 +172,11 @@ async def run(
         if endpoint is not None:
             endpoint.started = True
         notify("READY=1")
-        log.info("service.ready", components=[c.name for c in components])
+        log.info(
+            "service.ready",
+            components=[c.name for c in components],
+            event_loop=eventloop.implementation(loop),
+        )
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -7,6 +7,7 @@ to the caller, who exports it (PKCS#12) for the mail client and then forgets it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ def load_certificate(data: CertificateInput) -> x509.Certificate:
         raise CertificateError(f"certificate cannot be parsed: {exc}") from None
 
 
+@functools.lru_cache(maxsize=1024)  # every encryption names its recipients' certificates
 def fingerprint(certificate: x509.Certificate) -> str:
     """SHA-256 fingerprint of the DER certificate, lower-case hex without separators."""
     return certificate.fingerprint(hashes.SHA256()).hex()

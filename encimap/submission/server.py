@@ -7,6 +7,10 @@
 
 aiosmtpd's own `auth_required` is left off: it is meant for TLS-less setups and warns on every
 connection when combined with implicit TLS; the checks above are ours instead.
+
+STARTTLS goes through `loop.start_tls` rather than aiosmtpd's own wiring of asyncio's
+pure-Python SSL protocol, so on uvloop the TLS layer is uvloop's compiled one (a tenth of the
+submission's CPU per message went to asyncio's).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import TLSSetupException, syntax
 
+from encimap.smtpaddress import FastAddressParsing
+from encimap.smtpdata import FastDataReading
 from encimap.submission import replies
 
 
-class SubmissionServer(SMTP):
+class SubmissionServer(FastAddressParsing, FastDataReading):
     def __init__(
         self,
         handler: Any,
@@ -58,6 +64,48 @@ class SubmissionServer(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
         self._on_session(self.loop.create_task(self.event_handler.finish()))
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        if not self.tls_context:  # the implicit-TLS listener
+            await self.push("454 TLS not available")
+            return
+        if self._tls_protocol is not None:  # RFC 3207 4.2: never a second handshake
+            await self.push("554 5.5.1 Error: TLS already active")
+            return
+        assert self.transport is not None
+        await self.push("220 Ready to start TLS")
+        # RFC 3207 4.2: drop plaintext pipelined behind STARTTLS. Now, not after the handshake:
+        # the TLS layer may hand over the client's first command before start_tls returns.
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        plain = self.transport
+        try:
+            secured = await self.loop.start_tls(plain, self, self.tls_context, server_side=True)
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            raise TLSSetupException() from error
+        if secured is None:  # the connection closed during the handshake
+            raise TLSSetupException()
+        self._secured(plain, secured)
+
+    def _secured(self, plain: asyncio.BaseTransport, secured: asyncio.Transport) -> None:
+        """What aiosmtpd's connection_made does after its own STARTTLS (RFC 3207 4.2: the
+        session starts again)."""
+        self._original_transport = plain  # aiosmtpd closes it when the connection is lost
+        self._tls_protocol = secured  # type: ignore[assignment]  # aiosmtpd tests it as a flag
+        self._set_rset_state()
+        self.session = self._create_session()
+        self.session.peer = secured.get_extra_info("peername")
+        self.session.ssl = {
+            key: secured.get_extra_info(key)
+            for key in ("sslcontext", "ssl_object", "peercert", "cipher", "compression")
+        }
+        self._reset_timeout()
+        self._reader._transport = secured  # type: ignore[attr-defined]
+        self._writer._transport = secured  # type: ignore[attr-defined]
+        self.transport = secured
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         assert self.session is not None

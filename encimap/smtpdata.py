@@ -1,0 +1,121 @@
+"""DATA read in whole buffers instead of aiosmtpd's line at a time, same result.
+
+aiosmtpd reads DATA with one `readuntil(b"\\r\\n")` and a few Python statements per line: about
+a fifth of the intake's CPU per message. Here the buffer is searched for the end of data
+(`CRLF . CRLF`, the start of DATA counting as a line start) and a message whose lines are all
+within `line_length_limit` and whose size is within `data_size_limit` is unstuffed with one
+`replace`. Anything else (a long line, too much data) goes through the same line-by-line state
+machine as aiosmtpd's, so the same error wins. Lines end at CRLF only, as in aiosmtpd: a bare CR
+or LF is data. Bytes after the end of data stay in the stream for the next command.
+tests/test_smtpdata.py checks replies, stored content and the rest of the stream against
+aiosmtpd's own smtp_DATA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiosmtpd.smtp import MISSING, SMTP, _DataState, syntax
+
+END_OF_DATA = b"\r\n.\r\n"
+_READ_SIZE = 1 << 16
+
+
+class FastDataReading(SMTP):
+    """Mixin for SMTP/LMTP servers whose handler implements handle_DATA on bytes."""
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if self._decode_data or "DATA" not in self._handle_hooks:
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body, state = await self._read_data()
+        if body is None:  # the connection closed during DATA
+            return
+        if state is not _DataState.NOMINAL:
+            if state is _DataState.TOO_LONG:
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            else:
+                await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        # RFC 5321 4.5.2: drop the first dot of every line that starts with one.
+        content = body[1:] if body.startswith(b".") else body
+        content = content.replace(b"\r\n.", b"\r\n")
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> tuple[bytes | None, _DataState]:
+        """(the lines before the lone dot, as sent, and the outcome); None if the peer left.
+        Once the data is known to be refused, it is read and dropped, never kept."""
+        limit = self.data_size_limit
+        buffer = bytearray(b"\r\n")  # DATA starts at a line start
+        kept = 2  # bytes of `buffer` before the current chunk's search window
+        state = _DataState.NOMINAL
+        while True:
+            try:
+                chunk = await self._reader.read(_READ_SIZE)
+            except asyncio.CancelledError:
+                self._writer.close()
+                raise
+            if not chunk:
+                self._writer.close()
+                return None, state
+            buffer += chunk
+            end = buffer.find(END_OF_DATA, max(0, kept - 4))
+            if end >= 0:
+                self._reader._buffer[:0] = buffer[end + 5 :]  # type: ignore[attr-defined]
+                if state is not _DataState.NOMINAL:
+                    return b"", state
+                body = bytes(buffer[2 : end + 2])
+                return body, self._check(body)
+            if state is _DataState.NOMINAL and limit and len(buffer) - 2 > limit:
+                state = self._refusal(buffer)
+            if state is not _DataState.NOMINAL:
+                del buffer[:-4]  # keep what may begin the end of data
+            kept = len(buffer)
+
+    def _refusal(self, buffer: bytearray) -> _DataState:
+        """More than data_size_limit arrived: the error aiosmtpd's order gives, NOMINAL while
+        that depends on how the last, incomplete line ends."""
+        last = buffer.rfind(b"\r\n")
+        state = self._check(bytes(buffer[2 : last + 2]))
+        # The incomplete line's known length, without a CR that may begin its CRLF.
+        tail = len(buffer) - last - 2 - buffer.endswith(b"\r")
+        if state is _DataState.NOMINAL and tail > self.line_length_limit:
+            return _DataState.TOO_LONG  # aiosmtpd's StreamReader overruns on it
+        return state
+
+    def _check(self, body: bytes) -> _DataState:
+        """The outcome aiosmtpd's DATA loop reaches for these complete lines."""
+        lines = body.split(b"\r\n")
+        lines.pop()  # after the last CRLF
+        limit = self.data_size_limit
+        longest = max(map(len, lines), default=0) + 2
+        if longest <= self.line_length_limit and not (limit and len(body) > limit):
+            return _DataState.NOMINAL
+        size = 0
+        for line in lines:
+            length = len(line) + 2
+            if length - 2 > self.line_length_limit:  # aiosmtpd: StreamReader limit overrun
+                return _DataState.TOO_LONG
+            size += length
+            if limit and size > limit:
+                return _DataState.TOO_MUCH
+            if length > self.line_length_limit:
+                return _DataState.TOO_LONG
+        return _DataState.NOMINAL
