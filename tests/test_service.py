@@ -88,12 +88,21 @@ def test_readyz_follows_the_database(tmp_path: Path, notify_socket, tls_files, p
         assert "encimap_db_query_seconds_count" in metrics
 
 
-def test_unknown_path_and_method(tmp_path: Path, databases: Databases, notify_socket, tls_files):
+def test_bad_http_requests_get_clear_answers(
+    tmp_path: Path, databases: Databases, notify_socket, tls_files
+):
     cfg, ports = service_config(tmp_path / "c.toml", databases, tls_files)
     port = ports["metrics"]
     with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}) as process:
         notify_socket.wait_for("READY=1", process=process)
         assert http_get(f"http://127.0.0.1:{port}/nope")[0] == 404
+        for endpoint in (port, ports["auth_http"]):  # metrics and nginx auth_http
+            with socket.create_connection(("127.0.0.1", endpoint), timeout=5) as client:
+                client.sendall(b"garbage without a request line\r\n\r\n")
+                assert client.recv(100).startswith(b"HTTP/1.0 400 ")
+            with socket.create_connection(("127.0.0.1", endpoint), timeout=5) as client:
+                client.sendall(b"GET / HTTP/1.0\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+                assert client.recv(100).startswith(b"HTTP/1.0 400 ")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
 

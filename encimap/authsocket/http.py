@@ -7,7 +7,6 @@ of the upstream, or a failure text with `Auth-Wait` (and `Auth-Error-Code` for S
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from urllib.parse import unquote
@@ -15,11 +14,10 @@ from urllib.parse import unquote
 from encimap import logs
 from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable
 from encimap.config import AuthSocketConfig, ConfigError, parse_listener
+from encimap.service.http import Request, Response
 
 log = logs.get_logger(__name__)
 
-MAX_HEADER_BYTES = 16 * 1024
-READ_TIMEOUT = 10.0
 FAILED = "Invalid login or password"
 TEMPORARY = "Temporary server problem, try again later"
 # Seconds nginx waits before letting the client try again (the engine already throttled).
@@ -48,26 +46,14 @@ class AuthHTTP:
             "smtp": upstream(config.smtp_upstream, "smtp_upstream"),
         }
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(READ_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            status, headers = await self.answer(_parse_headers(head))
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
-            status, headers = "400 Bad Request", {}
-        except ConnectionError:
-            writer.close()
-            return
-        lines = [f"HTTP/1.0 {status}", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
-        writer.write("\r\n".join(lines).encode())
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+    async def handle(self, request: Request) -> Response:
+        if request.method not in ("GET", "POST"):
+            return Response(405, b"GET only\n")
+        _status, headers = await self.answer(request.headers)
+        return Response(200, headers=headers)
 
     async def answer(self, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """(status, response headers) for nginx's request headers (names lower-cased)."""
         protocol = headers.get("auth-protocol", "").lower()
         method = METHODS.get(headers.get("auth-method", "").lower())
         username = unquote(headers.get("auth-user", ""))
@@ -96,17 +82,3 @@ class AuthHTTP:
             return "200 OK", result
         host, port = self.upstreams[service]
         return "200 OK", {"Auth-Status": "OK", "Auth-Server": host, "Auth-Port": str(port)}
-
-
-def _parse_headers(head: bytes) -> dict[str, str]:
-    if len(head) > MAX_HEADER_BYTES:
-        raise ValueError("headers too long")
-    lines = head.decode("latin-1").split("\r\n")
-    if not lines[0].startswith(("GET ", "POST ")):
-        raise ValueError("not an HTTP request")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers

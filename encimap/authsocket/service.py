@@ -12,8 +12,10 @@ from encimap import logs
 from encimap.auth import engine_for
 from encimap.authsocket.codec import MAX_LINE
 from encimap.authsocket.connection import AuthConnection
-from encimap.authsocket.http import MAX_HEADER_BYTES, AuthHTTP
+from encimap.authsocket.http import AuthHTTP
 from encimap.config import AuthSocketConfig, ConfigError, listeners, parse_listener
+from encimap.service.http import Request, Response
+from encimap.service.http import serve as serve_http
 from encimap.service.listeners import Sessions, bind
 
 log = logs.get_logger(__name__)
@@ -74,17 +76,13 @@ async def start(runtime) -> AuthSocketService:
     if config.http_listen:
         http = AuthHTTP(engine, config)
 
-        async def on_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def on_http(request: Request) -> Response:
             task = asyncio.current_task()
             if task is not None:
                 requests.add(task)
-            await http.handle(reader, writer)
+            return await http.handle(request)
 
-        def http_protocol() -> asyncio.StreamReaderProtocol:
-            reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES + 4)
-            return asyncio.StreamReaderProtocol(reader, on_http)
-
-        service.servers.append(await bind(config.http_listen, http_protocol))
+        service.servers.append(await serve_http(config.http_listen, on_http))
         log.info("authsocket.http_listening", listen=config.http_listen)
     return service
 

@@ -48,7 +48,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def _parse_head(head: bytes, client_ip: str) -> Request:
     lines = head.decode("latin-1").split("\r\n")
-    method, target, _version = lines[0].split(" ", 2)
+    method, target, version = lines[0].split(" ", 2)
+    if not version.startswith("HTTP/1."):
+        raise ValueError("not an HTTP/1.x request line")
     headers = {}
     for line in lines[1:]:
         if line:
