@@ -8,6 +8,7 @@ import email.policy
 import re
 
 import pytest
+from asn1crypto import cms
 from cryptography.hazmat.primitives import hashes
 
 from encimap.smime import (
@@ -260,6 +261,31 @@ def test_subject_is_encrypted_on_its_own(identities, profile: Profile) -> None:
     assert openssl_decrypt_der(der, identities["ec-p384"]) == (
         b"=?utf-8?b?w5xiZXJyYXNjaHVuZyDwn46J?=  =?utf-8?q?_und_mehr?="
     )
+
+
+@pytest.mark.parametrize("profile", [Profile.AES256_CBC, Profile.AES256_GCM])
+def test_subject_shares_the_body_content_key_with_its_own_iv(identities, profile) -> None:
+    """One public-key operation per certificate and message: the subject's envelope carries the
+    body's recipient infos (the same transported key), but never the body's IV or nonce."""
+    recipients = [identities["rsa-2048"].pem, identities["ec-p256"].pem]
+    result = encrypt_message(PLAIN, recipients, profile)
+    _header, base64_body = split_entity(result.message)
+    body = cms.ContentInfo.load(base64.b64decode(base64_body))["content"]
+    subject = cms.ContentInfo.load(base64.b64decode(result.subject_encrypted))["content"]
+    assert body["recipient_infos"].dump() == subject["recipient_infos"].dump()
+    info = (
+        "auth_encrypted_content_info" if profile == Profile.AES256_GCM else "encrypted_content_info"
+    )
+    parameters = [
+        envelope[info]["content_encryption_algorithm"]["parameters"].dump()
+        for envelope in (body, subject)
+    ]
+    assert parameters[0] != parameters[1]
+    for identity in (identities["rsa-2048"], identities["ec-p256"]):
+        assert (
+            openssl_decrypt_der(base64.b64decode(result.subject_encrypted), identity)
+            == b"Quarterly numbers"
+        )
 
 
 def test_message_without_subject_or_header_fields(identities) -> None:

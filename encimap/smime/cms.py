@@ -131,13 +131,41 @@ def profile_of(profile: Profile | str) -> Profile:
         raise ValueError(f"unknown S/MIME profile {profile!r} (choose one of {names})") from None
 
 
-def encrypt(
-    pieces: Iterable[bytes | memoryview],
-    length: int,
-    certificates: Sequence[x509.Certificate],
-    profile: Profile | str = Profile.AES256_CBC,
-) -> Envelope:
-    """Encrypt the concatenation of `pieces` (`length` bytes) to every certificate at once.
+@dataclass(frozen=True, slots=True)
+class ContentKey:
+    """A fresh content-encryption key, already transported to every certificate.
+
+    The public-key work (one RSA operation or ECDH agreement per certificate) happens once in
+    `content_key()`; `envelope()` and `der()` can then encrypt several contents under this key,
+    each with a fresh IV (or GCM nonce) and the same recipient infos. A message's body and its
+    encrypted subject share one key: both go to the same certificates, so whoever can open one
+    can open the other, and the second costs no public-key operation.
+    """
+
+    scheme: _Scheme
+    key: bytes
+    recipient_infos: tuple[bytes, ...]
+    algorithm: str  # content and key management, such as "aes256-cbc/ecdh+rsa"
+
+    def envelope(self, pieces: Iterable[bytes | memoryview], length: int) -> Envelope:
+        """Encrypt the concatenation of `pieces` (`length` bytes)."""
+        if self.scheme.authenticated:
+            chunks = _auth_enveloped_data(pieces, length, self.key, self.recipient_infos)
+            smime_type = "authEnveloped-data"
+        else:
+            chunks = _enveloped_data(pieces, length, self.key, self.recipient_infos, self.scheme)
+            smime_type = "enveloped-data"
+        return Envelope(algorithm=self.algorithm, smime_type=smime_type, chunks=chunks)
+
+    def der(self, content: bytes) -> bytes:
+        """The whole DER ContentInfo for a small content (such as a subject)."""
+        return b"".join(self.envelope([content], len(content)).chunks)
+
+
+def content_key(
+    certificates: Sequence[x509.Certificate], profile: Profile | str = Profile.AES256_CBC
+) -> ContentKey:
+    """A new content key for `profile`, transported to every certificate at once.
 
     Certificates are validated for their key type here (CertificateError); the caller checks
     dates, usage and address beforehand with `check_certificate`.
@@ -145,37 +173,22 @@ def encrypt(
     if not certificates:
         raise NoUsableCertificate("no certificate to encrypt to")
     scheme = _SCHEMES[profile_of(profile)]
-    content_key = os.urandom(scheme.key_bytes)
+    key = os.urandom(scheme.key_bytes)
     kinds = set()
     recipient_infos = []
     for certificate in certificates:
-        kind, recipient_info = _recipient_info(certificate, content_key, scheme)
+        kind, recipient_info = _recipient_info(certificate, key, scheme)
         kinds.add(kind)
         recipient_infos.append(recipient_info)
-    if scheme.authenticated:
-        chunks = _auth_enveloped_data(pieces, length, content_key, recipient_infos)
-        smime_type = "authEnveloped-data"
-    else:
-        chunks = _enveloped_data(pieces, length, content_key, recipient_infos, scheme)
-        smime_type = "enveloped-data"
     algorithm = f"{scheme.content}/{'+'.join(sorted(kinds))}"
-    return Envelope(algorithm=algorithm, smime_type=smime_type, chunks=chunks)
-
-
-def encrypt_der(
-    content: bytes,
-    certificates: Sequence[x509.Certificate],
-    profile: Profile | str = Profile.AES256_CBC,
-) -> bytes:
-    """The whole DER ContentInfo for a small content (such as a subject)."""
-    return b"".join(encrypt([content], len(content), certificates, profile).chunks)
+    return ContentKey(scheme, key, tuple(recipient_infos), algorithm)
 
 
 def _enveloped_data(
     pieces: Iterable[bytes | memoryview],
     length: int,
     content_key: bytes,
-    recipient_infos: list[bytes],
+    recipient_infos: Sequence[bytes],
     scheme: _Scheme,
 ) -> Iterator[bytes]:
     iv = os.urandom(AES_BLOCK_BYTES)
@@ -196,7 +209,7 @@ def _auth_enveloped_data(
     pieces: Iterable[bytes | memoryview],
     length: int,
     content_key: bytes,
-    recipient_infos: list[bytes],
+    recipient_infos: Sequence[bytes],
 ) -> Iterator[bytes]:
     nonce = os.urandom(GCM_NONCE_BYTES)
     encryptor = Cipher(algorithms.AES(content_key), modes.GCM(nonce)).encryptor()
@@ -215,7 +228,7 @@ def _auth_enveloped_data(
 def _content_info_head(
     content_type: str,
     version: int,
-    recipient_infos: list[bytes],
+    recipient_infos: Sequence[bytes],
     content_algorithm: bytes,
     ciphertext_length: int,
     trailer_length: int,

@@ -8,8 +8,6 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cryptography import x509
-
 from encimap.smime import cms, mime
 from encimap.smime.certificates import CertificateInput, fingerprint, load_certificate
 
@@ -54,11 +52,9 @@ def encrypt_message(
     outer = mime.outer_fields(message, hide_subject=hide_subject)
     inner_header = mime.protected_header(message, outer)
     body = mime.canonical_body(message)
-    envelope = cms.encrypt(
-        itertools.chain([inner_header], body.pieces),
-        len(inner_header) + body.length,
-        recipients,
-        profile,
+    key = cms.content_key(recipients, profile)
+    envelope = key.envelope(
+        itertools.chain([inner_header], body.pieces), len(inner_header) + body.length
     )
     out = io.BytesIO()
     out.writelines(field.raw for field in outer)
@@ -66,17 +62,12 @@ def encrypt_message(
     out.write(mime.CRLF)
     mime.write_base64(envelope.chunks, out)
     subject = message.first(b"subject")
-    subject_encrypted = None if subject is None else _encrypt_subject(subject, recipients, profile)
+    subject_encrypted = (
+        None if subject is None else base64.b64encode(key.der(subject.value)).decode("ascii")
+    )
     return EncryptionResult(
         message=out.getvalue(),
         subject_encrypted=subject_encrypted,
         algorithm=envelope.algorithm,
         recipient_fingerprints=tuple(fingerprint(certificate) for certificate in recipients),
     )
-
-
-def _encrypt_subject(
-    subject: mime.HeaderField, recipients: list[x509.Certificate], profile: cms.Profile | str
-) -> str:
-    der = cms.encrypt_der(subject.value, recipients, profile)
-    return base64.b64encode(der).decode("ascii")
