@@ -7,6 +7,7 @@ both URLs at one database: the migration runner keys its records by component.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -65,6 +66,30 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     session-level advisory locks, LISTEN is removed by its owner). The default hook would run
     `RESET ALL; UNLISTEN *; CLOSE ALL; SELECT pg_advisory_unlock_all()` on every release: one
     more round trip for every single-statement `pool.fetch*()` call."""
+
+
+class acquire:
+    """`async with acquire(pool, timeout) as conn`: a pooled connection, waited for at most
+    `timeout` seconds (TimeoutError).
+
+    asyncpg's `pool.acquire(timeout=...)` runs every acquisition as a task of its own under
+    `wait_for`; the intake acquires twice per message, so the bound is an `asyncio.timeout`
+    here, which costs a timer. A timed-out acquisition gives its connection back (asyncpg
+    handles the cancellation)."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        async with asyncio.timeout(self._timeout):
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self._pool.release(self._conn)
 
 
 async def create_pool(

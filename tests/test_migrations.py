@@ -166,3 +166,18 @@ async def test_pool_runs_as_its_role_even_after_reset(config):
             assert await conn.fetchval("SELECT current_user") == "encimap_auth"
     finally:
         await pool.close()
+
+
+async def test_acquire_waits_at_most_its_timeout_and_gives_the_connection_back(config):
+    pool = await db.create_pool(config.database, "encimap", role=db.ROLE_INTAKE, max_size=1)
+    try:
+        async with db.acquire(pool, 5) as held:
+            with pytest.raises(TimeoutError):
+                async with db.acquire(pool, 0.2):
+                    pass
+            assert await held.fetchval("SELECT current_user") == "encimap_intake"
+        async with db.acquire(pool, 0.2) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        assert pool.get_idle_size() == 1
+    finally:
+        await pool.close()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from encimap import logs, mimeinfo, smime
+from encimap import db, logs, mimeinfo, smime
 from encimap.config import Config
 from encimap.delivery import replies
 from encimap.delivery.recipients import DATABASE_ERRORS, Target
@@ -101,10 +100,8 @@ class Deliverer:
         outcome = "duplicate" if delivered.duplicate else copy.outcome
         return self._outcome(job, [target], _delivered(job), outcome, uid=delivered.uid)
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self._pool.acquire(timeout=self._config.database.connect_timeout) as conn:
-            yield conn
+    def _connection(self) -> db.acquire:
+        return db.acquire(self._pool, self._config.database.connect_timeout)
 
     async def _store(
         self, conn: asyncpg.Connection, job: Job, copy: messages.NewMessage

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 from cryptography import x509
 
-from encimap import smime
+from encimap import db, smime
 from encimap.config import Config
 from encimap.delivery import replies
 from encimap.delivery.replies import Reply
@@ -106,7 +106,7 @@ async def resolve(
     """The Target for `address`, or the reply refusing it."""
     settings = config.intake
     try:
-        async with pool.acquire(timeout=config.database.connect_timeout) as conn:
+        async with db.acquire(pool, config.database.connect_timeout) as conn:
             found = await store_recipients.find_recipient(
                 conn, candidates(address, settings.recipient_delimiter)
             )
