@@ -78,6 +78,9 @@ class IntakeConfig:
     # Messages above this size are encrypted in a worker thread, off the event loop.
     offload_threshold: int = 256 * 1024
     timeout: float = 300.0
+    # RCPT lookups kept between deliveries (dropped at once on any vaultbox or certificate
+    # change, announced over LISTEN/NOTIFY); at most this old in any case. 0 = look up every time.
+    recipient_cache_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ ROLE_INTAKE = "encimap_intake"
 ROLE_IMAP = "encimap_imap"
 
 
+# What a lost, failing or slow database raises through asyncpg.
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 class DatabaseUnavailable(Exception):
     """A database could not be reached or did not answer in time."""
 

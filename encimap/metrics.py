@@ -25,6 +25,12 @@ ENCRYPTION_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+RECIPIENT_LOOKUPS = Counter(
+    "encimap_recipient_lookups",
+    "Intake RCPT lookups by source: cache (a recent lookup reused) or database.",
+    ["source"],
+    registry=REGISTRY,
+)
 AUTH_DECISIONS = Counter(
     "encimap_auth_decisions",
     "Login decisions by service, principal kind (or 'unknown') and result (ok, failed, tempfail).",

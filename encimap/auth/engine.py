@@ -9,7 +9,6 @@ answer takes as long as for a known user with a wrong password.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import re
 import time
@@ -26,7 +25,7 @@ from encimap.auth.principal import AuthFailed, AuthUnavailable, Principal
 from encimap.auth.throttle import Throttle
 from encimap.config import Config
 from encimap.metrics import AUTH_CACHE, AUTH_DECISIONS, AUTH_THROTTLED
-from encimap.store import logins
+from encimap.store import events, logins
 from encimap.store.logins import LoginRow
 
 log = logs.get_logger(__name__)
@@ -34,11 +33,9 @@ log = logs.get_logger(__name__)
 Service = Literal["smtp", "imap"]
 NOTIFY_CHANNEL = "encimap_auth"
 MAX_USERNAME_LENGTH = 256
-_DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # Characters that can reach a log line verbatim; anything else becomes "?" so a crafted
 # username cannot forge the fields fail2ban reads (e.g. a second "rip=").
 _UNSAFE_LOG_CHARS = re.compile(r"[^A-Za-z0-9._@+\-]")
-_LISTEN_RETRY_MAX = 30.0
 
 
 class _Refused(Exception):
@@ -65,24 +62,21 @@ class AuthEngine:
             cost=self._auth.bcrypt_cost,
         )
         self._lookup_timeout = config.database.connect_timeout + config.database.command_timeout
-        self._listener: asyncio.Task[None] | None = None
-        self.listening = asyncio.Event()
+        self._watch = events.Watch(
+            encimap, NOTIFY_CHANNEL, on_notify=self._on_notify, on_deaf=self.flush_cache
+        )
+        self.listening = self._watch.listening
 
     # --- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Prepare the dummy hash and start LISTENing for credential changes."""
         await self._bcrypt.start()
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="auth-listen")
+        self._watch.start()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
-            self._listener = None
+        await self._watch.close()
         self._bcrypt.close()
-        self.flush_cache()
 
     def flush_cache(self) -> None:
         self._verified.clear()
@@ -197,7 +191,7 @@ class AuthEngine:
         try:
             async with asyncio.timeout(self._lookup_timeout):
                 return await lookup(pool, username)
-        except _DATABASE_ERRORS as exc:
+        except db.DATABASE_ERRORS as exc:
             log.error(
                 "auth.database_error", database=database, error=str(exc) or type(exc).__name__
             )
@@ -226,36 +220,8 @@ class AuthEngine:
 
     # --- cache invalidation -------------------------------------------------------------
 
-    async def _listen(self) -> None:
-        """Hold one connection LISTENing on the encimap database; reconnect when it drops.
-
-        Entries are dropped on every notification; the whole cache goes whenever the listener
-        was (or may have been) deaf, so nothing cached survives a missed notification.
-        """
-        retry = 0.5
-        while True:
-            try:
-                async with self._encimap.acquire() as conn:
-                    lost = asyncio.Event()
-                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                    await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                    self.flush_cache()
-                    self.listening.set()
-                    retry = 0.5
-                    try:
-                        await lost.wait()
-                    finally:
-                        with contextlib.suppress(*_DATABASE_ERRORS):
-                            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            except _DATABASE_ERRORS as exc:
-                log.warning("auth.listen_failed", error=str(exc) or type(exc).__name__)
-            self.listening.clear()
-            self.flush_cache()
-            log.warning("auth.listen_lost", retry_in=retry)
-            await asyncio.sleep(retry)
-            retry = min(retry * 2, _LISTEN_RETRY_MAX)
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
+        """Drop what a change announced on NOTIFY_CHANNEL may have made wrong."""
         what, _, value = payload.partition(":")
         if what == "user":
             self._verified.drop(username=value)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,12 +15,15 @@ from encimap import db, smime
 from encimap.config import Config
 from encimap.delivery import replies
 from encimap.delivery.replies import Reply
-from encimap.store import StoreError
+from encimap.metrics import RECIPIENT_LOOKUPS
+from encimap.store import StoreError, events
 from encimap.store import recipients as store_recipients
 from encimap.store.vaultboxes import Vaultbox
 
 # What a lost or failing database raises; the intake answers these with 451 4.3.0.
-DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DATABASE_ERRORS = db.DATABASE_ERRORS
+# Announces every change to vaultboxes or certificates (sql/encimap/008_recipient_notify.sql).
+RECIPIENTS_CHANNEL = "encimap_recipients"
 
 
 @dataclass(frozen=True)
@@ -100,16 +104,71 @@ class CertificateCache:
         return certificate
 
 
+class RecipientCache:
+    """Recent RCPT lookups, by the addresses looked up (misses too), reused for a while.
+
+    Kept only while its watch LISTENs on RECIPIENTS_CHANNEL: any committed change to a vaultbox
+    or a certificate empties it, and so does any moment the channel may have gone unheard (a
+    lost connection also means RCPT asks the database again, and answers 451 if it is gone).
+    A lookup that was under way while the cache was emptied is not kept, since it may have
+    read the old rows. Lookups of a vaultbox with a quota are never kept (its usage changes
+    with every delivery), and no entry is older than `max_age` seconds. Certificate dates are
+    still checked on every RCPT (CertificateCache). Start `watch` on a running loop.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, max_age: float, max_entries: int = 4096) -> None:
+        self._max_age = max_age
+        self._max_entries = max_entries
+        self._entries: dict[tuple[str, ...], tuple[float, store_recipients.Recipient | None]] = {}
+        self._generation = 0
+        self.watch = events.Watch(
+            pool, RECIPIENTS_CHANNEL, on_notify=lambda _payload: self.clear(), on_deaf=self.clear
+        )
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._generation += 1
+
+    async def lookup(
+        self,
+        addresses: Sequence[str],
+        find: Callable[[], Awaitable[store_recipients.Recipient | None]],
+    ) -> store_recipients.Recipient | None:
+        """What `find()` answers for `addresses`, or a recent answer to the same question."""
+        key = tuple(address.lower() for address in addresses)
+        now = time.monotonic()
+        listening = self.watch.listening.is_set()
+        kept = self._entries.get(key)
+        if listening and kept is not None and kept[0] > now:
+            RECIPIENT_LOOKUPS.labels("cache").inc()
+            return kept[1]
+        generation = self._generation
+        found = await find()
+        RECIPIENT_LOOKUPS.labels("database").inc()
+        if listening and generation == self._generation and not (found and found.counted):
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[key] = (now + self._max_age, found)
+        return found
+
+
 async def resolve(
-    pool: asyncpg.Pool, address: str, config: Config, cache: CertificateCache
+    pool: asyncpg.Pool,
+    address: str,
+    config: Config,
+    cache: CertificateCache,
+    recent: RecipientCache | None = None,
 ) -> Target | Reply:
     """The Target for `address`, or the reply refusing it."""
     settings = config.intake
-    try:
+    addresses = candidates(address, settings.recipient_delimiter)
+
+    async def find() -> store_recipients.Recipient | None:
         async with db.acquire(pool, config.database.connect_timeout) as conn:
-            found = await store_recipients.find_recipient(
-                conn, candidates(address, settings.recipient_delimiter)
-            )
+            return await store_recipients.find_recipient(conn, addresses)
+
+    try:
+        found = await (find() if recent is None else recent.lookup(addresses, find))
     except StoreError:
         return replies.UNKNOWN_RECIPIENT
     except DATABASE_ERRORS:

@@ -15,7 +15,7 @@ from encimap import logs
 from encimap.config import Config
 from encimap.delivery import replies, trace
 from encimap.delivery.deliverer import Deliverer, Job, report
-from encimap.delivery.recipients import CertificateCache, Target, resolve
+from encimap.delivery.recipients import CertificateCache, RecipientCache, Target, resolve
 from encimap.intake.server import IntakeEnvelope
 from encimap.service.listeners import Sessions
 
@@ -37,6 +37,8 @@ class IntakeHandler:
         self.deliveries = Sessions()
         self._deliverer = Deliverer(pool, config, self.deliveries)
         self._certificates = CertificateCache()
+        max_age = config.intake.recipient_cache_seconds
+        self.recipients = RecipientCache(pool, max_age) if max_age > 0 else None
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Any, proxy: Any) -> bool:
         return True  # the trusted proxy's data is in session.proxy_data
@@ -55,7 +57,9 @@ class IntakeHandler:
         if len(envelope.targets) >= self._config.intake.max_recipients:
             reply = replies.TOO_MANY_RECIPIENTS
         else:
-            found = await resolve(self._pool, address, self._config, self._certificates)
+            found = await resolve(
+                self._pool, address, self._config, self._certificates, self.recipients
+            )
             if isinstance(found, Target):
                 envelope.rcpt_tos.append(address)
                 envelope.rcpt_options.extend(options)

@@ -37,6 +37,8 @@ class Intake:
     async def close(self) -> None:
         for server in self._servers:
             server.close()
+        if self._handler.recipients is not None:
+            await self._handler.recipients.watch.close()  # before the pool closes
         self._connections.start_draining()
         if self.workers is not None:
             self.workers.stop()
@@ -83,6 +85,8 @@ async def start(runtime: Runtime) -> Intake:
     pool = await runtime.pool("encimap", db.ROLE_INTAKE, "intake")
     hostname = settings.hostname or socket.getfqdn()
     handler = IntakeHandler(pool, config, hostname=hostname)
+    if handler.recipients is not None:
+        handler.recipients.watch.start()
     connections = Connections()
     factory = protocol_factory(handler, config, connections, hostname)
     shared = settings.workers > 1

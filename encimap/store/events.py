@@ -11,6 +11,10 @@ Payloads (sent inside the changing transaction, so they arrive only after commit
 
 One `Listener` per process holds one connection and fans events out to subscribers by
 mailbox; if that connection drops, every subscriber gets a resync event.
+
+`Watch` is the LISTEN loop that caches built on notifications share (the auth engine's on
+`encimap_auth`, the intake's recipient lookups on `encimap_recipients`): it tells its owner
+each payload, and tells it to forget everything whenever it may have missed one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from encimap.db import DATABASE_ERRORS
 from encimap.logs import get_logger
 from encimap.store.types import Executor
 
@@ -174,3 +179,70 @@ class Listener:
     def _dispatch(self, event: Event) -> None:
         for subscriber in list(self._subscribers.get(event.mailbox_id, ())):
             subscriber(event)
+
+
+class Watch:
+    """Holds one LISTEN connection on `channel` for a cache, reconnecting when it drops.
+
+    `on_notify(payload)` runs for every notification. `on_deaf()` runs whenever the channel
+    was, or may have been, unheard: when LISTEN starts (a change may have been committed
+    before it), when the connection is lost and when the watch stops; a cache empties itself
+    there, so nothing it holds survives a missed notification. `listening` is set while
+    notifications are heard; a cache keeps nothing while it is clear.
+    """
+
+    RETRY_MAX = 30.0
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        channel: str,
+        *,
+        on_notify: Callable[[str], None],
+        on_deaf: Callable[[], None],
+    ) -> None:
+        self._pool = pool
+        self._channel = channel
+        self._on_notify = on_notify
+        self._on_deaf = on_deaf
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"listen-{self._channel}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.listening.clear()
+        self._on_deaf()
+
+    async def _run(self) -> None:
+        retry = 0.5
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    lost = asyncio.Event()
+                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                    await conn.add_listener(self._channel, self._heard)
+                    self._on_deaf()
+                    self.listening.set()
+                    retry = 0.5
+                    try:
+                        await lost.wait()
+                    finally:
+                        with contextlib.suppress(*DATABASE_ERRORS):
+                            await conn.remove_listener(self._channel, self._heard)
+            except DATABASE_ERRORS as exc:
+                log.warning("listen.failed", channel=self._channel, error=str(exc) or repr(exc))
+            self.listening.clear()
+            self._on_deaf()
+            log.warning("listen.lost", channel=self._channel, retry_in=retry)
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, self.RETRY_MAX)
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._on_notify(payload)

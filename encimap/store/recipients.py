@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from encimap.store.types import Executor
 from encimap.store.vaultboxes import Vaultbox, split_address, vaultbox_from_row
 
-_QUOTA_KEYS = ["max_messages", "max_bytes"]
+# `limits` keys that make RCPT count the vaultbox's stored messages and bytes.
+QUOTA_KEYS = ["max_messages", "max_bytes"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,12 @@ class Recipient:
     messages: int  # stored messages and bytes; 0 when the vaultbox has no quota to check
     bytes: int
     certificates: tuple[str, ...]  # PEM of the active public certificates, newest first
+
+    @property
+    def counted(self) -> bool:
+        """Whether usage was counted (the vaultbox has a quota): it changes with every
+        delivery, so such a lookup is never reused."""
+        return any(key in self.vaultbox.limits for key in QUOTA_KEYS)
 
 
 async def find_recipient(db: Executor, addresses: Sequence[str]) -> Recipient | None:
@@ -44,7 +51,7 @@ async def find_recipient(db: Executor, addresses: Sequence[str]) -> Recipient | 
             LIMIT 1""",
         [alias for alias, _ in parts],
         [domain for _, domain in parts],
-        _QUOTA_KEYS,
+        QUOTA_KEYS,
     )
     if row is None:
         return None
