@@ -65,7 +65,7 @@ class Inserted:
     uidvalidity: int
 
 
-# The IMAP columns in the order the SQL functions of 006_deliver.sql take them.
+# The IMAP columns in the order the SQL functions (sql/encimap/007_cheaper_deliver.sql) take them.
 INFO_COLUMNS = (
     "envelope",
     "bodystructure",
@@ -134,7 +134,7 @@ async def insert_message(
         list(certificate_fingerprints),
         *(columns[name] for name in INFO_COLUMNS),
     )
-    if row is None:
+    if row["email_id"] is None:
         raise NotFound(f"vaultbox {vaultbox_id} has no mailbox {mailbox_id or mailbox_name}")
     return Inserted(row["email_id"], row["mailbox_id"], row["uid"], row["uidvalidity"])
 
@@ -378,7 +378,7 @@ async def deliver(
 
     A duplicate is the same Message-ID and body hash delivered to the same vaultbox within the
     window: an MTA retrying after a lost reply. It is answered as delivered and stored once.
-    One statement (`encimap_deliver`, sql/encimap/006_deliver.sql), so one round trip: on a
+    One statement (`encimap_deliver`, sql/encimap/007_cheaper_deliver.sql), so one round trip: on a
     pool or connection outside a transaction it commits on its own before returning; inside
     the caller's transaction (SMTP mode) it commits with it.
     """
