@@ -85,14 +85,15 @@ def _cleaned_human_string(value: str) -> str:
 class Headers:
     """The header fields of one part, in order, with values unfolded (CR/LF removed)."""
 
-    fields: list[tuple[str, str]] = field(default_factory=list)
+    fields: list[tuple[str, str]]
+    # lower-case name -> value of its first field: describe() looks up ~24 names per message
+    _first: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._first = dict(reversed(self.fields))
 
     def first(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.fields:
-            if key == name:
-                return value
-        return None
+        return self._first.get(name.lower())
 
 
 def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
@@ -109,15 +110,15 @@ def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
 
 def parse_headers(data: bytes, start: int, end: int) -> Headers:
     block = data[start:end]
-    headers = Headers()
+    fields: list[tuple[str, str]] = []
     matches = list(_FIELD.finditer(block))
     for index, match in enumerate(matches):
         value_end = matches[index + 1].start() if index + 1 < len(matches) else len(block)
         raw = block[match.end() : value_end]
         value = raw.replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
         text = value.decode("utf-8", "replace").rstrip("\r\n")
-        headers.fields.append((match[1].decode("latin-1").lower(), text))
-    return headers
+        fields.append((match[1].decode("latin-1").lower(), text))
+    return Headers(fields)
 
 
 # --- RFC 822 tokens ---------------------------------------------------------------------------
