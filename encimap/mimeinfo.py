@@ -20,7 +20,9 @@ from email.utils import parsedate_to_datetime
 
 MAX_DEPTH = 20  # nesting beyond this is served as an opaque part
 _QUOTED_MAX_ESCAPES = 4
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+# The empty line ending a header: searched from its LF, a literal the regex engine can skip
+# to (a leading optional CR would make it try every position); a CR before it is added back.
+_HEADER_END = re.compile(rb"\n\r?\n")
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
 
 
@@ -105,19 +107,19 @@ def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
     match = _HEADER_END.search(data, start, end)
     if match is None:
         return end, end
-    return match.start(), match.end()
+    header_end = match.start()
+    if header_end > start and data[header_end - 1] == 13:  # CR
+        header_end -= 1
+    return header_end, match.end()
 
 
 def parse_headers(data: bytes, start: int, end: int) -> Headers:
-    block = data[start:end]
+    # [text before the first field, name, value, name, value, ...]
+    pieces = _FIELD.split(data[start:end])
     fields: list[tuple[str, str]] = []
-    matches = list(_FIELD.finditer(block))
-    for index, match in enumerate(matches):
-        value_end = matches[index + 1].start() if index + 1 < len(matches) else len(block)
-        raw = block[match.end() : value_end]
-        value = raw.replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
-        text = value.decode("utf-8", "replace").rstrip("\r\n")
-        fields.append((match[1].decode("latin-1").lower(), text))
+    for index in range(1, len(pieces), 2):
+        value = pieces[index + 1].replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
+        fields.append((pieces[index].decode("latin-1").lower(), value.decode("utf-8", "replace")))
     return Headers(fields)
 
 

@@ -7,6 +7,8 @@ characters that matter (quotes, backslashes, CR/LF, tabs, NUL, 8-bit, specials).
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +17,8 @@ from encimap import mimeinfo
 TRICKY = [*'aZ09 -_.@<>,;:()[]"\\\t\r\n\x00\x7f\x80\xa0é\u2028', "=?utf-8?q?x?=", "  "]
 tricky_text = st.lists(st.sampled_from(TRICKY), max_size=25).map("".join)
 any_text = st.one_of(tricky_text, st.text(max_size=25))
+HEADER_PIECES = [b"\r", b"\n", b"\r\n", b"\t", b" ", b":", b"a", b"From", b"To", b"\xc3", b"\xa9"]
+header_bytes = st.lists(st.sampled_from(HEADER_PIECES), max_size=30).map(b"".join)
 
 
 @settings(max_examples=500)
@@ -36,3 +40,47 @@ def test_plain_values_take_the_fast_paths():
     assert not mimeinfo._HUMAN_AS_IS("two  spaces")
     assert mimeinfo.nstring("smime.p7m") == '"smime.p7m"'
     assert mimeinfo.human_string("Sender Person") == '"Sender Person"'
+
+
+def _split_by_spec(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """The header ends at the first empty line (CRLF or LF endings, mixed)."""
+    if data.startswith((b"\r\n", b"\n"), start):
+        body_start = start + (2 if data.startswith(b"\r\n", start) else 1)
+        if body_start <= end:
+            return start, body_start
+    match = re.compile(rb"\r?\n\r?\n").search(data, start, end)
+    return (end, end) if match is None else match.span()
+
+
+@settings(max_examples=1000)
+@given(header_bytes, st.integers(0, 4), st.integers(0, 40))
+def test_split_header_finds_the_first_empty_line(data, start, length):
+    start = min(start, len(data))
+    end = min(len(data), start + length)
+    assert mimeinfo.split_header(data, start, end) == _split_by_spec(data, start, end)
+
+
+def _fields_by_spec(block: bytes) -> list[tuple[str, str]]:
+    """A field runs from its `name:` at a line start to the next one; CR/LF removed."""
+    matches = list(re.finditer(rb"(?m)^([^:\s]+)[ \t]*:", block))
+    ends = [match.start() for match in matches[1:]]
+    ends.append(len(block))
+    return [
+        (
+            match[1].decode("latin-1").lower(),
+            re.sub(rb"[\r\n]", b"", block[match.end() : end])
+            .lstrip(b" \t")
+            .decode("utf-8", "replace"),
+        )
+        for match, end in zip(matches, ends[: len(matches)], strict=True)
+    ]
+
+
+@settings(max_examples=1000)
+@given(header_bytes)
+def test_parse_headers_and_first(block):
+    headers = mimeinfo.parse_headers(b"xx" + block + b"yy", 2, 2 + len(block))
+    assert headers.fields == _fields_by_spec(block)
+    for name in ("from", "From", "to", "a", "missing"):
+        expected = next((v for k, v in headers.fields if k == name.lower()), None)
+        assert headers.first(name) == expected
