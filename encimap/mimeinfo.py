@@ -224,8 +224,40 @@ class _Tokens:
 Address = tuple[str | None, str | None, str | None, str | None]  # name, route, mailbox, host
 
 
+# Fast path: a list of plain `local@domain` / `Name Words <local@domain>` (ASCII atoms only: no
+# quotes, comments, groups, routes, dots in names or 8-bit) is read by one regex per address.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+_SIMPLE_MAILBOX = re.compile(
+    rf"[ \t]*(?:({_ATOM}(?:[ \t]+{_ATOM})*)?[ \t]*<({_DOT_ATOM})@({_DOT_ATOM})>"
+    rf"|({_DOT_ATOM})@({_DOT_ATOM}))[ \t]*(?:,|\Z)"
+)
+
+
 def parse_addresses(value: str) -> list[Address]:
     """An address list as ENVELOPE address tuples (groups as start/end markers)."""
+    simple = _simple_addresses(value)
+    return _parse_address_list(value) if simple is None else simple
+
+
+def _simple_addresses(value: str) -> list[Address] | None:
+    """What _parse_address_list gives for a list of plain addresses; None for anything else."""
+    addresses: list[Address] = []
+    position = 0
+    while position < len(value) or not addresses:
+        match = _SIMPLE_MAILBOX.match(value, position)
+        if match is None:
+            return None
+        name, angle_mailbox, angle_host, mailbox, host = match.groups()
+        if mailbox is None:
+            addresses.append((name and " ".join(name.split()), None, angle_mailbox, angle_host))
+        else:
+            addresses.append((None, None, mailbox, host))
+        position = match.end()
+    return addresses
+
+
+def _parse_address_list(value: str) -> list[Address]:
     tokens = _Tokens(value)
     addresses: list[Address] = []
     tokens.skip_cfws()

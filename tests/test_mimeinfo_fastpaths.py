@@ -84,3 +84,56 @@ def test_parse_headers_and_first(block):
     for name in ("from", "From", "to", "a", "missing"):
         expected = next((v for k, v in headers.fields if k == name.lower()), None)
         assert headers.first(name) == expected
+
+
+atoms = st.sampled_from(["a", "Bob", "x-y", "o'k", "=?utf-8?q?x?=", "a+b", "Z9", "{}|~"])
+dot_atoms = st.lists(atoms, min_size=1, max_size=3).map(".".join)
+addr_specs = st.builds(lambda local, domain: f"{local}@{domain}", dot_atoms, dot_atoms)
+blanks = st.sampled_from(["", " ", "\t", "  "])
+names = st.lists(atoms, min_size=1, max_size=3).flatmap(
+    lambda words: st.builds(lambda gap: gap.join(words), st.sampled_from([" ", "  ", "\t", " \t"]))
+)
+angle_addrs = st.builds(
+    lambda name, gap, spec: f"{name}{gap}<{spec}>",
+    st.one_of(st.just(""), names),
+    blanks,
+    addr_specs,
+)
+plain_mailboxes = st.builds(
+    lambda a, box, b: a + box + b, blanks, st.one_of(addr_specs, angle_addrs), blanks
+)
+plain_lists = st.builds(
+    lambda boxes, trailing: ",".join(boxes) + trailing,
+    st.lists(plain_mailboxes, min_size=1, max_size=4),
+    st.sampled_from(["", ","]),
+)
+# What the fast path must leave alone: inserted anywhere in a plain list
+ODD_PIECES = ['"', "(c)", "\\", ":", ";", "[1.2.3.4]", "@", "<", ">", "é", "\x00", "\r\n"]
+# ... and pieces that may leave it plain: the edges of what the fast path accepts
+EDGE_PIECES = [" ", "\t", ",", ",,", ".", "a", "a@b", "<a@b>"]
+
+
+@st.composite
+def damaged_lists(draw):
+    text = draw(plain_lists)
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from(ODD_PIECES + EDGE_PIECES)) + text[at:]
+    return text
+
+
+@settings(max_examples=500)
+@given(plain_lists)
+def test_plain_address_lists_take_the_fast_path(value):
+    simple = mimeinfo._simple_addresses(value)
+    assert simple is not None
+    assert simple == mimeinfo._parse_address_list(value)
+
+
+@settings(max_examples=1500)
+@given(st.one_of(damaged_lists(), tricky_text))
+def test_address_fast_path_equals_the_tokenizer_or_declines(value):
+    simple = mimeinfo._simple_addresses(value)
+    if simple is not None:
+        assert simple == mimeinfo._parse_address_list(value)
+    assert mimeinfo.parse_addresses(value) == mimeinfo._parse_address_list(value)
