@@ -420,14 +420,18 @@ def envelope(headers: Headers) -> str:
         value = headers.first(name)
         return "NIL" if value is None else nstring(value)
 
+    def defaulting_to_from(name: str) -> str:
+        found = addresses(name)
+        return address_list(found) if found else from_text
+
     subject = headers.first("subject")
-    sender_from = addresses("from")
+    from_text = address_list(addresses("from"))
     fields = [
         plain("date"),
         "NIL" if subject is None else human_string(subject),
-        address_list(sender_from),
-        address_list(addresses("sender") or sender_from),
-        address_list(addresses("reply-to") or sender_from),
+        from_text,
+        defaulting_to_from("sender"),
+        defaulting_to_from("reply-to"),
         address_list(addresses("to")),
         address_list(addresses("cc")),
         address_list(addresses("bcc")),
