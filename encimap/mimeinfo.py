@@ -655,8 +655,8 @@ def _structure(
             str(end - body_start),
         )
     )
-    lines = data.count(b"\n", body_start, end)
     if is_text:
+        lines = data.count(b"\n", body_start, end)  # counted only where it is sent: scans the body
         basic = f"({fields} {lines})"
         return f"({fields} {lines} {ext_tail})", basic
     if main.lower() == "message" and sub.lower() == "rfc822" and depth < MAX_DEPTH:
@@ -664,6 +664,7 @@ def _structure(
             data, body_start, end, section, parts, depth + 1
         )
         env = envelope(inner)
+        lines = data.count(b"\n", body_start, end)
         return (
             f"({fields} {env} {inner_ext} {lines} {ext_tail})",
             f"({fields} {env} {inner_basic} {lines})",
