@@ -8,6 +8,8 @@ characters that matter (quotes, backslashes, CR/LF, tabs, NUL, 8-bit, specials).
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -137,3 +139,58 @@ def test_address_fast_path_equals_the_tokenizer_or_declines(value):
     if simple is not None:
         assert simple == mimeinfo._parse_address_list(value)
     assert mimeinfo.parse_addresses(value) == mimeinfo._parse_address_list(value)
+
+
+def _date_by_stdlib(value: str) -> tuple[datetime, timedelta | None] | None:
+    try:
+        found = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return found, found.utcoffset()
+
+
+two_digits = st.integers(0, 61).map("{:02d}".format)
+plain_dates = st.builds(
+    "{}{} {} {} {}:{}:{} {}".format,
+    st.sampled_from(["", "Mon, ", "Sun, "]),
+    st.integers(0, 32).map(str) | two_digits,
+    st.sampled_from(["Jan", "Feb", "Jun", "Dec"]),
+    st.integers(1000, 9999).map(str),
+    two_digits,
+    two_digits,
+    two_digits,
+    st.integers(-2500, 2500).map("{:+05d}".format) | st.just("-0000"),
+)
+# forms the fast path leaves to the stdlib
+other_dates = st.builds(
+    "{}{} {} {} {}:{}:{} {}".format,
+    st.sampled_from(["", "Mon, ", "mon, ", "Mon,", "Xyz, "]),
+    st.integers(0, 99).map(str),
+    st.sampled_from(["Jun", "jun", "JUN", "Foo"]),
+    st.sampled_from(["0099", "99", "2024", "12024"]),
+    st.integers(0, 99).map(str),
+    st.integers(0, 99).map(str),
+    st.integers(0, 99).map(str),
+    st.sampled_from(["+0000", "-0000", "+0130", "GMT", "EST", "", "+1", "-00000"]),
+)
+
+
+@settings(max_examples=1000)
+@given(plain_dates)
+def test_plain_dates_take_the_fast_path_with_the_stdlib_result(value):
+    assert mimeinfo._PLAIN_DATE(value)
+    found = mimeinfo._date(value)
+    assert (found and (found, found.utcoffset())) == _date_by_stdlib(value)
+
+
+@settings(max_examples=1000)
+@given(other_dates | tricky_text)
+def test_other_dates_get_the_stdlib_result(value):
+    found = mimeinfo._date(value)
+    assert (found and (found, found.utcoffset())) == _date_by_stdlib(value)
+
+
+def test_common_dates_take_the_fast_path():
+    assert mimeinfo._PLAIN_DATE("Mon, 3 Jun 2024 10:00:00 +0000")
+    assert mimeinfo._PLAIN_DATE("3 Jun 2024 10:00:00 -0130")
+    assert mimeinfo._date("Mon, 3 Jun 2024 10:00:00 -0000").tzinfo is None
