@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 MAX_DEPTH = 20  # nesting beyond this is served as an opaque part
 _QUOTED_MAX_ESCAPES = 4
@@ -450,22 +452,24 @@ _MIME_SPECIALS = '()<>@,;:\\"/[]?='
 # the intake stores are the same few strings for every message.
 _CACHED_CONTENT_VALUE_LENGTH = 200
 
+Params = tuple[tuple[str, str], ...]
+_T = TypeVar("_T")
 
-def parse_content_value(value: str) -> tuple[str, list[tuple[str, str]]]:
+
+def _cached_when_short(function: Callable[[str], _T]) -> Callable[[str], _T]:
+    """`function` (pure) remembered for values up to _CACHED_CONTENT_VALUE_LENGTH."""
+    cached = functools.lru_cache(maxsize=256)(function)
+
+    @functools.wraps(function)
+    def lookup(value: str) -> _T:
+        return cached(value) if len(value) <= _CACHED_CONTENT_VALUE_LENGTH else function(value)
+
+    return lookup
+
+
+@_cached_when_short
+def parse_content_value(value: str) -> tuple[str, Params]:
     """`token; key=value; ...` into the token and its parameters (RFC 2231 joined)."""
-    if len(value) > _CACHED_CONTENT_VALUE_LENGTH:
-        return _parse_content_value(value)
-    token, params = _cached_content_value(value)
-    return token, list(params)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_content_value(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    token, params = _parse_content_value(value)
-    return token, tuple(params)
-
-
-def _parse_content_value(value: str) -> tuple[str, list[tuple[str, str]]]:
     tokens = _Tokens(value, _MIME_SPECIALS)
     tokens.skip_cfws()
     token = tokens.atom()
@@ -492,7 +496,7 @@ def _parse_content_value(value: str) -> tuple[str, list[tuple[str, str]]]:
         else:
             param_value = tokens.atom()
         params.append((key.lower(), param_value))
-    return token, _join_rfc2231(params)
+    return token, tuple(_join_rfc2231(params))
 
 
 def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -512,7 +516,7 @@ def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return plain
 
 
-def _params(params: list[tuple[str, str]]) -> str:
+def _params(params: Params) -> str:
     if not params:
         return "NIL"
     return "(" + " ".join(f"{nstring(k)} {nstring(v)}" for k, v in params) + ")"
@@ -526,12 +530,20 @@ def _languages(value: str | None) -> str:
 
 
 def _disposition(value: str | None) -> str:
-    if value is None:
-        return "NIL"
+    return "NIL" if value is None else _rendered_disposition(value)
+
+
+@_cached_when_short
+def _rendered_disposition(value: str) -> str:
     token, params = parse_content_value(value)
     if not token:
         return "NIL"
     return f"({nstring(token)} {_params(params)})"
+
+
+@_cached_when_short
+def _rendered_content_params(value: str) -> str:
+    return _params(parse_content_value(value)[1])
 
 
 def _raw(headers: Headers, name: str) -> str:
@@ -653,17 +665,17 @@ def _structure(
     content_type = headers.first("content-type")
     if content_type is not None:
         mime_type, params = parse_content_value(content_type)
+        params_text = _rendered_content_params(content_type)
     else:
-        mime_type, params = "", []
+        mime_type, params, params_text = "", (), "NIL"
     main, _, sub = mime_type.partition("/")
     if not main or not sub:
         main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
         if content_type is not None and mime_type and "/" not in mime_type:
             main, sub = mime_type, ""
-    params_text = _params(params)
     is_text = main.lower() == "text"
     if is_text and not any(k == "charset" for k, _ in params):
-        params = [*params, ("charset", "us-ascii")]
+        params = (*params, ("charset", "us-ascii"))
         params_text = _params(params)
     boundary = dict(params).get("boundary")
     if main.lower() == "multipart" and boundary and depth < MAX_DEPTH:
@@ -715,7 +727,7 @@ def _multipart(
     parts: list[Part],
     depth: int,
     subtype: str,
-    params: list[tuple[str, str]],
+    params: Params,
 ) -> tuple[str, str]:
     boundary = dict(params)["boundary"].encode("utf-8", "replace")
     spans = split_multipart(data, body_start, end, boundary)
