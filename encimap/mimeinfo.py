@@ -25,7 +25,8 @@ _QUOTED_MAX_ESCAPES = 4
 # The empty line ending a header: searched from its LF, a literal the regex engine can skip
 # to (a leading optional CR would make it try every position); a CR before it is added back.
 _HEADER_END = re.compile(rb"\n\r?\n")
-_FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
+# A field name at a line start, found from the LF before it (a literal, as for _HEADER_END).
+_FIELD = re.compile(rb"\n([^:\s]+)[ \t]*:")
 
 
 # --- IMAP string output -----------------------------------------------------------------------
@@ -116,8 +117,9 @@ def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
 
 
 def parse_headers(data: bytes, start: int, end: int) -> Headers:
-    # [text before the first field, name, value, name, value, ...]
-    pieces = _FIELD.split(data[start:end])
+    # [text before the first field, name, value, name, value, ...]; the LF put in front makes
+    # the first line start like the others.
+    pieces = _FIELD.split(b"\n" + data[start:end])
     fields: list[tuple[str, str]] = []
     for index in range(1, len(pieces), 2):
         value = pieces[index + 1].replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
