@@ -14,23 +14,42 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 MAX_DEPTH = 20  # nesting beyond this is served as an opaque part
 _QUOTED_MAX_ESCAPES = 4
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
+# The empty line ending a header: searched from its LF, a literal the regex engine can skip
+# to (a leading optional CR would make it try every position); a CR before it is added back.
+_HEADER_END = re.compile(rb"\n\r?\n")
+# A field name at a line start, found from the LF before it (a literal, as for _HEADER_END).
+_FIELD = re.compile(rb"\n([^:\s]+)[ \t]*:")
 
 
 # --- IMAP string output -----------------------------------------------------------------------
+
+
+# Fast paths: values made only of these characters come out as they are, in quotes; a regex
+# match is one C scan where the general code below loops over every character in Python.
+_QUOTABLE_AS_IS = re.compile(r'[^"\\\r\n\x80-\U0010ffff]*').fullmatch
+_HUMAN_AS_IS = re.compile(
+    r'(?:[^ \t\r\n"\\\x00\x80-\U0010ffff]+(?: [^ \t\r\n"\\\x00\x80-\U0010ffff]+)*)?'
+).fullmatch
 
 
 def nstring(value: str | None) -> str:
     """An IMAP string: quoted when it can be, a literal for 8-bit, CR/LF or many escapes."""
     if value is None:
         return "NIL"
+    if _QUOTABLE_AS_IS(value):
+        return f'"{value}"'
+    return _quoted_or_literal(value)
+
+
+def _quoted_or_literal(value: str) -> str:
     escapes = 0
     for char in value:
         if char in '"\\':
@@ -49,6 +68,12 @@ def literal(value: str) -> str:
 def human_string(value: str) -> str:
     """A display string (Subject, address names): CR/LF dropped, whitespace runs collapsed,
     trimmed; quoted as it is when nothing needed changing, a literal otherwise."""
+    if _HUMAN_AS_IS(value):
+        return f'"{value}"'
+    return _cleaned_human_string(value)
+
+
+def _cleaned_human_string(value: str) -> str:
     cleaned = re.sub(r"[ \t]+", " ", value.replace("\r", "").replace("\n", "")).strip(" ")
     cleaned = cleaned.replace("\0", "\x80")
     if cleaned == value and not any(c in '"\\' or ord(c) >= 0x80 for c in value):
@@ -65,14 +90,15 @@ def human_string(value: str) -> str:
 class Headers:
     """The header fields of one part, in order, with values unfolded (CR/LF removed)."""
 
-    fields: list[tuple[str, str]] = field(default_factory=list)
+    fields: list[tuple[str, str]]
+    # lower-case name -> value of its first field: describe() looks up ~24 names per message
+    _first: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._first = dict(reversed(self.fields))
 
     def first(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.fields:
-            if key == name:
-                return value
-        return None
+        return self._first.get(name.lower())
 
 
 def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
@@ -84,20 +110,21 @@ def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
     match = _HEADER_END.search(data, start, end)
     if match is None:
         return end, end
-    return match.start(), match.end()
+    header_end = match.start()
+    if header_end > start and data[header_end - 1] == 13:  # CR
+        header_end -= 1
+    return header_end, match.end()
 
 
 def parse_headers(data: bytes, start: int, end: int) -> Headers:
-    block = data[start:end]
-    headers = Headers()
-    matches = list(_FIELD.finditer(block))
-    for index, match in enumerate(matches):
-        value_end = matches[index + 1].start() if index + 1 < len(matches) else len(block)
-        raw = block[match.end() : value_end]
-        value = raw.replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
-        text = value.decode("utf-8", "replace").rstrip("\r\n")
-        headers.fields.append((match[1].decode("latin-1").lower(), text))
-    return headers
+    # [text before the first field, name, value, name, value, ...]; the LF put in front makes
+    # the first line start like the others.
+    pieces = _FIELD.split(b"\n" + data[start:end])
+    fields: list[tuple[str, str]] = []
+    for index in range(1, len(pieces), 2):
+        value = pieces[index + 1].replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
+        fields.append((pieces[index].decode("latin-1").lower(), value.decode("utf-8", "replace")))
+    return Headers(fields)
 
 
 # --- RFC 822 tokens ---------------------------------------------------------------------------
@@ -201,8 +228,40 @@ class _Tokens:
 Address = tuple[str | None, str | None, str | None, str | None]  # name, route, mailbox, host
 
 
+# Fast path: a list of plain `local@domain` / `Name Words <local@domain>` (ASCII atoms only: no
+# quotes, comments, groups, routes, dots in names or 8-bit) is read by one regex per address.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+_SIMPLE_MAILBOX = re.compile(
+    rf"[ \t]*(?:({_ATOM}(?:[ \t]+{_ATOM})*)?[ \t]*<({_DOT_ATOM})@({_DOT_ATOM})>"
+    rf"|({_DOT_ATOM})@({_DOT_ATOM}))[ \t]*(?:,|\Z)"
+)
+
+
 def parse_addresses(value: str) -> list[Address]:
     """An address list as ENVELOPE address tuples (groups as start/end markers)."""
+    simple = _simple_addresses(value)
+    return _parse_address_list(value) if simple is None else simple
+
+
+def _simple_addresses(value: str) -> list[Address] | None:
+    """What _parse_address_list gives for a list of plain addresses; None for anything else."""
+    addresses: list[Address] = []
+    position = 0
+    while position < len(value) or not addresses:
+        match = _SIMPLE_MAILBOX.match(value, position)
+        if match is None:
+            return None
+        name, angle_mailbox, angle_host, mailbox, host = match.groups()
+        if mailbox is None:
+            addresses.append((name and " ".join(name.split()), None, angle_mailbox, angle_host))
+        else:
+            addresses.append((None, None, mailbox, host))
+        position = match.end()
+    return addresses
+
+
+def _parse_address_list(value: str) -> list[Address]:
     tokens = _Tokens(value)
     addresses: list[Address] = []
     tokens.skip_cfws()
@@ -365,14 +424,18 @@ def envelope(headers: Headers) -> str:
         value = headers.first(name)
         return "NIL" if value is None else nstring(value)
 
+    def defaulting_to_from(name: str) -> str:
+        found = addresses(name)
+        return address_list(found) if found else from_text
+
     subject = headers.first("subject")
-    sender_from = addresses("from")
+    from_text = address_list(addresses("from"))
     fields = [
         plain("date"),
         "NIL" if subject is None else human_string(subject),
-        address_list(sender_from),
-        address_list(addresses("sender") or sender_from),
-        address_list(addresses("reply-to") or sender_from),
+        from_text,
+        defaulting_to_from("sender"),
+        defaulting_to_from("reply-to"),
         address_list(addresses("to")),
         address_list(addresses("cc")),
         address_list(addresses("bcc")),
@@ -391,22 +454,24 @@ _MIME_SPECIALS = '()<>@,;:\\"/[]?='
 # the intake stores are the same few strings for every message.
 _CACHED_CONTENT_VALUE_LENGTH = 200
 
+Params = tuple[tuple[str, str], ...]
+_T = TypeVar("_T")
 
-def parse_content_value(value: str) -> tuple[str, list[tuple[str, str]]]:
+
+def _cached_when_short(function: Callable[[str], _T]) -> Callable[[str], _T]:
+    """`function` (pure) remembered for values up to _CACHED_CONTENT_VALUE_LENGTH."""
+    cached = functools.lru_cache(maxsize=256)(function)
+
+    @functools.wraps(function)
+    def lookup(value: str) -> _T:
+        return cached(value) if len(value) <= _CACHED_CONTENT_VALUE_LENGTH else function(value)
+
+    return lookup
+
+
+@_cached_when_short
+def parse_content_value(value: str) -> tuple[str, Params]:
     """`token; key=value; ...` into the token and its parameters (RFC 2231 joined)."""
-    if len(value) > _CACHED_CONTENT_VALUE_LENGTH:
-        return _parse_content_value(value)
-    token, params = _cached_content_value(value)
-    return token, list(params)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_content_value(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    token, params = _parse_content_value(value)
-    return token, tuple(params)
-
-
-def _parse_content_value(value: str) -> tuple[str, list[tuple[str, str]]]:
     tokens = _Tokens(value, _MIME_SPECIALS)
     tokens.skip_cfws()
     token = tokens.atom()
@@ -433,7 +498,7 @@ def _parse_content_value(value: str) -> tuple[str, list[tuple[str, str]]]:
         else:
             param_value = tokens.atom()
         params.append((key.lower(), param_value))
-    return token, _join_rfc2231(params)
+    return token, tuple(_join_rfc2231(params))
 
 
 def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -453,7 +518,7 @@ def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return plain
 
 
-def _params(params: list[tuple[str, str]]) -> str:
+def _params(params: Params) -> str:
     if not params:
         return "NIL"
     return "(" + " ".join(f"{nstring(k)} {nstring(v)}" for k, v in params) + ")"
@@ -467,12 +532,20 @@ def _languages(value: str | None) -> str:
 
 
 def _disposition(value: str | None) -> str:
-    if value is None:
-        return "NIL"
+    return "NIL" if value is None else _rendered_disposition(value)
+
+
+@_cached_when_short
+def _rendered_disposition(value: str) -> str:
     token, params = parse_content_value(value)
     if not token:
         return "NIL"
     return f"({nstring(token)} {_params(params)})"
+
+
+@_cached_when_short
+def _rendered_content_params(value: str) -> str:
+    return _params(parse_content_value(value)[1])
 
 
 def _raw(headers: Headers, name: str) -> str:
@@ -537,13 +610,47 @@ def _message(
     return headers, body_start, extended, basic
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Fast path: the RFC 5322 form almost every Date field has, read without the stdlib's
+# general tokenizing; anything else goes to parsedate_to_datetime.
+_PLAIN_DATE = re.compile(
+    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?([0-9]{1,2}) "
+    rf"({'|'.join(_MONTHS)}) ([1-9][0-9]{{3}}) "
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4})"
+).fullmatch
+
+
 def _date(value: str | None) -> datetime | None:
     if not value:
         return None
+    plain = _PLAIN_DATE(value)
     try:
-        return parsedate_to_datetime(value)
+        return parsedate_to_datetime(value) if plain is None else _plain_date(plain)
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def _plain_date(match: re.Match[str]) -> datetime:
+    """What parsedate_to_datetime gives for a _PLAIN_DATE match."""
+    day, month, year, hour, minute, second, zone = match.groups()
+    return datetime(
+        int(year),
+        _MONTHS.index(month) + 1,
+        int(day),
+        int(hour),
+        int(minute),
+        int(second),
+        tzinfo=_zone(zone),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(numeric: str) -> timezone | None:
+    """`+hhmm` / `-hhmm` as a fixed zone; -0000 says the zone is unknown (RFC 5322 3.3)."""
+    if numeric == "-0000":
+        return None
+    seconds = int(numeric[1:3]) * 3600 + int(numeric[3:5]) * 60
+    return timezone(timedelta(seconds=-seconds if numeric[0] == "-" else seconds))
 
 
 def _structure(
@@ -560,17 +667,17 @@ def _structure(
     content_type = headers.first("content-type")
     if content_type is not None:
         mime_type, params = parse_content_value(content_type)
+        params_text = _rendered_content_params(content_type)
     else:
-        mime_type, params = "", []
+        mime_type, params, params_text = "", (), "NIL"
     main, _, sub = mime_type.partition("/")
     if not main or not sub:
         main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
         if content_type is not None and mime_type and "/" not in mime_type:
             main, sub = mime_type, ""
-    params_text = _params(params)
     is_text = main.lower() == "text"
     if is_text and not any(k == "charset" for k, _ in params):
-        params = [*params, ("charset", "us-ascii")]
+        params = (*params, ("charset", "us-ascii"))
         params_text = _params(params)
     boundary = dict(params).get("boundary")
     if main.lower() == "multipart" and boundary and depth < MAX_DEPTH:
@@ -596,8 +703,8 @@ def _structure(
             str(end - body_start),
         )
     )
-    lines = data.count(b"\n", body_start, end)
     if is_text:
+        lines = data.count(b"\n", body_start, end)  # counted only where it is sent: scans the body
         basic = f"({fields} {lines})"
         return f"({fields} {lines} {ext_tail})", basic
     if main.lower() == "message" and sub.lower() == "rfc822" and depth < MAX_DEPTH:
@@ -605,6 +712,7 @@ def _structure(
             data, body_start, end, section, parts, depth + 1
         )
         env = envelope(inner)
+        lines = data.count(b"\n", body_start, end)
         return (
             f"({fields} {env} {inner_ext} {lines} {ext_tail})",
             f"({fields} {env} {inner_basic} {lines})",
@@ -621,7 +729,7 @@ def _multipart(
     parts: list[Part],
     depth: int,
     subtype: str,
-    params: list[tuple[str, str]],
+    params: Params,
 ) -> tuple[str, str]:
     boundary = dict(params)["boundary"].encode("utf-8", "replace")
     spans = split_multipart(data, body_start, end, boundary)
