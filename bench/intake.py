@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import smtplib
 import socket
@@ -60,6 +61,7 @@ class Result:
     messages: int
     postgres_cpu_ms: float = 0.0
     per_process_ms: tuple[float, ...] = ()  # each server process's CPU, same order as pids
+    client_cpu_ms: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -72,6 +74,16 @@ class Result:
     @property
     def postgres_cpu_per_message(self) -> float:
         return self.postgres_cpu_ms / self.messages
+
+    @property
+    def client_cpu_per_message(self) -> float:
+        return self.client_cpu_ms / self.messages
+
+    @property
+    def busy(self) -> float:
+        """Share of the machine's cores that client, server and PostgreSQL kept busy."""
+        total = self.cpu_ms + self.postgres_cpu_ms + self.client_cpu_ms
+        return total / (self.seconds * 1000 * (os.cpu_count() or 1))
 
 
 def process_tree(pid: int) -> list[int]:
@@ -122,14 +134,19 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> No
     raise RuntimeError("server did not listen")
 
 
-def load(port: int, args: argparse.Namespace) -> float:
+def load(port: int, args: argparse.Namespace) -> tuple[float, float]:
+    """(seconds, the client's CPU milliseconds) for one smtp-source run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(
         ["smtp-source", "-L", "-d", "-s", str(args.sessions), "-m", str(args.messages),
          "-l", str(args.size), "-f", "sender@bench.test", "-t", ADDRESS, f"127.0.0.1:{port}"],
         check=True, timeout=600,
     )  # fmt: skip
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu * 1000
 
 
 def measure(
@@ -147,9 +164,11 @@ def measure(
         pids = process_tree(proc.pid)
         before = [process_cpu_ms(pid) for pid in pids]
         postgres.start()
-        seconds = load(port, args)
+        seconds, client_ms = load(port, args)
         used = [process_cpu_ms(pid) - ms for pid, ms in zip(pids, before, strict=True)]
-        return Result(name, seconds, sum(used), args.messages, postgres.used(), tuple(used))
+        return Result(
+            name, seconds, sum(used), args.messages, postgres.used(), tuple(used), client_ms
+        )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -272,7 +291,9 @@ def main() -> int:
     for result in results:
         print(f"  {result.name:28} {result.rate:8.1f} msg/s  "
               f"{result.cpu_per_message:6.2f} CPU ms/msg  "
-              f"(+ PostgreSQL {result.postgres_cpu_per_message:5.2f})")  # fmt: skip
+              f"(+ PostgreSQL {result.postgres_cpu_per_message:5.2f}, "
+              f"client {result.client_cpu_per_message:4.2f}; "
+              f"cores busy {result.busy:4.0%})")  # fmt: skip
         if len(result.per_process_ms) > 1:
             shares = ", ".join(f"{ms / result.cpu_ms:.0%}" for ms in result.per_process_ms)
             print(f"  {'':28} CPU share per process: {shares}")

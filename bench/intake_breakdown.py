@@ -71,7 +71,7 @@ async def measure(cluster: LocalCluster, config_path: Path, args: argparse.Names
         postgres.start()
         spent.clear()
         started = time.process_time()
-        seconds = await asyncio.to_thread(bench.load, port, args)
+        seconds, _client_ms = await asyncio.to_thread(bench.load, port, args)
         total = time.process_time() - started
         postgres_ms = postgres.used()  # before the pool closes: its backends' CPU goes with them
     finally:
