@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+from encimap.mimeinfo import split_header
+
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")  # RFC 5322 2.2 field name, then a colon
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)")
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
@@ -41,8 +42,7 @@ def header_block(raw: bytes) -> bytes:
     """The header section: up to the first empty line; empty if `raw` starts with no field."""
     if not _FIELD_START.match(raw):
         return b""
-    end = _HEADER_END.search(raw)
-    return raw if end is None else raw[: end.start()]
+    return raw[: split_header(raw, 0, len(raw))[0]]
 
 
 def message_id(raw: bytes) -> str | None:

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from encimap.mimeinfo import split_header
+
 CRLF = b"\r\n"
 CHUNK_SIZE = 1 << 20
 BASE64_LINE_BYTES = 57  # encodes to the 76 characters RFC 2045 allows per line
@@ -43,7 +45,6 @@ ENVELOPED_OIDS_DER = (
     bytes.fromhex("060b2a864886f70d0109100117"),  # id-ct-authEnvelopedData
 )
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _PARAMETER = re.compile(rb';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)')
 _HP_PARAMETER = re.compile(rb"(?i);\s*hp\s*=")
 # A part header announcing a binary body; it always follows a line break.
@@ -103,12 +104,8 @@ class Content:
 
 def parse_message(raw: bytes) -> Message:
     """Split `raw` at the first empty line and parse the header fields before it."""
-    if raw.startswith((b"\n", b"\r\n")):
-        return Message(raw, [], raw.index(b"\n") + 1)
-    end = _HEADER_END.search(raw)
-    if end is None:
-        return Message(raw, parse_header_block(raw), len(raw))
-    return Message(raw, parse_header_block(raw[: end.start()]), end.end())
+    header_end, body_start = split_header(raw, 0, len(raw))
+    return Message(raw, parse_header_block(raw[:header_end]), body_start)
 
 
 def parse_header_block(block: bytes) -> list[HeaderField]:
