@@ -4,11 +4,16 @@ at once: the cache lives only while its LISTEN on `encimap_recipients` is heard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
+import pytest
+
 from encimap.metrics import REGISTRY
+from encimap.store.vaultboxes import Vaultbox
 from tests.intake_support import LMTPClient, add_certificate, intake_config, port_of, running_intake
 from tests.support import Databases, make_vaultbox
 
@@ -58,75 +63,79 @@ async def listening(databases: Databases, *, other_than: int = 0) -> int:
     raise AssertionError("the intake never LISTENed on encimap_recipients")
 
 
-async def test_lookups_are_reused_and_every_change_is_seen_at_once(
-    databases: Databases, tmp_path: Path
-):
-    box = (await make_vaultbox(databases, "cached@vault.test")).vaultbox
-    await add_certificate(databases, box, tmp_path)
-    cfg = intake_config(databases)
-    port = port_of(cfg)
-    admin = await databases.connect()
-    try:
-        async with running_intake(cfg):
-            await listening(databases)
-            assert (await rcpt(port, "cached@vault.test")).startswith("250")
-            cached = lookups("cache")
-            assert (await rcpt(port, "Cached+tag@VAULT.test")).startswith("250")
-            assert (await rcpt(port, "cached+tag@vault.test")).startswith("250")
-            assert lookups("cache") == cached + 1  # same addresses, other case: reused
-
-            await admin.execute("UPDATE vaultboxes SET status = 'suspended' WHERE id = $1", box.id)
-            refused = await eventually(lambda: rcpt(port, "cached@vault.test"), "550")
-            assert refused.startswith("550 5.2.1"), refused
-            await admin.execute("UPDATE vaultboxes SET status = 'active' WHERE id = $1", box.id)
-            assert (await eventually(lambda: rcpt(port, "cached@vault.test"), "250")).startswith(
-                "250"
-            )
-
-            await admin.execute("UPDATE certificates SET is_active = false")
-            missing = await eventually(lambda: rcpt(port, "cached@vault.test"), "451")
-            assert missing.startswith("451 4.7.1"), missing
-
-            # A miss is kept too, until the address comes to exist.
-            assert (await rcpt(port, "later@vault.test")).startswith("550 5.1.1")
-            assert (await rcpt(port, "later@vault.test")).startswith("550 5.1.1")
-            later = (await make_vaultbox(databases, "later@vault.test")).vaultbox
-            await add_certificate(databases, later, tmp_path)
-            assert (await eventually(lambda: rcpt(port, "later@vault.test"), "250")).startswith(
-                "250"
-            )
-    finally:
-        await admin.close()
+async def vaultbox_with_certificate(
+    databases: Databases, address: str, directory: Path
+) -> Vaultbox:
+    box = (await make_vaultbox(databases, address)).vaultbox
+    await add_certificate(databases, box, directory)
+    return box
 
 
-async def test_quota_lookups_are_never_reused(databases: Databases, tmp_path: Path):
-    box = (await make_vaultbox(databases, "quota@vault.test")).vaultbox
-    await add_certificate(databases, box, tmp_path)
-    admin = await databases.connect()
-    try:
-        await admin.execute(
-            """UPDATE vaultboxes SET limits = '{"max_messages": 1000}' WHERE id = $1""", box.id
-        )
-    finally:
-        await admin.close()
+@contextlib.asynccontextmanager
+async def serving(databases: Databases) -> AsyncIterator[int]:
+    """An intake on `databases` whose RCPT lookups are being kept; its port."""
     cfg = intake_config(databases)
     async with running_intake(cfg):
         await listening(databases)
+        yield port_of(cfg)
+
+
+@pytest.fixture
+async def admin(databases: Databases) -> AsyncIterator[asyncpg.Connection]:
+    conn = await databases.connect()
+    yield conn
+    await conn.close()
+
+
+async def test_lookups_are_reused_and_every_change_is_seen_at_once(
+    databases: Databases, admin: asyncpg.Connection, tmp_path: Path
+):
+    box = await vaultbox_with_certificate(databases, "cached@vault.test", tmp_path)
+    async with serving(databases) as port:
+        assert (await rcpt(port, "cached@vault.test")).startswith("250")
+        cached = lookups("cache")
+        assert (await rcpt(port, "Cached+tag@VAULT.test")).startswith("250")
+        assert (await rcpt(port, "cached+tag@vault.test")).startswith("250")
+        assert lookups("cache") == cached + 1  # same addresses, other case: reused
+
+        await admin.execute("UPDATE vaultboxes SET status = 'suspended' WHERE id = $1", box.id)
+        refused = await eventually(lambda: rcpt(port, "cached@vault.test"), "550")
+        assert refused.startswith("550 5.2.1"), refused
+        await admin.execute("UPDATE vaultboxes SET status = 'active' WHERE id = $1", box.id)
+        back = await eventually(lambda: rcpt(port, "cached@vault.test"), "250")
+        assert back.startswith("250"), back
+
+        await admin.execute("UPDATE certificates SET is_active = false")
+        missing = await eventually(lambda: rcpt(port, "cached@vault.test"), "451")
+        assert missing.startswith("451 4.7.1"), missing
+
+        # A miss is kept too, until the address comes to exist.
+        assert (await rcpt(port, "later@vault.test")).startswith("550 5.1.1")
+        assert (await rcpt(port, "later@vault.test")).startswith("550 5.1.1")
+        await vaultbox_with_certificate(databases, "later@vault.test", tmp_path)
+        later = await eventually(lambda: rcpt(port, "later@vault.test"), "250")
+        assert later.startswith("250"), later
+
+
+async def test_quota_lookups_are_never_reused(
+    databases: Databases, admin: asyncpg.Connection, tmp_path: Path
+):
+    box = await vaultbox_with_certificate(databases, "quota@vault.test", tmp_path)
+    await admin.execute(
+        """UPDATE vaultboxes SET limits = '{"max_messages": 1000}' WHERE id = $1""", box.id
+    )
+    async with serving(databases) as port:
         before = lookups("database")
         for _ in range(3):
-            assert (await rcpt(port_of(cfg), "quota@vault.test")).startswith("250")
+            assert (await rcpt(port, "quota@vault.test")).startswith("250")
         assert lookups("database") == before + 3
 
 
 async def test_a_lost_database_is_not_hidden_by_the_cache(
     private_cluster: Databases, tmp_path: Path
 ):
-    box = (await make_vaultbox(private_cluster, "outage@vault.test")).vaultbox
-    await add_certificate(private_cluster, box, tmp_path)
-    cfg = intake_config(private_cluster)
-    port = port_of(cfg)
-    async with running_intake(cfg):
-        await listening(private_cluster)
+    await vaultbox_with_certificate(private_cluster, "outage@vault.test", tmp_path)
+    async with serving(private_cluster) as port:
         for _ in range(2):
             assert (await rcpt(port, "outage@vault.test")).startswith("250")
         await asyncio.to_thread(private_cluster.cluster.stop, "fast")
@@ -140,23 +149,16 @@ async def test_a_lost_database_is_not_hidden_by_the_cache(
 
 
 async def test_a_change_made_while_the_listener_was_away_is_not_missed(
-    databases: Databases, tmp_path: Path
+    databases: Databases, admin: asyncpg.Connection, tmp_path: Path
 ):
-    box = (await make_vaultbox(databases, "away@vault.test")).vaultbox
-    await add_certificate(databases, box, tmp_path)
-    cfg = intake_config(databases)
-    port = port_of(cfg)
-    admin = await databases.connect()
-    try:
-        async with running_intake(cfg):
-            listener = await listening(databases)
-            for _ in range(2):
-                assert (await rcpt(port, "away@vault.test")).startswith("250")
-            # The change commits while nobody LISTENs: its NOTIFY reaches no one.
-            await admin.execute("SELECT pg_terminate_backend($1, 5000)", listener)
-            await admin.execute("UPDATE vaultboxes SET status = 'suspended' WHERE id = $1", box.id)
-            await listening(databases, other_than=listener)
-            refused = await rcpt(port, "away@vault.test")
-            assert refused.startswith("550 5.2.1"), refused
-    finally:
-        await admin.close()
+    box = await vaultbox_with_certificate(databases, "away@vault.test", tmp_path)
+    async with serving(databases) as port:
+        listener = await listening(databases)
+        for _ in range(2):
+            assert (await rcpt(port, "away@vault.test")).startswith("250")
+        # The change commits while nobody LISTENs: its NOTIFY reaches no one.
+        await admin.execute("SELECT pg_terminate_backend($1, 5000)", listener)
+        await admin.execute("UPDATE vaultboxes SET status = 'suspended' WHERE id = $1", box.id)
+        await listening(databases, other_than=listener)
+        refused = await rcpt(port, "away@vault.test")
+        assert refused.startswith("550 5.2.1"), refused
