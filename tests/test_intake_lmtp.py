@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import asyncpg
@@ -132,6 +133,71 @@ async def test_rcpt_refusals(databases, boxes, intake):
     assert rcpt[1].startswith("550 5.2.1")
     assert rcpt[2].startswith("452 4.2.2")
     assert rcpt[3].startswith("550 5.1.1")
+
+
+async def test_lhlo_announces_pipelining_and_a_pipelined_transaction_is_answered_in_order(
+    databases, boxes, intake, keys
+):
+    """RFC 2033 section 5: PIPELINING and ENHANCEDSTATUSCODES. A client may send MAIL, every
+    RCPT and DATA in one write (as Postfix's LMTP client then does) and read the replies after."""
+    second = (await make_vaultbox(databases, "second@vault.test")).vaultbox
+    second_key = await add_certificate(databases, second, keys)
+    message = MESSAGE.replace(b"<m1@", b"<pipelined@")
+    client = await LMTPClient.connect(port_of(intake))
+    try:
+        client.writer.write(b"LHLO client.test\r\n")
+        lhlo = await client.reply()
+        assert lhlo[0] == "250-mx.test" and lhlo[-1] == "250 HELP"
+        assert {"250-PIPELINING", "250-ENHANCEDSTATUSCODES"} <= set(lhlo)
+        client.writer.write(
+            b"MAIL FROM:<alice@sender.test>\r\nRCPT TO:<good@vault.test>\r\n"
+            b"RCPT TO:<unknown@vault.test>\r\nRCPT TO:<second@vault.test>\r\nDATA\r\n"
+        )
+        answers = [(await client.reply())[-1][:9] for _ in range(5)]
+        assert answers == ["250 2.1.0", "250 2.1.5", "550 5.1.1", "250 2.1.5", "354 End d"]
+        client.writer.write(dot_stuff(message) + b".\r\n")
+        data = [(await client.reply())[-1] for _ in range(2)]
+    finally:
+        await client.close()
+    assert [line[:9] for line in data] == ["250 2.0.0", "250 2.0.0"]
+    for box, key in ((boxes["good"], boxes["key"]), (second, second_key)):
+        plain = openssl_decrypt(
+            bytes((await stored_messages(databases, box))[-1]["body_encrypted"]), key
+        )
+        assert b"Message-ID: <pipelined@sender.test>" in plain
+        assert b"Received: from client.test ([127.0.0.1])" in plain  # the LHLO name
+
+
+async def test_every_reply_but_greeting_and_lhlo_has_an_enhanced_status_code(intake):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(intake))
+    client = LMTPClient(reader, writer)
+    try:
+        greeting = (await client.reply())[-1]
+        assert greeting.startswith("220 mx.test ")  # RFC 2034: not the greeting
+        commands = [
+            "LHLO client.test",
+            "HELO client.test",  # not LMTP
+            "FOO",
+            "MAIL",
+            "RCPT TO:<good@vault.test>",
+            "DATA",
+            "MAIL FROM:<alice@sender.test> BOGUS=1",
+            "NOOP",
+            "RSET",
+            "VRFY good@vault.test",
+            "QUIT",
+        ]
+        answers = {}
+        for command in commands:
+            writer.write(command.encode() + b"\r\n")
+            answers[command] = (await client.reply())[-1]
+    finally:
+        writer.close()
+    assert answers.pop("LHLO client.test") == "250 HELP"
+    for command, answer in answers.items():
+        assert re.match(r"[245]\d\d [245]\.\d{1,3}\.\d{1,3} ", answer), (command, answer)
+    assert answers["RCPT TO:<good@vault.test>"].startswith("503 5.5.1")
+    assert answers["QUIT"].startswith("221 2.0.0")
 
 
 async def test_missing_certificate_can_reject(databases, boxes):

@@ -16,7 +16,7 @@ from encimap.config import Config
 from encimap.delivery import replies, trace
 from encimap.delivery.deliverer import Deliverer, Job, report
 from encimap.delivery.recipients import CertificateCache, RecipientCache, Target, resolve
-from encimap.intake.server import IntakeEnvelope
+from encimap.intake.server import IntakeEnvelope, IntakeProtocol
 from encimap.service.listeners import Sessions
 
 log = logs.get_logger(__name__)
@@ -42,6 +42,17 @@ class IntakeHandler:
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Any, proxy: Any) -> bool:
         return True  # the trusted proxy's data is in session.proxy_data
+
+    async def handle_EHLO(
+        self,
+        server: IntakeProtocol,
+        session: Session,
+        envelope: IntakeEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler with this hook
+        return server.extension_reply(responses)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: IntakeEnvelope, address: str, options: Any

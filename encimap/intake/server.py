@@ -37,7 +37,7 @@ class Connections:
     """The open connections of one intake process."""
 
     def __init__(self) -> None:
-        self._open: set[_IntakeProtocol] = set()
+        self._open: set[IntakeProtocol] = set()
         self.draining = False
         self._empty = asyncio.Event()
         self._empty.set()
@@ -45,11 +45,11 @@ class Connections:
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, protocol: _IntakeProtocol) -> None:
+    def add(self, protocol: IntakeProtocol) -> None:
         self._open.add(protocol)
         self._empty.clear()
 
-    def discard(self, protocol: _IntakeProtocol) -> None:
+    def discard(self, protocol: IntakeProtocol) -> None:
         self._open.discard(protocol)
         if not self._open:
             self._empty.set()
@@ -73,13 +73,14 @@ class Connections:
         return len(left)
 
 
-class _IntakeProtocol(FastAddressParsing, FastDataReading):
+class IntakeProtocol(FastAddressParsing, FastDataReading):
     def __init__(self, handler: Any, *, connections: Connections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections
         self._in_data = False
         self._data_recipients = 0
         self._tracked = False
+        self._keyword_lines = 0  # lines of the LHLO/EHLO reply still to send
         self.opened = time.monotonic()
         self.transactions = 0
 
@@ -114,12 +115,24 @@ class _IntakeProtocol(FastAddressParsing, FastDataReading):
             self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
             self.transport.close()
 
+    def extension_reply(self, lines: list[str]) -> list[str]:
+        """The LHLO/EHLO reply aiosmtpd made, with our extensions; sent without enhanced codes
+        (RFC 2034: the reply to EHLO lists keywords)."""
+        keywords = [f"250-{name}" for name in replies.EXTENSIONS]
+        reply = [*lines[:-1], *keywords, *lines[-1:]]
+        self._keyword_lines = len(reply)
+        return reply
+
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
         reply = replies.AIOSMTPD_REWRITES.get(text)
         if reply is not None:
             count = self._data_recipients if self._lmtp_data_reply(reply) else 1
             text = "\r\n".join([str(reply)] * max(count, 1))
+        elif self._keyword_lines:
+            self._keyword_lines -= 1
+        else:
+            text = replies.with_enhanced_codes(text)
         await super().push(text)
 
     def _lmtp_data_reply(self, reply: replies.Reply) -> bool:
@@ -143,11 +156,11 @@ class _IntakeProtocol(FastAddressParsing, FastDataReading):
             self.say_goodbye()
 
 
-class IntakeLMTP(_IntakeProtocol, LMTP):
+class IntakeLMTP(IntakeProtocol, LMTP):
     pass
 
 
-class IntakeSMTP(_IntakeProtocol):
+class IntakeSMTP(IntakeProtocol):
     pass
 
 
