@@ -20,7 +20,7 @@ import asyncpg
 from encimap import db, logs, mimeinfo, smime
 from encimap.config import Config
 from encimap.delivery import replies
-from encimap.delivery.recipients import DATABASE_ERRORS, Target
+from encimap.delivery.recipients import Target
 from encimap.delivery.replies import Reply
 from encimap.delivery.trace import Prepared
 from encimap.metrics import DELIVERIES, ENCRYPTION_SECONDS
@@ -82,7 +82,7 @@ class Deliverer:
             async with self._connection() as conn, conn.transaction():
                 for copy in copies:
                     await self._store(conn, job, copy)
-        except DATABASE_ERRORS as exc:
+        except db.DATABASE_ERRORS as exc:
             return self._outcome(
                 job, targets, replies.TEMPORARY_FAILURE, "tempfail", _describe(exc)
             )
@@ -93,7 +93,7 @@ class Deliverer:
             copy = await self._encrypt(job, target)
             async with self._connection() as conn:
                 delivered = await self._store(conn, job, copy)
-        except (DeliveryFailed, *DATABASE_ERRORS) as exc:
+        except (DeliveryFailed, *db.DATABASE_ERRORS) as exc:
             return self._outcome(
                 job, [target], replies.TEMPORARY_FAILURE, "tempfail", _describe(exc)
             )
@@ -197,7 +197,7 @@ class Deliverer:
                         duration_ms=_elapsed_ms(job),
                         error=error,
                     )
-        except DATABASE_ERRORS as exc:
+        except db.DATABASE_ERRORS as exc:
             log.warning("delivery.log_failed", queue_id=job.queue_id, error=_describe(exc))
 
 

@@ -20,8 +20,6 @@ from encimap.store import StoreError, events
 from encimap.store import recipients as store_recipients
 from encimap.store.vaultboxes import Vaultbox
 
-# What a lost or failing database raises; the intake answers these with 451 4.3.0.
-DATABASE_ERRORS = db.DATABASE_ERRORS
 # Announces every change to vaultboxes or certificates (sql/encimap/008_recipient_notify.sql).
 RECIPIENTS_CHANNEL = "encimap_recipients"
 
@@ -171,7 +169,7 @@ async def resolve(
         found = await (find() if recent is None else recent.lookup(addresses, find))
     except StoreError:
         return replies.UNKNOWN_RECIPIENT
-    except DATABASE_ERRORS:
+    except db.DATABASE_ERRORS:  # 451 4.3.0
         return replies.TEMPORARY_FAILURE
     if found is None:
         return replies.UNKNOWN_RECIPIENT

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 
-from encimap import logs
+from encimap import db, logs
 from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable, Principal
 from encimap.config import Config
 from encimap.delivery import replies as delivery_replies
@@ -30,8 +30,6 @@ from encimap.submission import headers, replies
 from encimap.submission.relay import RelaySettings, Upstream, UpstreamRefused, UpstreamUnavailable
 
 log = logs.get_logger(__name__)
-
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,7 @@ class SubmissionHandler:
         key = principal_key(principal)
         try:
             quota = await sending.reserve(self.context.pool, key, 1, principal.hourly_limit)
-        except _DB_ERRORS as exc:
+        except db.DATABASE_ERRORS as exc:
             log.error("submission.counter_unavailable", error=str(exc))
             return replies.DATABASE_UNAVAILABLE
         if not quota.granted:
@@ -372,7 +370,7 @@ class SubmissionHandler:
         try:
             for window_start, count in reserved.items():
                 await sending.release(self.context.pool, key, window_start, count)
-        except _DB_ERRORS as exc:  # the quota stays used until the window ends: safe side
+        except db.DATABASE_ERRORS as exc:  # the quota stays used until the window ends: safe side
             log.error("submission.counter_release_failed", key=key, error=str(exc))
 
     def _trace(self, transaction: Transaction, session: Session) -> bytes:
