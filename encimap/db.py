@@ -51,9 +51,7 @@ def database_url(config: DatabaseConfig, database: Database) -> str:
 
 def _password(config: DatabaseConfig, database: Database) -> str | None:
     name = (
-        config.motorical_password_file
-        if database == "motorical"
-        else (config.encimap_password_file)
+        config.motorical_password_file if database == "motorical" else config.encimap_password_file
     )
     if not name:
         return None
@@ -172,7 +170,7 @@ async def check_health(pool: asyncpg.Pool, database: Database, timeout: float = 
     started = time.perf_counter()
     try:
         await pool.fetchval("SELECT 1", timeout=timeout)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         return Health(database, False, (time.perf_counter() - started) * 1000, _describe(exc))
     return Health(database, True, (time.perf_counter() - started) * 1000)
 

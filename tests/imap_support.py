@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import imaplib
 import ssl
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
 
 from encimap import config as config_module
-from encimap import service, smime
+from encimap import smime
 from encimap.pgcluster import free_port
 from encimap.store import messages
 from tests.intake_support import add_certificate
+from tests.service_support import running_service
 from tests.support import Databases, DemoVaultbox, make_config, make_vaultbox
 
 
@@ -40,25 +39,11 @@ def ports(cfg: config_module.Config) -> tuple[int, int]:
     )  # type: ignore[return-value]
 
 
-@contextlib.asynccontextmanager
-async def running_imap(cfg: config_module.Config) -> AsyncIterator[None]:
+def running_imap(
+    cfg: config_module.Config,
+) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
     """The IMAP service in this process until the block ends (then drained)."""
-    ready, stop = asyncio.Event(), asyncio.Event()
-    cfg = dataclasses.replace(cfg, service=config_module.ServiceConfig(drain_timeout=2.0))
-    task = asyncio.create_task(
-        service.run(cfg, "imap", ready=ready, stop=stop, configure_logs=False)
-    )
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if not ready.is_set():
-        waiter.cancel()
-        await task
-        raise AssertionError("imap did not start")
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    return running_service(cfg, "imap", drain_timeout=2.0)
 
 
 @dataclass

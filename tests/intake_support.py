@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
 from encimap import config as config_module
-from encimap import service, smime
+from encimap import smime
 from encimap.pgcluster import free_port
 from encimap.store import certificates
 from encimap.store.vaultboxes import Vaultbox
+from tests.service_support import running_service
 from tests.support import Databases, make_config
 
 
@@ -61,25 +60,11 @@ async def add_certificate(
     return key_path
 
 
-@contextlib.asynccontextmanager
-async def running_intake(cfg: config_module.Config) -> AsyncIterator[asyncio.Task[int]]:
+def running_intake(
+    cfg: config_module.Config,
+) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
     """The intake served in this process until the block ends (then drained)."""
-    ready, stop = asyncio.Event(), asyncio.Event()
-    cfg = dataclasses.replace(cfg, service=config_module.ServiceConfig(drain_timeout=5.0))
-    task = asyncio.create_task(
-        service.run(cfg, "intake", ready=ready, stop=stop, configure_logs=False)
-    )
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if not ready.is_set():
-        waiter.cancel()
-        await task  # raises the start-up error
-        raise AssertionError("intake did not start")
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    return running_service(cfg, "intake", drain_timeout=5.0)
 
 
 class LMTPClient:

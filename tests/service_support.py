@@ -1,7 +1,11 @@
-"""Running `encimap serve ...` as a real process, with a NOTIFY_SOCKET the test owns."""
+"""Running a service: in this process (`running_service`), or as a real `encimap serve ...`
+process with a NOTIFY_SOCKET the test owns."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
@@ -9,12 +13,45 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from encimap import config as config_module
+from encimap import service
 from encimap.pgcluster import free_port
 from tests.support import REPO, Databases, write_config_file
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    cfg: config_module.Config, which: str, *, drain_timeout: float | None = None
+) -> AsyncIterator[asyncio.Event]:
+    """`which` served on this test's loop until the block ends (then stopped and drained).
+
+    Yields the stop event: setting it inside the block stops the service early, as SIGTERM
+    would. A service that fails to start raises its start-up error here."""
+    if drain_timeout is not None:
+        cfg = dataclasses.replace(
+            cfg, service=config_module.ServiceConfig(drain_timeout=drain_timeout)
+        )
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        service.run(cfg, which, ready=ready, stop=stop, configure_logs=False)
+    )
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():
+        waiter.cancel()
+        task.cancel()  # if it is still starting
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)  # raises the start-up error
+        raise AssertionError(f"{which} did not start")
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
 
 
 def service_config(

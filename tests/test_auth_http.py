@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from encimap import service
 from encimap.pgcluster import free_port
+from tests.service_support import running_service
 from tests.support import Databases, DemoVaultbox, make_config, make_motorblock, make_vaultbox
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,16 +32,8 @@ async def endpoint(databases: Databases, tmp_path) -> AsyncIterator[tuple[int, D
         },
         auth={"throttle_base_delay": 0.01, "throttle_max_delay": 0.02},
     )
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        service.run(cfg, "authsocket", configure_logs=False, ready=ready, stop=stop)
-    )
-    await asyncio.wait_for(ready.wait(), 20)
-    try:
+    async with running_service(cfg, "authsocket"):
         yield port, box
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
 
 
 async def ask(port: int, user: str, password: str, protocol: str, method: str = "plain") -> dict:
@@ -98,27 +90,21 @@ async def test_database_outage_is_temporary(fresh_databases: Databases, tmp_path
         fresh_databases,
         authsocket={"listen": [f"unix:{tmp_path}/auth"], "http_listen": f"127.0.0.1:{port}"},
     )
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        service.run(cfg, "authsocket", configure_logs=False, ready=ready, stop=stop)
-    )
-    await asyncio.wait_for(ready.wait(), 20)
     name = fresh_databases.encimap_url.rsplit("/", 1)[1]
-    admin = await fresh_databases.connect("motorical")
-    try:
-        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-        )
-        smtp = await ask(port, box.username, "pw", "smtp")
-        assert smtp == {
-            "Auth-Status": "Temporary server problem, try again later",
-            "Auth-Error-Code": "451 4.3.0",
-        }
-        imap = await ask(port, box.username, "pw", "imap")
-        assert imap == {"Auth-Status": "Temporary server problem, try again later"}
-    finally:
-        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-        await admin.close()
-        stop.set()
-        await asyncio.wait_for(task, 20)
+    async with running_service(cfg, "authsocket"):
+        admin = await fresh_databases.connect("motorical")
+        try:
+            await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            smtp = await ask(port, box.username, "pw", "smtp")
+            assert smtp == {
+                "Auth-Status": "Temporary server problem, try again later",
+                "Auth-Error-Code": "451 4.3.0",
+            }
+            imap = await ask(port, box.username, "pw", "imap")
+            assert imap == {"Auth-Status": "Temporary server problem, try again later"}
+        finally:
+            await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+            await admin.close()

@@ -8,15 +8,14 @@ import base64
 import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from encimap import service
 from encimap.authsocket import codec
 from encimap.config import Config
 from tests.postfix_support import PrivatePostfix, reachable_dir, skip_reason
+from tests.service_support import running_service
 from tests.support import Databases, DemoVaultbox, make_config, make_motorblock, make_vaultbox
 
 pytestmark = pytest.mark.timeout(90)
@@ -35,24 +34,6 @@ def socket_config(databases: Databases, directory: Path, **auth: object) -> Conf
     )
 
 
-@asynccontextmanager
-async def serving(cfg: Config) -> AsyncIterator[None]:
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        service.run(cfg, "authsocket", configure_logs=False, ready=ready, stop=stop)
-    )
-    done, _ = await asyncio.wait(
-        {task, asyncio.create_task(ready.wait())}, timeout=20, return_when=asyncio.FIRST_COMPLETED
-    )
-    if task in done:
-        task.result()  # raises what went wrong
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
     directory = reachable_dir("encimap-auth-")
@@ -64,7 +45,7 @@ def socket_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def auth_socket(databases: Databases, socket_dir: Path) -> AsyncIterator[Path]:
-    async with serving(socket_config(databases, socket_dir)):
+    async with running_service(socket_config(databases, socket_dir), "authsocket"):
         yield socket_dir / "auth"
 
 
@@ -204,7 +185,7 @@ async def test_many_requests_in_flight_on_one_connection(
     slow = await make_vaultbox(databases, "slowsock@vault.test", password="x")
     await credentials.set_password(conn, "smtp", slow.username, hash_password("slow-pass", 10))
     await conn.close()
-    async with serving(socket_config(databases, socket_dir, bcrypt_cost=10)):
+    async with running_service(socket_config(databases, socket_dir, bcrypt_cost=10), "authsocket"):
         client = await Client.connect(socket_dir / "auth")
         try:
             await client.handshake()
@@ -251,7 +232,7 @@ async def test_database_outage_is_a_temporary_failure(
     fresh_databases: Databases, socket_dir: Path
 ) -> None:
     box = await make_vaultbox(fresh_databases, "down@vault.test", password="pw")
-    async with serving(socket_config(fresh_databases, socket_dir)):
+    async with running_service(socket_config(fresh_databases, socket_dir), "authsocket"):
         await _block_database(fresh_databases)
         try:
             client = await Client.connect(socket_dir / "auth")
@@ -347,7 +328,7 @@ async def test_postfix_database_outage_answers_454(
     fresh_databases: Databases, socket_dir: Path, postfix_for
 ) -> None:
     box = await make_vaultbox(fresh_databases, "pfdown@vault.test", password="pw")
-    async with serving(socket_config(fresh_databases, socket_dir)):
+    async with running_service(socket_config(fresh_databases, socket_dir), "authsocket"):
         postfix = await asyncio.to_thread(postfix_for, socket_dir / "auth")
         ok = await asyncio.to_thread(swaks, postfix.port, "PLAIN", box.username, "pw")
         assert "235 2.7.0" in ok.stdout, ok.stdout
@@ -387,22 +368,17 @@ async def test_stop_answers_requests_in_flight(databases: Databases, socket_dir:
     await credentials.set_password(conn, "smtp", slow.username, hash_password("drain-pass", 11))
     await conn.close()
     cfg = socket_config(databases, socket_dir, bcrypt_cost=11)
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        service.run(cfg, "authsocket", configure_logs=False, ready=ready, stop=stop)
-    )
-    await asyncio.wait_for(ready.wait(), 20)
-    client = await Client.connect(socket_dir / "auth")
-    try:
-        await client.handshake()
-        client.send(
-            "AUTH", "1", "PLAIN", *AUTH_PARAMS, f"resp={plain(slow.username, 'drain-pass')}"
-        )
-        await client.writer.drain()
-        await asyncio.sleep(0.02)
-        stop.set()
-        assert await client.line() == ["OK", "1", f"user={slow.username}"]
-        assert await asyncio.wait_for(client.reader.read(), 10) == b""
-    finally:
-        await client.close()
-        await asyncio.wait_for(task, 30)
+    async with running_service(cfg, "authsocket") as stop:
+        client = await Client.connect(socket_dir / "auth")
+        try:
+            await client.handshake()
+            client.send(
+                "AUTH", "1", "PLAIN", *AUTH_PARAMS, f"resp={plain(slow.username, 'drain-pass')}"
+            )
+            await client.writer.drain()
+            await asyncio.sleep(0.02)
+            stop.set()
+            assert await client.line() == ["OK", "1", f"user={slow.username}"]
+            assert await asyncio.wait_for(client.reader.read(), 10) == b""
+        finally:
+            await client.close()

@@ -119,7 +119,7 @@ async def test_implicit_tls_listener(databases, tls_files, accounts, upstream, t
             with smtplib.SMTP_SSL("127.0.0.1", port, context=context, timeout=10) as client:
                 client.ehlo()
                 assert "starttls" not in client.esmtp_features
-                assert client.docmd("STARTTLS")[0] == 454
+                assert client.docmd("STARTTLS") == (454, b"4.7.0 TLS not available")
                 client.login(MB_USER, MB_PASS)
                 client.sendmail(
                     f"a@{MB_DOMAIN}", ["x@y.test"], message(f"a@{MB_DOMAIN}", ["x@y.test"])
@@ -155,12 +155,14 @@ async def test_auth_required_after_tls(service, tls_ca):
             client.ehlo()
             features = dict(client.esmtp_features)
             again = client.docmd("STARTTLS")
-            return features, again, client.docmd("MAIL", "FROM:<a@b.test>")
+            syntax = client.docmd("STARTTLS", "now")
+            return features, again, syntax, client.docmd("MAIL", "FROM:<a@b.test>")
 
-    features, again, mail = await in_thread(probe)
+    features, again, syntax, mail = await in_thread(probe)
     assert set(features["auth"].split()) == {"PLAIN", "LOGIN"}
     assert "starttls" not in features
-    assert again[0] == 554
+    assert again == (554, b"5.5.1 Error: TLS already active")
+    assert syntax == (501, b"5.5.4 Syntax: STARTTLS")
     assert mail[0] == 530 and b"Authentication required" in mail[1]
 
 
@@ -176,7 +178,7 @@ async def test_plaintext_pipelined_after_starttls_is_discarded(service, tls_ca):
             while not stream.readline().startswith(b"250 "):
                 pass
             raw.sendall(b"STARTTLS\r\nNOOP injected\r\n")
-            assert stream.readline().startswith(b"220")
+            assert stream.readline() == b"220 2.0.0 Ready to start TLS\r\n"
             with client_context(tls_ca).wrap_socket(raw, server_hostname="localhost") as tls:
                 tls.sendall(b"RSET\r\nQUIT\r\n")
                 replies = b""

@@ -7,7 +7,6 @@ so the engine can log why a login was refused without telling the client.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,6 +14,7 @@ from typing import Any, Literal
 import asyncpg
 
 from encimap.store.types import Executor
+from encimap.store.vaultboxes import parse_limits
 
 LoginKind = Literal["motorblock", "vaultbox_smtp", "vaultbox_imap"]
 
@@ -34,10 +34,6 @@ class LoginRow:
     hourly_limit: int | None = None  # None: the configured default applies
 
 
-def _limits(value: Any) -> dict[str, Any]:
-    return json.loads(value) if isinstance(value, str) else dict(value or {})
-
-
 def _hourly_limit(limits: dict[str, Any]) -> int | None:
     value = limits.get("hourly_send_limit")
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
@@ -54,7 +50,7 @@ def _vaultbox_row(kind: LoginKind, row: asyncpg.Record) -> LoginRow:
         vaultbox_id=row["vaultbox_id"],
         domain=row["domain"].lower(),
         address=f"{row['alias']}@{row['domain']}".lower(),
-        hourly_limit=_hourly_limit(_limits(row["limits"])),
+        hourly_limit=_hourly_limit(parse_limits(row["limits"])),
     )
 
 

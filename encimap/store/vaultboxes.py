@@ -52,8 +52,12 @@ def split_address(address: str) -> tuple[str, str]:
     return alias, domain
 
 
+def parse_limits(value: Any) -> dict[str, Any]:
+    """The `limits` JSONB column as a dict (asyncpg hands JSONB over as text)."""
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
 def vaultbox_from_row(row: asyncpg.Record) -> Vaultbox:
-    limits = row["limits"]
     return Vaultbox(
         id=row["id"],
         user_id=row["user_id"],
@@ -61,7 +65,7 @@ def vaultbox_from_row(row: asyncpg.Record) -> Vaultbox:
         domain=row["domain"],
         status=row["status"],
         name=row["name"],
-        limits=json.loads(limits) if isinstance(limits, str) else dict(limits or {}),
+        limits=parse_limits(row["limits"]),
         smtp_enabled=row["smtp_enabled"],
     )
 

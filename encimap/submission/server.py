@@ -68,16 +68,16 @@ class SubmissionServer(FastAddressParsing, FastDataReading):
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
         if arg:
-            await self.push("501 Syntax: STARTTLS")
+            await self.push(replies.STARTTLS_SYNTAX)
             return
-        if not self.tls_context:  # the implicit-TLS listener
-            await self.push("454 TLS not available")
+        if not self.tls_context:
+            await self.push(replies.TLS_NOT_AVAILABLE)
             return
-        if self._tls_protocol is not None:  # RFC 3207 4.2: never a second handshake
-            await self.push("554 5.5.1 Error: TLS already active")
+        if self._tls_protocol is not None:
+            await self.push(replies.TLS_ALREADY_ACTIVE)
             return
         assert self.transport is not None
-        await self.push("220 Ready to start TLS")
+        await self.push(replies.TLS_READY)
         # RFC 3207 4.2: drop plaintext pipelined behind STARTTLS. Now, not after the handshake:
         # the TLS layer may hand over the client's first command before start_tls returns.
         self._reader._buffer.clear()  # type: ignore[attr-defined]
