@@ -44,7 +44,12 @@ async def test_mailbox_and_message_commands_with_imaplib(databases, cfg, tls_ca,
         assert {"INBOX", "Sent", "Drafts", "Trash", "Junk"} <= names
         assert any(b"\\Sent" in line for line in listed)
         assert client.create("Projects/2024")[0] == "OK"
-        assert client.create("Projects/2024")[0] == "NO"
+        typ, data = client.create("Projects/2024")
+        assert typ == "NO" and data[0].startswith(b"[ALREADYEXISTS]"), data
+        typ, data = client.rename("Junk", "Sent")
+        assert typ == "NO" and data[0].startswith(b"[ALREADYEXISTS]"), data
+        typ, data = client.subscribe("Nowhere")
+        assert typ == "NO" and data[0].startswith(b"[NONEXISTENT]"), data
         assert client.rename("Projects/2024", "Projects/Archive")[0] == "OK"
         typ, listed = client.list('""', "Projects/%")
         assert listed == [b'(\\HasNoChildren) "/" Projects/Archive'], listed
@@ -104,7 +109,7 @@ async def test_mailbox_and_message_commands_with_imaplib(databases, cfg, tls_ca,
         assert client.response("EXPUNGE") == ("EXPUNGE", [b"2"])
         typ, data = client.uid("FETCH", "1:*", "(UID)")
         assert [re.search(rb"UID (\d+)", d).group(1) for d in data] == [b"2"]
-        assert client.unselect()[0] == "OK" if hasattr(client, "unselect") else True
+        assert client.unselect()[0] == "OK"
 
         client.select("Trash")
         typ, data = client.fetch("1", "(BODY.PEEK[])")
@@ -113,7 +118,10 @@ async def test_mailbox_and_message_commands_with_imaplib(databases, cfg, tls_ca,
         assert client.close()[0] == "OK"
         assert client.status("Trash", "(MESSAGES)")[1] == [b"Trash (MESSAGES 0)"]
         assert client.delete("Projects/Archive")[0] == "OK"
-        assert client.delete("INBOX")[0] == "NO"
+        typ, data = client.delete("INBOX")
+        assert typ == "NO" and data[0].startswith(b"[CANNOT]"), data
+        typ, data = client.delete("Projects/Archive")
+        assert typ == "NO" and data[0].startswith(b"[NONEXISTENT]"), data
         assert client.select("Projects/Archive")[0] == "NO"
         client.logout()
 
