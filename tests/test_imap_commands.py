@@ -248,6 +248,11 @@ async def test_literals_in_login_and_exact_responses(databases, cfg, tls_ca, tmp
         assert reply[1] == b"To: vault@example.test\r\n\r\n"
         reply = await raw.command("d", 'LIST (SPECIAL-USE) "" "*" RETURN (SUBSCRIBED)')
         assert len(reply) == 5 and all(b"\\Subscribed" in line for line in reply[:4]), reply
+        reply = await raw.command("d2", 'LIST "" (inbox "Sen%")')
+        assert reply[:-1] == [
+            b'* LIST (\\HasNoChildren) "/" INBOX\r\n',
+            b'* LIST (\\HasNoChildren \\Sent) "/" Sent\r\n',
+        ], reply
         reply = await raw.command("c2", "UID COPY 1 Junk")
         assert re.match(rb"c2 OK \[COPYUID \d+ 1 1\]", reply[-1]), reply
         message = encrypt_for(box, plain_message(2))

@@ -192,14 +192,7 @@ def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
 
 
 def _options(reader: Reader) -> list[str]:
-    reader.expect(b"(")
-    options = []
-    while reader.peek() != 0x29:
-        if options:
-            reader.sp()
-        options.append(reader.atom().upper())
-    reader.pos += 1
-    return options
+    return [option.upper() for option in reader.parenthesized(reader.atom)]
 
 
 @command("LIST", states=AUTHENTICATED)
@@ -219,15 +212,10 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
         reader.sp()
     reference = reader.mailbox() if reader.peek() != 0x22 else reader.quoted().decode()
     reader.sp()
-    patterns = [reader.list_mailbox()] if reader.peek() != 0x28 else None
-    if patterns is None:
-        reader.pos += 1
-        patterns = []
-        while reader.peek() != 0x29:
-            if patterns:
-                reader.sp()
-            patterns.append(reader.list_mailbox())
-        reader.pos += 1
+    if reader.peek() == 0x28:
+        patterns = reader.parenthesized(reader.list_mailbox)
+    else:
+        patterns = [reader.list_mailbox()]
     returns: list[str] = []
     if not reader.at_end():
         reader.sp()
