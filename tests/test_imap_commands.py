@@ -20,6 +20,7 @@ from tests.imap_support import (
     ports,
     running_imap,
     store,
+    store_mail,
 )
 from tests.intake_support import openssl_decrypt
 
@@ -31,9 +32,7 @@ def cfg(databases, tls_files):
 
 async def test_mailbox_and_message_commands_with_imaplib(databases, cfg, tls_ca, tmp_path):
     box = await make_box(databases, "commands@example.test", tmp_path)
-    bodies = [encrypt_for(box, plain_message(n)) for n in range(4)]
-    for body in bodies:
-        await store(databases, box, body)
+    bodies = await store_mail(databases, box, 4)
     port, _ = ports(cfg)
 
     def client_side() -> None:
@@ -171,7 +170,7 @@ async def test_append_without_certificate_is_refused(databases, cfg, tls_ca, tmp
     port, _ = ports(cfg)
 
     def client_side() -> tuple[str, list]:
-        client = starttls_login(port, tls_ca, demo.username, demo.password)
+        client = login(port, tls_ca, demo)
         result = client.append("Drafts", None, None, plain_message(1))
         client.logout()
         return result
@@ -181,19 +180,9 @@ async def test_append_without_certificate_is_refused(databases, cfg, tls_ca, tmp
     assert typ == "NO" and b"certificate" in data[0]
 
 
-def starttls_login(port, tls_ca, username, password):
-    from tests.imap_support import starttls_client
-
-    client = starttls_client(port, tls_ca)
-    client.login(username, password)
-    return client
-
-
 async def test_aioimaplib_over_implicit_tls(databases, cfg, tls_ca, tmp_path):
     box = await make_box(databases, "aio@example.test", tmp_path)
-    bodies = [encrypt_for(box, plain_message(n)) for n in range(3)]
-    for body in bodies:
-        await store(databases, box, body)
+    bodies = await store_mail(databases, box, 3)
     _, tls_port = ports(cfg)
     async with running_imap(cfg):
         client = aioimaplib.IMAP4_SSL("127.0.0.1", tls_port, ssl_context=client_context(tls_ca))
