@@ -260,3 +260,42 @@ async def test_literals_in_login_and_exact_responses(databases, cfg, tls_ca, tmp
         reply = await raw.command("g", "LOGOUT")
         assert reply[0].startswith(b"* BYE") and reply[-1].startswith(b"g OK")
         await raw.close()
+
+
+_DERIVED = "SELECT envelope, bodystructure, bodystructure_basic, mime_parts FROM encrypted_emails"
+
+
+async def test_rows_stored_without_imap_metadata_get_it_on_first_fetch(
+    databases, cfg, tls_ca, tmp_path
+):
+    """Messages stored before migration 004 lack ENVELOPE/BODYSTRUCTURE/part offsets: FETCH
+    computes them, serves them, and saves them (as the IMAP role) for the next time."""
+    box = await make_box(databases, "legacy@example.test", tmp_path)
+    (body,) = await store_mail(databases, box, 1)
+    _, tls_port = ports(cfg)
+
+    async def fetch_in_a_new_process() -> list[bytes]:  # a new process: nothing cached
+        async with running_imap(cfg):
+            raw = await RawClient.connect(tls_port, tls_ca)
+            await raw.login(box)
+            await raw.command("s", "SELECT INBOX")
+            reply = await raw.command("a", "FETCH 1 (ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[1])")
+            await raw.close()
+        return reply
+
+    expected = await fetch_in_a_new_process()
+    assert expected[0].startswith(b"* 1 FETCH (ENVELOPE (") and b"BODY[1] {" in expected[0]
+    assert expected[1] == body.partition(b"\r\n\r\n")[2], expected
+    conn = await databases.connect()
+    try:
+        before = await conn.fetchrow(_DERIVED + " WHERE vaultbox_id = $1", box.id)
+        await conn.execute(
+            """UPDATE encrypted_emails SET envelope = NULL, bodystructure = NULL,
+                      bodystructure_basic = NULL, mime_parts = NULL WHERE vaultbox_id = $1""",
+            box.id,
+        )
+        assert await fetch_in_a_new_process() == expected
+        after = await conn.fetchrow(_DERIVED + " WHERE vaultbox_id = $1", box.id)
+    finally:
+        await conn.close()
+    assert dict(after) == dict(before) and None not in dict(after).values()
