@@ -105,3 +105,35 @@ async def _noop_until(client: RawClient, wanted: bytes, timeout: float = 3.0) ->
         if any(wanted in line for line in reply) or time.monotonic() > deadline:
             return reply
         await asyncio.sleep(0.05)
+
+
+async def test_sessions_resynchronise_when_the_listen_connection_drops(
+    databases, cfg, tls_ca, tmp_path
+):
+    """A change made while nobody listened (here: a row deleted without NOTIFY) still reaches
+    the session: after the LISTEN connection is lost and back, it re-reads the mailbox."""
+    box = await make_box(databases, "resync@example.test", tmp_path)
+    await store_mail(databases, box, 2)
+    _, tls_port = ports(cfg)
+    conn = await databases.connect()
+    try:
+        async with running_imap(cfg):
+            client = await RawClient.connect(tls_port, tls_ca)
+            await client.login(box)
+            await client.command("s", "SELECT INBOX")
+            await conn.execute(
+                "DELETE FROM encrypted_emails WHERE vaultbox_id = $1 AND uid = 1", box.id
+            )
+            assert await client.command("n", "NOOP") == [b"n OK NOOP completed.\r\n"]
+            killed = await conn.fetchval(
+                """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                    WHERE query = 'LISTEN "encimap_mailbox"'"""
+            )
+            assert killed == 1
+            reply = await _noop_until(client, b"EXPUNGE", timeout=5.0)
+            assert reply[0] == b"* 1 EXPUNGE\r\n", reply
+            reply = await client.command("f", "FETCH 1:* (UID)")
+            assert reply[:-1] == [b"* 1 FETCH (UID 2)\r\n"], reply
+            await client.close()
+    finally:
+        await conn.close()
