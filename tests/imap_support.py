@@ -102,6 +102,18 @@ async def store(
         await conn.close()
 
 
+async def store_mail(databases: Databases, box: Box, count: int) -> list[bytes]:
+    """`plain_message(0..count-1)` encrypted to the box and stored in its INBOX, in order."""
+    bodies = [encrypt_for(box, plain_message(number)) for number in range(count)]
+    conn = await databases.connect()
+    try:
+        for body in bodies:
+            await messages.insert_message(conn, vaultbox_id=box.id, body=body)
+    finally:
+        await conn.close()
+    return bodies
+
+
 def client_context(tls_ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     tls_ca.configure_trust(context)
@@ -114,9 +126,10 @@ def starttls_client(port: int, tls_ca: trustme.CA) -> imaplib.IMAP4:
     return client
 
 
-def login(port: int, tls_ca: trustme.CA, box: Box) -> imaplib.IMAP4:
+def login(port: int, tls_ca: trustme.CA, account: Box | DemoVaultbox) -> imaplib.IMAP4:
+    """imaplib logged in over STARTTLS with the account's IMAP credential."""
     client = starttls_client(port, tls_ca)
-    client.login(box.username, box.password)
+    client.login(account.username, account.password)
     return client
 
 

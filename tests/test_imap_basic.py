@@ -7,14 +7,13 @@ import asyncio
 import pytest
 
 from tests.imap_support import (
-    encrypt_for,
     imap_config,
     login,
     make_box,
     plain_message,
     ports,
     running_imap,
-    store,
+    store_mail,
 )
 from tests.intake_support import openssl_decrypt
 
@@ -26,10 +25,8 @@ def cfg(databases, tls_files):
 
 async def test_fetch_serves_stored_bytes_that_decrypt(databases, cfg, tls_ca, tmp_path):
     box = await make_box(databases, "basic@example.test", tmp_path)
+    stored = await store_mail(databases, box, 3)
     originals = [plain_message(n) for n in range(3)]
-    stored = [encrypt_for(box, original) for original in originals]
-    for body in stored:
-        await store(databases, box, body)
     port, _ = ports(cfg)
 
     def client_side() -> list[bytes]:

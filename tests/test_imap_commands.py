@@ -20,6 +20,7 @@ from tests.imap_support import (
     ports,
     running_imap,
     store,
+    store_mail,
 )
 from tests.intake_support import openssl_decrypt
 
@@ -31,9 +32,7 @@ def cfg(databases, tls_files):
 
 async def test_mailbox_and_message_commands_with_imaplib(databases, cfg, tls_ca, tmp_path):
     box = await make_box(databases, "commands@example.test", tmp_path)
-    bodies = [encrypt_for(box, plain_message(n)) for n in range(4)]
-    for body in bodies:
-        await store(databases, box, body)
+    bodies = await store_mail(databases, box, 4)
     port, _ = ports(cfg)
 
     def client_side() -> None:
@@ -44,7 +43,12 @@ async def test_mailbox_and_message_commands_with_imaplib(databases, cfg, tls_ca,
         assert {"INBOX", "Sent", "Drafts", "Trash", "Junk"} <= names
         assert any(b"\\Sent" in line for line in listed)
         assert client.create("Projects/2024")[0] == "OK"
-        assert client.create("Projects/2024")[0] == "NO"
+        typ, data = client.create("Projects/2024")
+        assert typ == "NO" and data[0].startswith(b"[ALREADYEXISTS]"), data
+        typ, data = client.rename("Junk", "Sent")
+        assert typ == "NO" and data[0].startswith(b"[ALREADYEXISTS]"), data
+        typ, data = client.subscribe("Nowhere")
+        assert typ == "NO" and data[0].startswith(b"[NONEXISTENT]"), data
         assert client.rename("Projects/2024", "Projects/Archive")[0] == "OK"
         typ, listed = client.list('""', "Projects/%")
         assert listed == [b'(\\HasNoChildren) "/" Projects/Archive'], listed
@@ -104,7 +108,7 @@ async def test_mailbox_and_message_commands_with_imaplib(databases, cfg, tls_ca,
         assert client.response("EXPUNGE") == ("EXPUNGE", [b"2"])
         typ, data = client.uid("FETCH", "1:*", "(UID)")
         assert [re.search(rb"UID (\d+)", d).group(1) for d in data] == [b"2"]
-        assert client.unselect()[0] == "OK" if hasattr(client, "unselect") else True
+        assert client.unselect()[0] == "OK"
 
         client.select("Trash")
         typ, data = client.fetch("1", "(BODY.PEEK[])")
@@ -113,7 +117,10 @@ async def test_mailbox_and_message_commands_with_imaplib(databases, cfg, tls_ca,
         assert client.close()[0] == "OK"
         assert client.status("Trash", "(MESSAGES)")[1] == [b"Trash (MESSAGES 0)"]
         assert client.delete("Projects/Archive")[0] == "OK"
-        assert client.delete("INBOX")[0] == "NO"
+        typ, data = client.delete("INBOX")
+        assert typ == "NO" and data[0].startswith(b"[CANNOT]"), data
+        typ, data = client.delete("Projects/Archive")
+        assert typ == "NO" and data[0].startswith(b"[NONEXISTENT]"), data
         assert client.select("Projects/Archive")[0] == "NO"
         client.logout()
 
@@ -163,7 +170,7 @@ async def test_append_without_certificate_is_refused(databases, cfg, tls_ca, tmp
     port, _ = ports(cfg)
 
     def client_side() -> tuple[str, list]:
-        client = starttls_login(port, tls_ca, demo.username, demo.password)
+        client = login(port, tls_ca, demo)
         result = client.append("Drafts", None, None, plain_message(1))
         client.logout()
         return result
@@ -173,19 +180,9 @@ async def test_append_without_certificate_is_refused(databases, cfg, tls_ca, tmp
     assert typ == "NO" and b"certificate" in data[0]
 
 
-def starttls_login(port, tls_ca, username, password):
-    from tests.imap_support import starttls_client
-
-    client = starttls_client(port, tls_ca)
-    client.login(username, password)
-    return client
-
-
 async def test_aioimaplib_over_implicit_tls(databases, cfg, tls_ca, tmp_path):
     box = await make_box(databases, "aio@example.test", tmp_path)
-    bodies = [encrypt_for(box, plain_message(n)) for n in range(3)]
-    for body in bodies:
-        await store(databases, box, body)
+    bodies = await store_mail(databases, box, 3)
     _, tls_port = ports(cfg)
     async with running_imap(cfg):
         client = aioimaplib.IMAP4_SSL("127.0.0.1", tls_port, ssl_context=client_context(tls_ca))
@@ -240,6 +237,11 @@ async def test_literals_in_login_and_exact_responses(databases, cfg, tls_ca, tmp
         assert reply[1] == b"To: vault@example.test\r\n\r\n"
         reply = await raw.command("d", 'LIST (SPECIAL-USE) "" "*" RETURN (SUBSCRIBED)')
         assert len(reply) == 5 and all(b"\\Subscribed" in line for line in reply[:4]), reply
+        reply = await raw.command("d2", 'LIST "" (inbox "Sen%")')
+        assert reply[:-1] == [
+            b'* LIST (\\HasNoChildren) "/" INBOX\r\n',
+            b'* LIST (\\HasNoChildren \\Sent) "/" Sent\r\n',
+        ], reply
         reply = await raw.command("c2", "UID COPY 1 Junk")
         assert re.match(rb"c2 OK \[COPYUID \d+ 1 1\]", reply[-1]), reply
         message = encrypt_for(box, plain_message(2))
@@ -258,3 +260,42 @@ async def test_literals_in_login_and_exact_responses(databases, cfg, tls_ca, tmp
         reply = await raw.command("g", "LOGOUT")
         assert reply[0].startswith(b"* BYE") and reply[-1].startswith(b"g OK")
         await raw.close()
+
+
+_DERIVED = "SELECT envelope, bodystructure, bodystructure_basic, mime_parts FROM encrypted_emails"
+
+
+async def test_rows_stored_without_imap_metadata_get_it_on_first_fetch(
+    databases, cfg, tls_ca, tmp_path
+):
+    """Messages stored before migration 004 lack ENVELOPE/BODYSTRUCTURE/part offsets: FETCH
+    computes them, serves them, and saves them (as the IMAP role) for the next time."""
+    box = await make_box(databases, "legacy@example.test", tmp_path)
+    (body,) = await store_mail(databases, box, 1)
+    _, tls_port = ports(cfg)
+
+    async def fetch_in_a_new_process() -> list[bytes]:  # a new process: nothing cached
+        async with running_imap(cfg):
+            raw = await RawClient.connect(tls_port, tls_ca)
+            await raw.login(box)
+            await raw.command("s", "SELECT INBOX")
+            reply = await raw.command("a", "FETCH 1 (ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[1])")
+            await raw.close()
+        return reply
+
+    expected = await fetch_in_a_new_process()
+    assert expected[0].startswith(b"* 1 FETCH (ENVELOPE (") and b"BODY[1] {" in expected[0]
+    assert expected[1] == body.partition(b"\r\n\r\n")[2], expected
+    conn = await databases.connect()
+    try:
+        before = await conn.fetchrow(_DERIVED + " WHERE vaultbox_id = $1", box.id)
+        await conn.execute(
+            """UPDATE encrypted_emails SET envelope = NULL, bodystructure = NULL,
+                      bodystructure_basic = NULL, mime_parts = NULL WHERE vaultbox_id = $1""",
+            box.id,
+        )
+        assert await fetch_in_a_new_process() == expected
+        after = await conn.fetchrow(_DERIVED + " WHERE vaultbox_id = $1", box.id)
+    finally:
+        await conn.close()
+    assert dict(after) == dict(before) and None not in dict(after).values()

@@ -11,13 +11,11 @@ import subprocess
 import pytest
 
 from tests.imap_support import (
-    encrypt_for,
     imap_config,
     make_box,
-    plain_message,
     ports,
     running_imap,
-    store,
+    store_mail,
 )
 from tests.intake_support import openssl_decrypt
 
@@ -28,11 +26,7 @@ COUNT = 100
 
 async def test_mbsync_pulls_every_message_byte_for_byte(databases, tls_files, tls_ca, tmp_path):
     box = await make_box(databases, "mbsync@example.test", tmp_path)
-    stored = []
-    for number in range(COUNT):
-        body = encrypt_for(box, plain_message(number))
-        stored.append(body)
-        await store(databases, box, body)
+    stored = await store_mail(databases, box, COUNT)
     cfg = imap_config(databases, tls_files)
     _, tls_port = ports(cfg)
     ca_file = tmp_path / "ca.pem"

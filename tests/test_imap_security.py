@@ -264,3 +264,18 @@ async def test_open_sessions_gauge_follows_connections(databases, cfg, tls_ca, t
                 break
             await asyncio.sleep(0.05)
         assert open_sessions() == before
+
+
+async def test_commands_pipelined_after_starttls_are_not_run(databases, cfg, tls_ca, tmp_path):
+    """RFC 3501 6.2.1 / RFC 7817: a command sent in clear behind STARTTLS (an injection by
+    someone on the path) must not run inside the TLS session; the server hangs up instead."""
+    box = await make_box(databases, "injected@example.test", tmp_path)
+    port, _ = ports(cfg)
+    async with running_imap(cfg):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        raw = RawClient(reader, writer)
+        raw.greeting = await raw.line()
+        await raw.send(b"a STARTTLS\r\nb LOGIN %s %s\r\n" % (box.username.encode(), b"x"))
+        assert await raw.line() == b"* BYE Data after STARTTLS\r\n"
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        await raw.close()

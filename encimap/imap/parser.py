@@ -8,8 +8,10 @@ before parsing). Every syntax problem raises `ParseError`, which the session ans
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import TypeVar
 
 from encimap.store import search as keys
 
@@ -38,6 +40,7 @@ def literal_announcement(line: bytes) -> tuple[int, bool] | None:
 
 
 Range = tuple[int | None, int | None]  # None stands for "*"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,17 @@ class Reader:
 
     def sp(self) -> None:
         self.expect(b" ")
+
+    def parenthesized(self, item: Callable[[], T]) -> list[T]:
+        """`(item SP item ...)`, possibly empty: each item read by calling `item`."""
+        self.expect(b"(")
+        items: list[T] = []
+        while self.peek() != 0x29:
+            if items:
+                self.sp()
+            items.append(item())
+        self.pos += 1
+        return items
 
     def end(self) -> None:
         if not self.at_end():
@@ -234,14 +248,7 @@ class Reader:
     def flag_list(self) -> list[str]:
         if self.peek() != 0x28:
             return [self.flag()]
-        self.pos += 1
-        flags = []
-        while self.peek() != 0x29:
-            if flags:
-                self.sp()
-            flags.append(self.flag())
-        self.pos += 1
-        return flags
+        return self.parenthesized(self.flag)
 
     def date(self) -> date:
         text = self.astring().decode("ascii", "replace")
@@ -350,14 +357,7 @@ def parse_fetch_items(reader: Reader) -> list[FetchItem]:
             return [FetchItem(item) for item in _MACROS[name]]
         reader.pos -= len(name)
         return [_fetch_item(reader)]
-    reader.pos += 1
-    items: list[FetchItem] = []
-    while reader.peek() != 0x29:
-        if items:
-            reader.sp()
-        items.append(_fetch_item(reader))
-    reader.pos += 1
-    return items
+    return reader.parenthesized(lambda: _fetch_item(reader))
 
 
 def _fetch_item(reader: Reader) -> FetchItem:
@@ -401,13 +401,7 @@ def _section(reader: Reader) -> Section:
 
 
 def _header_list(reader: Reader) -> list[str]:
-    reader.expect(b"(")
-    names = []
-    while reader.peek() != 0x29:
-        if names:
-            reader.sp()
-        names.append(reader.astring().decode("ascii", "replace").upper())
-    reader.pos += 1
+    names = reader.parenthesized(lambda: reader.astring().decode("ascii", "replace").upper())
     if not names:
         raise ParseError("empty header list")
     return names
@@ -456,12 +450,7 @@ class SearchProgram:
 def parse_search(reader: Reader) -> SearchProgram:
     program = SearchProgram(keys.All())
     if reader.accept(b"RETURN "):
-        reader.expect(b"(")
-        while reader.peek() != 0x29:
-            if program.return_options:
-                reader.sp()
-            program.return_options.append(reader.atom().upper())
-        reader.pos += 1
+        program.return_options = [option.upper() for option in reader.parenthesized(reader.atom)]
         reader.sp()
     if reader.accept(b"CHARSET "):
         program.charset = reader.astring().decode("ascii", "replace").upper()

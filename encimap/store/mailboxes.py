@@ -30,7 +30,6 @@ class Mailbox:
 class Counts:
     messages: int
     unseen: int
-    deleted: int
     size: int
 
 
@@ -61,13 +60,6 @@ async def find_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailb
         canonical_name(name),
     )
     return _mailbox(row) if row else None
-
-
-async def get_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailbox:
-    mailbox = await find_mailbox(db, vaultbox_id, name)
-    if mailbox is None:
-        raise NotFound(f"no mailbox {name}")
-    return mailbox
 
 
 async def create_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailbox:
@@ -141,9 +133,8 @@ async def counts(db: Executor, mailbox_id: int) -> Counts:
     row = await db.fetchrow(
         r"""SELECT count(*) AS messages,
                    count(*) FILTER (WHERE NOT flags @> ARRAY['\Seen']) AS unseen,
-                   count(*) FILTER (WHERE flags @> ARRAY['\Deleted']) AS deleted,
                    coalesce(sum(size_bytes), 0) AS size
               FROM encrypted_emails WHERE mailbox_id = $1""",
         mailbox_id,
     )
-    return Counts(row["messages"], row["unseen"], row["deleted"], row["size"])
+    return Counts(row["messages"], row["unseen"], row["size"])

@@ -31,8 +31,6 @@ from encimap.store.types import Executor
 
 FlagMode = Literal["replace", "add", "remove"]
 INBOX = "INBOX"
-# LISTEN on this channel to learn about changes; see encimap.store.events for the payloads.
-NOTIFY_CHANNEL = events.CHANNEL
 
 # FETCH asks for columns by these names only (never interpolated from client input).
 COLUMNS = frozenset(

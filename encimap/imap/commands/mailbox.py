@@ -4,15 +4,17 @@ CLOSE, UNSELECT."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
+from collections.abc import Iterator
 
 from encimap.imap import wire
 from encimap.imap.commands import AUTHENTICATED, SELECTED, command
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import Selected
-from encimap.imap.session import Session, State, no
-from encimap.store import NotFound, StoreError, mailboxes, messages
+from encimap.imap.session import Reply, Session, State, no
+from encimap.store import Conflict, NotFound, StoreError, mailboxes, messages
 from encimap.store.mailboxes import DELIMITER, Mailbox
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -23,11 +25,28 @@ def vaultbox_id(session: Session) -> uuid.UUID:
     return session.principal.vaultbox_id
 
 
+def nonexistent(name: str) -> Reply:
+    return no("[NONEXISTENT] Mailbox doesn't exist: " + name[:200])
+
+
 async def existing_mailbox(session: Session, name: str) -> Mailbox:
     mailbox = await mailboxes.find_mailbox(session.server.pool, vaultbox_id(session), name)
     if mailbox is None:
-        raise no("[NONEXISTENT] Mailbox doesn't exist: " + name[:200])
+        raise nonexistent(name)
     return mailbox
+
+
+@contextlib.contextmanager
+def refusals(name: str) -> Iterator[None]:
+    """The store's refusals of a change to mailbox `name` as NO with RFC 5530 codes."""
+    try:
+        yield
+    except NotFound:
+        raise nonexistent(name) from None
+    except Conflict as exc:
+        raise no("[ALREADYEXISTS] " + str(exc)) from None
+    except StoreError as exc:
+        raise no("[CANNOT] " + str(exc)) from None
 
 
 def unselect(session: Session) -> None:
@@ -111,11 +130,8 @@ async def create(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.end()
-    try:
+    with refusals(name):
         await mailboxes.create_mailbox(session.server.pool, vaultbox_id(session), name)
-    except StoreError as exc:
-        code = "[ALREADYEXISTS] " if "exists" in str(exc) else "[CANNOT] "
-        raise no(code + str(exc)) from None
     return "OK Create completed."
 
 
@@ -128,12 +144,8 @@ async def delete(session: Session, _tag: str, reader: Reader) -> str:
         name
     ):
         unselect(session)
-    try:
+    with refusals(name):
         await mailboxes.delete_mailbox(session.server.pool, vaultbox_id(session), name)
-    except NotFound:
-        raise no("[NONEXISTENT] Mailbox doesn't exist: " + name[:200]) from None
-    except StoreError as exc:
-        raise no("[CANNOT] " + str(exc)) from None
     return "OK Delete completed."
 
 
@@ -144,13 +156,8 @@ async def rename(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     new = reader.mailbox()
     reader.end()
-    try:
+    with refusals(old):
         await mailboxes.rename_mailbox(session.server.pool, vaultbox_id(session), old, new)
-    except NotFound:
-        raise no("[NONEXISTENT] Mailbox doesn't exist: " + old[:200]) from None
-    except StoreError as exc:
-        code = "[ALREADYEXISTS] " if "exists" in str(exc) else "[CANNOT] "
-        raise no(code + str(exc)) from None
     return "OK Rename completed."
 
 
@@ -168,10 +175,8 @@ async def _subscribe(session: Session, reader: Reader, *, on: bool) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.end()
-    try:
+    with refusals(name):
         await mailboxes.set_subscribed(session.server.pool, vaultbox_id(session), name, on)
-    except NotFound:
-        raise no("[NONEXISTENT] Mailbox doesn't exist: " + name[:200]) from None
     return f"OK {'Subscribe' if on else 'Unsubscribe'} completed."
 
 
@@ -187,14 +192,7 @@ def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
 
 
 def _options(reader: Reader) -> list[str]:
-    reader.expect(b"(")
-    options = []
-    while reader.peek() != 0x29:
-        if options:
-            reader.sp()
-        options.append(reader.atom().upper())
-    reader.pos += 1
-    return options
+    return [option.upper() for option in reader.parenthesized(reader.atom)]
 
 
 @command("LIST", states=AUTHENTICATED)
@@ -214,15 +212,10 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
         reader.sp()
     reference = reader.mailbox() if reader.peek() != 0x22 else reader.quoted().decode()
     reader.sp()
-    patterns = [reader.list_mailbox()] if reader.peek() != 0x28 else None
-    if patterns is None:
-        reader.pos += 1
-        patterns = []
-        while reader.peek() != 0x29:
-            if patterns:
-                reader.sp()
-            patterns.append(reader.list_mailbox())
-        reader.pos += 1
+    if reader.peek() == 0x28:
+        patterns = reader.parenthesized(reader.list_mailbox)
+    else:
+        patterns = [reader.list_mailbox()]
     returns: list[str] = []
     if not reader.at_end():
         reader.sp()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from encimap.imap import wire
 from encimap.imap.commands import SELECTED, command
-from encimap.imap.commands.mailbox import existing_mailbox, vaultbox_id
+from encimap.imap.commands.mailbox import SYSTEM_FLAGS, existing_mailbox, vaultbox_id
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import Selected
 from encimap.imap.session import Session, bad, no
 from encimap.store import messages
 
-_SYSTEM = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
+_SYSTEM = {f.lower(): f for f in SYSTEM_FLAGS}
 _MODES = {"FLAGS": "replace", "+FLAGS": "add", "-FLAGS": "remove"}
 
 
