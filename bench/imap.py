@@ -79,14 +79,8 @@ async def prepare(cluster: LocalCluster, count: int) -> tuple[str, list[bytes]]:
             username=username,
             password_hash=hash_password(PASSWORD, 10),
         )
-        cert_pem, _key = smime.generate_certificate(ADDRESS)
-        info = smime.check_certificate(cert_pem, ADDRESS)
-        await certificates.add_certificate(
-            conn,
-            vaultbox_id=box.id,
-            certificate_type="public",
-            pem_content=cert_pem.decode(),
-            info=info,
+        cert_pem, _key, _info = await certificates.add_generated_certificate(
+            conn, vaultbox_id=box.id, address=ADDRESS
         )
         stored = [smime.encrypt_message(message(n, 7000), [cert_pem]).message for n in range(count)]
         for body in stored:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from encimap import db, smime
+from encimap import db
 from encimap.pgcluster import LocalCluster, free_port
 from encimap.store import certificates, vaultboxes
 
@@ -189,15 +189,7 @@ async def prepare(cluster: LocalCluster) -> tuple[str, str]:
         box = await vaultboxes.create_vaultbox(
             conn, user_id=__import__("uuid").uuid4(), alias="bench", domain="vault.test", name=None
         )
-        cert_pem, _key = smime.generate_certificate(ADDRESS)
-        info = smime.check_certificate(cert_pem, ADDRESS)
-        await certificates.add_certificate(
-            conn,
-            vaultbox_id=box.id,
-            certificate_type="public",
-            pem_content=cert_pem.decode(),
-            info=info,
-        )
+        await certificates.add_generated_certificate(conn, vaultbox_id=box.id, address=ADDRESS)
     finally:
         await conn.close()
     return cluster.url(names[0]), cluster.url(names[1])

@@ -10,13 +10,12 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
 from encimap import config as config_module
-from encimap import service, smime
+from encimap import service
 from encimap.pgcluster import free_port
 from encimap.store import certificates
 from encimap.store.vaultboxes import Vaultbox
+from tests.smime_support import pem_key
 from tests.support import Databases, make_config
 
 
@@ -36,28 +35,16 @@ async def add_certificate(
 ) -> Path:
     """Give `vaultbox` a generated certificate (for `address`, default its own); returns the
     private key's PEM file, which only the test keeps."""
-    cert_pem, key = smime.generate_certificate(address or vaultbox.address)
-    info = smime.check_certificate(cert_pem, address or vaultbox.address)
     conn = await databases.connect()
     try:
-        await certificates.add_certificate(
-            conn,
-            vaultbox_id=vaultbox.id,
-            certificate_type="public",
-            pem_content=cert_pem.decode(),
-            info=info,
+        cert_pem, key, info = await certificates.add_generated_certificate(
+            conn, vaultbox_id=vaultbox.id, address=address or vaultbox.address
         )
     finally:
         await conn.close()
     key_path = directory / f"{vaultbox.alias}-{info.fingerprint_sha256[:8]}.key"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (key_path.with_suffix(".crt")).write_bytes(cert_pem)
+    key_path.write_bytes(pem_key(key))
+    key_path.with_suffix(".crt").write_bytes(cert_pem)
     return key_path
 
 

@@ -164,14 +164,8 @@ async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[Dem
 async def _demo_certificate(conn: asyncpg.Connection, vaultbox_id: Any, p12: Path) -> DemoLogin:
     """A certificate so the intake can deliver to the demo vaultbox; the server stores only
     the public part, the key goes to a PKCS#12 file for the mail client."""
-    cert_pem, key = smime.generate_certificate(DEMO_ADDRESS)
-    info = smime.check_certificate(cert_pem, DEMO_ADDRESS)
-    await certificates.add_certificate(
-        conn,
-        vaultbox_id=vaultbox_id,
-        certificate_type="public",
-        pem_content=cert_pem.decode(),
-        info=info,
+    cert_pem, key, _info = await certificates.add_generated_certificate(
+        conn, vaultbox_id=vaultbox_id, address=DEMO_ADDRESS
     )
     password = generate_password()
     p12.parent.mkdir(parents=True, exist_ok=True)
