@@ -17,7 +17,7 @@ import asyncpg
 from encimap import config as config_module
 from encimap import db, logs, smime
 from encimap.auth.passwords import generate_password, hash_password
-from encimap.pgcluster import LocalCluster
+from encimap.pgcluster import LocalCluster, prepare_databases
 from encimap.service.listeners import bind
 from encimap.store import certificates, credentials, platform, vaultboxes
 from encimap.tls import write_self_signed
@@ -96,18 +96,6 @@ def dev_config(
 
 def _loopback(value: str | list[str]) -> list[str]:
     return [spec.replace("0.0.0.0:", "127.0.0.1:") for spec in config_module.listeners(value)]
-
-
-async def prepare(cluster: LocalCluster) -> None:
-    for name in ("motorical_db", "motorical_encrypted_imap"):
-        if not cluster.database_exists(name):
-            cluster.create_database(name)
-    for database, name in (("motorical", "motorical_db"), ("encimap", "motorical_encrypted_imap")):
-        conn = await asyncpg.connect(cluster.url(name))
-        try:
-            await db.migrate(conn, database)  # type: ignore[arg-type]
-        finally:
-            await conn.close()
 
 
 async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[DemoLogin]:
@@ -215,7 +203,7 @@ async def run(base: config_module.Config, args: argparse.Namespace) -> int:
     tls = write_self_signed(directory / "tls")
     cluster.start()
     try:
-        await prepare(cluster)
+        await prepare_databases(cluster, "motorical_db", "motorical_encrypted_imap")
         cfg = dev_config(base, cluster, tls)
         logins = await seed(cfg, directory)
         sink = await start_sink(cfg.submission.relay)
