@@ -108,16 +108,15 @@ async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[Dem
         except platform.NotFound:
             user = await platform.create_user(conn, DEMO_USER, "Demo User")
         password = generate_password()
-        if await conn.fetchval("SELECT 1 FROM motor_blocks WHERE username = $1", DEMO_MOTORBLOCK):
-            await platform.set_motorblock_password(
-                conn, DEMO_MOTORBLOCK, hash_password(password, cost)
-            )
-        else:
+        password_hash = hash_password(password, cost)
+        try:
+            await platform.set_motorblock_password(conn, DEMO_MOTORBLOCK, password_hash)
+        except platform.NotFound:
             await platform.create_motorblock(
                 conn,
                 user_id=user.id,
                 username=DEMO_MOTORBLOCK,
-                password_hash=hash_password(password, cost),
+                password_hash=password_hash,
                 domain=DEMO_DOMAIN,
                 rate_limit_per_hour=100,
             )
@@ -132,16 +131,17 @@ async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[Dem
             DEMO_DOMAIN
         )
         password = generate_password()
+        password_hash = hash_password(password, cost)
         for kind in ("smtp", "imap"):
             try:
-                await credentials.set_password(conn, kind, username, hash_password(password, cost))
+                await credentials.set_password(conn, kind, username, password_hash)
             except credentials.NotFound:
                 await credentials.create_credential(
                     conn,
                     kind=kind,
                     vaultbox_id=box.id,
                     username=username,
-                    password_hash=hash_password(password, cost),
+                    password_hash=password_hash,
                 )
         logins.append(DemoLogin(f"vaultbox {box.address} (SMTP + IMAP)", username, password))
         if not await certificates.public_certificates(conn, box.id):
