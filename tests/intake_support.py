@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from encimap import service
 from encimap.pgcluster import free_port
 from encimap.store import certificates
 from encimap.store.vaultboxes import Vaultbox
-from tests.smime_support import pem_key
+from tests.smime_support import openssl_decrypt_files, pem_key
 from tests.support import Databases, make_config
 
 
@@ -133,25 +132,9 @@ def dot_stuff(data: bytes) -> bytes:
 
 
 def openssl_decrypt(stored: bytes, key_path: Path) -> bytes:
-    """Decrypt a stored message with `openssl cms -decrypt` (an implementation not ours)."""
-    result = subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-decrypt",
-            "-inkey",
-            str(key_path),
-            "-recip",
-            str(key_path.with_suffix(".crt")),
-            "-binary",
-        ],
-        input=stored,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout
+    """Decrypt a stored message with `openssl cms -decrypt` (an implementation not ours), with
+    the key `add_certificate` wrote."""
+    return openssl_decrypt_files(stored, key_path.with_suffix(".crt"), key_path, "-binary")
 
 
 async def stored_messages(databases: Databases, vaultbox: Vaultbox) -> list[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -15,18 +14,13 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from encimap.config import Config
+from encimap.pgcluster import free_port
 from encimap.service import Runtime
 from encimap.submission.service import SubmissionService, start
 
 REFUSED_RECIPIENT_PREFIX = "refuse"
 REJECTED_SUBJECT = b"Subject: reject me"
 DROPPED_SUBJECT = b"Subject: drop me"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
