@@ -26,9 +26,9 @@ from pathlib import Path
 import asyncpg
 
 from encimap import config as config_module
-from encimap import db, logs, service
+from encimap import logs, service
 from encimap.auth.passwords import hash_password
-from encimap.pgcluster import LocalCluster
+from encimap.pgcluster import LocalCluster, prepare_databases
 from encimap.store import credentials, vaultboxes
 
 COST = 12
@@ -109,13 +109,10 @@ async def rate(client: Client, username: str, total: int, concurrency: int, pass
 
 
 async def prepare(cluster: LocalCluster) -> tuple[config_module.Config, str]:
-    for name in ("bench_motorical", "bench_encimap"):
-        cluster.create_database(name)
-    for database, name in (("motorical", "bench_motorical"), ("encimap", "bench_encimap")):
-        conn = await asyncpg.connect(cluster.url(name))
-        await db.migrate(conn, database)  # type: ignore[arg-type]
-        await conn.close()
-    conn = await asyncpg.connect(cluster.url("bench_encimap"))
+    motorical_url, encimap_url = await prepare_databases(
+        cluster, "bench_motorical", "bench_encimap"
+    )
+    conn = await asyncpg.connect(encimap_url)
     box = await vaultboxes.create_vaultbox(
         conn, user_id=uuid.uuid4(), alias="bench", domain="bench.test", name=None
     )
@@ -129,9 +126,7 @@ async def prepare(cluster: LocalCluster) -> tuple[config_module.Config, str]:
     )
     await conn.close()
     cfg = config_module.Config(
-        database=config_module.DatabaseConfig(
-            motorical_url=cluster.url("bench_motorical"), encimap_url=cluster.url("bench_encimap")
-        ),
+        database=config_module.DatabaseConfig(motorical_url=motorical_url, encimap_url=encimap_url),
     )
     return cfg, username
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import asyncpg
 
-from encimap import db, smime
+from encimap import smime
 from encimap.auth.passwords import hash_password
-from encimap.pgcluster import LocalCluster, free_port
+from encimap.pgcluster import LocalCluster, free_port, prepare_databases
 from encimap.store import certificates, credentials, messages, vaultboxes
 from encimap.tls import write_self_signed
 from tests import dovecot_support
@@ -56,13 +56,8 @@ def message(number: int, size: int) -> bytes:
 
 async def prepare(cluster: LocalCluster, count: int) -> tuple[str, list[bytes]]:
     """Migrated databases with one vaultbox holding `count` encrypted messages."""
-    for name in ("motorical_db", "motorical_encrypted_imap"):
-        cluster.create_database(name)
-    for database, name in (("motorical", "motorical_db"), ("encimap", "motorical_encrypted_imap")):
-        conn = await asyncpg.connect(cluster.url(name))
-        await db.migrate(conn, database)  # type: ignore[arg-type]
-        await conn.close()
-    conn = await asyncpg.connect(cluster.url("motorical_encrypted_imap"))
+    _, encimap_url = await prepare_databases(cluster, "motorical_db", "motorical_encrypted_imap")
+    conn = await asyncpg.connect(encimap_url)
     try:
         box = await vaultboxes.create_vaultbox(
             conn,
@@ -79,14 +74,8 @@ async def prepare(cluster: LocalCluster, count: int) -> tuple[str, list[bytes]]:
             username=username,
             password_hash=hash_password(PASSWORD, 10),
         )
-        cert_pem, _key = smime.generate_certificate(ADDRESS)
-        info = smime.check_certificate(cert_pem, ADDRESS)
-        await certificates.add_certificate(
-            conn,
-            vaultbox_id=box.id,
-            certificate_type="public",
-            pem_content=cert_pem.decode(),
-            info=info,
+        cert_pem, _key, _info = await certificates.add_generated_certificate(
+            conn, vaultbox_id=box.id, address=ADDRESS
         )
         stored = [smime.encrypt_message(message(n, 7000), [cert_pem]).message for n in range(count)]
         for body in stored:

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from encimap import db, smime
-from encimap.pgcluster import LocalCluster, free_port
+from encimap.pgcluster import LocalCluster, free_port, prepare_databases
 from encimap.store import certificates, vaultboxes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,32 +174,16 @@ def measure(
 
 
 async def prepare(cluster: LocalCluster) -> tuple[str, str]:
-    names = ("bench_motorical", "bench_encimap")
-    for name in names:
-        cluster.create_database(name)
-    for component, name in zip(db.DATABASES, names, strict=True):
-        conn = await asyncpg.connect(cluster.url(name))
-        try:
-            await db.migrate(conn, component)
-        finally:
-            await conn.close()
-    conn = await asyncpg.connect(cluster.url(names[1]))
+    urls = await prepare_databases(cluster, "bench_motorical", "bench_encimap")
+    conn = await asyncpg.connect(urls[1])
     try:
         box = await vaultboxes.create_vaultbox(
             conn, user_id=__import__("uuid").uuid4(), alias="bench", domain="vault.test", name=None
         )
-        cert_pem, _key = smime.generate_certificate(ADDRESS)
-        info = smime.check_certificate(cert_pem, ADDRESS)
-        await certificates.add_certificate(
-            conn,
-            vaultbox_id=box.id,
-            certificate_type="public",
-            pem_content=cert_pem.decode(),
-            info=info,
-        )
+        await certificates.add_generated_certificate(conn, vaultbox_id=box.id, address=ADDRESS)
     finally:
         await conn.close()
-    return cluster.url(names[0]), cluster.url(names[1])
+    return urls
 
 
 async def stored_count(url: str) -> tuple[int, int]:

@@ -31,11 +31,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 import trustme
 
-from encimap import db, logs
-from encimap.pgcluster import LocalCluster
+from encimap import logs
+from encimap.pgcluster import LocalCluster, prepare_databases
 from encimap.service import eventloop
 from tests.submission_helpers import free_port, message, sink
 from tests.support import REPO, Databases, make_motorblock, write_config_file
@@ -184,17 +183,8 @@ async def main(total: int, repeat: int, event_loop: str) -> None:
     cluster = LocalCluster(base / "data")
     cluster.start()
     try:
-        for name in ("motorical_bench", "encimap_bench"):
-            cluster.create_database(name)
-        databases = Databases(cluster, cluster.url("motorical_bench"), cluster.url("encimap_bench"))
-        for component, url in zip(
-            db.DATABASES, (databases.motorical_url, databases.encimap_url), strict=True
-        ):
-            conn = await asyncpg.connect(url)
-            try:
-                await db.migrate(conn, component)
-            finally:
-                await conn.close()
+        urls = await prepare_databases(cluster, "motorical_bench", "encimap_bench")
+        databases = Databases(cluster, *urls)
         await make_motorblock(
             databases, username=USER, password=PASSWORD, domain=DOMAIN, rate_limit=10**9
         )

@@ -15,6 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
+from encimap import db
+
 SERVICE_USER = "postgres"
 SUPERUSER = "postgres"
 
@@ -137,6 +141,24 @@ class LocalCluster:
             "postgres",
         )
         return result.stdout.strip() == "1"
+
+
+async def prepare_databases(
+    cluster: LocalCluster, motorical_name: str, encimap_name: str
+) -> tuple[str, str]:
+    """Create the platform and the encimap database in `cluster` unless they exist, apply
+    every pending migration, and return their URLs (motorical, encimap)."""
+    urls = []
+    for database, name in zip(db.DATABASES, (motorical_name, encimap_name), strict=True):
+        if not cluster.database_exists(name):
+            cluster.create_database(name)
+        conn = await asyncpg.connect(cluster.url(name))
+        try:
+            await db.migrate(conn, database)
+        finally:
+            await conn.close()
+        urls.append(cluster.url(name))
+    return urls[0], urls[1]
 
 
 def _open_path_for(path: Path) -> None:

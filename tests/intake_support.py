@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
 from encimap import config as config_module
-from encimap import smime
 from encimap.pgcluster import free_port
 from encimap.store import certificates
 from encimap.store.vaultboxes import Vaultbox
 from tests.service_support import running_service
+from tests.smime_support import openssl_decrypt_files, pem_key
 from tests.support import Databases, make_config
 
 
@@ -35,28 +32,16 @@ async def add_certificate(
 ) -> Path:
     """Give `vaultbox` a generated certificate (for `address`, default its own); returns the
     private key's PEM file, which only the test keeps."""
-    cert_pem, key = smime.generate_certificate(address or vaultbox.address)
-    info = smime.check_certificate(cert_pem, address or vaultbox.address)
     conn = await databases.connect()
     try:
-        await certificates.add_certificate(
-            conn,
-            vaultbox_id=vaultbox.id,
-            certificate_type="public",
-            pem_content=cert_pem.decode(),
-            info=info,
+        cert_pem, key, info = await certificates.add_generated_certificate(
+            conn, vaultbox_id=vaultbox.id, address=address or vaultbox.address
         )
     finally:
         await conn.close()
     key_path = directory / f"{vaultbox.alias}-{info.fingerprint_sha256[:8]}.key"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (key_path.with_suffix(".crt")).write_bytes(cert_pem)
+    key_path.write_bytes(pem_key(key))
+    key_path.with_suffix(".crt").write_bytes(cert_pem)
     return key_path
 
 
@@ -131,25 +116,9 @@ def dot_stuff(data: bytes) -> bytes:
 
 
 def openssl_decrypt(stored: bytes, key_path: Path) -> bytes:
-    """Decrypt a stored message with `openssl cms -decrypt` (an implementation not ours)."""
-    result = subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-decrypt",
-            "-inkey",
-            str(key_path),
-            "-recip",
-            str(key_path.with_suffix(".crt")),
-            "-binary",
-        ],
-        input=stored,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout
+    """Decrypt a stored message with `openssl cms -decrypt` (an implementation not ours), with
+    the key `add_certificate` wrote."""
+    return openssl_decrypt_files(stored, key_path.with_suffix(".crt"), key_path, "-binary")
 
 
 async def stored_messages(databases: Databases, vaultbox: Vaultbox) -> list[dict]:

@@ -120,46 +120,31 @@ def pem_key(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> byte
     )
 
 
-def openssl_decrypt(message: bytes, identity: Identity, *, command: str = "cms") -> bytes:
-    """Decrypt a stored S/MIME message with `openssl cms` (or `openssl smime`)."""
+def openssl_decrypt_files(
+    data: bytes, cert_path: Path, key_path: Path, *options: str, command: str = "cms"
+) -> bytes:
+    """Decrypt with `openssl cms -decrypt` (or `openssl smime`) and the key in `key_path`."""
     result = subprocess.run(
-        [
-            "openssl",
-            command,
-            "-decrypt",
-            "-recip",
-            str(identity.cert_path),
-            "-inkey",
-            str(identity.key_path),
-        ],
-        input=message,
+        ["openssl", command, "-decrypt", *options,
+         "-recip", str(cert_path), "-inkey", str(key_path)],
+        input=data,
         capture_output=True,
+        timeout=30,
         check=False,
-    )
+    )  # fmt: skip
     if result.returncode != 0:
         raise AssertionError(f"openssl {command} -decrypt failed: {result.stderr.decode()}")
     return result.stdout
 
 
+def openssl_decrypt(message: bytes, identity: Identity, *, command: str = "cms") -> bytes:
+    """Decrypt a stored S/MIME message with `openssl cms` (or `openssl smime`)."""
+    return openssl_decrypt_files(message, identity.cert_path, identity.key_path, command=command)
+
+
 def openssl_decrypt_der(der: bytes, identity: Identity) -> bytes:
     """Decrypt a DER CMS structure (such as subject_encrypted) with `openssl cms`."""
-    result = subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-decrypt",
-            "-inform",
-            "DER",
-            "-recip",
-            str(identity.cert_path),
-            "-inkey",
-            str(identity.key_path),
-        ],
-        input=der,
-        capture_output=True,
-        check=True,
-    )
-    return result.stdout
+    return openssl_decrypt_files(der, identity.cert_path, identity.key_path, "-inform", "DER")
 
 
 def crlf(data: bytes) -> bytes:

@@ -15,9 +15,8 @@ from typing import Any
 import asyncpg
 
 from encimap import config as config_module
-from encimap import db
 from encimap.auth.passwords import hash_password
-from encimap.pgcluster import LocalCluster
+from encimap.pgcluster import LocalCluster, prepare_databases
 from encimap.store import credentials, platform, vaultboxes
 
 TEST_BCRYPT_COST = 4  # fast hashes for data the tests create; cost is not under test here
@@ -38,20 +37,8 @@ class Databases:
 
 def migrated_databases(cluster: LocalCluster, motorical_name: str, encimap_name: str) -> Databases:
     """Create both databases in `cluster` and apply every migration."""
-    names = (motorical_name, encimap_name)
-    for name in names:
-        cluster.create_database(name)
-
-    async def migrate() -> None:
-        for component, name in zip(db.DATABASES, names, strict=True):
-            conn = await asyncpg.connect(cluster.url(name))
-            try:
-                await db.migrate(conn, component)
-            finally:
-                await conn.close()
-
-    asyncio.run(migrate())
-    return Databases(cluster, cluster.url(names[0]), cluster.url(names[1]))
+    urls = asyncio.run(prepare_databases(cluster, motorical_name, encimap_name))
+    return Databases(cluster, *urls)
 
 
 def make_config(

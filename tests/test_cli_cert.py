@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from encimap import smime
 from encimap.store import certificates
@@ -76,10 +77,15 @@ async def test_generate_ec_keeping_the_key_encrypted(databases, config_file, tmp
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "ec-p256" in result.stdout
-    rows, _ = await stored(databases, "imports")
+    rows, public = await stored(databases, "imports")
     private = [row for row in rows if row["certificate_type"] == "private"]
     assert len(private) == 1
     assert "ENCRYPTED PRIVATE KEY" in private[0]["pem_content"]
+    key_pem = private[0]["pem_content"].encode()
+    with pytest.raises(ValueError):
+        serialization.load_pem_private_key(key_pem, b"not-the-password")
+    key = serialization.load_pem_private_key(key_pem, b"pw-ec")
+    assert key.public_key() == smime.load_certificate(public[0].pem_content).public_key()
 
 
 async def test_import_checks_the_certificate(databases, config_file, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import bcrypt
+from cryptography import x509
 
 from encimap.pgcluster import LocalCluster, free_port
 from tests.support import REPO
@@ -76,6 +77,25 @@ async def _stored_hashes(url: str, table: str, username: str) -> str:
         await conn.close()
 
 
+async def _stored_certificate(url: str) -> x509.Certificate:
+    conn = await asyncpg.connect(url)
+    try:
+        pem = await conn.fetchval("SELECT pem_content FROM public_certificates")
+    finally:
+        await conn.close()
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def _p12_certificate(path: Path, password: str) -> x509.Certificate:
+    """The certificate in the demo's PKCS#12 file, opened by openssl with `password`."""
+    result = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(path), "-passin", f"pass:{password}", "-nokeys"],
+        capture_output=True,
+        check=True,
+    )
+    return x509.load_pem_x509_certificate(result.stdout)
+
+
 def test_demo_starts_prints_working_logins_and_stops_cleanly(tmp_path: Path):
     tmp_path.chmod(0o755)
     pg_port = free_port()
@@ -93,6 +113,12 @@ def test_demo_starts_prints_working_logins_and_stops_cleanly(tmp_path: Path):
         for table in ("vaultbox_smtp_credentials", "imap_app_credentials"):
             stored = asyncio.run(_stored_hashes(encimap_url, table, vaultbox[1]))
             assert bcrypt.checkpw(vaultbox[2].encode(), stored.encode())
+        p12 = re.search(
+            r"S/MIME key for demo@example.test \(PKCS#12 (\S+)\): password (\S+)", output
+        )
+        assert _p12_certificate(Path(p12[1]), p12[2]) == asyncio.run(
+            _stored_certificate(encimap_url)
+        )
     finally:
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)

@@ -23,16 +23,10 @@ async def generate(cfg: Config, args: argparse.Namespace) -> int:
     if output.exists():
         raise CommandError(f"{output} exists; not overwriting it")
     password, generated = read_or_generate_password("PKCS#12 password")
-    cert_pem, key = smime.generate_certificate(args.address.lower(), ec=args.ec)
-    info = smime.check_certificate(cert_pem, args.address)
     async with db.connect(cfg.database, "encimap") as conn, conn.transaction():
         box = await vaultboxes.get_vaultbox(conn, args.address)
-        await certificates.add_certificate(
-            conn,
-            vaultbox_id=box.id,
-            certificate_type="public",
-            pem_content=cert_pem.decode(),
-            info=info,
+        cert_pem, key, info = await certificates.add_generated_certificate(
+            conn, vaultbox_id=box.id, address=box.address, ec=args.ec
         )
         if args.keep_private_key:
             encrypted_key = key.private_bytes(

@@ -17,7 +17,7 @@ import asyncpg
 from encimap import config as config_module
 from encimap import db, logs, smime
 from encimap.auth.passwords import generate_password, hash_password
-from encimap.pgcluster import LocalCluster
+from encimap.pgcluster import LocalCluster, prepare_databases
 from encimap.service.listeners import bind
 from encimap.store import certificates, credentials, platform, vaultboxes
 from encimap.tls import write_self_signed
@@ -98,18 +98,6 @@ def _loopback(value: str | list[str]) -> list[str]:
     return [spec.replace("0.0.0.0:", "127.0.0.1:") for spec in config_module.listeners(value)]
 
 
-async def prepare(cluster: LocalCluster) -> None:
-    for name in ("motorical_db", "motorical_encrypted_imap"):
-        if not cluster.database_exists(name):
-            cluster.create_database(name)
-    for database, name in (("motorical", "motorical_db"), ("encimap", "motorical_encrypted_imap")):
-        conn = await asyncpg.connect(cluster.url(name))
-        try:
-            await db.migrate(conn, database)  # type: ignore[arg-type]
-        finally:
-            await conn.close()
-
-
 async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[DemoLogin]:
     """Create the demo data once; give its logins new passwords on every start."""
     cost = cfg.auth.bcrypt_cost
@@ -120,16 +108,15 @@ async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[Dem
         except platform.NotFound:
             user = await platform.create_user(conn, DEMO_USER, "Demo User")
         password = generate_password()
-        if await conn.fetchval("SELECT 1 FROM motor_blocks WHERE username = $1", DEMO_MOTORBLOCK):
-            await platform.set_motorblock_password(
-                conn, DEMO_MOTORBLOCK, hash_password(password, cost)
-            )
-        else:
+        password_hash = hash_password(password, cost)
+        try:
+            await platform.set_motorblock_password(conn, DEMO_MOTORBLOCK, password_hash)
+        except platform.NotFound:
             await platform.create_motorblock(
                 conn,
                 user_id=user.id,
                 username=DEMO_MOTORBLOCK,
-                password_hash=hash_password(password, cost),
+                password_hash=password_hash,
                 domain=DEMO_DOMAIN,
                 rate_limit_per_hour=100,
             )
@@ -144,16 +131,17 @@ async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[Dem
             DEMO_DOMAIN
         )
         password = generate_password()
+        password_hash = hash_password(password, cost)
         for kind in ("smtp", "imap"):
             try:
-                await credentials.set_password(conn, kind, username, hash_password(password, cost))
+                await credentials.set_password(conn, kind, username, password_hash)
             except credentials.NotFound:
                 await credentials.create_credential(
                     conn,
                     kind=kind,
                     vaultbox_id=box.id,
                     username=username,
-                    password_hash=hash_password(password, cost),
+                    password_hash=password_hash,
                 )
         logins.append(DemoLogin(f"vaultbox {box.address} (SMTP + IMAP)", username, password))
         if not await certificates.public_certificates(conn, box.id):
@@ -164,14 +152,8 @@ async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[Dem
 async def _demo_certificate(conn: asyncpg.Connection, vaultbox_id: Any, p12: Path) -> DemoLogin:
     """A certificate so the intake can deliver to the demo vaultbox; the server stores only
     the public part, the key goes to a PKCS#12 file for the mail client."""
-    cert_pem, key = smime.generate_certificate(DEMO_ADDRESS)
-    info = smime.check_certificate(cert_pem, DEMO_ADDRESS)
-    await certificates.add_certificate(
-        conn,
-        vaultbox_id=vaultbox_id,
-        certificate_type="public",
-        pem_content=cert_pem.decode(),
-        info=info,
+    cert_pem, key, _info = await certificates.add_generated_certificate(
+        conn, vaultbox_id=vaultbox_id, address=DEMO_ADDRESS
     )
     password = generate_password()
     p12.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +203,7 @@ async def run(base: config_module.Config, args: argparse.Namespace) -> int:
     tls = write_self_signed(directory / "tls")
     cluster.start()
     try:
-        await prepare(cluster)
+        await prepare_databases(cluster, "motorical_db", "motorical_encrypted_imap")
         cfg = dev_config(base, cluster, tls)
         logins = await seed(cfg, directory)
         sink = await start_sink(cfg.submission.relay)

@@ -9,7 +9,9 @@ from typing import Literal
 
 import asyncpg
 
+from encimap import smime
 from encimap.smime import CertificateInfo
+from encimap.smime.certificates import PrivateKey
 from encimap.store.errors import Conflict
 from encimap.store.types import Executor
 
@@ -53,6 +55,26 @@ async def add_certificate(
         )
     except asyncpg.UniqueViolationError:
         raise Conflict(f"certificate {info.fingerprint_sha256} is already stored") from None
+
+
+async def add_generated_certificate(
+    db: Executor, *, vaultbox_id: uuid.UUID, address: str, ec: bool = False
+) -> tuple[bytes, PrivateKey, CertificateInfo]:
+    """Generate a keypair for `address`, check it and store only its public certificate.
+
+    Returns (certificate PEM, private key, info); the key goes to the caller alone (for a
+    PKCS#12 file, or a test's decryption), never into the database from here.
+    """
+    cert_pem, key = smime.generate_certificate(address, ec=ec)
+    info = smime.check_certificate(cert_pem, address)
+    await add_certificate(
+        db,
+        vaultbox_id=vaultbox_id,
+        certificate_type="public",
+        pem_content=cert_pem.decode(),
+        info=info,
+    )
+    return cert_pem, key, info
 
 
 async def public_certificates(db: Executor, vaultbox_id: uuid.UUID) -> list[StoredCertificate]:
