@@ -34,9 +34,9 @@ from pathlib import Path
 import trustme
 
 from encimap import logs
-from encimap.pgcluster import LocalCluster, prepare_databases
+from encimap.pgcluster import LocalCluster, free_port, prepare_databases
 from encimap.service import eventloop
-from tests.submission_helpers import free_port, message, sink
+from tests.submission_helpers import message, sink
 from tests.support import REPO, Databases, make_motorblock, write_config_file
 
 CONNECTIONS = 4

@@ -9,6 +9,7 @@ database, never a production one.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -44,10 +45,22 @@ def server_bindir() -> Path:
     raise ClusterError("PostgreSQL server binaries (initdb, pg_ctl) not found")
 
 
+# Ports handed out below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999
+# by default): a port the kernel picks from that range is free only until some outgoing
+# connection is given it, which on a busy test machine can happen before the server binds it.
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback TCP port that is free now, outside the ephemeral range."""
+    for port in random.sample(_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port between 20000 and 32767")
 
 
 @dataclass

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from encimap.pgcluster import free_port
+
 USER = "oracle"
 PASSWORD = "oracle-pass"
 MAIL_USER = "nobody"
@@ -33,12 +35,6 @@ def available() -> str | None:
     if os.geteuid() != 0:
         return "Dovecot's private instance needs root to switch to its mail user"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 _CONFIG = """\
@@ -91,7 +87,7 @@ class Dovecot:
 
     def __init__(self, messages: list[bytes], *, flags: list[str] | None = None) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="encimap-dovecot-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.user, self.password = USER, PASSWORD
         self._write(messages)
         self.config_file = self.base / "dovecot.conf"

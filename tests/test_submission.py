@@ -14,12 +14,12 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from encimap import metrics
+from encimap.pgcluster import free_port
 from encimap.store import credentials
 from tests.submission_helpers import (
     REFUSED_RECIPIENT_PREFIX,
     SinkHandler,
     client_context,
-    free_port,
     login,
     message,
     sink,
