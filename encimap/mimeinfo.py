@@ -599,14 +599,15 @@ def _message(
     data: bytes, start: int, end: int, section: str, parts: list[Part], depth: int
 ) -> tuple[Headers, int, str, str]:
     """A message (the whole one or a message/rfc822 body): its headers, body offset and
-    structures. A body that is not multipart is its own section `<section>.1`."""
+    structures. A body that is not multipart is its own section `<section>.1`, whose MIME
+    header (`<section>.1.MIME`) is the message's header, as Dovecot serves it."""
     header_end, body_start = split_header(data, start, end)
     headers = parse_headers(data, start, header_end)
     known = len(parts)
     extended, basic = _structure(data, headers, body_start, end, section, parts, depth, False)
     if len(parts) == known or not extended.startswith("(("):
         first = f"{section}.1" if section else "1"
-        parts.insert(known, Part(first, body_start, body_start, end))
+        parts.insert(known, Part(first, start, body_start, end))
     return headers, body_start, extended, basic
 
 
