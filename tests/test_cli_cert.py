@@ -110,3 +110,30 @@ async def test_import_checks_the_certificate(databases, config_file, tmp_path):
         fingerprints
     )
     assert len(public) == 2  # the generated one and the imported one; not the wrong one
+
+
+async def test_import_takes_der_and_honours_allow_address_mismatch(
+    databases, config_file, tmp_path
+):
+    der = openssl("x509", "-outform", "DER", data=smime.generate_certificate("der@vault.test")[0])
+    (tmp_path / "cert.der").write_bytes(der)
+    await make_vaultbox(databases, "der@vault.test")
+    ok = run_cli("cert", "import", "der@vault.test", str(tmp_path / "cert.der"),
+                 config_file=config_file)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    rows, public = await stored(databases, "der")
+    assert rows[0]["pem_content"].startswith("-----BEGIN CERTIFICATE-----")  # stored as PEM
+    assert openssl("x509", "-outform", "DER", data=rows[0]["pem_content"].encode()) == der
+
+    foreign_pem, _ = smime.generate_certificate("someone@else.test")
+    (tmp_path / "foreign.pem").write_bytes(foreign_pem)
+    refused = run_cli("cert", "import", "der@vault.test", str(tmp_path / "foreign.pem"),
+                      config_file=config_file)  # fmt: skip
+    assert refused.returncode == 1
+    lenient = write_config_file(
+        tmp_path / "lenient.toml", databases, "[smime]\nallow_address_mismatch = true\n"
+    )
+    allowed = run_cli("cert", "import", "der@vault.test", str(tmp_path / "foreign.pem"),
+                      config_file=lenient)  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    assert len((await stored(databases, "der"))[1]) == len(public) + 1
