@@ -9,6 +9,11 @@ their connection). Server CPU is utime+stime of the server process and its
 workers from /proc; PostgreSQL's CPU (all cluster processes) is shown beside it. The intake
 logs at level info (its one line per delivery is part of the cost). Then one 25 MB message:
 time and the intake's peak RSS.
+
+A diagnostic, not a target: (b0) is (b) against a copy of the database whose delivery
+function does nothing (`encimap_deliver` replaced by one that returns a row). The intake does
+all its own work, the same statement included, but PostgreSQL none, so (b0) shows how fast the
+intake process alone can go on this machine.
 """
 
 from __future__ import annotations
@@ -173,14 +178,38 @@ def measure(
         proc.wait(30)
 
 
-async def prepare(cluster: LocalCluster) -> tuple[str, str]:
-    urls = await prepare_databases(cluster, "bench_motorical", "bench_encimap")
+async def prepare(cluster: LocalCluster, encimap_name: str = "bench_encimap") -> tuple[str, str]:
+    urls = await prepare_databases(cluster, "bench_motorical", encimap_name)
     conn = await asyncpg.connect(urls[1])
     try:
         box = await vaultboxes.create_vaultbox(
             conn, user_id=__import__("uuid").uuid4(), alias="bench", domain="vault.test", name=None
         )
         await certificates.add_generated_certificate(conn, vaultbox_id=box.id, address=ADDRESS)
+    finally:
+        await conn.close()
+    return urls
+
+
+DELIVER_ARGUMENTS = (
+    "uuid, bytea, timestamptz, text, text, text, text, text, text, text[], text, text, text, "
+    "jsonb, timestamptz, jsonb, double precision, text, text, integer, integer"
+)
+
+
+async def prepare_without_storing(cluster: LocalCluster) -> tuple[str, str]:
+    """(b0)'s databases: as (b)'s, but `encimap_deliver` stores nothing and answers at once."""
+    urls = await prepare(cluster, "bench_encimap_nothing_stored")
+    conn = await asyncpg.connect(urls[1])
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                f"ALTER FUNCTION encimap_deliver({DELIVER_ARGUMENTS}) RENAME TO deliver_kept;"
+                f"CREATE FUNCTION encimap_deliver({DELIVER_ARGUMENTS}) RETURNS TABLE "
+                "(email_id uuid, mailbox_id bigint, uid bigint, duplicate boolean) LANGUAGE sql "
+                "AS $$ SELECT gen_random_uuid(), 0::bigint, 0::bigint, false $$;"
+                f"GRANT EXECUTE ON FUNCTION encimap_deliver({DELIVER_ARGUMENTS}) TO encimap_intake"
+            )
     finally:
         await conn.close()
     return urls
@@ -262,12 +291,19 @@ def main() -> int:
                                    command, port, args, postgres))  # fmt: skip
         stored, duplicates = asyncio.run(stored_count(urls[1]))
         port = free_port()
+        command = [sys.executable, "-m", "encimap", "--config",
+                   str(config_file(base, asyncio.run(prepare_without_storing(cluster)), port, 1,
+                                   args.event_loop)),
+                   "serve", "intake"]  # fmt: skip
+        nothing_stored = measure("(b0) (b), PostgreSQL idle", command, port, args, postgres)
+        port = free_port()
         seconds, peak_kb = big_message(port, config_file(base, urls, port, 1, args.event_loop))
     finally:
         cluster.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)
 
     a, b, c = results
+    results.append(nothing_stored)
     print(f"{args.messages} messages of {args.size} bytes, {args.sessions} LMTP sessions "
           f"(smtp-source -L -d), {os.cpu_count()} cores, event loop {args.event_loop} "
           "(servers (a)-(c))")  # fmt: skip
@@ -288,6 +324,8 @@ def main() -> int:
           "   (not a target: the database's share)")  # fmt: skip
     print(f"  (c)/(b) msg/s      {c.rate / b.rate:5.2f}   target >= 1.00")
     print(f"  (c)/(b) CPU/msg    {c.cpu_per_message / b.cpu_per_message:5.2f}   target <= 1.10")
+    print(f"  (b0)/(a) msg/s     {nothing_stored.rate / a.rate:5.2f}   "
+          "(not a target: (b) with a delivery function that stores nothing)")  # fmt: skip
     print(f"  25 MB message: {seconds:.2f} s, intake peak RSS {peak_kb / 1024:.0f} MB")
     return 0
 
