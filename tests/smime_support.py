@@ -14,10 +14,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DAY = dt.timedelta(days=1)
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 KEY_MAKERS = {
     # Deliberately weak: the checks must refuse it.
@@ -26,6 +28,8 @@ KEY_MAKERS = {
     "ec-p256": lambda: ec.generate_private_key(ec.SECP256R1()),
     "ec-p384": lambda: ec.generate_private_key(ec.SECP384R1()),
     "ec-p521": lambda: ec.generate_private_key(ec.SECP521R1()),
+    # A signing-only key type: the checks must refuse it for encryption.
+    "ed25519": ed25519.Ed25519PrivateKey.generate,
 }
 
 
@@ -34,7 +38,7 @@ class Identity:
     """A certificate with its private key, also written to files for openssl."""
 
     certificate: x509.Certificate
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    key: PrivateKey
     cert_path: Path
     key_path: Path
 
@@ -47,7 +51,7 @@ def make_identity(
     directory: Path,
     address: str = "box@example.org",
     *,
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | str = "rsa-2048",
+    key: PrivateKey | str = "rsa-2048",
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
     key_usage: x509.KeyUsage | None = None,
@@ -81,7 +85,9 @@ def make_identity(
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False
         )
-    certificate = builder.sign(private_key, hashes.SHA256())
+    # Ed25519 signs with its own hash (cryptography wants None there).
+    digest = None if isinstance(private_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    certificate = builder.sign(private_key, digest)
     stem = f"{address}-{certificate.serial_number:x}"
     cert_path = directory / f"{stem}.crt"
     key_path = directory / f"{stem}.key"
@@ -90,7 +96,7 @@ def make_identity(
     return Identity(certificate, private_key, cert_path, key_path)
 
 
-def default_usage(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> x509.KeyUsage:
+def default_usage(private_key: PrivateKey) -> x509.KeyUsage:
     """What an encryption certificate of this key type carries."""
     if isinstance(private_key, rsa.RSAPrivateKey):
         return usage(encipherment=True)
@@ -112,7 +118,7 @@ def usage(*, encipherment: bool = False, agreement: bool = False) -> x509.KeyUsa
     )
 
 
-def pem_key(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+def pem_key(private_key: PrivateKey) -> bytes:
     return private_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from encimap.smime import (
@@ -114,19 +114,7 @@ def test_checks_use_the_given_time(rsa_identity: Identity) -> None:
 def test_garbage_and_foreign_key_types_are_refused(tmp_path) -> None:
     with pytest.raises(CertificateError, match="cannot be parsed"):
         check_certificate(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----", ADDRESS)
-    key = ed25519.Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, ADDRESS)])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - DAY)
-        .not_valid_after(now + DAY)
-        .sign(key, None)
-    )
+    certificate = make_identity(tmp_path, ADDRESS, key="ed25519").certificate
     with pytest.raises(CertificateError, match="cannot encrypt mail"):
         check_certificate(certificate, ADDRESS)
 
