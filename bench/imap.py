@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,7 +62,7 @@ async def prepare(cluster: LocalCluster, count: int) -> tuple[str, list[bytes]]:
     try:
         box = await vaultboxes.create_vaultbox(
             conn,
-            user_id=__import__("uuid").uuid4(),
+            user_id=uuid.uuid4(),
             alias="bench",
             domain="example.test",
             name=None,

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,7 +184,7 @@ async def prepare(cluster: LocalCluster, encimap_name: str = "bench_encimap") ->
     conn = await asyncpg.connect(urls[1])
     try:
         box = await vaultboxes.create_vaultbox(
-            conn, user_id=__import__("uuid").uuid4(), alias="bench", domain="vault.test", name=None
+            conn, user_id=uuid.uuid4(), alias="bench", domain="vault.test", name=None
         )
         await certificates.add_generated_certificate(conn, vaultbox_id=box.id, address=ADDRESS)
     finally:

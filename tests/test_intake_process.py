@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def start_intake(
     while time.monotonic() < deadline:
         assert proc.poll() is None, (tmp_path / "intake.log").read_text()
         try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return proc
         except OSError:
             time.sleep(0.1)
