@@ -240,10 +240,14 @@ def config_file(
     return path
 
 
+def intake_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "encimap", "--config", str(config), "serve", "intake"]
+
+
 def big_message(port: int, config: Path) -> tuple[float, int]:
     """(seconds, peak RSS in kB) for one 25 MB message through `encimap serve intake`."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "encimap", "--config", str(config), "serve", "intake"],
+        intake_command(config),
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -285,26 +289,21 @@ def main() -> int:
         results.append(measure("(a) no-op aiosmtpd LMTP", noop, port, args, postgres))
         for workers in (1, 2):
             port = free_port()
-            command = [sys.executable, "-m", "encimap", "--config",
-                       str(config_file(base, urls, port, workers, args.event_loop)),
-                       "serve", "intake"]  # fmt: skip
+            command = intake_command(config_file(base, urls, port, workers, args.event_loop))
             results.append(measure(f"({'bc'[workers - 1]}) intake, {workers} worker(s)",
                                    command, port, args, postgres))  # fmt: skip
         stored, duplicates = asyncio.run(stored_count(urls[1]))
         port = free_port()
-        command = [sys.executable, "-m", "encimap", "--config",
-                   str(config_file(base, asyncio.run(prepare_without_storing(cluster)), port, 1,
-                                   args.event_loop)),
-                   "serve", "intake"]  # fmt: skip
-        nothing_stored = measure("(b0) (b), PostgreSQL idle", command, port, args, postgres)
+        nothing_stored_urls = asyncio.run(prepare_without_storing(cluster))
+        command = intake_command(config_file(base, nothing_stored_urls, port, 1, args.event_loop))
+        results.append(measure("(b0) (b), nothing stored", command, port, args, postgres))
         port = free_port()
         seconds, peak_kb = big_message(port, config_file(base, urls, port, 1, args.event_loop))
     finally:
         cluster.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)
 
-    a, b, c = results
-    results.append(nothing_stored)
+    a, b, c, nothing_stored = results
     print(f"{args.messages} messages of {args.size} bytes, {args.sessions} LMTP sessions "
           f"(smtp-source -L -d), {os.cpu_count()} cores, event loop {args.event_loop} "
           "(servers (a)-(c))")  # fmt: skip
