@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -120,8 +121,6 @@ class PrivatePostfix:
         raise RuntimeError(f"private Postfix did not start:\n{self.log()}")
 
     def _accepting(self) -> bool:
-        import socket
-
         with socket.socket() as probe:
             probe.settimeout(0.5)
             return probe.connect_ex(("127.0.0.1", self.port)) == 0

@@ -8,6 +8,7 @@ import os
 import pty
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,6 @@ async def make_vaultbox(
     user_id: Any = None,
 ) -> DemoVaultbox:
     """A vaultbox with credentials of `kinds` sharing one username."""
-    import uuid
-
     alias, domain = vaultboxes.split_address(address)
     conn = await databases.connect()
     try:

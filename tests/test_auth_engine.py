@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from encimap import db
+from encimap import db, logs
 from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable, Principal
 from encimap.auth.passwords import hash_password
 from encimap.config import AuthConfig, Config
 from encimap.metrics import REGISTRY
+from encimap.pgcluster import free_port
 from encimap.store import credentials
 from tests.support import (
+    REPO,
     TEST_BCRYPT_COST,
     Databases,
     make_config,
@@ -467,8 +471,6 @@ async def test_negative_cache_answers_repeats_without_bcrypt(databases: Database
 async def test_log_lines_never_hold_passwords(
     databases: Databases, engine: AuthEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from encimap import logs
-
     logs.configure("info", "json")
     try:
         box = await make_vaultbox(databases, "logs@vault.test", password="Sup3rSecret")
@@ -493,8 +495,6 @@ def _dbname(url: str) -> str:
 
 
 def _closed_port_url(cfg: Config) -> str:
-    from encimap.pgcluster import free_port
-
     return f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
 
 
@@ -505,12 +505,6 @@ def test_auth_config_defaults_are_sane() -> None:
 
 async def test_fail2ban_filter_matches_engine_lines(databases: Databases, tmp_path) -> None:
     """The shipped filter, run by fail2ban-regex over lines the engine really wrote."""
-    import shutil
-    import subprocess
-
-    from encimap import logs
-    from tests.support import REPO
-
     if shutil.which("fail2ban-regex") is None:
         pytest.skip("fail2ban-regex is not installed (Debian package fail2ban)")
     cfg = make_config(databases, auth={"throttle_base_delay": 0.0, "trusted_networks": []})

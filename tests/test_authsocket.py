@@ -12,11 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from encimap.auth.passwords import hash_password
 from encimap.authsocket import codec
 from encimap.config import Config
+from encimap.store import credentials
 from tests.postfix_support import PrivatePostfix, reachable_dir, skip_reason
 from tests.service_support import running_service
-from tests.support import Databases, DemoVaultbox, make_config, make_motorblock, make_vaultbox
+from tests.support import (
+    Databases,
+    DemoVaultbox,
+    make_config,
+    make_motorblock,
+    make_vaultbox,
+    run_cli,
+    write_config_file,
+)
 
 pytestmark = pytest.mark.timeout(90)
 FAST_THROTTLE = {"throttle_base_delay": 0.01, "throttle_max_delay": 0.02}
@@ -177,12 +187,9 @@ async def test_many_requests_in_flight_on_one_connection(
     databases: Databases, socket_dir: Path, logins: dict
 ) -> None:
     box: DemoVaultbox = logins["box"]
-    # A slow (cost 10) hash makes the requests overlap for real.
-    from encimap.auth.passwords import hash_password
-    from encimap.store import credentials
-
     conn = await databases.connect()
     slow = await make_vaultbox(databases, "slowsock@vault.test", password="x")
+    # A slow (cost 10) hash makes the requests overlap for real.
     await credentials.set_password(conn, "smtp", slow.username, hash_password("slow-pass", 10))
     await conn.close()
     async with running_service(socket_config(databases, socket_dir, bcrypt_cost=10), "authsocket"):
@@ -343,8 +350,6 @@ async def test_postfix_database_outage_answers_454(
 async def test_check_reports_auth_pools_and_socket(
     databases: Databases, auth_socket: Path, tmp_path: Path
 ) -> None:
-    from tests.support import run_cli, write_config_file
-
     config_file = write_config_file(
         tmp_path / "encimap.toml",
         databases,
@@ -360,9 +365,6 @@ async def test_check_reports_auth_pools_and_socket(
 
 async def test_stop_answers_requests_in_flight(databases: Databases, socket_dir: Path) -> None:
     """SIGTERM-like stop: a login already being checked is answered before the socket closes."""
-    from encimap.auth.passwords import hash_password
-    from encimap.store import credentials
-
     slow = await make_vaultbox(databases, "drain@vault.test", password="x")
     conn = await databases.connect()
     await credentials.set_password(conn, "smtp", slow.username, hash_password("drain-pass", 11))

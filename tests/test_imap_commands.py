@@ -23,6 +23,7 @@ from tests.imap_support import (
     store_mail,
 )
 from tests.intake_support import openssl_decrypt
+from tests.support import make_vaultbox
 
 
 @pytest.fixture
@@ -164,8 +165,6 @@ async def test_append_encrypts_plaintext_and_keeps_encrypted_mail(databases, cfg
 
 
 async def test_append_without_certificate_is_refused(databases, cfg, tls_ca, tmp_path):
-    from tests.support import make_vaultbox
-
     demo = await make_vaultbox(databases, "nocert@example.test")
     port, _ = ports(cfg)
 

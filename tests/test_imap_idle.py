@@ -9,6 +9,7 @@ import time
 import aioimaplib
 import pytest
 
+from encimap.pgcluster import free_port
 from tests.imap_support import (
     RawClient,
     client_context,
@@ -31,8 +32,6 @@ def cfg(databases, tls_files):
 
 
 async def test_idle_reports_an_lmtp_delivery_within_a_second(databases, cfg, tls_ca, tmp_path):
-    from encimap.pgcluster import free_port
-
     box = await make_box(databases, "idler@example.test", tmp_path)
     await store(databases, box, encrypt_for(box, plain_message(1)))
     intake_cfg = make_config(
