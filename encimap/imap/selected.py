@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
 
 from encimap.imap import wire
 from encimap.imap.parser import SequenceSet
-from encimap.store import events, messages
+from encimap.store import events, mailboxes, messages
 from encimap.store.mailboxes import Mailbox
+
+RECENT = "\\Recent"
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 class Selected:
@@ -31,6 +34,10 @@ class Selected:
         self.session_id = session_id
         self.uids: list[int] = []  # index = sequence number - 1
         self.highest_uid = 0
+        # RFC 3501 2.3.2: the messages this session is the first to see (FLAGS \Recent,
+        # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none.
+        self.recent: set[int] = set()
+        self.keywords: set[str] = set()  # announced in FLAGS (RFC 3501 7.2.6)
         self.changed = asyncio.Event()  # wakes IDLE
         self._new = False
         self._flags: set[int] = set()
@@ -43,7 +50,34 @@ class Selected:
         rows = await messages.uids_and_flags(self.pool, self.mailbox.id)
         self.uids = [row["uid"] for row in rows]
         self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
+        first = self.mailbox.first_recent_uid
+        if not self.readonly and self.uids and self.uids[-1] >= first:
+            first = await mailboxes.claim_recent(self.pool, self.mailbox.id, self.uids[-1])
+        self.recent = {uid for uid in self.uids if uid >= first}
+        self.keywords = {f for row in rows for f in row["flags"] if not f.startswith("\\")}
         return rows
+
+    def flag_lines(self) -> list[bytes]:
+        """The FLAGS and PERMANENTFLAGS responses for the keywords known so far."""
+        flags = " ".join((*SYSTEM_FLAGS, *sorted(self.keywords)))
+        permanent = "()" if self.readonly else f"({flags} \\*)"
+        return [
+            f"* FLAGS ({flags})\r\n".encode(),
+            f"* OK [PERMANENTFLAGS {permanent}] Flags permitted.\r\n".encode(),
+        ]
+
+    def announce(self, flags: Iterable[str]) -> list[bytes]:
+        """FLAGS/PERMANENTFLAGS again when `flags` has keywords not announced yet: a client
+        must learn of a keyword before it appears in a FETCH response."""
+        new = {f for f in flags if not f.startswith("\\")} - self.keywords
+        if not new:
+            return []
+        self.keywords |= new
+        return self.flag_lines()
+
+    def flags(self, uid: int, flags: Sequence[str]) -> list[str]:
+        """A message's stored flags as this session sees them (with \\Recent)."""
+        return [*flags, RECENT] if uid in self.recent else list(flags)
 
     def close(self) -> None:
         self._unsubscribe()
@@ -121,6 +155,7 @@ class Selected:
                 del self.uids[seq - 1]
                 numbers.append(seq)
         self._flags.difference_update(uids)
+        self.recent.difference_update(uids)
         return numbers
 
     async def sync(self, *, expunge_ok: bool) -> list[bytes]:
@@ -144,17 +179,29 @@ class Selected:
             self._new = False
             rows = await messages.uids_and_flags(self.pool, self.mailbox.id, self.highest_uid)
             if rows:
+                lines.extend(self.announce(f for row in rows for f in row["flags"]))
                 self.uids.extend(row["uid"] for row in rows)
                 self.highest_uid = rows[-1]["uid"]
                 lines.append(b"* %d EXISTS\r\n" % len(self.uids))
+                if not self.readonly:
+                    first = await mailboxes.claim_recent(
+                        self.pool, self.mailbox.id, rows[-1]["uid"]
+                    )
+                    self.recent.update(row["uid"] for row in rows if row["uid"] >= first)
+                lines.append(b"* %d RECENT\r\n" % len(self.recent))
         if self._flags:
             changed, self._flags = sorted(self._flags), set()
             rows = await messages.fetch_rows(self.pool, self.mailbox.id, changed, ["flags"])
+            lines.extend(self.announce(f for row in rows for f in row["flags"]))
             for row in rows:
                 seq = self.seq_of(row["uid"])
                 if seq is not None:
                     lines.append(
                         b"* %d FETCH (UID %d FLAGS %s)\r\n"
-                        % (seq, row["uid"], wire.flag_list(row["flags"]).encode())
+                        % (
+                            seq,
+                            row["uid"],
+                            wire.flag_list(self.flags(row["uid"], row["flags"])).encode(),
+                        )
                     )
         return lines

@@ -13,9 +13,9 @@ offsets of its header and body, so BODY[1], BODY[1.MIME] and BODY[TEXT] are byte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from encimap.mimeinfo.addresses import Address, address_list, parse_addresses
+from encimap.mimeinfo.addresses import Address, address_list, parse_addresses, search_text
 from encimap.mimeinfo.bodystructure import MAX_DEPTH, Part, _message, split_multipart
 from encimap.mimeinfo.content import parse_content_value
 from encimap.mimeinfo.dates import _date
@@ -50,8 +50,11 @@ class MessageInfo:
     bodystructure: str
     body: str  # the non-extensible BODY form
     parts: list[Part]
+    # The Date field's day and time as written, zone dropped (stored as if UTC): RFC 3501
+    # 6.4.4 SENTBEFORE/SENTON/SENTSINCE disregard time and timezone.
     sent_date: datetime | None
-    search: dict[str, str]  # lower-case header name -> unfolded value (from, to, cc, subject)
+    # lower-case header name -> what SEARCH matches (only fields the message has)
+    search: dict[str, str]
 
 
 SEARCH_HEADERS = ("from", "to", "cc", "bcc", "subject")
@@ -67,6 +70,25 @@ def describe(data: bytes) -> MessageInfo:
         bodystructure=extended,
         body=basic,
         parts=parts,
-        sent_date=_date(headers.first("date")),
-        search={name: headers.first(name) or "" for name in SEARCH_HEADERS},
+        sent_date=_as_written(_date(headers.first("date"))),
+        search=_search_fields(headers),
     )
+
+
+def _as_written(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _search_fields(headers: Headers) -> dict[str, str]:
+    """SUBJECT as written; the address fields parsed (every field of the name, as one list).
+    A field the message lacks is absent, so `HEADER CC ""` does not match it."""
+    found = {}
+    for name in SEARCH_HEADERS:
+        values = headers.all(name)
+        if not values:
+            continue
+        if name == "subject":
+            found[name] = " ".join(values)
+        else:
+            found[name] = search_text(parse_addresses(", ".join(values)))
+    return found

@@ -190,3 +190,17 @@ def address_list(addresses: list[Address] | None) -> str:
         rendered_name = "NIL" if name is None else human_string(name)
         items.append(f"({rendered_name} {nstring(route)} {nstring(mailbox)} {nstring(host)})")
     return "(" + "".join(items) + ")"
+
+
+def search_text(addresses: list[Address]) -> str:
+    """Parsed addresses written out again (`Name <mailbox@host>`, groups as `name: ...;`):
+    what SEARCH FROM/TO/CC/BCC match against, so comments and folding in the header do not
+    hide an address (Dovecot searches the same form)."""
+    out: list[str] = []
+    for name, _route, mailbox, host in addresses:
+        if host is None:
+            out.append(";" if mailbox is None else f"{mailbox}:")
+            continue
+        address = f"{mailbox}@{host}"
+        out.append(f"{name} <{address}>" if name else address)
+    return ", ".join(out)

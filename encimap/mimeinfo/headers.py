@@ -26,6 +26,10 @@ class Headers:
     def first(self, name: str) -> str | None:
         return self._first.get(name.lower())
 
+    def all(self, name: str) -> list[str]:
+        """The values of every field called `name` (lower case), in order."""
+        return [value for key, value in self.fields if key == name]
+
 
 def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
     """(header end, body start): the body starts after the first empty line."""

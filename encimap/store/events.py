@@ -118,6 +118,8 @@ class Listener:
         self._connection: asyncpg.pool.PoolConnectionProxy | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
+        self._round: asyncio.Future[None] | None = None  # the next barrier() round trip
+        self._barriers: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._connect()
@@ -141,6 +143,31 @@ class Listener:
                     del self._subscribers[mailbox_id]
 
         return unsubscribe
+
+    async def barrier(self) -> None:
+        """Return once every notification committed before this call has been dispatched.
+
+        A commit signals the listening backend before the committer hears of it, and that
+        backend sends pending notifications before it answers a later query: so one round
+        trip on the LISTEN connection started after this call is enough. Concurrent callers
+        share the next round trip."""
+        if self._connection is None:
+            return
+        if self._round is None:
+            self._round = asyncio.get_running_loop().create_future()
+            if self._barriers is None or self._barriers.done():
+                self._barriers = asyncio.create_task(self._run_barriers(), name="events-barrier")
+        await asyncio.shield(self._round)
+
+    async def _run_barriers(self) -> None:
+        while self._round is not None:
+            waiting, self._round = self._round, None
+            connection = self._connection
+            if connection is not None:
+                with contextlib.suppress(*DATABASE_ERRORS):  # a lost connection resyncs
+                    await connection.execute(f'LISTEN "{CHANNEL}"')  # a no-op round trip
+            await asyncio.sleep(0)  # let the notification callbacks queued before it run
+            waiting.set_result(None)
 
     async def _connect(self) -> None:
         connection = await self._pool.acquire()

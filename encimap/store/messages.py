@@ -199,6 +199,18 @@ async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.Message
     return info
 
 
+# Changes to several messages lock their rows in UID order first: two sessions changing
+# overlapping sets (STORE, EXPUNGE, MOVE) then wait for each other instead of deadlocking.
+def _locked(condition: str) -> str:
+    """The UIDs of mailbox $1 matching `condition` (fixed SQL), locked in UID order."""
+    return (
+        "SELECT uid FROM encrypted_emails"  # noqa: S608 - fixed SQL fragments only
+        f" WHERE mailbox_id = $1 AND {condition} ORDER BY uid FOR UPDATE"
+    )
+
+
+_DELETED = r"flags @> ARRAY['\Deleted']"
+
 _FLAG_CHANGE = {
     # (new value, condition under which a row changes)
     "add": (
@@ -231,8 +243,9 @@ async def store_flags(
     new_value, condition = _FLAG_CHANGE[mode]
     async with conn.transaction():
         rows = await conn.fetch(
-            f"""UPDATE encrypted_emails SET flags = {new_value}
-                 WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) AND {condition}
+            f"""WITH locked AS ({_locked(f"uid = ANY($2::bigint[]) AND {condition}")})
+                UPDATE encrypted_emails SET flags = {new_value}
+                 WHERE mailbox_id = $1 AND uid IN (SELECT uid FROM locked)
                 RETURNING uid, flags""",  # noqa: S608 - fixed SQL fragments only
             mailbox_id,
             list(uids),
@@ -255,20 +268,14 @@ async def expunge(
 ) -> list[int]:
     """Delete the messages flagged \\Deleted (only among `uids` when given); their UIDs."""
     async with conn.transaction():
-        if uids is None:
-            rows = await conn.fetch(
-                r"""DELETE FROM encrypted_emails
-                     WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted'] RETURNING uid""",
-                mailbox_id,
-            )
-        else:
-            rows = await conn.fetch(
-                r"""DELETE FROM encrypted_emails
-                     WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])
-                       AND flags @> ARRAY['\Deleted'] RETURNING uid""",
-                mailbox_id,
-                list(uids),
-            )
+        condition = _DELETED if uids is None else f"uid = ANY($2::bigint[]) AND {_DELETED}"
+        rows = await conn.fetch(
+            f"""WITH locked AS ({_locked(condition)})
+                DELETE FROM encrypted_emails
+                 WHERE mailbox_id = $1 AND uid IN (SELECT uid FROM locked) RETURNING uid""",  # noqa: S608
+            mailbox_id,
+            *([] if uids is None else [list(uids)]),
+        )
         gone = sorted(row["uid"] for row in rows)
         if gone:
             await events.publish_change(conn, vaultbox_id, mailbox_id, events.EXPUNGE, origin, gone)
@@ -326,7 +333,9 @@ async def copy_messages(
         await events.publish_new(conn, vaultbox_id, target_id, new_uids[-1])
         if move:
             await conn.execute(
-                "DELETE FROM encrypted_emails WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])",
+                f"""WITH locked AS ({_locked("uid = ANY($2::bigint[])")})
+                    DELETE FROM encrypted_emails
+                     WHERE mailbox_id = $1 AND uid IN (SELECT uid FROM locked)""",  # noqa: S608
                 source_id,
                 source_uids,
             )

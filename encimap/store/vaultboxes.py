@@ -92,6 +92,10 @@ async def create_vaultbox(
             "INSERT INTO mailboxes (vaultbox_id, name, special_use) VALUES ($1, $2, $3)",
             [(row["id"], mailbox, use) for mailbox, use in DEFAULT_MAILBOXES],
         )
+        await conn.executemany(
+            "INSERT INTO mailbox_subscriptions (vaultbox_id, name) VALUES ($1, $2)",
+            [(row["id"], mailbox) for mailbox, _use in DEFAULT_MAILBOXES],
+        )
     return vaultbox_from_row(row)
 
 

@@ -108,6 +108,11 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             seq = selected.seq_of(data["uid"])
             if seq is None:
                 continue
+            if "flags" in data:
+                for line in selected.announce(data["flags"]):  # keywords another session set
+                    session.send(line)
+                if data["uid"] in selected.recent:
+                    data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
             session.send(
                 b"* %d FETCH (%b)\r\n" % (seq, b" ".join(_render(item, data) for item in items))
             )
@@ -177,8 +182,6 @@ def _render(item: FetchItem, row: dict[str, Any]) -> bytes:
     name = item.name
     if item.section is not None:
         content = section_bytes(row, item.section)
-        if content is None:
-            return item.label().encode() + b" NIL"
         if item.partial is not None:
             start, length = item.partial
             content = content[start : start + length]
@@ -200,10 +203,10 @@ def _render(item: FetchItem, row: dict[str, Any]) -> bytes:
     if name == "RFC822":
         return b"RFC822 " + wire.literal_bytes(row["body_encrypted"])
     part = section_bytes(row, Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT"))
-    return name.encode() + b" " + wire.literal_bytes(part or b"")
+    return name.encode() + b" " + wire.literal_bytes(part)
 
 
-def section_bytes(row: dict[str, Any], section: Section) -> bytes | None:
+def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     """The bytes RFC 3501 6.4.5 names by a section, sliced from the stored message."""
     body: bytes = row["body_encrypted"]
     if section == Section():
@@ -211,13 +214,15 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes | None:
     parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
     key = ".".join(map(str, section.part))
     if key not in parts:
-        return None
+        return b""  # a part the message does not have: empty, as Dovecot answers
     header_start, body_start, end = parts[key]
     if section.text == "MIME":
         return body[header_start:body_start]
     if section.text == "":
         return body[body_start:end] if section.part else body
     if section.part:  # HEADER/TEXT of a message/rfc822 part: that message's own header
+        if f"{key}.1" not in parts:  # not a message/rfc822 part (e.g. the body of a
+            return b""  # single-part message): it has no header of its own
         header_start = body_start
         _header_end, body_start = mimeinfo.split_header(body, header_start, end)
     if section.text == "TEXT":

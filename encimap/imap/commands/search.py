@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from encimap.imap.commands import SELECTED, command
-from encimap.imap.parser import Reader, SetKey, parse_search
+from encimap.imap.parser import Reader, RecentKey, SetKey, parse_search
 from encimap.imap.selected import Selected
 from encimap.imap.session import Session, bad
 from encimap.store import search as keys
@@ -15,6 +15,8 @@ def _resolve(node: object, selected: Selected) -> keys.Key:
         case SetKey(sequence, uid):
             found = selected.by_uid(sequence) if uid else selected.by_sequence(sequence)
             return keys.Uids(tuple(found))
+        case RecentKey():
+            return keys.Uids(tuple(sorted(selected.recent)))
         case keys.Not(inner):
             return keys.Not(_resolve(inner, selected))
         case keys.Or(left, right):
