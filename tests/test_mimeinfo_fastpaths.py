@@ -71,12 +71,19 @@ def _fields_by_spec(block: bytes) -> list[tuple[str, str]]:
     return [
         (
             match[1].decode("latin-1").lower(),
-            re.sub(rb"[\r\n]", b"", block[match.end() : end])
-            .lstrip(b" \t")
-            .decode("utf-8", "replace"),
+            strings.decode_raw(re.sub(rb"[\r\n]", b"", block[match.end() : end]).lstrip(b" \t")),
         )
         for match, end in zip(matches, ends[: len(matches)], strict=True)
     ]
+
+
+def test_header_bytes_that_are_not_utf8_are_served_as_they_are():
+    text = strings.decode_raw(b"J\xf6rg \xc3\xa4 \x80\xbf\xc0\xff")
+    assert text.startswith("J") and "\u00e4" in text
+    assert strings.wire(text) == b"J\xf6rg \xc3\xa4 \x80\xbf\xc0\xff"
+    assert strings.literal(strings.decode_raw(b"J\xf6rg")) == "{4}\r\n" + strings.decode_raw(
+        b"J\xf6rg"
+    )
 
 
 @settings(max_examples=1000)

@@ -21,7 +21,7 @@ from encimap.mimeinfo.content import parse_content_value
 from encimap.mimeinfo.dates import _date
 from encimap.mimeinfo.envelope import envelope
 from encimap.mimeinfo.headers import Headers, parse_headers, split_header
-from encimap.mimeinfo.strings import human_string, literal, nstring
+from encimap.mimeinfo.strings import human_string, literal, nstring, wire
 
 __all__ = [
     "MAX_DEPTH",
@@ -41,6 +41,7 @@ __all__ = [
     "parse_headers",
     "split_header",
     "split_multipart",
+    "wire",
 ]
 
 

@@ -100,8 +100,14 @@ def _parse_mailbox(tokens: _Tokens, out: list[Address]) -> None:
         tokens.pos += 1
         host = _domain(tokens)
     tokens.skip_cfws()
-    out.append(_filled(tokens.last_comment or None, None, mailbox or None, host))
-    if tokens.pos == start:
+    name = tokens.last_comment or None
+    if host is None and name is None and tokens.peek() not in ("", ",", ";"):
+        # `word more words` without @ or <>: a display name without an address (Dovecot)
+        rest = tokens.phrase()
+        if rest:
+            name, mailbox = f"{mailbox} {rest}" if mailbox else rest, ""
+    out.append(_filled(name, None, mailbox or None, host))
+    if tokens.pos == start and tokens.peek() != ",":
         tokens.pos = len(tokens.text)  # unparseable rest: stop instead of looping
 
 

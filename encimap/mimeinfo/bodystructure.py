@@ -29,6 +29,7 @@ class Part:
     header_start: int
     body_start: int
     end: int
+    message: bool = False  # a message/rfc822 part: BODY[n.HEADER] / [n.TEXT] are its own
 
 
 def _message(
@@ -102,6 +103,11 @@ def _structure(
         basic = f"({fields} {lines})"
         return f"({fields} {lines} {ext_tail})", basic
     if main.lower() == "message" and sub.lower() == "rfc822" and depth < MAX_DEPTH:
+        for index in range(len(parts) - 1, -1, -1):
+            if parts[index].section == section:
+                part = parts[index]
+                parts[index] = Part(section, part.header_start, part.body_start, part.end, True)
+                break
         inner, _, inner_ext, inner_basic = _message(
             data, body_start, end, section, parts, depth + 1
         )

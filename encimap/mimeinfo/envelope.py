@@ -11,8 +11,9 @@ def envelope(headers: Headers) -> str:
     """RFC 3501 7.4.2 ENVELOPE; Sender and Reply-To default to From."""
 
     def addresses(name: str) -> list[Address] | None:
-        value = headers.first(name)
-        return None if value is None else parse_addresses(value)
+        # every field of the name, as one list (Dovecot: repeated To, Cc, ... add up)
+        values = headers.all(name)
+        return parse_addresses(", ".join(values)) if values else None
 
     def plain(name: str) -> str:
         value = headers.first(name)

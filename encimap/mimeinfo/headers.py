@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from encimap.mimeinfo.strings import decode_raw
+
 # The empty line ending a header: searched from its LF, a literal the regex engine can skip
 # to (a leading optional CR would make it try every position); a CR before it is added back.
 _HEADER_END = re.compile(rb"\n\r?\n")
@@ -53,5 +55,5 @@ def parse_headers(data: bytes, start: int, end: int) -> Headers:
     fields: list[tuple[str, str]] = []
     for index in range(1, len(pieces), 2):
         value = pieces[index + 1].replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
-        fields.append((pieces[index].decode("latin-1").lower(), value.decode("utf-8", "replace")))
+        fields.append((pieces[index].decode("latin-1").lower(), decode_raw(value)))
     return Headers(fields)

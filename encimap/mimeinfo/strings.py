@@ -7,6 +7,32 @@ import re
 
 _QUOTED_MAX_ESCAPES = 4
 
+# Header bytes that are not UTF-8 (raw Latin-1 names, say) are passed through as they are,
+# as Dovecot does. The stored strings are text, so each such byte 0x80-0xFF is held as the
+# private-use character U+F700 + byte and turned back into the byte when served.
+_RAW_BASE = 0xF700
+_TO_RAW = {0xDC00 + byte: _RAW_BASE + byte for byte in range(0x80, 0x100)}
+_RAW_UTF8 = re.compile(b"\xef\x9e[\x80-\xbf]|\xef\x9f[\x80-\xbf]")
+
+
+def decode_raw(data: bytes) -> str:
+    """Header bytes as text: UTF-8, other bytes kept as raw-byte characters (see wire)."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape").translate(_TO_RAW)
+
+
+def wire(text: str) -> bytes:
+    """The bytes a stored string is served as (raw-byte characters back to their bytes)."""
+    data = text.encode()
+    if b"\xef\x9e" not in data and b"\xef\x9f" not in data:
+        return data
+    return _RAW_UTF8.sub(
+        lambda m: bytes([m[0][2] - 0x80 + (0xC0 if m[0][1] == 0x9F else 0x80)]), data
+    )
+
+
 # Fast paths: values made only of these characters come out as they are, in quotes; a regex
 # match is one C scan where the general code below loops over every character in Python.
 _QUOTABLE_AS_IS = re.compile(r'[^"\\\r\n\x80-\U0010ffff]*').fullmatch
@@ -37,7 +63,7 @@ def _quoted_or_literal(value: str) -> str:
 
 
 def literal(value: str) -> str:
-    return f"{{{len(value.encode())}}}\r\n{value}"
+    return f"{{{len(wire(value))}}}\r\n{value}"
 
 
 def human_string(value: str) -> str:

@@ -80,17 +80,16 @@ class _Tokens:
         return word or None
 
     def phrase(self) -> str:
+        """RFC 5322 phrase with obs-phrase: words and dots ("Joe Q. Public"), one space between
+        words, a dot kept with the word it is written next to (as Dovecot joins them)."""
         words = []
         while True:
             self.skip_cfws()
             if self.peek() == '"':
                 words.append(self.quoted())
-            elif self.peek() == ".":
-                self.pos += 1
-                words.append(".")
             else:
-                word = self.atom()
+                word = self.atom(".")
                 if not word:
                     break
                 words.append(word)
-        return " ".join(words).replace(" . ", ".")
+        return " ".join(words)

@@ -81,7 +81,7 @@ def info_columns(info: mimeinfo.MessageInfo) -> dict[str, object]:
         "bodystructure": info.bodystructure,
         "bodystructure_basic": info.body,
         "mime_parts": json.dumps(
-            [[p.section, p.header_start, p.body_start, p.end] for p in info.parts]
+            [[p.section, p.header_start, p.body_start, p.end, int(p.message)] for p in info.parts]
         ),
         "sent_date": info.sent_date,
         "search_headers": json.dumps(info.search),

@@ -195,11 +195,11 @@ def _render(item: FetchItem, row: dict[str, Any]) -> bytes:
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % row["size_bytes"]
     if name == "ENVELOPE":
-        return b"ENVELOPE " + row["envelope"].encode()
+        return b"ENVELOPE " + mimeinfo.wire(row["envelope"])
     if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + row["bodystructure"].encode()
+        return b"BODYSTRUCTURE " + mimeinfo.wire(row["bodystructure"])
     if name == "BODY":
-        return b"BODY " + row["bodystructure_basic"].encode()
+        return b"BODY " + mimeinfo.wire(row["bodystructure_basic"])
     if name == "RFC822":
         return b"RFC822 " + wire.literal_bytes(row["body_encrypted"])
     part = section_bytes(row, Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT"))
@@ -215,14 +215,14 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     key = ".".join(map(str, section.part))
     if key not in parts:
         return b""  # a part the message does not have: empty, as Dovecot answers
-    header_start, body_start, end = parts[key]
+    header_start, body_start, end = parts[key][:3]
     if section.text == "MIME":
         return body[header_start:body_start]
     if section.text == "":
         return body[body_start:end] if section.part else body
     if section.part:  # HEADER/TEXT of a message/rfc822 part: that message's own header
-        if f"{key}.1" not in parts:  # not a message/rfc822 part (e.g. the body of a
-            return b""  # single-part message): it has no header of its own
+        if not _is_message(parts, key):  # only a message/rfc822 part has a header of its
+            return b""  # own; Dovecot answers "" for other parts
         header_start = body_start
         _header_end, body_start = mimeinfo.split_header(body, header_start, end)
     if section.text == "TEXT":
@@ -233,10 +233,19 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     return _header_fields(header, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
 
 
+def _is_message(parts: dict[str, list[int]], key: str) -> bool:
+    entry = parts[key]
+    if len(entry) > 3:
+        return bool(entry[3])
+    return f"{key}.1" in parts  # stored before parts were marked: the best guess
+
+
 def _header_fields(header: bytes, names: Sequence[str], *, exclude: bool) -> bytes:
     wanted = {name.lower().encode() for name in names}
     matches = list(_FIELD.finditer(header))
-    kept = []
+    # lines before the first field (an mbox "From " line): not a named field, so kept by
+    # HEADER.FIELDS.NOT, as Dovecot does
+    kept = [header[: matches[0].start() if matches else len(header)]] if exclude else []
     for index, match in enumerate(matches):
         end = matches[index + 1].start() if index + 1 < len(matches) else len(header)
         if (match[1].lower() in wanted) != exclude:
