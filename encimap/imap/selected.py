@@ -37,6 +37,7 @@ class Selected:
         # RFC 3501 2.3.2: the messages this session is the first to see (FLAGS \Recent,
         # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none.
         self.recent: set[int] = set()
+        self.recent_reported = 0  # the last RECENT count sent: sent again when it differs
         self.keywords: set[str] = set()  # announced in FLAGS (RFC 3501 7.2.6)
         self.changed = asyncio.Event()  # wakes IDLE
         self._new = False
@@ -54,6 +55,7 @@ class Selected:
         if not self.readonly and self.uids and self.uids[-1] >= first:
             first = await mailboxes.claim_recent(self.pool, self.mailbox.id, self.uids[-1])
         self.recent = {uid for uid in self.uids if uid >= first}
+        self.recent_reported = len(self.recent)
         self.keywords = {f for row in rows for f in row["flags"] if not f.startswith("\\")}
         return rows
 
@@ -162,7 +164,7 @@ class Selected:
         """Untagged responses for what changed since the last report."""
         self.changed.clear()
         if not self.has_changes():
-            return []
+            return self._recent_update()
         lines: list[bytes] = []
         if self._resync:
             self._resync = False
@@ -188,7 +190,7 @@ class Selected:
                         self.pool, self.mailbox.id, rows[-1]["uid"]
                     )
                     self.recent.update(row["uid"] for row in rows if row["uid"] >= first)
-                lines.append(b"* %d RECENT\r\n" % len(self.recent))
+                lines.extend(self._recent_update())
         if self._flags:
             changed, self._flags = sorted(self._flags), set()
             rows = await messages.fetch_rows(self.pool, self.mailbox.id, changed, ["flags"])
@@ -204,4 +206,11 @@ class Selected:
                             wire.flag_list(self.flags(row["uid"], row["flags"])).encode(),
                         )
                     )
-        return lines
+        return lines + self._recent_update()
+
+    def _recent_update(self) -> list[bytes]:
+        """RECENT again when the count differs from the last one sent (new mail, expunges)."""
+        if len(self.recent) == self.recent_reported:
+            return []
+        self.recent_reported = len(self.recent)
+        return [b"* %d RECENT\r\n" % self.recent_reported]

@@ -254,7 +254,7 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
     if lsub:
         listed: dict[str, list[str]] = {n: [] for n in subscribed if matches(n)}
         # RFC 3501 6.3.9: a parent that matches "%" where only its child is subscribed
-        for name in subscribed:
+        for name in subscribed - listed.keys():
             for parent in _parents(name):
                 if parent not in listed and matches(parent):
                     listed[parent] = ["\\Noselect"]
@@ -284,10 +284,10 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
         if "SPECIAL-USE" in selection and (mailbox is None or not mailbox.special_use):
             continue
         attributes = []
-        if mailbox is None and has_children(name):
-            attributes.append("\\Noselect")
+        if mailbox is None and has_children(name) and not (selection or returns):
+            attributes.append("\\Noselect")  # IMAP4rev1 clients know this one
         elif mailbox is None:
-            attributes.append("\\NonExistent")
+            attributes.append("\\NonExistent")  # RFC 5258: implies \Noselect
         if show_children and (mailbox is not None or has_children(name)):
             attributes.append("\\HasChildren" if has_children(name) else "\\HasNoChildren")
         if mailbox is not None and mailbox.special_use:
