@@ -143,17 +143,36 @@ async def test_stress_run_reports_no_errors(databases, cfg, tmp_path):
     assert not errors, "\n".join(errors[:50])
 
 
+def _totals(output: str) -> dict[str, int]:
+    """The command counts of imaptest's final "Totals:" table, by column name."""
+    lines = output.splitlines()
+    if "Totals:" not in lines:
+        return {}
+    table = lines[lines.index("Totals:") + 1 :]
+    names = table[0].split()
+    counts = next(
+        (line.split() for line in table[1:] if re.fullmatch(r"[\d ]+", line) and line.strip()),
+        [],
+    )
+    return dict(zip(names, map(int, counts), strict=False))
+
+
 async def test_stress_checkpoints_report_no_errors(databases, cfg, tmp_path):
-    """checkpoint=5: every 5 s all sessions stop and their views of the mailbox are compared."""
+    """checkpoint=5: every 5 s the sessions stop, CHECK, and their views of the mailbox
+    (messages, UIDs, flags, keywords, \\Recent in exactly one session) must agree.
+
+    Two clients: with more, imaptest's checkpoint mode trips its own assertions
+    (client_update_plan, array_idx_modifiable_i) within seconds, against Dovecot 2.3.19 too;
+    a run cut short that way is retried. The 10-client run without checkpoints is above."""
     box = await make_box(databases, "checkpoint@example.test", tmp_path)
     errors: list[str] = []
-    complete = 0
-    for _attempt in range(3):  # an attempt cut short by imaptest's own panic is retried
-        output = await _stress(cfg, box, "clients=10", "secs=10", "checkpoint=5")
+    complete = False
+    for _attempt in range(3):
+        output = await _stress(cfg, box, "clients=2", "secs=12", "checkpoint=5")
         errors += _errors(output)
         if not _panicked(output):
-            assert "ChkP" in output, output[-3000:]
-            complete += 1
+            assert _totals(output).get("ChkP", 0) > 0, output[-3000:]
+            complete = True
             break
     assert not errors, "\n".join(errors[:50])
     if not complete:
