@@ -307,3 +307,36 @@ async def test_concurrent_stores_and_expunges_do_not_deadlock(
         assert [failure for result in results for failure in result] == []
         for client in clients:
             await client.close()
+
+
+async def test_esearch_and_multiappend(databases, tls_files, tls_ca, tmp_path):
+    messages = [_message(n, "From: a@example.org\r\n") for n in range(1, 5)]
+    address = "esearch@example.test"
+    async with servers(databases, tls_files, tls_ca, tmp_path, address, messages) as pair:
+        c = await pair.connect()
+        _theirs, ours = await pair.both(c, "CAPABILITY")
+        for capability in (b" ESEARCH", b" MULTIAPPEND", b" STATUS=SIZE", b" APPENDLIMIT="):
+            assert capability in ours[0], ours
+        await pair.same(c, "SELECT INBOX")
+        await pair.same(c, "STORE 2,4 +FLAGS.SILENT (\\Seen)")
+        # RFC 4731: one ESEARCH response; RETURN () means ALL; COUNT even when nothing matches
+        reply = await pair.same(c, "SEARCH RETURN (MIN MAX COUNT ALL) SEEN")
+        assert reply[0] == b'* ESEARCH (TAG "t") MIN 2 MAX 4 ALL 2,4 COUNT 2\r\n', reply
+        await pair.same(c, "UID SEARCH RETURN () 1:*")
+        await pair.same(c, "SEARCH RETURN (COUNT) 1000")
+        await pair.same(c, "SEARCH RETURN (MIN) 1000")
+        await pair.same(c, "SEARCH RETURN (BOGUS) ALL")
+        # RFC 3502: several messages in one APPEND, stored together
+        for client in pair.clients[c]:
+            first, second = messages[0], messages[1]
+            await client.send(
+                f"m APPEND INBOX (\\Flagged) {{{len(first)}+}}\r\n".encode()
+                + first
+                + f" {{{len(second)}+}}\r\n".encode()
+                + second
+                + b"\r\n"
+            )
+            reply = await client.until("m")
+            assert re.match(rb"m OK \[APPENDUID \d+ 5:6\]", reply[-1]), reply
+        await pair.same(c, "NOOP")
+        await pair.same(c, "SEARCH RETURN (ALL) FLAGGED")

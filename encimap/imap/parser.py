@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TypeVar
 
@@ -449,7 +449,7 @@ _DATE_KEYS = {
 class SearchProgram:
     key: object
     charset: str = "US-ASCII"
-    return_options: list[str] = field(default_factory=list)
+    return_options: list[str] | None = None  # RFC 4731 ESEARCH: RETURN (...) given
 
 
 def parse_search(reader: Reader) -> SearchProgram:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from encimap.imap.commands import SELECTED, command
+from encimap.imap.commands import SELECTED, command, esearch
 from encimap.imap.parser import Reader, RecentKey, SetKey, parse_search
 from encimap.imap.selected import Selected
-from encimap.imap.session import Session, bad
+from encimap.imap.session import Session
 from encimap.store import search as keys
 
 
@@ -27,30 +27,33 @@ def _resolve(node: object, selected: Selected) -> keys.Key:
 
 
 @command("SEARCH", states=SELECTED, expunge_ok=False)
-async def search(session: Session, _tag: str, reader: Reader) -> str:
-    return await _search(session, reader, by_uid=False)
+async def search(session: Session, tag: str, reader: Reader) -> str:
+    return await _search(session, tag, reader, by_uid=False)
 
 
 @command("UID SEARCH", states=SELECTED)
-async def uid_search(session: Session, _tag: str, reader: Reader) -> str:
-    return await _search(session, reader, by_uid=True)
+async def uid_search(session: Session, tag: str, reader: Reader) -> str:
+    return await _search(session, tag, reader, by_uid=True)
 
 
-async def _search(session: Session, reader: Reader, *, by_uid: bool) -> str:
+async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> str:
     selected = session.selected
     assert selected is not None
     reader.sp()
     program = parse_search(reader)
-    if program.return_options:
-        raise bad("SEARCH RETURN (ESEARCH) is not supported")
-    if not selected.uids:
-        session.untagged("SEARCH")
-        return "OK Search completed."
-    key = _resolve(program.key, selected)
-    found = await keys.search(session.server.pool, selected.mailbox.id, key, selected.uids)
-    if by_uid:
-        numbers = found
+    options = None
+    if program.return_options is not None:
+        options = esearch.check_options(program.return_options)
+    numbers: list[int] = []
+    if selected.uids:
+        key = _resolve(program.key, selected)
+        found = await keys.search(session.server.pool, selected.mailbox.id, key, selected.uids)
+        if by_uid:
+            numbers = found
+        else:
+            numbers = [seq for seq in map(selected.seq_of, found) if seq is not None]
+    if options is not None:
+        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
     else:
-        numbers = [seq for seq in map(selected.seq_of, found) if seq is not None]
-    session.untagged("SEARCH" + "".join(f" {n}" for n in numbers))
+        session.untagged("SEARCH" + "".join(f" {n}" for n in numbers))
     return "OK Search completed."
