@@ -340,3 +340,34 @@ async def test_esearch_and_multiappend(databases, tls_files, tls_ca, tmp_path):
             assert re.match(rb"m OK \[APPENDUID \d+ 5:6\]", reply[-1]), reply
         await pair.same(c, "NOOP")
         await pair.same(c, "SEARCH RETURN (ALL) FLAGGED")
+
+
+async def test_sort_on_clear_header_fields(databases, tls_files, tls_ca, tmp_path):
+    headers = [
+        "From: Zed <b@example.org>\r\nTo: x@example.org\r\nCc: grp: m@example.org;\r\n"
+        "Subject: Re: [list] Fwd: apples\r\nDate: Mon, 2 Jan 2024 10:00:00 +0500\r\n",
+        "From: a@example.org\r\nTo: =?iso-8859-1?q?J=F6rg?= <j@example.org>\r\n"
+        "Subject: bananas (fwd)\r\nDate: Mon, 2 Jan 2024 04:00:00 -0200\r\n",
+        'From: "Al" <c@example.org>\r\nTo: y@example.org, a@example.org\r\n'
+        "Cc: c@example.org\r\nSubject: APPLES\r\nDate: bogus\r\n",
+        "From: b@example.org\r\nSubject: cherries\r\n",
+    ]
+    messages = [_message(n, header) for n, header in enumerate(headers, 1)]
+    address = "sort@example.test"
+    async with servers(databases, tls_files, tls_ca, tmp_path, address, messages) as pair:
+        c = await pair.connect()
+        await pair.same(c, "SELECT INBOX")
+        for criteria in (
+            "FROM",
+            "REVERSE TO",
+            "CC FROM",
+            "SUBJECT",
+            "REVERSE SUBJECT ARRIVAL",
+            "DISPLAYFROM",
+            "DISPLAYTO",
+            "SIZE",
+        ):
+            await pair.same(c, f"SORT ({criteria}) UTF-8 ALL")
+        await pair.same(c, "UID SORT (FROM) US-ASCII NOT SUBJECT cherries")
+        await pair.same(c, "SORT RETURN (MIN MAX COUNT) (FROM) UTF-8 ALL")
+        await pair.same(c, "SORT (BOGUS) UTF-8 ALL")

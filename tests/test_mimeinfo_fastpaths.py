@@ -187,18 +187,18 @@ other_dates = st.builds(
 @given(plain_dates)
 def test_plain_dates_take_the_fast_path_with_the_stdlib_result(value):
     assert dates._PLAIN_DATE(value)
-    found = dates._date(value)
+    found = dates.parse_date(value)
     assert (found and (found, found.utcoffset())) == _date_by_stdlib(value)
 
 
 @settings(max_examples=1000)
 @given(other_dates | tricky_text)
 def test_other_dates_get_the_stdlib_result(value):
-    found = dates._date(value)
+    found = dates.parse_date(value)
     assert (found and (found, found.utcoffset())) == _date_by_stdlib(value)
 
 
 def test_common_dates_take_the_fast_path():
     assert dates._PLAIN_DATE("Mon, 3 Jun 2024 10:00:00 +0000")
     assert dates._PLAIN_DATE("3 Jun 2024 10:00:00 -0130")
-    assert dates._date("Mon, 3 Jun 2024 10:00:00 -0000").tzinfo is None
+    assert dates.parse_date("Mon, 3 Jun 2024 10:00:00 -0000").tzinfo is None

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from encimap.mimeinfo.addresses import Address, address_list, parse_addresses, search_text
 from encimap.mimeinfo.bodystructure import MAX_DEPTH, Part, _message, split_multipart
 from encimap.mimeinfo.content import parse_content_value
-from encimap.mimeinfo.dates import _date
+from encimap.mimeinfo.dates import parse_date
 from encimap.mimeinfo.envelope import envelope
 from encimap.mimeinfo.headers import Headers, parse_headers, split_header
 from encimap.mimeinfo.strings import human_string, literal, nstring, wire
@@ -71,7 +71,7 @@ def describe(data: bytes) -> MessageInfo:
         bodystructure=extended,
         body=basic,
         parts=parts,
-        sent_date=_as_written(_date(headers.first("date"))),
+        sent_date=_as_written(parse_date(headers.first("date"))),
         search=_search_fields(headers),
     )
 

@@ -17,7 +17,7 @@ _PLAIN_DATE = re.compile(
 ).fullmatch
 
 
-def _date(value: str | None) -> datetime | None:
+def parse_date(value: str | None) -> datetime | None:
     if not value:
         return None
     plain = _PLAIN_DATE(value)

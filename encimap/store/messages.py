@@ -174,6 +174,20 @@ async def sizes(db: Executor, mailbox_id: int, uids: Sequence[int]) -> dict[int,
     return {row["uid"]: row["size_bytes"] for row in rows}
 
 
+async def sort_rows(db: Executor, mailbox_id: int, uids: Sequence[int]) -> list[asyncpg.Record]:
+    """What SORT orders by: uid, internal_date, size_bytes and the outer header bytes (the
+    stored message up to its body, which is in clear above the S/MIME envelope)."""
+    return await db.fetch(
+        """SELECT uid, internal_date, size_bytes,
+                  substring(body_encrypted FROM 1
+                            FOR coalesce((mime_parts->0->>2)::integer, 65536)) AS header
+             FROM encrypted_emails
+            WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",
+        mailbox_id,
+        list(uids),
+    )
+
+
 async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
     """Compute and persist ENVELOPE/BODYSTRUCTURE for a row stored without them."""
     body = await db.fetchval(

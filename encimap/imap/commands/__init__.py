@@ -32,7 +32,7 @@ COMMANDS: dict[str, Command] = {}
 
 _BASE = (
     "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-    "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE"
+    "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE SORT SORT=DISPLAY ESORT"
 )
 
 
@@ -70,5 +70,6 @@ from encimap.imap.commands import (  # noqa: E402, F401
     idle,
     mailbox,
     search,
+    sort,
     store,
 )

@@ -26,6 +26,16 @@ def _resolve(node: object, selected: Selected) -> keys.Key:
     return node  # type: ignore[return-value]
 
 
+async def matching_uids(session: Session, program_key: object) -> list[int]:
+    """UIDs of the selected mailbox's messages that a parsed search program matches."""
+    selected = session.selected
+    assert selected is not None
+    if not selected.uids:
+        return []
+    key = _resolve(program_key, selected)
+    return await keys.search(session.server.pool, selected.mailbox.id, key, selected.uids)
+
+
 @command("SEARCH", states=SELECTED, expunge_ok=False)
 async def search(session: Session, tag: str, reader: Reader) -> str:
     return await _search(session, tag, reader, by_uid=False)
@@ -46,8 +56,7 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
         options = esearch.check_options(program.return_options)
     numbers: list[int] = []
     if selected.uids:
-        key = _resolve(program.key, selected)
-        found = await keys.search(session.server.pool, selected.mailbox.id, key, selected.uids)
+        found = await matching_uids(session, program.key)
         if by_uid:
             numbers = found
         else:
