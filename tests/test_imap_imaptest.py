@@ -27,7 +27,6 @@ REFERENCE = "dovecot-2.3.19-tests-cipher.tsv"
 # Tests Dovecot passes that need an extension encimap does not offer (see docs/imap.md),
 # with the reason. This is the only list of accepted differences; a test in it that passes
 # fails the run, so the list cannot go stale.
-_THREAD = "THREAD (RFC 5256) not offered yet (docs/imap.md)"
 EXPECTED_FAILURES: dict[str, str] = {
     "append-binary": "BINARY (RFC 3516) not offered (docs/imap.md)",
     "catenate": "CATENATE (RFC 4469) not offered (docs/imap.md)",
@@ -35,12 +34,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "esearch-condstore": "CONDSTORE (RFC 7162) needs a modseq per message (docs/imap.md)",
     "notify": "NOTIFY (RFC 5465) and QRESYNC (RFC 7162) not offered (docs/imap.md)",
     "search-partial": "CONTEXT=SEARCH (RFC 5267) not offered (docs/imap.md)",
-    "thread": _THREAD,
-    "thread2": _THREAD,
-    "thread5": _THREAD,
-    "thread6": _THREAD,
-    "thread7": _THREAD,
-    "thread8": _THREAD,
 }
 
 pytestmark = pytest.mark.skipif(

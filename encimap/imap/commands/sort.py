@@ -71,7 +71,7 @@ async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> 
     for row in rows:
         seq = selected.seq_of(row["uid"])
         if seq is not None:
-            keyed.append((_Fields(row), seq, row["uid"]))
+            keyed.append((MessageFields(row), seq, row["uid"]))
     keyed.sort(key=lambda item: item[1])
     for criterion, reverse in reversed(criteria):  # stable sorts, last criterion first
         keyed.sort(key=lambda item, c=criterion: item[0].key(c), reverse=reverse)
@@ -92,15 +92,25 @@ _SUBJECT_TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.I)
 
 
 def base_subject(subject: str) -> str:
-    """RFC 5256 2.1 base subject: RFC 2047 decoded, without Re:/Fwd: leaders, [blob]s,
-    (fwd) trailers and [fwd: ...] wrappers; compared case-insensitively."""
+    """RFC 5256 2.1 base subject, upper-cased (compared case-insensitively)."""
+    return subject_info(subject)[0]
+
+
+def subject_info(subject: str) -> tuple[str, bool]:
+    """(base subject, whether it is a reply or forward): RFC 2047 decoded, without Re:/Fwd:
+    leaders, [blob]s, (fwd) trailers and [fwd: ...] wrappers (RFC 5256 2.1)."""
     text = " ".join(_decoded(subject).split())
+    reply = False
     while True:
         before = text
-        text = _SUBJECT_TRAILER.sub("", text)
+        trailer = _SUBJECT_TRAILER.sub("", text)
+        reply = reply or trailer != text
+        text = trailer
         while True:
             stripped = _SUBJECT_LEADER.sub("", text, count=1)
-            if stripped == text:
+            if stripped != text:
+                reply = True
+            else:
                 blob = _SUBJECT_BLOB.sub("", text, count=1)
                 stripped = blob if blob else text
             if stripped == text:
@@ -108,8 +118,9 @@ def base_subject(subject: str) -> str:
             text = stripped.strip()
         if text[:5].lower() == "[fwd:" and text.endswith("]"):
             text = text[5:-1].strip()
+            reply = True
         if text == before:
-            return text.upper()
+            return text.upper(), reply
 
 
 def _decoded(value: str) -> str:
@@ -119,7 +130,7 @@ def _decoded(value: str) -> str:
         return value
 
 
-class _Fields:
+class MessageFields:
     """The sort keys of one message, computed from its outer header when first asked."""
 
     def __init__(self, row: Any) -> None:
