@@ -33,7 +33,7 @@ COMMANDS: dict[str, Command] = {}
 _BASE = (
     "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
     "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE SORT SORT=DISPLAY ESORT "
-    "THREAD=REFERENCES THREAD=ORDEREDSUBJECT"
+    "THREAD=REFERENCES THREAD=ORDEREDSUBJECT COMPRESS=DEFLATE"
 )
 
 
@@ -67,6 +67,7 @@ def capabilities(session: Session) -> str:
 from encimap.imap.commands import (  # noqa: E402, F401
     append,
     auth,
+    compress,
     fetch,
     idle,
     mailbox,
