@@ -11,7 +11,7 @@ from datetime import datetime
 
 from encimap import smime
 from encimap.imap import wire
-from encimap.imap.commands import AUTHENTICATED, command
+from encimap.imap.commands import AUTHENTICATED, command, quota
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.commands.store import normalize_flags
 from encimap.imap.parser import Reader
@@ -64,6 +64,8 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     if not all(message.data for message in appended):
         raise no("Empty message")
     stored = [await _encrypted(session, message.data) for message in appended]
+    if await quota.over_quota(session, len(stored), sum(len(r.message) for r in stored)):
+        raise no("[OVERQUOTA] The vaultbox is full")
     async with pool.acquire() as conn, conn.transaction():  # all of them or none (RFC 3502)
         inserted = [
             await messages.insert_message(
