@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import re
 from pathlib import Path
 
 import pytest
 
+from tests import imaptest_support
 from tests.imap_support import imap_config, make_box, ports, running_imap
-from tests.support import REPO
+from tests.imaptest_support import IMAPTEST
 
-IMAPTEST = Path(os.environ.get("IMAPTEST_DIR", REPO.parent / "shared" / "tools" / "imaptest"))
-LIBDOVECOT = Path("/usr/lib/dovecot/libdovecot.so.0")
 REFERENCE = "dovecot-2.3.19-tests-cipher.tsv"
 
 # Tests Dovecot passes that need an extension encimap does not offer (see docs/imap.md),
@@ -37,8 +34,7 @@ EXPECTED_FAILURES: dict[str, str] = {
 }
 
 pytestmark = pytest.mark.skipif(
-    not IMAPTEST.is_dir() or not LIBDOVECOT.exists(),
-    reason=f"imaptest needs {IMAPTEST} and {LIBDOVECOT} (Debian dovecot-core)",
+    imaptest_support.available() is not None, reason=str(imaptest_support.available())
 )
 
 
@@ -96,13 +92,7 @@ async def _stress(cfg, box, *extra: str) -> str:
     port, _ = ports(cfg)
     async with running_imap(cfg):
         process = await asyncio.create_subprocess_exec(
-            str(IMAPTEST / "imaptest"),
-            "host=127.0.0.1",
-            f"port={port}",
-            f"user={box.username}",
-            f"pass={box.password}",
-            f"mbox={IMAPTEST / 'stress.mbox'}",
-            *extra,
+            *imaptest_support.stress_command(port, box.username, box.password, *extra),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -110,41 +100,12 @@ async def _stress(cfg, box, *extra: str) -> str:
     return output.decode(errors="replace")
 
 
-def _errors(output: str) -> list[str]:
-    """imaptest's reports of a server reply that contradicts the state it tracks."""
-    return [
-        line
-        for line in output.splitlines()
-        if re.match(r"^(Error|Fatal):", line) and not line.startswith("Error: Raw backtrace")
-    ]
-
-
-def _panicked(output: str) -> bool:
-    """imaptest hit one of its own assertions (its checkpoint mode does so now and then
-    against Dovecot too: client_update_plan, array_idx_modifiable_i)."""
-    return any(line.startswith("Panic:") for line in output.splitlines())
-
-
 async def test_stress_run_reports_no_errors(databases, cfg, tmp_path):
     box = await make_box(databases, "stress@example.test", tmp_path)
     output = await _stress(cfg, box, "clients=10", "secs=10")
-    assert not _panicked(output) and "Logi" in output, output[-3000:]
-    errors = _errors(output)
+    assert not imaptest_support.panicked(output) and "Logi" in output, output[-3000:]
+    errors = imaptest_support.errors(output)
     assert not errors, "\n".join(errors[:50])
-
-
-def _totals(output: str) -> dict[str, int]:
-    """The command counts of imaptest's final "Totals:" table, by column name."""
-    lines = output.splitlines()
-    if "Totals:" not in lines:
-        return {}
-    table = lines[lines.index("Totals:") + 1 :]
-    names = table[0].split()
-    counts = next(
-        (line.split() for line in table[1:] if re.fullmatch(r"[\d ]+", line) and line.strip()),
-        [],
-    )
-    return dict(zip(names, map(int, counts), strict=False))
 
 
 async def test_stress_checkpoints_report_no_errors(databases, cfg, tmp_path):
@@ -159,9 +120,9 @@ async def test_stress_checkpoints_report_no_errors(databases, cfg, tmp_path):
     complete = False
     for _attempt in range(3):
         output = await _stress(cfg, box, "clients=2", "secs=12", "checkpoint=5")
-        errors += _errors(output)
-        if not _panicked(output):
-            assert _totals(output).get("ChkP", 0) > 0, output[-3000:]
+        errors += imaptest_support.errors(output)
+        if not imaptest_support.panicked(output):
+            assert imaptest_support.totals(output).get("ChkP", 0) > 0, output[-3000:]
             complete = True
             break
     assert not errors, "\n".join(errors[:50])
