@@ -153,6 +153,9 @@ async def test_search_header_addresses_and_sent_dates(databases, tls_files, tls_
         # 3: SENT* take the date as written, time and zone disregarded
         assert _search(await pair.same(client, "SEARCH SENTON 25-Mar-2007")) == {1}
         assert _search(await pair.same(client, "SEARCH SENTON 26-Mar-2007")) == {2, 3}
+        # LIST-STATUS (RFC 5819): the STATUS of each listed mailbox after its LIST
+        reply = await pair.same(client, 'LIST "" INBOX RETURN (STATUS (MESSAGES UIDNEXT))')
+        assert reply[1] == b"* STATUS INBOX (MESSAGES 3 UIDNEXT 4)\r\n", reply
         await pair.same(client, "SEARCH SENTBEFORE 26-Mar-2007")
         await pair.same(client, "SEARCH SENTSINCE 26-Mar-2007")
 

@@ -202,7 +202,21 @@ async def lsub_command(session: Session, _tag: str, reader: Reader) -> str:
 
 
 _SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
+_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
+def _return_options(reader: Reader) -> tuple[list[str], list[str]]:
+    """LIST's RETURN options, and the items of RETURN (STATUS (...)) (RFC 5819)."""
+    status_items: list[str] = []
+
+    def option() -> str:
+        word = reader.atom().upper()
+        if word == "STATUS":
+            reader.sp()
+            status_items.extend(_status_items(reader))
+        return word
+
+    return reader.parenthesized(option), status_items
 
 
 def _parents(name: str) -> Iterator[str]:
@@ -225,11 +239,12 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
     else:
         patterns = [reader.list_mailbox()]
     returns: list[str] = []
+    status_items: list[str] = []
     if not reader.at_end():
         reader.sp()
         if not reader.accept(b"RETURN "):
             raise ParseError("expected RETURN")
-        returns = _options(reader)
+        returns, status_items = _return_options(reader)
     reader.end()
     # RFC 5258 3: unknown options and RECURSIVEMATCH without another selection are BAD.
     if any(o not in _SELECTION for o in selection) or any(o not in _RETURN for o in returns):
@@ -295,6 +310,8 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
         if show_subscribed and name in subscribed:
             attributes.append("\\Subscribed")
         session.untagged(f'LIST ({" ".join(attributes)}) "{DELIMITER}" {wire.astring(name)}{extra}')
+        if status_items and mailbox is not None:  # RFC 5819: after the mailbox's LIST
+            session.untagged(await _status_line(session, mailbox, status_items))
         await session.maybe_flush()
     return "OK LIST completed."
 
@@ -302,16 +319,15 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE")
 
 
-@command("STATUS", states=AUTHENTICATED)
-async def status(session: Session, _tag: str, reader: Reader) -> str:
-    reader.sp()
-    name = reader.mailbox()
-    reader.sp()
+def _status_items(reader: Reader) -> list[str]:
     items = _options(reader)
-    reader.end()
     if not items or any(item not in _STATUS_ITEMS for item in items):
         raise ParseError("unknown STATUS item")
-    mailbox = await existing_mailbox(session, name)
+    return items
+
+
+async def _status_line(session: Session, mailbox: Mailbox, items: list[str]) -> str:
+    """The STATUS response for `items` of a mailbox (STATUS, LIST RETURN (STATUS ...))."""
     counts = await mailboxes.counts(session.server.pool, mailbox.id)
     values = {
         "MESSAGES": counts.messages,
@@ -324,7 +340,18 @@ async def status(session: Session, _tag: str, reader: Reader) -> str:
         "SIZE": counts.size,
     }
     listed = " ".join(f"{item} {values[item]}" for item in items)
-    session.untagged(f"STATUS {wire.astring(mailbox.name)} ({listed})")
+    return f"STATUS {wire.astring(mailbox.name)} ({listed})"
+
+
+@command("STATUS", states=AUTHENTICATED)
+async def status(session: Session, _tag: str, reader: Reader) -> str:
+    reader.sp()
+    name = reader.mailbox()
+    reader.sp()
+    items = _status_items(reader)
+    reader.end()
+    mailbox = await existing_mailbox(session, name)
+    session.untagged(await _status_line(session, mailbox, items))
     return "OK Status completed."
 
 
