@@ -119,6 +119,7 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
         self._round: asyncio.Future[None] | None = None  # the next barrier() round trip
+        self._in_use = asyncio.Lock()  # one operation at a time on the LISTEN connection
         self._barriers: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -130,6 +131,12 @@ class Listener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._barriers is not None:
+            self._barriers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._barriers
+        if self._round is not None and not self._round.done():
+            self._round.set_result(None)  # nothing more will be heard: do not wait for it
         await self._release()
 
     def subscribe(self, mailbox_id: int, subscriber: Subscriber) -> Callable[[], None]:
@@ -162,12 +169,17 @@ class Listener:
     async def _run_barriers(self) -> None:
         while self._round is not None:
             waiting, self._round = self._round, None
-            connection = self._connection
-            if connection is not None:
-                with contextlib.suppress(*DATABASE_ERRORS):  # a lost connection resyncs
-                    await connection.execute(f'LISTEN "{CHANNEL}"')  # a no-op round trip
-            await asyncio.sleep(0)  # let the notification callbacks queued before it run
-            waiting.set_result(None)
+            try:
+                async with self._in_use:
+                    connection = self._connection
+                    if connection is not None:
+                        # a lost connection resyncs every session: nothing to wait for then
+                        with contextlib.suppress(*DATABASE_ERRORS, asyncpg.InternalClientError):
+                            await connection.execute(f'LISTEN "{CHANNEL}"')  # a no-op round trip
+                await asyncio.sleep(0)  # let the notification callbacks queued before it run
+            finally:
+                if not waiting.done():
+                    waiting.set_result(None)
 
     async def _connect(self) -> None:
         connection = await self._pool.acquire()
@@ -179,8 +191,9 @@ class Listener:
     async def _release(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.remove_listener(CHANNEL, self._on_notify)
+            async with self._in_use:  # a barrier's round trip may still be on it
+                with contextlib.suppress(Exception):
+                    await connection.remove_listener(CHANNEL, self._on_notify)
             with contextlib.suppress(Exception):
                 await self._pool.release(connection)
 
