@@ -173,9 +173,13 @@ class Listener:
                 async with self._in_use:
                     connection = self._connection
                     if connection is not None:
-                        # a lost connection resyncs every session: nothing to wait for then
-                        with contextlib.suppress(*DATABASE_ERRORS, asyncpg.InternalClientError):
+                        try:
                             await connection.execute(f'LISTEN "{CHANNEL}"')  # a no-op round trip
+                        except (*DATABASE_ERRORS, asyncpg.InternalClientError):
+                            # notifications may have been lost with the connection: reconnect
+                            # and resynchronise every session (asyncpg does not always call
+                            # the termination listener when a query fails with the backend)
+                            self._lost.set()
                 await asyncio.sleep(0)  # let the notification callbacks queued before it run
             finally:
                 if not waiting.done():
