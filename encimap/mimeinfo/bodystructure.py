@@ -11,6 +11,7 @@ from encimap.mimeinfo.content import (
     _params,
     _raw,
     _rendered_content_params,
+    param,
     parse_content_value,
 )
 from encimap.mimeinfo.envelope import envelope
@@ -66,16 +67,18 @@ def _structure(
     else:
         mime_type, params, params_text = "", (), "NIL"
     main, _, sub = mime_type.partition("/")
-    if not main or not sub:
+    if content_type is not None and mime_type and "/" not in mime_type:
+        # a type without a subtype is no type at all: Dovecot serves "" "" without parameters
+        main, sub, params, params_text = "", "", (), "NIL"
+    elif not main or not sub:
         main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
-        if content_type is not None and mime_type and "/" not in mime_type:
-            main, sub = mime_type, ""
+    if main.lower() == "message" and sub.lower() == "rfc822":
+        main, sub = "message", "rfc822"  # Dovecot writes this one type in lower case
     is_text = main.lower() == "text"
-    if is_text and not any(k == "charset" for k, _ in params):
+    if is_text and param(params, "charset") is None:
         params = (*params, ("charset", "us-ascii"))
         params_text = _params(params)
-    boundary = dict(params).get("boundary")
-    if main.lower() == "multipart" and boundary and depth < MAX_DEPTH:
+    if main.lower() == "multipart" and depth < MAX_DEPTH:  # without a boundary: no parts
         return _multipart(data, headers, body_start, end, section, parts, depth, sub, params)
     ext_tail = " ".join(
         (
@@ -90,7 +93,7 @@ def _structure(
     fields = " ".join(
         (
             nstring(main),
-            nstring(sub) if sub else ('"plain"' if is_text else '"unknown"'),
+            nstring(sub) if sub or not main else ('"plain"' if is_text else '"unknown"'),
             params_text,
             _raw(headers, "content-id"),
             _raw(headers, "content-description"),
@@ -131,8 +134,12 @@ def _multipart(
     subtype: str,
     params: Params,
 ) -> tuple[str, str]:
-    boundary = dict(params)["boundary"].encode("utf-8", "replace")
-    spans = split_multipart(data, body_start, end, boundary)
+    boundary = param(params, "boundary")
+    spans = (
+        split_multipart(data, body_start, end, boundary.encode("utf-8", "replace"))
+        if boundary
+        else []
+    )
     extended_children, basic_children = [], []
     for number, (start, stop) in enumerate(spans, 1):
         child_section = f"{section}.{number}" if section else str(number)
@@ -152,8 +159,8 @@ def _multipart(
         extended_children.append(ext)
         basic_children.append(basic)
     if not spans:
-        empty = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
-        extended_children, basic_children = [empty], [empty]
+        empty = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
+        extended_children, basic_children = [empty + " NIL NIL NIL NIL)"], [empty + ")"]
     ext_tail = " ".join(
         (
             _params(params),

@@ -62,8 +62,13 @@ def parse_content_value(value: str) -> tuple[str, Params]:
             param_value = tokens.quoted()
         else:
             param_value = tokens.atom()
-        params.append((key.lower(), param_value))
+        params.append((key, param_value))  # names as written: Dovecot serves them so
     return token, tuple(_join_rfc2231(params))
+
+
+def param(params: Params, name: str) -> str | None:
+    """The value of parameter `name` (lower case; names compare case-insensitively)."""
+    return next((value for key, value in params if key.lower() == name), None)
 
 
 def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -12,6 +12,9 @@ from encimap.mimeinfo.strings import decode_raw
 _HEADER_END = re.compile(rb"\n\r?\n")
 # A field name at a line start, found from the LF before it (a literal, as for _HEADER_END).
 _FIELD = re.compile(rb"\n([^:\s]+)[ \t]*:")
+# Inside a field's text: a line start that is not a fold (a line without a colon, which ends
+# the field, as in Dovecot, instead of being read as part of its value).
+_NOT_CONTINUED = re.compile(rb"\n(?=[^ \t])")
 
 
 @dataclass
@@ -54,6 +57,10 @@ def parse_headers(data: bytes, start: int, end: int) -> Headers:
     pieces = _FIELD.split(b"\n" + data[start:end])
     fields: list[tuple[str, str]] = []
     for index in range(1, len(pieces), 2):
-        value = pieces[index + 1].replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
+        value = pieces[index + 1]
+        invalid = _NOT_CONTINUED.search(value)  # a line that is neither a field nor folded
+        if invalid is not None:
+            value = value[: invalid.start()]
+        value = value.replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
         fields.append((pieces[index].decode("latin-1").lower(), decode_raw(value)))
     return Headers(fields)
