@@ -130,7 +130,7 @@ class AuthEngine:
             raise _Refused("malformed username")
         row = await self._lookup(username, service)
         state = "unknown" if row is None else ("live" if row.live else "inactive")
-        stored_hash = row.password_hash if row is not None else ""
+        stored_hash = (row.password_hash or "") if row is not None else ""
         credential = f"{row.kind}:{row.credential_id}" if row is not None else "-"
         verified_key = fingerprint(self._secret, credential, stored_hash, username, password)
         if row is not None and row.live and self._verified.hit(verified_key):
@@ -199,7 +199,7 @@ class AuthEngine:
 
     def _principal(self, row: LoginRow) -> Principal:
         if row.kind == "motorblock":
-            domains: tuple[str, ...] = (row.domain,)
+            domains: tuple[str, ...] = row.domains
             addresses: tuple[str, ...] = ()
         else:
             domains, addresses = (), (row.address,)
