@@ -39,7 +39,8 @@ async def create_user(db: Executor, email: str) -> User:
     try:
         row = await db.fetchrow(
             """INSERT INTO users (email, password_hash)
-               SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))
+               SELECT $1::text, $2
+                WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1::text))
                RETURNING id, email""",
             email,
             LOCKED_PASSWORD_HASH,
