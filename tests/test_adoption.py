@@ -19,7 +19,9 @@ import bcrypt
 import pytest
 from cryptography.hazmat.primitives import hashes
 
+from encimap import migrations
 from encimap.pgcluster import LocalCluster
+from encimap.store import adoption
 from tests.imap_support import imap_config, login, ports, running_imap
 from tests.intake_support import LMTPClient, intake_config, openssl_decrypt, port_of, running_intake
 from tests.platform_support import insert_vaultbox, run_platform_statements, seeded_databases
@@ -341,3 +343,64 @@ async def test_submission_relays_for_an_existing_motorblock(platform: Platform, 
 
             await asyncio.to_thread(send)
     assert len(handler.messages) == 1
+
+
+async def test_backfill_in_batches_while_an_imap_session_reads(
+    pg_cluster: LocalCluster, tmp_path: Path, tls_files, tls_ca
+):
+    """2,000 legacy messages placed 250 at a time while a client keeps its INBOX selected:
+    every command succeeds, the count only grows, and the UIDs end in processed_at order."""
+    tag = uuid.uuid4().hex[:8]
+    databases = await seeded_databases(pg_cluster, f"fill_mot_{tag}", f"fill_enc_{tag}")
+    conn = await databases.connect()
+    try:
+        box = await insert_vaultbox(conn, uuid.uuid4(), "bulk", DOMAIN)
+        await conn.execute(
+            "INSERT INTO imap_app_credentials (user_id, username, vaultbox_id, password_hash) "
+            "VALUES ($1, 'bulk-login', $2, $3)",
+            box.user_id,
+            box.id,
+            _hash(PASSWORD),
+        )
+        await conn.execute(
+            """INSERT INTO encrypted_emails (vaultbox_id, message_id, sender, recipient,
+                                             body_encrypted, processed_at)
+               SELECT $1, '<' || n || '@bulk.test>', 'a@b.test', $2,
+                      'Subject: n' || n || E'\\r\\n\\r\\nbody\\r\\n',
+                      timestamp '2024-01-01' + make_interval(secs => (n * 7919) % 2000)
+                 FROM generate_series(1, 2000) AS n""",
+            box.id,
+            box.address,
+        )
+        for component in ("motorical", "encimap"):
+            target = conn if component == "encimap" else await databases.connect(component)
+            await migrations.migrate(target, component)
+            if target is not conn:
+                await target.close()
+        assert await adoption.create_missing_mailboxes(conn) == 1
+        cfg = imap_config(databases, tls_files)
+        progress: list[str] = []
+        async with running_imap(cfg):
+            client = await asyncio.to_thread(_imap_login, ports(cfg)[0], tls_ca, "bulk-login")
+            seen = [int((await asyncio.to_thread(client.select, "INBOX"))[1][0])]
+            filling = asyncio.create_task(adoption.adopt(conn, progress.append, batch=250))
+            while not filling.done():
+                typ, _ = await asyncio.to_thread(client.noop)
+                assert typ == "OK"
+                typ, data = await asyncio.to_thread(client.uid, "SEARCH", "ALL")
+                assert typ == "OK"
+                seen.append(len(data[0].split()))
+            await filling
+            typ, data = await asyncio.to_thread(client.uid, "FETCH", "1:*", "(BODY.PEEK[HEADER])")
+            await asyncio.to_thread(client.logout)
+        assert seen == sorted(seen) and seen[-1] <= 2000
+        assert sum(line.startswith("placed ") for line in progress) == 8
+        subjects = [item[1] for item in data if isinstance(item, tuple)]
+        assert len(subjects) == 2000
+        order = await conn.fetch(
+            "SELECT uid FROM encrypted_emails WHERE vaultbox_id = $1 ORDER BY processed_at, id",
+            box.id,
+        )
+        assert [row["uid"] for row in order] == list(range(1, 2001))
+    finally:
+        await conn.close()

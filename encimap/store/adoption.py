@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from encimap import mimeinfo
 from encimap.store.certificates import complete_certificates, count_private
-from encimap.store.messages import STORED_BYTES, save_info
+from encimap.store.messages import STORED_BYTES, save_infos
 from encimap.store.types import Executor
 
 Progress = Callable[[str], None]
@@ -96,18 +96,17 @@ async def describe_batch(
         after,
         limit,
     )
-    for row in rows:
-        await save_info(db, row["id"], mimeinfo.describe(row["body"] or b""))
+    await save_infos(db, [(row["id"], mimeinfo.describe(row["body"] or b"")) for row in rows])
     return (rows[-1]["id"] if rows else after), len(rows)
 
 
-async def adopt(db: Executor, progress: Progress) -> None:
+async def adopt(db: Executor, progress: Progress, *, batch: int = PLACE_BATCH) -> None:
     """Run every data move to the end, reporting progress; safe to interrupt and run again."""
     todo = await pending(db)
     if created := await create_missing_mailboxes(db):
         progress(f"default mailboxes created for {created} vaultboxes")
     placed = 0
-    while count := await place_batch(db):
+    while count := await place_batch(db, batch):
         placed += count
         progress(f"placed {placed}/{todo.unplaced_messages} stored messages")
     described, last = 0, uuid.UUID(int=0)

@@ -120,7 +120,7 @@ async def insert_message(
     atomic on its own or part of the caller's transaction. The mailbox row lock taken by the
     UID allocation orders concurrent inserts, so UIDs become visible in increasing order.
     """
-    columns = info_columns(info or mimeinfo.describe(body))
+    info_values = _info_values(info or mimeinfo.describe(body))
     row = await conn.fetchrow(
         """SELECT * FROM encimap_insert_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
                                                 $12, $13, $14, $15, $16, $17, $18, $19)""",
@@ -137,7 +137,7 @@ async def insert_message(
         body_sha256,
         encryption_method,
         list(certificate_fingerprints),
-        *(columns[name] for name in INFO_COLUMNS),
+        *info_values,
     )
     if row["email_id"] is None:
         raise NotFound(f"vaultbox {vaultbox_id} has no mailbox {mailbox_id or mailbox_name}")
@@ -195,20 +195,25 @@ async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.Message
 
 
 async def save_info(db: Executor, message_id: uuid.UUID, info: mimeinfo.MessageInfo) -> None:
-    columns = info_columns(info)
-    await db.execute(
+    await save_infos(db, [(message_id, info)])
+
+
+async def save_infos(
+    db: Executor, described: Sequence[tuple[uuid.UUID, mimeinfo.MessageInfo]]
+) -> None:
+    """Persist ENVELOPE/BODYSTRUCTURE and the search fields of messages stored without them."""
+    await db.executemany(
         """UPDATE encrypted_emails
               SET envelope = $2, bodystructure = $3, bodystructure_basic = $4,
                   mime_parts = $5::jsonb, sent_date = $6, search_headers = $7::jsonb
             WHERE id = $1""",
-        message_id,
-        columns["envelope"],
-        columns["bodystructure"],
-        columns["bodystructure_basic"],
-        columns["mime_parts"],
-        columns["sent_date"],
-        columns["search_headers"],
+        [(message_id, *_info_values(info)) for message_id, info in described],
     )
+
+
+def _info_values(info: mimeinfo.MessageInfo) -> list[object]:
+    columns = info_columns(info)
+    return [columns[name] for name in INFO_COLUMNS]
 
 
 _FLAG_CHANGE = {
@@ -392,7 +397,7 @@ async def deliver(
     round trip: on a pool or connection outside a transaction it commits on its own before
     returning; inside the caller's transaction (SMTP mode) it commits with it.
     """
-    columns = info_columns(message.info or mimeinfo.describe(message.body))
+    info_values = _info_values(message.info or mimeinfo.describe(message.body))
     row = await db.fetchrow(
         """SELECT * FROM encimap_deliver($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                          $14, $15, $16, $17, $18, $19, $20, $21)""",
@@ -406,7 +411,7 @@ async def deliver(
         message.body_sha256,
         message.encryption_method,
         message.certificate_fingerprints,
-        *(columns[name] for name in INFO_COLUMNS),
+        *info_values,
         float(duplicate_window_seconds),
         queue_id,
         message.outcome,
