@@ -25,11 +25,15 @@ from encimap.store import adoption
 from tests.imap_support import imap_config, login, ports, running_imap
 from tests.intake_support import LMTPClient, intake_config, openssl_decrypt, port_of, running_intake
 from tests.platform_support import insert_vaultbox, run_platform_statements, seeded_databases
+from tests.postfix_support import reachable_dir
+from tests.service_support import running_service
 from tests.smime_support import Identity, make_identity
 from tests.submission_helpers import login as submission_login
 from tests.submission_helpers import message, sink, starttls_port, submission
 from tests.support import Databases, make_config, run_cli, write_config_file
 from tests.test_auth_engine import open_engine
+from tests.test_authsocket import Client as AuthClient
+from tests.test_authsocket import plain, socket_config
 
 PASSWORD = "correct horse"
 DOMAIN = "platform.test"
@@ -404,3 +408,31 @@ async def test_backfill_in_batches_while_an_imap_session_reads(
         assert [row["uid"] for row in order] == list(range(1, 2001))
     finally:
         await conn.close()
+
+
+async def test_logins_through_the_auth_socket(platform: Platform):
+    directory = reachable_dir("encimap-adopt-auth-")
+    try:
+        async with running_service(socket_config(platform.databases, directory), "authsocket"):
+            client = await AuthClient.connect(directory / "auth")
+            try:
+                await client.handshake()
+                for number, (user, service) in enumerate(
+                    [("mb-null", "smtp"), ("one-login", "smtp"), ("two-legacy", "imap")], 1
+                ):
+                    client.send(
+                        "AUTH",
+                        str(number),
+                        "PLAIN",
+                        f"service={service}",
+                        "rip=127.0.0.1",
+                        "secured",
+                        f"resp={plain(user, PASSWORD)}",
+                    )
+                    assert await client.line() == ["OK", str(number), f"user={user}"]
+            finally:
+                await client.close()
+    finally:
+        for path in directory.iterdir():
+            path.unlink()
+        directory.rmdir()

@@ -68,9 +68,10 @@ async def pending(db: Executor) -> Pending:
 
 async def create_missing_mailboxes(db: Executor) -> int:
     return await db.fetchval(
-        """SELECT count(encimap_create_default_mailboxes(v.id)) FROM vaultboxes v
-            WHERE NOT EXISTS (SELECT 1 FROM mailboxes m
-                               WHERE m.vaultbox_id = v.id AND m.name = 'INBOX')"""
+        """SELECT count(*) FROM (
+                  SELECT encimap_create_default_mailboxes(v.id) FROM vaultboxes v
+                   WHERE NOT EXISTS (SELECT 1 FROM mailboxes m
+                                      WHERE m.vaultbox_id = v.id AND m.name = 'INBOX')) AS made"""
     )
 
 

@@ -46,10 +46,10 @@ async def add_certificate(
         """INSERT INTO certificates (vaultbox_id, certificate_type, pem_content,
                                      fingerprint_sha256, subject, key_algorithm,
                                      not_before, not_after)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8
+           SELECT $1, $2::text, $3, $4::text, $5, $6, $7, $8
             WHERE NOT EXISTS (SELECT 1 FROM certificates
-                               WHERE vaultbox_id = $1 AND certificate_type = $2
-                                 AND fingerprint_sha256 = $4)
+                               WHERE vaultbox_id = $1 AND certificate_type = $2::text
+                                 AND fingerprint_sha256 = $4::text)
            RETURNING id""",
         vaultbox_id,
         certificate_type,
