@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     database.add_parser("status", help="applied and pending migrations").set_defaults(
         handler=admin.db_status
     )
+    database.add_parser(
+        "recount", help="rebuild the mailbox and quota counters from the stored messages"
+    ).set_defaults(handler=admin.db_recount)
 
     user = commands.add_parser("user", help="platform users").add_subparsers(
         dest="action", required=True

@@ -14,7 +14,7 @@ from encimap import db, migrations
 from encimap.auth.passwords import hash_password
 from encimap.cli.common import CommandError, read_or_generate_password
 from encimap.config import Config, listeners, parse_listener
-from encimap.store import adoption, credentials, logins, platform, vaultboxes
+from encimap.store import adoption, counters, credentials, logins, platform, vaultboxes
 
 
 async def db_migrate(cfg: Config, args: argparse.Namespace) -> int:
@@ -71,6 +71,16 @@ async def db_status(cfg: Config, _args: argparse.Namespace) -> int:
             pending_total += moves > 0
             print(f"{database} data moves: {moves} messages to place or describe")
     return 1 if pending_total else 0
+
+
+async def db_recount(cfg: Config, _args: argparse.Namespace) -> int:
+    """Recount every vaultbox's counters from its messages; say how many were off."""
+    async with db.connect(cfg.database, "encimap") as conn:
+        done = await counters.recount(
+            conn, progress=lambda n: print(f"encimap: {n} vaultboxes recounted", flush=True)
+        )
+    print(f"encimap: {done.vaultboxes} vaultboxes recounted, {done.corrected} corrected")
+    return 0
 
 
 async def user_create(cfg: Config, args: argparse.Namespace) -> int:

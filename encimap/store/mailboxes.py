@@ -130,11 +130,11 @@ async def set_subscribed(db: Executor, vaultbox_id: uuid.UUID, name: str, subscr
 
 
 async def counts(db: Executor, mailbox_id: int) -> Counts:
+    """The mailbox's counters, kept at write time (sql/encimap/repeatable/
+    35_message_counters.sql): one row read, whatever the mailbox holds."""
     row = await db.fetchrow(
-        r"""SELECT count(*) AS messages,
-                   count(*) FILTER (WHERE NOT flags @> ARRAY['\Seen']) AS unseen,
-                   coalesce(sum(size_bytes), 0) AS size
-              FROM encrypted_emails WHERE mailbox_id = $1""",
-        mailbox_id,
+        "SELECT messages, unseen, bytes AS size FROM mailboxes WHERE id = $1", mailbox_id
     )
+    if row is None:
+        return Counts(0, 0, 0)
     return Counts(row["messages"], row["unseen"], row["size"])

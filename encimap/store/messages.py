@@ -8,6 +8,12 @@ or none. It serialises deliveries per vaultbox by locking the vaultbox's INBOX r
 duplicate check then sees every message committed before it, and UIDs become visible in
 increasing order (an IMAP client never sees a lower UID appear after a higher one).
 
+Writers lock the mailboxes they change before any message row (`lock_mailboxes`, the lock
+order of sql/encimap/repeatable/35_message_counters.sql, whose triggers keep the mailbox and
+vaultbox counters): two writers of one mailbox queue on its row instead of deadlocking on its
+messages. UID sets travel as ranges (`encimap.store.uidsets`), so no plan grows with the square
+of the mailbox.
+
 Every change publishes a NOTIFY on `encimap_mailbox` in the same transaction (delivered on
 commit), so other sessions learn about it without polling; see `encimap.store.events`.
 Queries name one mailbox and exact UIDs, so their cost follows what is asked, not the mailbox.
@@ -25,7 +31,7 @@ from typing import Literal
 import asyncpg
 
 from encimap import mimeinfo
-from encimap.store import events
+from encimap.store import events, uidsets
 from encimap.store.errors import NotFound
 from encimap.store.types import Executor
 
@@ -52,6 +58,8 @@ COLUMNS = frozenset(
 # the name `body_encrypted`.
 STORED_BYTES = "coalesce(body, convert_to(body_encrypted, 'UTF8'))"
 _SELECTED = {"body_encrypted": f"{STORED_BYTES} AS body_encrypted"}
+# The messages of mailbox $1 with UIDs in the ranges $2, $3 (see encimap.store.uidsets).
+_IN_RANGES = uidsets.messages("{columns}", "$1", "$2", "$3")
 # What a copy carries over besides the mailbox and UID.
 _COPIED = (
     "vaultbox_id, message_id, sender, recipient, subject_encrypted, body_encrypted, body, "
@@ -162,23 +170,37 @@ async def fetch_rows(
     unknown = set(wanted) - COLUMNS
     if unknown:
         raise ValueError(f"unknown message columns {sorted(unknown)}")
+    selected = ", ".join(_SELECTED.get(name, name) for name in wanted)
     return await db.fetch(
-        f"""SELECT {", ".join(_SELECTED.get(name, name) for name in wanted)} FROM encrypted_emails
-             WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) ORDER BY uid""",  # noqa: S608
+        f"SELECT e.* FROM {_IN_RANGES.format(columns=selected)} ORDER BY e.uid",  # noqa: S608
         mailbox_id,
-        list(uids),
+        *uidsets.ranges(uids),
     )
 
 
 async def sizes(db: Executor, mailbox_id: int, uids: Sequence[int]) -> dict[int, int]:
     """Stored sizes of the messages with these UIDs (an index-only read)."""
     rows = await db.fetch(
-        """SELECT uid, size_bytes FROM encrypted_emails
-            WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",
+        f"SELECT e.uid, e.size_bytes FROM {_IN_RANGES.format(columns='uid, size_bytes')}",  # noqa: S608
         mailbox_id,
-        list(uids),
+        *uidsets.ranges(uids),
     )
     return {row["uid"]: row["size_bytes"] for row in rows}
+
+
+async def lock_mailboxes(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    vaultbox_id: uuid.UUID,
+    mailbox_ids: Iterable[int],
+) -> list[int]:
+    """Lock these mailboxes of the vaultbox until the transaction ends, in id order, before
+    their messages are changed (the lock order that keeps writers from deadlocking); the ids
+    that exist."""
+    return list(
+        await conn.fetchval(
+            "SELECT encimap_lock_mailboxes($1, $2::bigint[])", vaultbox_id, sorted(set(mailbox_ids))
+        )
+    )
 
 
 async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
@@ -219,14 +241,14 @@ def _info_values(info: mimeinfo.MessageInfo) -> list[object]:
 _FLAG_CHANGE = {
     # (new value, condition under which a row changes)
     "add": (
-        "ARRAY(SELECT DISTINCT f FROM unnest(flags || $3::text[]) f ORDER BY f)",
-        "NOT flags @> $3::text[]",
+        "ARRAY(SELECT DISTINCT f FROM unnest(t.flags || $4::text[]) f ORDER BY f)",
+        "NOT t.flags @> $4::text[]",
     ),
     "remove": (
-        "ARRAY(SELECT f FROM unnest(flags) f WHERE f <> ALL($3::text[]) ORDER BY f)",
-        "flags && $3::text[]",
+        "ARRAY(SELECT f FROM unnest(t.flags) f WHERE f <> ALL($4::text[]) ORDER BY f)",
+        "t.flags && $4::text[]",
     ),
-    "replace": ("$3::text[]", "NOT (flags @> $3::text[] AND flags <@ $3::text[])"),
+    "replace": ("$4::text[]", "NOT (t.flags @> $4::text[] AND t.flags <@ $4::text[])"),
 }
 
 
@@ -247,12 +269,14 @@ async def store_flags(
     """
     new_value, condition = _FLAG_CHANGE[mode]
     async with conn.transaction():
+        await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
         rows = await conn.fetch(
-            f"""UPDATE encrypted_emails SET flags = {new_value}
-                 WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) AND {condition}
-                RETURNING uid, flags""",  # noqa: S608 - fixed SQL fragments only
+            f"""UPDATE encrypted_emails t SET flags = {new_value}
+                  FROM {_IN_RANGES.format(columns="uid")}
+                 WHERE t.mailbox_id = $1 AND t.uid = e.uid AND {condition}
+                RETURNING t.uid, t.flags""",  # noqa: S608 - fixed SQL fragments only
             mailbox_id,
-            list(uids),
+            *uidsets.ranges(uids),
             sorted(set(flags)),
         )
         if rows:
@@ -272,7 +296,9 @@ async def expunge(
 ) -> list[int]:
     """Delete the messages flagged \\Deleted (only among `uids` when given); their UIDs."""
     async with conn.transaction():
+        await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
         if uids is None:
+            # The partial index encrypted_emails_deleted_idx holds exactly these rows.
             rows = await conn.fetch(
                 r"""DELETE FROM encrypted_emails
                      WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted'] RETURNING uid""",
@@ -280,11 +306,11 @@ async def expunge(
             )
         else:
             rows = await conn.fetch(
-                r"""DELETE FROM encrypted_emails
-                     WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])
-                       AND flags @> ARRAY['\Deleted'] RETURNING uid""",
+                rf"""DELETE FROM encrypted_emails t USING {_IN_RANGES.format(columns="uid")}
+                      WHERE t.mailbox_id = $1 AND t.uid = e.uid
+                        AND t.flags @> ARRAY['\Deleted'] RETURNING t.uid""",  # noqa: S608
                 mailbox_id,
-                list(uids),
+                *uidsets.ranges(uids),
             )
         gone = sorted(row["uid"] for row in rows)
         if gone:
@@ -308,13 +334,13 @@ async def copy_messages(
     `vaultbox_id`; a message never leaves its vaultbox.
     """
     async with conn.transaction():
+        locked = await lock_mailboxes(conn, vaultbox_id, [source_id, target_id])
+        if source_id not in locked:
+            raise NotFound(f"no mailbox {source_id}")
         existing = await conn.fetch(
-            """SELECT e.uid FROM encrypted_emails e JOIN mailboxes m ON m.id = e.mailbox_id
-                WHERE e.mailbox_id = $1 AND m.vaultbox_id = $2 AND e.uid = ANY($3::bigint[])
-                ORDER BY e.uid""",
+            f"SELECT e.uid FROM {_IN_RANGES.format(columns='uid')} ORDER BY e.uid",  # noqa: S608
             source_id,
-            vaultbox_id,
-            list(uids),
+            *uidsets.ranges(uids),
         )
         source_uids = [row["uid"] for row in existing]
         target = await conn.fetchrow(
@@ -343,9 +369,10 @@ async def copy_messages(
         await events.publish_new(conn, vaultbox_id, target_id, new_uids[-1])
         if move:
             await conn.execute(
-                "DELETE FROM encrypted_emails WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])",
+                f"""DELETE FROM encrypted_emails t USING {_IN_RANGES.format(columns="uid")}
+                     WHERE t.mailbox_id = $1 AND t.uid = e.uid""",  # noqa: S608
                 source_id,
-                source_uids,
+                *uidsets.ranges(source_uids),
             )
             await events.publish_change(
                 conn, vaultbox_id, source_id, events.EXPUNGE, origin, source_uids
