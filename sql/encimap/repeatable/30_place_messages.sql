@@ -19,9 +19,16 @@ BEGIN
          WHERE e.id = ANY (p_ids) AND e.mailbox_id IS NULL
          ORDER BY e.vaultbox_id
     LOOP
-        PERFORM encimap_create_default_mailboxes(box);
+        -- The mailboxes are created only when the INBOX is missing: creating them otherwise
+        -- would wait on every mailbox row another transaction is changing (the unique check),
+        -- out of the lock order of repeatable/35_message_counters.sql.
         SELECT m.id, m.uid_next INTO inbox FROM mailboxes m
          WHERE m.vaultbox_id = box AND m.name = 'INBOX' FOR UPDATE;
+        IF NOT FOUND THEN
+            PERFORM encimap_create_default_mailboxes(box);
+            SELECT m.id, m.uid_next INTO inbox FROM mailboxes m
+             WHERE m.vaultbox_id = box AND m.name = 'INBOX' FOR UPDATE;
+        END IF;
         ids := ARRAY(SELECT e.id FROM encrypted_emails e
                       WHERE e.id = ANY (p_ids) AND e.vaultbox_id = box AND e.mailbox_id IS NULL
                       ORDER BY e.processed_at, e.id FOR UPDATE);
