@@ -60,6 +60,16 @@ STORED_BYTES = "coalesce(body, convert_to(body_encrypted, 'UTF8'))"
 _SELECTED = {"body_encrypted": f"{STORED_BYTES} AS body_encrypted"}
 # The messages of mailbox $1 with UIDs in the ranges $2, $3 (see encimap.store.uidsets).
 _IN_RANGES = uidsets.messages("{columns}", "$1", "$2", "$3")
+# The same messages for an UPDATE or DELETE of `t`: their ctids collected once, then a TID
+# scan, which every plan uses for `ctid = ANY(...)` (joined on the UID instead, a plan may
+# rescan the ranges for each candidate row or read the whole mailbox). A row another
+# transaction changed meanwhile is still found: PostgreSQL rechecks the mailbox condition on
+# its new version.
+_CHOSEN = (
+    "t.ctid = ANY(ARRAY(SELECT e.ctid FROM "  # noqa: S608 - fixed SQL
+    + _IN_RANGES.format(columns="ctid")
+    + ")) AND t.mailbox_id = $1"
+)
 # What a copy carries over besides the mailbox and UID.
 _COPIED = (
     "vaultbox_id, message_id, sender, recipient, subject_encrypted, body_encrypted, body, "
@@ -272,8 +282,7 @@ async def store_flags(
         await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
         rows = await conn.fetch(
             f"""UPDATE encrypted_emails t SET flags = {new_value}
-                  FROM {_IN_RANGES.format(columns="uid")}
-                 WHERE t.mailbox_id = $1 AND t.uid = e.uid AND {condition}
+                 WHERE {_CHOSEN} AND {condition}
                 RETURNING t.uid, t.flags""",  # noqa: S608 - fixed SQL fragments only
             mailbox_id,
             *uidsets.ranges(uids),
@@ -306,9 +315,9 @@ async def expunge(
             )
         else:
             rows = await conn.fetch(
-                rf"""DELETE FROM encrypted_emails t USING {_IN_RANGES.format(columns="uid")}
-                      WHERE t.mailbox_id = $1 AND t.uid = e.uid
-                        AND t.flags @> ARRAY['\Deleted'] RETURNING t.uid""",  # noqa: S608
+                rf"""DELETE FROM encrypted_emails t
+                      WHERE {_CHOSEN} AND t.flags @> ARRAY['\Deleted']
+                     RETURNING t.uid""",  # noqa: S608
                 mailbox_id,
                 *uidsets.ranges(uids),
             )
@@ -360,7 +369,10 @@ async def copy_messages(
             f"""INSERT INTO encrypted_emails (mailbox_id, uid, {_COPIED})
                 SELECT $1, m.new_uid, {_COPIED}
                   FROM unnest($3::bigint[], $4::bigint[]) AS m(old_uid, new_uid)
-                  JOIN encrypted_emails e ON e.mailbox_id = $2 AND e.uid = m.old_uid""",  # noqa: S608
+                 CROSS JOIN LATERAL (
+                       -- one index lookup per message in any plan (see _IN_RANGES)
+                       SELECT {_COPIED} FROM encrypted_emails
+                        WHERE mailbox_id = $2 AND uid = m.old_uid OFFSET 0) AS e""",  # noqa: S608
             target_id,
             source_id,
             source_uids,
@@ -369,8 +381,7 @@ async def copy_messages(
         await events.publish_new(conn, vaultbox_id, target_id, new_uids[-1])
         if move:
             await conn.execute(
-                f"""DELETE FROM encrypted_emails t USING {_IN_RANGES.format(columns="uid")}
-                     WHERE t.mailbox_id = $1 AND t.uid = e.uid""",  # noqa: S608
+                f"DELETE FROM encrypted_emails t WHERE {_CHOSEN}",  # noqa: S608
                 source_id,
                 *uidsets.ranges(source_uids),
             )

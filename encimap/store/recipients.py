@@ -42,6 +42,9 @@ async def find_recipient(db: Executor, addresses: Sequence[str]) -> Recipient | 
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS a(alias, domain, rank)
              JOIN vaultboxes v ON lower(v.alias) = lower(a.alias)
                               AND lower(v.domain) = lower(a.domain)
+                              -- the predicate of vaultboxes_address_key, so the
+                              -- lookup is an index scan; then no status, no delivery
+                              AND v.status IS DISTINCT FROM 'deleted'
                               AND v.status <> 'deleted'
              -- The usage counters kept at write time (one row; none before the first message).
              LEFT JOIN vaultbox_usage u ON u.vaultbox_id = v.id AND v.limits ?| $3::text[]
