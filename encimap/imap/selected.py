@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from array import array
 from collections.abc import Callable, Sequence
 
 import asyncpg
 
 from encimap.imap import wire
 from encimap.imap.parser import SequenceSet
-from encimap.store import events, messages
+from encimap.store import events, flagsync, messages
 from encimap.store.mailboxes import Mailbox
 
 
@@ -29,7 +30,8 @@ class Selected:
         self.mailbox = mailbox
         self.readonly = readonly
         self.session_id = session_id
-        self.uids: list[int] = []  # index = sequence number - 1
+        # index = sequence number - 1; 4 bytes per message (flagsync.packed_uids)
+        self.uids: array = array("I")
         self.highest_uid = 0
         self.changed = asyncio.Event()  # wakes IDLE
         self._new = False
@@ -38,12 +40,12 @@ class Selected:
         self._resync = False
         self._unsubscribe: Callable[[], None] = listener.subscribe(mailbox.id, self._on_event)
 
-    async def load(self) -> list[asyncpg.Record]:
-        """Read the mailbox's (uid, flags) once, at SELECT."""
-        rows = await messages.uids_and_flags(self.pool, self.mailbox.id)
-        self.uids = [row["uid"] for row in rows]
+    async def load(self) -> flagsync.Summary:
+        """Read the mailbox's UIDs once, at SELECT (one query, no object per message)."""
+        summary = await flagsync.summary(self.pool, self.mailbox.id)
+        self.uids = summary.uids
         self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
-        return rows
+        return summary
 
     def close(self) -> None:
         self._unsubscribe()
@@ -79,6 +81,25 @@ class Selected:
             stop = bisect.bisect_right(self.uids, high)
             chosen.extend(self.uids[start:stop])
         return sorted(set(chosen))
+
+    def runs(self, uids: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+        """`uids` (ascending, all in this view) as runs of consecutive UIDs at consecutive
+        sequence numbers: (lowest UIDs, highest UIDs, sequence numbers of the lowest)."""
+        lows: list[int] = []
+        highs: list[int] = []
+        seqs: list[int] = []
+        view = self.uids
+        index = -2
+        for uid in uids:
+            if highs and uid == highs[-1] + 1 and index + 1 < len(view) and view[index + 1] == uid:
+                highs[-1] = uid
+                index += 1
+                continue
+            index = bisect.bisect_left(view, uid)
+            lows.append(uid)
+            highs.append(uid)
+            seqs.append(index + 1)
+        return lows, highs, seqs
 
     def is_sequence_valid(self, sequence: SequenceSet) -> bool:
         """Numbers beyond the last message are an error; a range ending in "*" never is

@@ -19,7 +19,7 @@ from encimap.imap.commands import SELECTED, command
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.parser import FetchItem, Reader, Section, parse_fetch_items
 from encimap.imap.session import Session, bad
-from encimap.store import messages
+from encimap.store import flagsync, messages
 
 _CHUNK_WITH_BODY = 200
 _CHUNK_METADATA = 2000
@@ -36,6 +36,7 @@ _COLUMNS_FOR = {
     "RFC822.HEADER": ("body_encrypted", "mime_parts", "id"),
     "RFC822.TEXT": ("body_encrypted", "mime_parts", "id"),
 }
+_FLAG_SYNC = frozenset({"UID", "FLAGS"})
 _DERIVED = ("envelope", "bodystructure", "bodystructure_basic", "mime_parts")
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
 
@@ -102,6 +103,15 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             )
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
+    if all(item.name in _FLAG_SYNC and item.section is None for item in items):
+        # A flag resync (`UID FETCH 1:* (UID FLAGS)`): rendered by PostgreSQL, no object
+        # per message.
+        runs = selected.runs(uids)
+        names = [item.name for item in items]
+        session.send(
+            await flagsync.flag_responses(session.server.pool, selected.mailbox.id, runs, names)
+        )
+        return "OK Fetch completed."
     columns = columns_for(items)
     for chunk in await _chunks(session, uids, columns):
         for data in await _rows(session, chunk, columns):

@@ -79,16 +79,15 @@ async def _select(session: Session, reader: Reader, *, readonly: bool) -> str:
         readonly=readonly,
         session_id=session.id,
     )
-    rows = await selected.load()
-    keywords = sorted({f for row in rows for f in row["flags"] if not f.startswith("\\")})
-    flags = " ".join((*SYSTEM_FLAGS, *keywords))
+    summary = await selected.load()
+    flags = " ".join((*SYSTEM_FLAGS, *summary.keywords))
     session.untagged(f"FLAGS ({flags})")
     permanent = "()" if readonly else f"({flags} \\*)"
     session.untagged(f"OK [PERMANENTFLAGS {permanent}] Flags permitted.")
-    session.untagged(f"{len(rows)} EXISTS")
+    session.untagged(f"{len(selected)} EXISTS")
     session.untagged("0 RECENT")
-    first_unseen = next(
-        (seq for seq, row in enumerate(rows, 1) if "\\Seen" not in row["flags"]), None
+    first_unseen = (
+        None if summary.first_unseen_uid is None else selected.seq_of(summary.first_unseen_uid)
     )
     if first_unseen is not None:
         session.untagged(f"OK [UNSEEN {first_unseen}] First unseen.")
