@@ -81,6 +81,9 @@ class IntakeConfig:
     # RCPT lookups kept between deliveries (dropped at once on any vaultbox or certificate
     # change, announced over LISTEN/NOTIFY); at most this old in any case. 0 = look up every time.
     recipient_cache_seconds: float = 60.0
+    # Addresses (and parsed certificates) kept by those caches; the least recently used go
+    # first. Above the number of vaultboxes that receive mail, every repeat RCPT is a hit.
+    recipient_cache_size: int = 16384
 
 
 @dataclass(frozen=True)
