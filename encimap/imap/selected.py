@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from encimap.imap import wire
+from encimap.imap import shared, wire
 from encimap.imap.parser import SequenceSet
 from encimap.store import events, flagsync, messages
 from encimap.store.mailboxes import Mailbox
@@ -38,6 +38,7 @@ class Selected:
         self._flags: set[int] = set()
         self._expunged: set[int] = set()
         self._resync = False
+        shared.selected(mailbox.id)
         self._unsubscribe: Callable[[], None] = listener.subscribe(mailbox.id, self._on_event)
 
     async def load(self) -> flagsync.Summary:
@@ -49,6 +50,7 @@ class Selected:
 
     def close(self) -> None:
         self._unsubscribe()
+        shared.unselected(self.mailbox.id)
 
     # -- numbers --
     def __len__(self) -> int:
@@ -111,6 +113,7 @@ class Selected:
 
     # -- changes --
     def _on_event(self, event: events.Event) -> None:
+        shared.note(self.mailbox.id, event)
         if event.kind == events.NEW:
             if event.uid > self.highest_uid:
                 self._new = True
@@ -163,14 +166,22 @@ class Selected:
             lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(gone)))
         if self._new:
             self._new = False
-            rows = await messages.uids_and_flags(self.pool, self.mailbox.id, self.highest_uid)
+            mailbox_id, after = self.mailbox.id, self.highest_uid
+            rows = await shared.read(
+                ("new", id(self.pool), mailbox_id, shared.generation(mailbox_id), after),
+                lambda: messages.uids_and_flags(self.pool, mailbox_id, after),
+            )
             if rows:
                 self.uids.extend(row["uid"] for row in rows)
                 self.highest_uid = rows[-1]["uid"]
                 lines.append(b"* %d EXISTS\r\n" % len(self.uids))
         if self._flags:
             changed, self._flags = sorted(self._flags), set()
-            rows = await messages.fetch_rows(self.pool, self.mailbox.id, changed, ["flags"])
+            mailbox_id = self.mailbox.id
+            rows = await shared.read(
+                ("flags", id(self.pool), mailbox_id, shared.generation(mailbox_id), tuple(changed)),
+                lambda: messages.fetch_rows(self.pool, mailbox_id, changed, ["flags"]),
+            )
             for row in rows:
                 seq = self.seq_of(row["uid"])
                 if seq is not None:
