@@ -122,9 +122,12 @@ async def test_selected_mailbox_holds_four_bytes_per_message(databases, tmp_path
     conn = await databases.connect()
     try:
         summary = await flagsync.summary(conn, inbox)
+        edges = await conn.fetchval("SELECT array_send(ARRAY[4294967294, 1, 2]::bigint[])")
+        empty = await conn.fetchval("SELECT array_send('{}'::bigint[])")
     finally:
         await conn.close()
     assert summary.uids.itemsize == 4
     assert list(summary.uids) == [uid for uid in range(1, MESSAGES + 1) if uid % 7]
     assert summary.keywords == ["$Junk"] and summary.first_unseen_uid == 1
-    assert flagsync.packed_uids(bytes.fromhex("fffffffe00000001")).tolist() == [2**32 - 2, 1]
+    assert flagsync.packed_uids(edges).tolist() == [2**32 - 2, 1, 2]
+    assert flagsync.packed_uids(empty).tolist() == []

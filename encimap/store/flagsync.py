@@ -1,5 +1,6 @@
 """Reads of a whole mailbox's UIDs and flags without a Python object per message: what SELECT
-needs (the UIDs packed as 32-bit integers, the keywords, the first unseen UID) and the
+needs (the UIDs as PostgreSQL's binary array, unpacked into 32-bit integers; the mailbox's
+keyword list; the first unseen UID) and the
 `FETCH (UID FLAGS)` responses of a flag resync rendered by PostgreSQL.
 
 UIDs are at most 2^32 - 1 (RFC 3501 2.3.1.1), so they fit an unsigned 32-bit array: 400 KB per
@@ -24,29 +25,32 @@ class Summary:
 
 
 def packed_uids(data: bytes) -> array:
-    """Big-endian 32-bit UIDs (as int4send writes them) as an array('I') in machine order."""
-    uids = array("I")
-    assert uids.itemsize == 4
-    uids.frombytes(data)
+    """The UIDs of `array_send(bigint[])` (one dimension) as an array('I'), without a Python
+    object per element: after the header, each element is a 4-byte length and 8 bytes of
+    big-endian value whose high half is 0 for a UID, so the UID is every third 32-bit word."""
+    words = array("I")
+    assert words.itemsize == 4
+    words.frombytes(data)
     if sys.byteorder == "little":
-        uids.byteswap()
-    return uids
+        words.byteswap()
+    if len(words) < 5:  # no dimension: an empty array
+        return array("I")
+    # Header: ndim, has-nulls flag, element type, then per dimension its length and lower bound.
+    return words[5 + 2 :: 3]
 
 
 async def summary(db: Executor, mailbox_id: int) -> Summary:
     """One query: the mailbox's UIDs, keywords and first message without \\Seen."""
     row = await db.fetchrow(
-        r"""SELECT coalesce((SELECT string_agg(int4send(uid::bigint::bit(32)::int4), ''::bytea
-                                               ORDER BY uid)
-                               FROM encrypted_emails WHERE mailbox_id = $1), ''::bytea) AS uids,
-                   ARRAY(SELECT DISTINCT f FROM encrypted_emails e, unnest(e.flags) f
-                          WHERE e.mailbox_id = $1 AND f NOT LIKE '\\%' ORDER BY f) AS keywords,
+        r"""SELECT array_send(ARRAY(SELECT uid FROM encrypted_emails WHERE mailbox_id = $1
+                                     ORDER BY uid)) AS uids,
+                   (SELECT keywords FROM mailboxes WHERE id = $1) AS keywords,
                    (SELECT uid FROM encrypted_emails
                      WHERE mailbox_id = $1 AND NOT flags @> ARRAY['\Seen']
                      ORDER BY uid LIMIT 1) AS first_unseen""",
         mailbox_id,
     )
-    return Summary(packed_uids(row["uids"]), list(row["keywords"]), row["first_unseen"])
+    return Summary(packed_uids(row["uids"]), list(row["keywords"] or ()), row["first_unseen"])
 
 
 # Response items FETCH (UID FLAGS) may name, rendered by PostgreSQL.

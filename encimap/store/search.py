@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
-from encimap.store import uidsets
+from encimap.store import flagsync, uidsets
 from encimap.store.types import Executor
 
 SEARCHABLE_HEADERS = ("from", "to", "cc", "bcc", "subject")
@@ -134,15 +134,19 @@ class _Compiler:
         return f"strpos(lower({expression}), lower({self.param(text, '::text')})) > 0"
 
 
-async def search(db: Executor, mailbox_id: int, key: Key, within: Sequence[int]) -> list[int]:
-    """UIDs in `within` (the session's view of the mailbox) matching `key`, ascending."""
+async def search(
+    db: Executor, mailbox_id: int, key: Key, within: Sequence[int], *, ascending: bool = False
+) -> Sequence[int]:
+    """UIDs in `within` (the session's view of the mailbox; `ascending` if already sorted
+    without repeats) matching `key`, ascending; as a packed array (flagsync.packed_uids), not
+    an object per message."""
     compiler = _Compiler(mailbox_id)
     condition = compiler.sql(key)
-    lows, highs = uidsets.ranges(within)
+    lows, highs = uidsets.ranges(within, ascending=ascending)
     scope = uidsets.messages("*", "$1", compiler.param(lows), compiler.param(highs))
-    rows = await db.fetch(
-        f"""SELECT e.uid FROM {scope} WHERE ({condition})
-             ORDER BY e.uid""",  # noqa: S608 - only placeholders and fixed SQL are interpolated
+    data = await db.fetchval(
+        f"""SELECT array_send(ARRAY(SELECT e.uid FROM {scope} WHERE ({condition})
+                                     ORDER BY e.uid))""",  # noqa: S608 - placeholders, fixed SQL
         *compiler.params,
     )
-    return [row["uid"] for row in rows]
+    return flagsync.packed_uids(data)

@@ -9,7 +9,11 @@
 ALTER TABLE mailboxes
     ADD COLUMN IF NOT EXISTS messages bigint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS bytes bigint NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS unseen bigint NOT NULL DEFAULT 0;
+    ADD COLUMN IF NOT EXISTS unseen bigint NOT NULL DEFAULT 0,
+    -- Keywords (flags other than \System ones) ever set in the mailbox, sorted: what SELECT
+    -- lists in FLAGS. Only grows, as Dovecot's keyword list does (RFC 3501 7.2.6 allows
+    -- listing a keyword no message has).
+    ADD COLUMN IF NOT EXISTS keywords text[] NOT NULL DEFAULT '{}';
 
 CREATE TABLE IF NOT EXISTS vaultbox_usage (
     vaultbox_id  uuid PRIMARY KEY REFERENCES vaultboxes (id) ON DELETE CASCADE,
@@ -26,6 +30,12 @@ UPDATE mailboxes m
           FROM encrypted_emails e WHERE e.mailbox_id IS NOT NULL
          GROUP BY e.mailbox_id) c
  WHERE m.id = c.mailbox_id;
+UPDATE mailboxes m SET keywords = k.keywords
+  FROM (SELECT e.mailbox_id, array_agg(DISTINCT f ORDER BY f) AS keywords
+          FROM encrypted_emails e, unnest(e.flags) f
+         WHERE e.mailbox_id IS NOT NULL AND left(f, 1) <> '\'
+         GROUP BY e.mailbox_id) k
+ WHERE m.id = k.mailbox_id;
 
 INSERT INTO vaultbox_usage (vaultbox_id, messages, bytes)
 SELECT e.vaultbox_id, count(*), coalesce(sum(e.size_bytes), 0)

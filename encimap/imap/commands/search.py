@@ -45,7 +45,9 @@ async def _search(session: Session, reader: Reader, *, by_uid: bool) -> str:
         session.untagged("SEARCH")
         return "OK Search completed."
     key = _resolve(program.key, selected)
-    found = await keys.search(session.server.pool, selected.mailbox.id, key, selected.uids)
+    found = await keys.search(
+        session.server.pool, selected.mailbox.id, key, selected.uids, ascending=True
+    )
     if by_uid:
         numbers = found
     else:

@@ -54,6 +54,21 @@ BEGIN
                unseen = m.unseen + d.unseen
          WHERE m.id = d.mailbox_id;
     END LOOP;
+    IF TG_OP <> 'DELETE' THEN
+        -- Keywords new to a mailbox join its list (what SELECT shows in FLAGS).
+        FOR d IN
+            SELECT n.mailbox_id, array_agg(DISTINCT f) AS keywords
+              FROM new_rows n, unnest(n.flags) f
+             WHERE n.mailbox_id IS NOT NULL AND left(f, 1) <> '\'
+             GROUP BY n.mailbox_id
+             ORDER BY n.mailbox_id
+        LOOP
+            UPDATE mailboxes m
+               SET keywords = ARRAY(SELECT DISTINCT k FROM unnest(m.keywords || d.keywords) k
+                                     ORDER BY k)
+             WHERE m.id = d.mailbox_id AND NOT m.keywords @> d.keywords;
+        END LOOP;
+    END IF;
     FOR d IN
         SELECT c.vaultbox_id, sum(c.messages) AS messages, sum(c.bytes) AS bytes
           FROM unnest(vaultbox_ids, n_messages, n_bytes) AS c(vaultbox_id, messages, bytes)
