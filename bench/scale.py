@@ -265,6 +265,55 @@ async def lookups(url: str, size: int, calls: int = 300) -> dict[str, float]:
     return results
 
 
+async def idle_wakeup(url: str, port: int, username: str, sessions: int) -> dict[str, float]:
+    """`sessions` IMAP sessions IDLE on one INBOX; one message is stored: how long until each
+    saw its EXISTS (median, max ms)."""
+
+    async def open_session() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readline()
+        writer.write(f'a LOGIN "{username}" "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
+        while not (await reader.readline()).startswith(b"+ "):
+            pass
+        return reader, writer
+
+    opened = []
+    for start in range(0, sessions, 200):  # logins in batches, as clients reconnect
+        opened += await asyncio.gather(
+            *(open_session() for _ in range(start, min(sessions, start + 200)))
+        )
+    conn = await asyncpg.connect(url)
+    try:
+        vaultbox_id = await conn.fetchval(
+            "SELECT vaultbox_id FROM imap_app_credentials WHERE username = $1", username
+        )
+        body = await conn.fetchval(
+            "SELECT body FROM encrypted_emails WHERE vaultbox_id = $1 LIMIT 1", vaultbox_id
+        )
+
+        async def seen(reader: asyncio.StreamReader) -> float:
+            while not (await reader.readline()).endswith(b"EXISTS\r\n"):
+                pass
+            return time.perf_counter()
+
+        waiting = [asyncio.ensure_future(seen(reader)) for reader, _ in opened]
+        started = time.perf_counter()
+        await messages.insert_message(conn, vaultbox_id=vaultbox_id, body=body)
+        times = [(at - started) * 1000 for at in await asyncio.gather(*waiting)]
+    finally:
+        await conn.close()
+        for _, writer in opened:
+            writer.close()
+    return {"median": statistics.median(times), "max": max(times)}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -272,6 +321,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--no-dovecot", action="store_true")
+    parser.add_argument("--idle", default="1000", help="IDLE session counts, e.g. 1000,10000")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     use_dovecot = not args.no_dovecot
@@ -298,7 +348,7 @@ def main() -> int:
             f'encimap_url = "{url}"\n'
             f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
             f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
-            f'trusted_networks = ["127.0.0.0/8"]\nmax_connections_per_user = 100\n'
+            f'trusted_networks = ["127.0.0.0/8"]\nmax_connections_per_user = 20000\n'
             f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n'
         )
         server = subprocess.Popen(
@@ -320,6 +370,13 @@ def main() -> int:
             finally:
                 if dovecot is not None:
                     dovecot.stop()
+        wakeups = {}
+        for count in [int(n) for n in args.idle.split(",") if n]:
+            before = rss_mb(server.pid)
+            result = asyncio.run(idle_wakeup(url, port, made[min(sizes)][0], count))
+            result["server RSS MB"] = rss_mb(server.pid)
+            result["RSS per session KB"] = (result["server RSS MB"] - before) * 1024 / count
+            wakeups[count] = result
         stored = asyncio.run(lookups(url, max(sizes)))
     finally:
         if server is not None:
@@ -339,6 +396,13 @@ def main() -> int:
             else:
                 cells.append(f"{ours:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nIDLE: new mail seen by every session, ms; server RSS while they IDLE")
+    for count, result in wakeups.items():
+        print(
+            f"| {count:,} sessions | median {result['median']:.0f} | max {result['max']:.0f}"
+            f" | RSS {result['server RSS MB']:.0f} MB"
+            f" ({result['RSS per session KB']:.0f} KB per session) |"
+        )
     print("\nstore-level lookups, median ms")
     for name, value in stored.items():
         print(f"| {name} | {value:.3f} |")

@@ -134,15 +134,13 @@ class _Compiler:
         return f"strpos(lower({expression}), lower({self.param(text, '::text')})) > 0"
 
 
-async def search(
-    db: Executor, mailbox_id: int, key: Key, within: Sequence[int], *, ascending: bool = False
-) -> Sequence[int]:
-    """UIDs in `within` (the session's view of the mailbox; `ascending` if already sorted
-    without repeats) matching `key`, ascending; as a packed array (flagsync.packed_uids), not
-    an object per message."""
+async def search(db: Executor, mailbox_id: int, key: Key, within: Sequence[int]) -> Sequence[int]:
+    """UIDs in `within` (the session's view of the mailbox; a `range` costs nothing to send)
+    matching `key`, ascending; as a packed array (flagsync.packed_uids), not an object per
+    message."""
     compiler = _Compiler(mailbox_id)
     condition = compiler.sql(key)
-    lows, highs = uidsets.ranges(within, ascending=ascending)
+    lows, highs = uidsets.ranges(within)
     scope = uidsets.messages("*", "$1", compiler.param(lows), compiler.param(highs))
     data = await db.fetchval(
         f"""SELECT array_send(ARRAY(SELECT e.uid FROM {scope} WHERE ({condition})

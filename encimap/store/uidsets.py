@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-def ranges(uids: Iterable[int], *, ascending: bool = False) -> tuple[list[int], list[int]]:
-    """(lows, highs): the sorted, merged, inclusive ranges covering exactly `uids` (already
-    ascending and without repeats when `ascending`, which saves sorting them)."""
+def ranges(uids: Iterable[int]) -> tuple[list[int], list[int]]:
+    """(lows, highs): the sorted, merged, inclusive ranges covering exactly `uids` (a `range`
+    is one range at no cost)."""
+    if isinstance(uids, range) and uids.step == 1:
+        return ([uids.start], [uids.stop - 1]) if uids else ([], [])
     lows: list[int] = []
     highs: list[int] = []
-    for uid in uids if ascending else sorted(set(uids)):
+    for uid in sorted(set(uids)):
         if highs and uid == highs[-1] + 1:
             highs[-1] = uid
         else:

@@ -45,9 +45,10 @@ async def _search(session: Session, reader: Reader, *, by_uid: bool) -> str:
         session.untagged("SEARCH")
         return "OK Search completed."
     key = _resolve(program.key, selected)
-    found = await keys.search(
-        session.server.pool, selected.mailbox.id, key, selected.uids, ascending=True
-    )
+    # The session's view as one range: the stored UIDs between its first and last are exactly
+    # those it knows (UIDs only grow; newer messages are above its last), so this is exact.
+    view = range(selected.uids[0], selected.uids[-1] + 1)
+    found = await keys.search(session.server.pool, selected.mailbox.id, key, view)
     if by_uid:
         numbers = found
     else:
