@@ -258,3 +258,39 @@ async def test_db_recount_repairs_counters(databases: Databases, tmp_path):
         assert (counts.messages, counts.unseen, counts.size) == (4, 4, 4 * len(BODY))
     finally:
         await conn.close()
+
+
+async def test_placement_of_legacy_rows_keeps_counters_exact(databases: Databases):
+    """Rows the platform's old service stored before encimap (written here with triggers off,
+    as they predate them), counted by the recount as migration 003 does, then placed in
+    batches by encimap_place_messages beside new deliveries."""
+    box = (await make_vaultbox(databases, "legacy@vault.test")).vaultbox
+    conn = await databases.connect()
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        ids = await conn.fetch(
+            """INSERT INTO encrypted_emails (vaultbox_id, message_id, sender, recipient,
+                                             body_encrypted, processed_at)
+               SELECT $1, 'old' || g, 's', 'r', repeat('y', 100 + g), now() - g * interval '1h'
+                 FROM generate_series(1, 40) g RETURNING id""",
+            box.id,
+        )
+        await conn.execute("SET session_replication_role = origin")
+        assert await conn.fetchval("SELECT encimap_recount($1)", box.id) is True
+        await _assert_exact(conn, box.id)
+        ids = [row["id"] for row in ids]
+        for start in range(0, len(ids), 15):
+            assert await conn.fetchval(
+                "SELECT encimap_place_messages($1::uuid[])", ids[start : start + 15]
+            ) == len(ids[start : start + 15])
+            await messages.deliver(
+                conn,
+                _message(box.id, start),
+                queue_id="Q",
+                duplicate_window_seconds=0,
+                duration_ms=1,
+            )
+        rows = await _assert_exact(conn, box.id)
+        assert sum(r["real_messages"] for r in rows) == 40 + 3
+    finally:
+        await conn.close()
