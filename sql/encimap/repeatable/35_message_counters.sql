@@ -16,29 +16,51 @@ CREATE OR REPLACE FUNCTION encimap_count_messages() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
 AS $$
 DECLARE
-    -- The rows a statement added (+1) and removed (-1); an UPDATE removes its old rows and adds
-    -- the new ones. Dynamic SQL because a transition table exists only for its own events.
-    source text := CASE TG_OP
-        WHEN 'INSERT' THEN 'SELECT *, 1 AS s FROM new_rows'
-        WHEN 'DELETE' THEN 'SELECT *, -1 AS s FROM old_rows'
-        ELSE 'SELECT *, 1 AS s FROM new_rows UNION ALL SELECT *, -1 FROM old_rows' END;
-    mailbox_ids bigint[];
-    vaultbox_ids uuid[];
-    n_messages bigint[];
-    n_bytes bigint[];
-    n_unseen bigint[];
+    -- Per (mailbox, vaultbox): what the statement's new rows add and its old rows take away
+    -- (an UPDATE has both). Static queries, planned once per session: each runs only for the
+    -- events whose transition table it names.
+    mailbox_ids bigint[] := '{}';
+    vaultbox_ids uuid[] := '{}';
+    n_messages bigint[] := '{}';
+    n_bytes bigint[] := '{}';
+    n_unseen bigint[] := '{}';
+    a_mailbox bigint[];
+    a_vaultbox uuid[];
+    a_messages bigint[];
+    a_bytes bigint[];
+    a_unseen bigint[];
     d record;
 BEGIN
-    EXECUTE
-        'SELECT array_agg(mailbox_id), array_agg(vaultbox_id), array_agg(messages),
-                array_agg(bytes), array_agg(unseen)
-           FROM (SELECT r.mailbox_id, r.vaultbox_id, sum(r.s) AS messages,
-                        sum(r.s * coalesce(r.size_bytes, 0)) AS bytes,
-                        sum(r.s * (r.mailbox_id IS NOT NULL
-                                   AND NOT r.flags @> ARRAY[''\Seen''])::int) AS unseen
-                   FROM (' || source || ') r
-                  GROUP BY r.mailbox_id, r.vaultbox_id) g'
-        INTO mailbox_ids, vaultbox_ids, n_messages, n_bytes, n_unseen;
+    IF TG_OP <> 'DELETE' THEN
+        SELECT array_agg(g.mailbox_id), array_agg(g.vaultbox_id), array_agg(g.messages),
+               array_agg(g.bytes), array_agg(g.unseen)
+          INTO a_mailbox, a_vaultbox, a_messages, a_bytes, a_unseen
+          FROM (SELECT n.mailbox_id, n.vaultbox_id, count(*) AS messages,
+                       sum(coalesce(n.size_bytes, 0)) AS bytes,
+                       count(*) FILTER (WHERE n.mailbox_id IS NOT NULL
+                                          AND NOT n.flags @> ARRAY['\Seen']) AS unseen
+                  FROM new_rows n GROUP BY n.mailbox_id, n.vaultbox_id) g;
+        mailbox_ids := a_mailbox;
+        vaultbox_ids := a_vaultbox;
+        n_messages := a_messages;
+        n_bytes := a_bytes;
+        n_unseen := a_unseen;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        SELECT array_agg(g.mailbox_id), array_agg(g.vaultbox_id), array_agg(-g.messages),
+               array_agg(-g.bytes), array_agg(-g.unseen)
+          INTO a_mailbox, a_vaultbox, a_messages, a_bytes, a_unseen
+          FROM (SELECT o.mailbox_id, o.vaultbox_id, count(*) AS messages,
+                       sum(coalesce(o.size_bytes, 0)) AS bytes,
+                       count(*) FILTER (WHERE o.mailbox_id IS NOT NULL
+                                          AND NOT o.flags @> ARRAY['\Seen']) AS unseen
+                  FROM old_rows o GROUP BY o.mailbox_id, o.vaultbox_id) g;
+        mailbox_ids := mailbox_ids || a_mailbox;
+        vaultbox_ids := vaultbox_ids || a_vaultbox;
+        n_messages := n_messages || a_messages;
+        n_bytes := n_bytes || a_bytes;
+        n_unseen := n_unseen || a_unseen;
+    END IF;
     FOR d IN
         SELECT c.mailbox_id, sum(c.messages) AS messages, sum(c.bytes) AS bytes,
                sum(c.unseen) AS unseen
