@@ -20,7 +20,7 @@ from aiosmtpd.smtp import Envelope
 from encimap import logs
 from encimap.delivery import replies
 from encimap.delivery.recipients import Target
-from encimap.smtpaddress import FastAddressParsing
+from encimap.smtpaddress import StrictAddressParsing
 from encimap.smtpdata import FastDataReading
 
 log = logs.get_logger(__name__)
@@ -73,7 +73,7 @@ class Connections:
         return len(left)
 
 
-class IntakeProtocol(FastAddressParsing, FastDataReading):
+class IntakeProtocol(StrictAddressParsing, FastDataReading):
     def __init__(self, handler: Any, *, connections: Connections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections

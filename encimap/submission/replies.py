@@ -27,6 +27,11 @@ DATABASE_UNAVAILABLE = "451 4.3.0 Temporary failure, try again later"
 OK = "250 2.0.0 OK"
 
 
+def malformed_header(reason: object) -> str:
+    """A header block that readers could take two ways (see submission.headers.scan)."""
+    return f"554 5.6.0 Malformed message header: {reason}"
+
+
 def rate_limited(limit: int, resets_at: datetime.datetime) -> str:
     when = resets_at.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"451 4.7.0 Hourly sending limit of {limit} recipients reached, try again after {when}"

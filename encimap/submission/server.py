@@ -22,12 +22,12 @@ from typing import Any
 
 from aiosmtpd.smtp import TLSSetupException, syntax
 
-from encimap.smtpaddress import FastAddressParsing
+from encimap.smtpaddress import StrictAddressParsing
 from encimap.smtpdata import FastDataReading
 from encimap.submission import replies
 
 
-class SubmissionServer(FastAddressParsing, FastDataReading):
+class SubmissionServer(StrictAddressParsing, FastDataReading):
     def __init__(
         self,
         handler: Any,
