@@ -8,6 +8,7 @@ documents the same keys with the same defaults (a test keeps the two in step).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -111,6 +112,12 @@ class AuthSocketConfig:
     socket_group: str = ""
     # nginx mail auth_http endpoint ("" disables it).
     http_listen: str = ""
+    # Peers that may call it (a unix-socket listener is guarded by its file mode instead).
+    http_allowed_peers: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    # File with a shared secret nginx must send in X-Encimap-Secret ("" = none required).
+    http_secret_file: str = ""
+    # Exempt Client-IP values in [auth] trusted_networks from throttling (nginx names them).
+    http_trust_client_networks: bool = False
     imap_upstream: str = "127.0.0.1:1143"
     smtp_upstream: str = "127.0.0.1:2587"
 
@@ -198,6 +205,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Keys whose value is a list of networks ("192.0.2.0/24", "::1/128", or one address).
+NETWORK_LISTS = ("auth.trusted_networks", "imap.trusted_networks", "authsocket.http_allowed_peers")
+
+
 def load(
     path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None
 ) -> Config:
@@ -280,6 +291,12 @@ def _check_constraints(section: Any, prefix: str) -> None:
             raise ConfigError(f"{key}: must be one of {', '.join(CHOICES[key])}, got {value!r}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        if key in NETWORK_LISTS:
+            for network in value:
+                try:
+                    ipaddress.ip_network(network, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{key}: not a network: {network!r}") from None
     if prefix == "auth." and not 4 <= section.bcrypt_cost <= 31:
         raise ConfigError(f"auth.bcrypt_cost: must be between 4 and 31, got {section.bcrypt_cost}")
     if prefix == "database." and section.pool_min_size > section.pool_max_size:

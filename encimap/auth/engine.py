@@ -97,10 +97,14 @@ class AuthEngine:
         client_ip: str | None = None,
         secured: bool = True,
         method: str = "PLAIN",
+        exempt_trusted: bool = True,
     ) -> Principal:
+        """The principal for a login, or AuthFailed/AuthUnavailable. `exempt_trusted=False`
+        throttles addresses in `[auth] trusted_networks` too (for an address a caller names
+        rather than one the socket shows)."""
         rip = _valid_ip(client_ip)
         line = _LogLine(username, method, service, rip, secured)
-        wait, over_limit = self._throttle.before_verify(rip, username)
+        wait, over_limit = self._throttle.before_verify(rip, username, exempt_trusted)
         if over_limit:
             AUTH_THROTTLED.labels("refused").inc()
             line.unavailable("too many failures from this address")
@@ -113,7 +117,7 @@ class AuthEngine:
         except _Refused as refused:
             attempt = fingerprint(self._secret, "attempt", service, username, password)
             # A failure waits the address's delay in all, counting what it waited before.
-            delay = self._throttle.failed(rip, username, attempt) - wait
+            delay = self._throttle.failed(rip, username, attempt, exempt_trusted) - wait
             line.failed(refused.reason)
             if delay > 0:
                 await asyncio.sleep(delay)

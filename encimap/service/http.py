@@ -19,6 +19,7 @@ HEAD_TIMEOUT = 10.0
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     500: "Internal Server Error",
