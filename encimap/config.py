@@ -78,7 +78,11 @@ class IntakeConfig:
     duplicate_window_seconds: int = 86400
     # Messages above this size are encrypted in a worker thread, off the event loop.
     offload_threshold: int = 256 * 1024
-    timeout: float = 300.0
+    timeout: float = 300.0  # seconds for one whole command, from the previous one
+    data_timeout: float = 600.0  # seconds from DATA's 354 to the final dot
+    # Connection limits (encimap.service.connlimits); 0 = none.
+    max_connections: int = 200
+    max_connections_per_ip: int = 100
     # RCPT lookups kept between deliveries (dropped at once on any vaultbox or certificate
     # change, announced over LISTEN/NOTIFY); at most this old in any case. 0 = look up every time.
     recipient_cache_seconds: float = 60.0
@@ -101,7 +105,13 @@ class SubmissionConfig:
     check_from_header: bool = True
     default_hourly_limit: int = 100
     local_delivery: bool = False
-    timeout: float = 300.0
+    timeout: float = 300.0  # seconds for one whole command, from the previous one
+    data_timeout: float = 600.0  # seconds from DATA's 354 to the final dot
+    # Connection limits (encimap.service.connlimits); 0 = none.
+    max_connections: int = 500
+    max_connections_per_ip: int = 20
+    max_unauthenticated: int = 100
+    login_timeout: float = 60.0  # seconds from connecting to a successful AUTH
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,10 @@ class AuthSocketConfig:
     http_trust_client_networks: bool = False
     imap_upstream: str = "127.0.0.1:1143"
     smtp_upstream: str = "127.0.0.1:2587"
+    # Connection limits of the auth protocol listeners (encimap.service.connlimits; per IP on
+    # TCP listeners only); 0 = none.
+    max_connections: int = 500
+    max_connections_per_ip: int = 100
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,11 @@ class IMAPConfig:
     max_literal_size: int = 50 * 1024 * 1024
     max_connections_per_user: int = 20
     trusted_networks: list[str] = field(default_factory=list)
+    # Connection limits (encimap.service.connlimits); 0 = none.
+    max_connections: int = 2000
+    max_connections_per_ip: int = 50
+    max_unauthenticated: int = 200
+    login_timeout: float = 60.0  # seconds from connecting to a successful LOGIN/AUTHENTICATE
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,13 @@ RELAYED = Counter(
     ["result"],
     registry=REGISTRY,
 )
+CONNECTIONS_REFUSED = Counter(
+    "encimap_connections_refused",
+    "Connections closed by the connection limits, per service and reason (connections, per-ip, "
+    "unauthenticated, login-timeout).",
+    ["service", "reason"],
+    registry=REGISTRY,
+)
 IMAP_SESSIONS = Gauge(
     "encimap_imap_sessions", "IMAP sessions open now.", ["state"], registry=REGISTRY
 )

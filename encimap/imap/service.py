@@ -19,6 +19,7 @@ from encimap.imap.cache import MessageCache
 from encimap.imap.session import Session
 from encimap.logs import get_logger
 from encimap.metrics import IMAP_SESSIONS
+from encimap.service.connlimits import ConnectionLimiter, Limits, Ticket, peer_ip
 from encimap.service.listeners import Sessions, bind
 from encimap.store import events
 from encimap.tls import TLSMaterial
@@ -48,6 +49,8 @@ class Server:
         self.cache = MessageCache()
         self.servers: list[asyncio.Server] = []
         self._per_user: Counter[str] = Counter()
+        self.limiter = ConnectionLimiter("imap", Limits.of(config.imap))
+        self._tickets: dict[str, Ticket] = {}  # session id -> its place in the limits
         self._counted: dict[str, str] = {}  # session id -> username
         self._trusted = [
             ipaddress.ip_network(network, strict=False) for network in config.imap.trusted_networks
@@ -108,6 +111,13 @@ class Server:
                 writer.transport.abort()
                 return
         session = Session(self, reader, writer, tls=tls, client_ip=client_ip)
+        ticket = self.limiter.admit(
+            peer_ip(peer) and client_ip, lambda: _bye(writer, _LOGIN_TIMEOUT)
+        )
+        if ticket is None:
+            _bye(writer, _TOO_MANY)
+            return
+        self._tickets[session.id] = ticket
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
@@ -120,6 +130,8 @@ class Server:
             writer.transport.abort()
         finally:
             IMAP_SESSIONS.labels("open").dec()
+            ticket.release()
+            del self._tickets[session.id]
 
     # -- policy --
     def login_allowed(self, session: Session) -> bool:
@@ -139,6 +151,8 @@ class Server:
             return False
         self._per_user[principal.username] += 1
         self._counted[session.id] = principal.username
+        if (ticket := self._tickets.get(session.id)) is not None:
+            ticket.logged_in()
         return True
 
     def session_ended(self, session: Session) -> None:
@@ -160,6 +174,17 @@ class Server:
 
     def reload(self) -> None:
         """TLS material is reloaded by the runtime; new handshakes pick it up."""
+
+
+_TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
+_LOGIN_TIMEOUT = b"* BYE Login time limit exceeded\r\n"
+
+
+def _bye(writer: asyncio.StreamWriter, text: bytes) -> None:
+    """Refused by the connection limits (encimap.service.connlimits): say why, close."""
+    if not writer.is_closing():
+        writer.write(text)
+        writer.close()
 
 
 async def start(runtime: Any) -> Server:

@@ -95,6 +95,11 @@ class SubmissionHandler:
         self.failed_logins = 0
         self.started = time.monotonic()
         self._delivering: asyncio.Future[str] | None = None
+        self.client_ip = "unknown"
+
+    def connected(self, client_ip: str | None) -> None:
+        """The connection is open: its address, for every log line from the first on."""
+        self.client_ip = client_ip or "local"
 
     # --- AUTH (RFC 4954, PLAIN per RFC 4616) -------------------------------------------------
 
@@ -143,7 +148,7 @@ class SubmissionHandler:
                 username.decode("utf-8", "replace"),
                 password.decode("utf-8", "replace"),
                 service="smtp",
-                client_ip=self._client_ip(),
+                client_ip=self.client_ip,
                 secured=server.secured,
                 method=method,
             )
@@ -349,7 +354,7 @@ class SubmissionHandler:
             trace.Trace(
                 sender=transaction.sender,
                 helo=session.host_name or "",
-                peer_ip=self._client_ip(),
+                peer_ip=self.client_ip,
                 hostname=self.settings.hostname,
                 protocol="ESMTPSA",
                 queue_id=transaction.id,
@@ -387,7 +392,7 @@ class SubmissionHandler:
         principal = self.principal
         log.info(
             "submission.session",
-            rip=self._client_ip(),
+            rip=self.client_ip,
             tls=self.tls or None,
             kind=principal.kind if principal else None,
             user=principal.username if principal else None,
@@ -433,7 +438,7 @@ class SubmissionHandler:
                 submission_id=transaction.id,
                 hostname=self.settings.hostname,
                 helo=session.host_name or "",
-                client_ip=self._client_ip(),
+                client_ip=self.client_ip,
                 tls=self.tls,
                 kind=principal.kind,
                 user_id=str(principal.user_id),
@@ -448,10 +453,6 @@ class SubmissionHandler:
         if ssl_object is not None:
             cipher = ssl_object.cipher()
             self.tls = f"{ssl_object.version()} {cipher[0] if cipher else ''}".strip()
-
-    def _client_ip(self) -> str:
-        peer = self.session.peer if self.session else None
-        return str(peer[0]) if isinstance(peer, tuple) else "unknown"
 
     def _log_message(
         self,
@@ -469,7 +470,7 @@ class SubmissionHandler:
             outcome=outcome,
             kind=principal.kind,
             user=principal.username,
-            rip=self._client_ip(),
+            rip=self.client_ip,
             sender=sender,
             recipients=recipients,
             size=size,

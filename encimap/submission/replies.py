@@ -25,6 +25,8 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 UPSTREAM_UNAVAILABLE = "451 4.4.1 Upstream mail server unavailable, try again later"
 DATABASE_UNAVAILABLE = "451 4.3.0 Temporary failure, try again later"
 OK = "250 2.0.0 OK"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+LOGIN_TIMEOUT = "421 4.7.0 Login time limit exceeded, closing connection"
 
 
 def malformed_header(reason: object) -> str:

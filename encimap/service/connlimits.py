@@ -1,0 +1,152 @@
+"""Connection limits shared by every listener (submission, intake, IMAP, auth socket TCP).
+
+One `ConnectionLimiter` per service counts its open connections: in all, per client IP, and
+those not yet logged in. A connection over a limit is refused at once, before the greeting,
+with the front end's own words (SMTP `421 4.7.0`, IMAP `* BYE`). A connection that is not
+logged in within `login_timeout` seconds of connecting is closed, whatever it sends meanwhile
+(a slow client that keeps a read alive byte by byte gains nothing). The keys, per section:
+
+- `max_connections`: open connections of the service (0 = no limit)
+- `max_connections_per_ip`: open connections from one client address (unix sockets are not
+  counted per address)
+- `max_unauthenticated`: open connections that have not logged in (services with a login)
+- `login_timeout`: seconds from connecting to a successful login (services with a login)
+
+Each front end owns the per-command budgets of its protocol; this module only admits, counts
+and times the login phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from encimap import logs
+from encimap.metrics import CONNECTIONS_REFUSED
+
+log = logs.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 0
+    per_ip: int = 0
+    unauthenticated: int = 0
+    login_timeout: float = 0.0
+
+    @classmethod
+    def of(cls, section: Any) -> Limits:
+        """The limits a configuration section sets (keys a section lacks are 0: no limit)."""
+        return cls(
+            max_connections=getattr(section, "max_connections", 0),
+            per_ip=getattr(section, "max_connections_per_ip", 0),
+            unauthenticated=getattr(section, "max_unauthenticated", 0),
+            login_timeout=getattr(section, "login_timeout", 0.0),
+        )
+
+
+def peer_ip(peername: Any) -> str | None:
+    """The client address of a transport's `peername` (None for a unix socket)."""
+    return str(peername[0]) if isinstance(peername, tuple) and peername else None
+
+
+class Ticket:
+    """One admitted connection: `logged_in()` once it has, `release()` when it closes."""
+
+    def __init__(
+        self, limiter: ConnectionLimiter, client_ip: str | None, timer: asyncio.TimerHandle | None
+    ) -> None:
+        self._limiter = limiter
+        self.client_ip = client_ip
+        self._timer = timer
+        self.authenticated = False
+        self._released = False
+
+    def logged_in(self) -> None:
+        if self.authenticated or self._released:
+            return
+        self.authenticated = True
+        self._limiter.unauthenticated -= 1
+        self._cancel_timer()
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._cancel_timer()
+        self._limiter._release(self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class ConnectionLimiter:
+    """The open connections of one service (all its listeners)."""
+
+    def __init__(self, service: str, limits: Limits) -> None:
+        self.service = service
+        self.limits = limits
+        self.total = 0
+        self.unauthenticated = 0
+        self._per_ip: Counter[str] = Counter()
+
+    def open_from(self, client_ip: str) -> int:
+        return self._per_ip[client_ip]
+
+    def admit(
+        self, client_ip: str | None, on_login_timeout: Callable[[], None] | None = None
+    ) -> Ticket | None:
+        """A ticket for a new connection, or None when a limit refuses it (counted, logged).
+
+        `on_login_timeout` (services with a login) runs if the connection has not logged in
+        within `login_timeout`; it says goodbye in the protocol's words and closes."""
+        limits = self.limits
+        reason = None
+        if limits.max_connections and self.total >= limits.max_connections:
+            reason = "connections"
+        elif limits.per_ip and client_ip and self._per_ip[client_ip] >= limits.per_ip:
+            reason = "per-ip"
+        elif (
+            on_login_timeout is not None
+            and limits.unauthenticated
+            and self.unauthenticated >= limits.unauthenticated
+        ):
+            reason = "unauthenticated"
+        if reason is not None:
+            self.refused(client_ip, reason)
+            return None
+        self.total += 1
+        if client_ip:
+            self._per_ip[client_ip] += 1
+        timer = None
+        if on_login_timeout is not None:
+            self.unauthenticated += 1
+            if limits.login_timeout:
+                timer = asyncio.get_running_loop().call_later(
+                    limits.login_timeout, self._login_expired, client_ip, on_login_timeout
+                )
+        ticket = Ticket(self, client_ip, timer)
+        ticket.authenticated = on_login_timeout is None
+        return ticket
+
+    def refused(self, client_ip: str | None, reason: str) -> None:
+        CONNECTIONS_REFUSED.labels(self.service, reason).inc()
+        log.warning("connection.refused", service=self.service, rip=client_ip, reason=reason)
+
+    def _login_expired(self, client_ip: str | None, goodbye: Callable[[], None]) -> None:
+        self.refused(client_ip, "login-timeout")
+        goodbye()
+
+    def _release(self, ticket: Ticket) -> None:
+        self.total -= 1
+        if not ticket.authenticated:
+            self.unauthenticated -= 1
+        if ticket.client_ip:
+            self._per_ip[ticket.client_ip] -= 1
+            if self._per_ip[ticket.client_ip] <= 0:
+                del self._per_ip[ticket.client_ip]
