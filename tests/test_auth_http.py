@@ -191,4 +191,8 @@ async def test_only_allowed_peers_with_the_secret_may_ask(databases: Databases, 
     base = {"listen": [f"unix:{tmp_path}/auth2"], "http_listen": f"127.0.0.1:{port}"}
     cfg = make_config(databases, authsocket={**base, "http_allowed_peers": ["192.0.2.0/24"]})
     async with running_service(cfg, "authsocket"):
-        assert await request(port, box.username, "right", "imap") == ("HTTP/1.0 403 Forbidden", {})
+        try:  # disconnected without an answer (a reset, as the request was not read)
+            answer = await request(port, box.username, "right", "imap")
+        except ConnectionResetError:
+            answer = ("", {})
+        assert answer == ("", {})

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from encimap import logs
 from encimap.authsocket import codec
 from encimap.pgcluster import free_port
+from encimap.service.connlimits import ConnectionLimiter, Limits, address_key
 from tests.imap_support import imap_config, make_box, ports, running_imap
 from tests.intake_support import intake_config, port_of, running_intake
 from tests.service_support import running_service
@@ -93,6 +94,50 @@ async def open_many(port: int, count: int, source: str = "127.0.0.1") -> list[Ra
     return clients
 
 
+# --- the shared mechanism ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+    ],
+)
+def test_ipv6_clients_count_per_64(client_ip, key):
+    assert address_key(client_ip) == key
+
+
+async def test_limiter_counts_and_releases():
+    limiter = ConnectionLimiter("test", Limits(max_connections=3, per_ip=2, unauthenticated=2))
+    expired = []
+    a = limiter.admit("2001:db8::1", lambda: expired.append("a"))
+    b = limiter.admit("2001:db8::2", lambda: expired.append("b"))
+    assert a is not None and b is not None
+    assert limiter.admit("2001:db8::3", lambda: None) is None  # the same /64
+    assert limiter.admit("192.0.2.1", lambda: None) is None  # two not logged in already
+    a.logged_in()
+    c = limiter.admit("192.0.2.1", lambda: None)
+    assert c is not None
+    assert limiter.admit("192.0.2.2") is None  # three in all
+    for ticket in (a, b, c, a):  # releasing twice changes nothing
+        ticket.release()
+    assert (limiter.total, limiter.unauthenticated, limiter.open_from("2001:db8::5")) == (0, 0, 0)
+
+
+async def test_login_timer_fires_only_for_connections_still_not_logged_in():
+    limiter = ConnectionLimiter("test", Limits(login_timeout=0.05))
+    expired: list[str] = []
+    slow = limiter.admit("192.0.2.1", lambda: expired.append("slow"))
+    quick = limiter.admit("192.0.2.2", lambda: expired.append("quick"))
+    assert slow is not None and quick is not None
+    quick.logged_in()
+    await asyncio.sleep(0.2)
+    assert expired == ["slow"]
+
+
 # --- submission ------------------------------------------------------------------------------
 
 
@@ -165,22 +210,25 @@ async def test_submission_data_phase_has_a_total_time_budget(
     async with limited_submission(databases, tls_files, **limits) as (svc, handler):
         client = await asyncio.to_thread(login, starttls_port(svc), tls_ca, USER, PASSWORD)
 
-        def trickle() -> bool:
+        def trickle() -> bytes:
             client.docmd("MAIL", f"FROM:<{sender}>")
             client.docmd("RCPT", "TO:<r@elsewhere.test>")
             assert client.docmd("DATA")[0] == 354
+            client.sock.settimeout(0.01)
+            received = b""
             try:
                 for byte in message(sender, ["r@elsewhere.test"]) * 20:
                     client.sock.sendall(bytes([byte]))
-                    client.sock.settimeout(0.01)
                     with contextlib.suppress(TimeoutError, socket.timeout):
-                        if client.sock.recv(1) == b"":
-                            return True
+                        chunk = client.sock.recv(100)
+                        if not chunk:
+                            break
+                        received += chunk
             except OSError:
-                return True
-            return False
+                pass
+            return received
 
-        assert await asyncio.to_thread(trickle)
+        assert await asyncio.to_thread(trickle) == b"421 4.4.2 Timeout, closing connection\r\n"
         client.close()
     assert handler.messages == []
 

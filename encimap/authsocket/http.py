@@ -5,11 +5,12 @@ nginx sends `Auth-Method`, `Auth-User`, `Auth-Pass` (URL-escaped), `Auth-Protoco
 of the upstream, or a failure text with `Auth-Wait` (and `Auth-Error-Code` for SMTP).
 
 The endpoint believes what its caller says (above all `Client-IP`, which the throttling counts
-by), so only nginx may call it: a peer outside `http_allowed_peers` (unix-socket peers are
-trusted by the socket's file mode) or a request without the `http_secret_file` secret in
-`X-Encimap-Secret` gets `403`, and a request without a valid `Client-IP` gets `400`. Client
-addresses in `[auth] trusted_networks` are exempt from throttling here only with
-`http_trust_client_networks`: by default every address nginx names is throttled.
+by), so only nginx may call it: a peer outside `http_allowed_peers` is disconnected unanswered
+(unix-socket peers are trusted by the socket's file mode), a request without the
+`http_secret_file` secret in `X-Encimap-Secret` gets `403`, and a request without a valid
+`Client-IP` gets `400`. Client addresses in `[auth] trusted_networks` are exempt from
+throttling here only with `http_trust_client_networks`: by default every address nginx names
+is throttled.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from urllib.parse import unquote
 from encimap import logs
 from encimap.auth import AuthEngine, AuthFailed, AuthUnavailable
 from encimap.config import AuthSocketConfig, ConfigError, parse_listener
-from encimap.service.http import Request, Response
+from encimap.service.http import FORBIDDEN, Request, Response
 
 log = logs.get_logger(__name__)
 
@@ -73,14 +74,13 @@ class AuthHTTP:
         self.trust_client_networks = config.http_trust_client_networks
 
     async def handle(self, request: Request) -> Response:
-        if not self._peer_allowed(request.client_ip):
-            log.warning("authsocket.http_refused", peer=request.client_ip, reason="peer")
-            return Response(403, b"forbidden\n")
+        if not self.peer_allowed(request.client_ip):  # serve() refuses them first already
+            return FORBIDDEN
         if self.secret and not hmac.compare_digest(
             request.headers.get(SECRET_HEADER.lower(), "").encode("latin-1"), self.secret
         ):
             log.warning("authsocket.http_refused", peer=request.client_ip, reason="secret")
-            return Response(403, b"forbidden\n")
+            return FORBIDDEN
         if request.method not in ("GET", "POST"):
             return Response(405, b"GET only\n")
         if client_ip(request.headers) is None:
@@ -89,14 +89,18 @@ class AuthHTTP:
         _status, headers = await self.answer(request.headers)
         return Response(200, headers=headers)
 
-    def _peer_allowed(self, peer: str) -> bool:
+    def peer_allowed(self, peer: str) -> bool:
+        """Whether a connection from `peer` may ask at all (logged when not)."""
         if peer == "local":  # a unix socket: its file mode decides who connects
             return True
         try:
             address = ipaddress.ip_address(peer)
         except ValueError:
-            return False
-        return any(address in network for network in self.allowed)
+            address = None
+        if address is not None and any(address in network for network in self.allowed):
+            return True
+        log.warning("authsocket.http_refused", peer=peer, reason="peer")
+        return False
 
     async def answer(self, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
         """(status, response headers) for nginx's request headers (names lower-cased)."""

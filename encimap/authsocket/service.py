@@ -89,7 +89,7 @@ async def start(runtime) -> AuthSocketService:
                 requests.add(task)
             return await http.handle(request)
 
-        service.servers.append(await serve_http(config.http_listen, on_http))
+        service.servers.append(await serve_http(config.http_listen, on_http, http.peer_allowed))
         log.info("authsocket.http_listening", listen=config.http_listen)
     return service
 

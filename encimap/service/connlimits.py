@@ -7,8 +7,8 @@ logged in within `login_timeout` seconds of connecting is closed, whatever it se
 (a slow client that keeps a read alive byte by byte gains nothing). The keys, per section:
 
 - `max_connections`: open connections of the service (0 = no limit)
-- `max_connections_per_ip`: open connections from one client address (unix sockets are not
-  counted per address)
+- `max_connections_per_ip`: open connections from one client address (an IPv6 client counts
+  per /64, the prefix one host is usually given; unix sockets are not counted per address)
 - `max_unauthenticated`: open connections that have not logged in (services with a login)
 - `login_timeout`: seconds from connecting to a successful login (services with a login)
 
@@ -19,6 +19,7 @@ and times the login phase.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,20 @@ class Limits:
         )
 
 
+def address_key(client_ip: str) -> str:
+    """What `max_connections_per_ip` counts by: the IPv4 address (also inside an IPv4-mapped
+    IPv6 one), or the IPv6 /64 network."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return client_ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def peer_ip(peername: Any) -> str | None:
     """The client address of a transport's `peername` (None for a unix socket)."""
     return str(peername[0]) if isinstance(peername, tuple) and peername else None
@@ -61,6 +76,7 @@ class Ticket:
     ) -> None:
         self._limiter = limiter
         self.client_ip = client_ip
+        self.key = address_key(client_ip) if client_ip else None
         self._timer = timer
         self.authenticated = False
         self._released = False
@@ -96,7 +112,7 @@ class ConnectionLimiter:
         self._per_ip: Counter[str] = Counter()
 
     def open_from(self, client_ip: str) -> int:
-        return self._per_ip[client_ip]
+        return self._per_ip[address_key(client_ip)]
 
     def admit(
         self, client_ip: str | None, on_login_timeout: Callable[[], None] | None = None
@@ -106,10 +122,11 @@ class ConnectionLimiter:
         `on_login_timeout` (services with a login) runs if the connection has not logged in
         within `login_timeout`; it says goodbye in the protocol's words and closes."""
         limits = self.limits
+        key = address_key(client_ip) if client_ip else None
         reason = None
         if limits.max_connections and self.total >= limits.max_connections:
             reason = "connections"
-        elif limits.per_ip and client_ip and self._per_ip[client_ip] >= limits.per_ip:
+        elif limits.per_ip and key and self._per_ip[key] >= limits.per_ip:
             reason = "per-ip"
         elif (
             on_login_timeout is not None
@@ -121,8 +138,8 @@ class ConnectionLimiter:
             self.refused(client_ip, reason)
             return None
         self.total += 1
-        if client_ip:
-            self._per_ip[client_ip] += 1
+        if key:
+            self._per_ip[key] += 1
         timer = None
         if on_login_timeout is not None:
             self.unauthenticated += 1
@@ -146,7 +163,7 @@ class ConnectionLimiter:
         self.total -= 1
         if not ticket.authenticated:
             self.unauthenticated -= 1
-        if ticket.client_ip:
-            self._per_ip[ticket.client_ip] -= 1
-            if self._per_ip[ticket.client_ip] <= 0:
-                del self._per_ip[ticket.client_ip]
+        if ticket.key:
+            self._per_ip[ticket.key] -= 1
+            if self._per_ip[ticket.key] <= 0:
+                del self._per_ip[ticket.key]

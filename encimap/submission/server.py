@@ -86,6 +86,10 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
             self._ticket.release()
         self._on_session(self.loop.create_task(self.event_handler.finish()))
 
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes silently; RFC 5321 4.5.3.2 lets the server say 421 first.
+        self._goodbye(replies.TIMEOUT)
+
     def _login_expired(self) -> None:
         self._goodbye(replies.LOGIN_TIMEOUT)
 
