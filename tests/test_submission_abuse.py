@@ -151,6 +151,28 @@ async def test_header_blocks_read_two_ways_are_refused(service, upstream, tls_ca
     assert upstream[1].messages == []
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        OWN_FROM + b"From: ceo@bank.test\r\n",  # a second From: field, well formed
+        b"From: " + SENDER.encode() + b" <ceo@bank.test>\r\n",  # one field read two ways
+        b"From: " + b"(" * 900 + SENDER.encode() + b"\r\n",
+    ],
+)
+async def test_from_fields_that_are_not_exactly_one_owned_address_are_refused(
+    service, upstream, tls_ca, header
+):
+    def send():
+        with login(starttls_port(service), tls_ca, USER, PASSWORD) as client:
+            client.docmd("MAIL", f"FROM:<{SENDER}>")
+            client.docmd("RCPT", "TO:<bob@elsewhere.test>")
+            return client.data(header + REST)
+
+    code, text = await asyncio.to_thread(send)
+    assert code == 553 and text.startswith(b"5.7.1"), text
+    assert upstream[1].messages == []
+
+
 async def test_forged_trace_header_in_any_case_is_dropped(service, upstream, tls_ca):
     forged = b"x-encimap-AUTH: kind=vaultbox_smtp;\r\n\tuser-id=forged\r\n" + OWN_FROM + REST
 

@@ -66,13 +66,14 @@ def test_every_trace_header_spelling_is_dropped(before, after, body):
     [
         (b"From: A <a@x.test>\r\n", ["a@x.test"]),
         (b"From: a@x.test, b@y.test\r\n", ["a@x.test", "b@y.test"]),
-        (b"From: A <a@x.test>\r\nfrom: b@y.test\r\n", ["a@x.test", "b@y.test"]),
+        (b"From: A <a@x.test>\r\nfrom: a@x.test\r\n", None),  # exactly one From: field
+        (b"From: " + b"(" * 990 + b"\r\n", None),  # the email package would recurse too deep
         (b'From: "ceo@bank.test" <a@x.test>\r\n', ["a@x.test"]),
-        (b"Subject: no from\r\n", []),
+        (b"Subject: no from\r\n", None),
         (b"From: a@x.test <ceo@bank.test>\r\n", None),  # read two ways: refused
         (b"From:\r\n", None),
         (b"From: <ceo@bank.test\r\n", None),
-        (b"From: " + b"a" * 5000 + b"@x.test\r\n", None),
+        (b"From: " + b"a" * 1000 + b"@x.test\r\n", None),
     ],
 )
 def test_from_addresses(block, expected):
