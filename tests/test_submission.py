@@ -22,7 +22,6 @@ from tests.submission_helpers import (
     client_context,
     login,
     message,
-    sink,
     starttls_port,
     submission,
     submission_config,
@@ -40,12 +39,6 @@ def accounts(databases):
         return await make_vaultbox(databases, VB_ADDRESS, password=VB_PASS)
 
     return {"vaultbox": asyncio.run(create())}
-
-
-@pytest.fixture
-def upstream():
-    with sink() as (controller, handler):
-        yield controller, handler
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from tests.submission_helpers import (
     client_context,
     login,
     message,
-    sink,
     starttls_port,
     submission,
     submission_config,
@@ -37,12 +36,6 @@ def motorblocks(databases):
         return first, limited
 
     return asyncio.run(create())
-
-
-@pytest.fixture
-def upstream():
-    with sink() as (controller, handler):
-        yield controller, handler
 
 
 @pytest.fixture
@@ -126,6 +119,14 @@ OWN_FROM = f"From: Sender <{SENDER}>\r\n".encode()
 REST = b"To: bob@elsewhere.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 
 
+def submit(service, tls_ca, content: bytes) -> tuple[int, bytes]:
+    """One message from SENDER to bob@elsewhere.test; the reply to its DATA."""
+    with login(starttls_port(service), tls_ca, USER, PASSWORD) as client:
+        client.docmd("MAIL", f"FROM:<{SENDER}>")
+        client.docmd("RCPT", "TO:<bob@elsewhere.test>")
+        return client.data(content)
+
+
 @pytest.mark.parametrize(
     "header",
     [
@@ -139,14 +140,7 @@ REST = b"To: bob@elsewhere.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 )
 async def test_header_blocks_read_two_ways_are_refused(service, upstream, tls_ca, header):
     """Issue 14 #4: each of these was relayed with 250, and a reader saw ceo@bank.test."""
-
-    def send():
-        with login(starttls_port(service), tls_ca, USER, PASSWORD) as client:
-            client.docmd("MAIL", f"FROM:<{SENDER}>")
-            client.docmd("RCPT", "TO:<bob@elsewhere.test>")
-            return client.data(header + REST)
-
-    code, text = await asyncio.to_thread(send)
+    code, text = await asyncio.to_thread(submit, service, tls_ca, header + REST)
     assert code == 554 and text.startswith(b"5.6.0 Malformed message header"), text
     assert upstream[1].messages == []
 
@@ -162,13 +156,7 @@ async def test_header_blocks_read_two_ways_are_refused(service, upstream, tls_ca
 async def test_from_fields_that_are_not_exactly_one_owned_address_are_refused(
     service, upstream, tls_ca, header
 ):
-    def send():
-        with login(starttls_port(service), tls_ca, USER, PASSWORD) as client:
-            client.docmd("MAIL", f"FROM:<{SENDER}>")
-            client.docmd("RCPT", "TO:<bob@elsewhere.test>")
-            return client.data(header + REST)
-
-    code, text = await asyncio.to_thread(send)
+    code, text = await asyncio.to_thread(submit, service, tls_ca, header + REST)
     assert code == 553 and text.startswith(b"5.7.1"), text
     assert upstream[1].messages == []
 
