@@ -5,11 +5,10 @@ CLOSE, UNSELECT."""
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from collections.abc import Iterator
 
-from encimap.imap import wire
+from encimap.imap import listmatch, wire
 from encimap.imap.commands import AUTHENTICATED, SELECTED, command
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import Selected
@@ -180,15 +179,9 @@ async def _subscribe(session: Session, reader: Reader, *, on: bool) -> str:
     return f"OK {'Subscribe' if on else 'Unsubscribe'} completed."
 
 
-def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
+def _pattern(reference: str, pattern: str) -> listmatch.Matcher:
     full = reference + pattern if not pattern.startswith(DELIMITER) else pattern
-    regex = "".join(
-        ".*" if c == "*" else f"[^{re.escape(DELIMITER)}]*" if c == "%" else re.escape(c)
-        for c in full
-    )
-    if full.upper().startswith("INBOX"):
-        regex = "(?i:INBOX)" + regex[len(re.escape("INBOX")) :]
-    return re.compile(regex + r"\Z")
+    return listmatch.Matcher(full, DELIMITER)
 
 
 def _options(reader: Reader) -> list[str]:

@@ -1,0 +1,206 @@
+"""What an adversarial client must not achieve against the IMAP server, each over real sockets
+against the real service and PostgreSQL: freezing the process with one LIST, holding memory or
+connections before login, trickling a command forever, and losing its session to a database
+outage."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+
+import pytest
+
+from encimap.imap import listmatch
+from tests.imap_support import (
+    RawClient,
+    encrypt_for,
+    imap_config,
+    login,
+    make_box,
+    plain_message,
+    ports,
+    running_imap,
+    store,
+)
+
+
+@pytest.fixture
+def cfg(databases, tls_files):
+    return imap_config(databases, tls_files)
+
+
+class CountingMatcher(listmatch.Matcher):
+    total = 0
+
+    def match(self, name: str) -> bool:
+        before = self.steps
+        try:
+            return super().match(name)
+        finally:
+            CountingMatcher.total += self.steps - before
+
+
+async def test_a_list_pattern_of_wildcards_costs_steps_linear_in_the_names(
+    databases, cfg, tls_ca, tmp_path, monkeypatch
+):
+    box = await make_box(databases, "listfreeze@example.test", tmp_path)
+    port, _ = ports(cfg)
+    names = ["a" * 40, "Projects/" + "b" * 40, "Projects/" + "b" * 39 + "X"]
+    monkeypatch.setattr(listmatch, "Matcher", CountingMatcher)
+
+    def client_side() -> tuple[list[bytes], list[bytes]]:
+        client = login(port, tls_ca, box)
+        for name in names:
+            assert client.create(name)[0] == "OK"
+        # RFC 3501: % does not cross the delimiter: INBOX is the one top-level name ending in X
+        frozen = client.list('""', "%" * 45 + "X")[1]
+        mixed = client.list('""', "*" + "%b" * 30 + "X")[1]
+        client.logout()
+        return frozen, mixed
+
+    async with running_imap(cfg):
+        frozen, mixed = await asyncio.to_thread(client_side)
+    assert frozen == [b'(\\HasNoChildren) "/" INBOX'], frozen
+    assert mixed == [b'(\\HasNoChildren) "/" Projects/' + b"b" * 39 + b"X"], mixed
+    every_name = sum(len(n) for n in (*names, "INBOX", "Sent", "Drafts", "Trash", "Junk"))
+    # one step per pattern character and per name character, per LIST
+    assert CountingMatcher.total <= 2 * (every_name + 200), CountingMatcher.total
+
+
+async def test_a_huge_literal_before_login_is_refused_with_bye(databases, cfg, tls_ca, tmp_path):
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        for announce in (b"{45000000}", b"{45000000+}", b"{8193}"):
+            raw = await RawClient.connect(tls_port, tls_ca)
+            await raw.send(b"a LOGIN " + announce + b"\r\n")
+            reply = await raw.line()
+            assert reply.startswith(b"* BYE") and b"Literal size too large" in reply, reply
+            assert await raw.line() == b"", "the connection stays open"
+            await raw.close()
+        # a literal the size of a password is fine
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.send(b"a LOGIN {4}\r\n")
+        assert (await raw.line()).startswith(b"+ ")
+        await raw.send(b"user {8000}\r\n")
+        assert (await raw.line()).startswith(b"+ ")
+        await raw.send(b"p" * 8000 + b"\r\n")
+        reply = await raw.until("a")
+        assert reply[-1].startswith(b"a NO [AUTHENTICATIONFAILED]"), reply
+        await raw.close()
+
+
+async def test_after_login_literals_up_to_the_message_limit(databases, tls_files, tls_ca, tmp_path):
+    cfg = imap_config(databases, tls_files, max_literal_size=200_000)
+    box = await make_box(databases, "bigliteral@example.test", tmp_path)
+    body = encrypt_for(box, plain_message(1, size=60_000))
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.login(box)
+        await raw.send(b"a APPEND INBOX {%d}\r\n" % len(body))
+        assert (await raw.line()).startswith(b"+ ")
+        await raw.send(body + b"\r\n")
+        reply = await raw.until("a")
+        assert reply[-1].startswith(b"a OK [APPENDUID"), reply
+        await raw.send(b"b APPEND INBOX {200001}\r\n")
+        reply = await raw.until("b")
+        assert reply[-1].startswith(b"b BAD [TOOBIG]"), reply
+        assert (await raw.command("n", "NOOP"))[-1].startswith(b"n OK")
+        await raw.close()
+
+
+async def _bye_within(raw: RawClient, seconds: float) -> bytes:
+    """The next line, which must be a BYE, and then the end of the connection."""
+    line = await asyncio.wait_for(raw.reader.readline(), seconds)
+    while line.startswith(b"* ") and not line.startswith(b"* BYE"):
+        line = await asyncio.wait_for(raw.reader.readline(), seconds)
+    assert line.startswith(b"* BYE"), line
+    assert await asyncio.wait_for(raw.reader.read(), seconds) == b""
+    return line
+
+
+async def test_login_phase_and_each_command_have_a_total_time(
+    databases, tls_files, tls_ca, tmp_path
+):
+    cfg = imap_config(databases, tls_files, login_timeout=1.5, command_timeout=1.0)
+    box = await make_box(databases, "slowloris@example.test", tmp_path)
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        # idle before login
+        raw = await RawClient.connect(tls_port, tls_ca)
+        line = await _bye_within(raw, 10)
+        assert b"inactivity" in line, line
+        await raw.close()
+        # busy before login: NOOPs keep coming, the login deadline still ends it
+        raw = await RawClient.connect(tls_port, tls_ca)
+        replies = 0
+        with pytest.raises(ConnectionError):
+            for _ in range(100):
+                reply = await raw.command("n", "NOOP")
+                if reply[-1].startswith(b"* BYE") or reply[0].startswith(b"* BYE"):
+                    break
+                replies += 1
+                await asyncio.sleep(0.1)
+        assert 0 < replies < 100
+        await raw.close()
+        # after login the login deadline no longer applies ...
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.login(box)
+        await asyncio.sleep(2)
+        assert (await raw.command("n", "NOOP"))[-1].startswith(b"n OK")
+        # ... but a command's literal must arrive within command_timeout of its first line
+        await raw.send(b"a APPEND INBOX {100}\r\n")
+        assert (await raw.line()).startswith(b"+ ")
+        await raw.send(b"x" * 10)
+        line = await _bye_within(raw, 10)
+        assert b"in time" in line, line
+        await raw.close()
+
+
+async def test_unauthenticated_sessions_get_the_short_timeout_by_default(databases, cfg):
+    assert cfg.imap.login_timeout == 60.0
+    assert cfg.imap.idle_timeout == 1800.0
+    assert cfg.imap.max_literal_before_login == 8192
+
+
+async def test_database_outage_answers_unavailable_and_keeps_the_session(
+    private_cluster, tls_files, tls_ca, tmp_path
+):
+    databases = private_cluster
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "outage@example.test", tmp_path)
+    await store(databases, box, encrypt_for(box, plain_message(1)))
+    _, tls_port = ports(cfg)
+    commands = [
+        ("f", "FETCH 1 (BODY.PEEK[])"),
+        ("s", "STORE 1 +FLAGS (\\Flagged)"),
+        ("l", 'LIST "" "*"'),
+        ("t", "STATUS INBOX (MESSAGES)"),
+        ("x", "SELECT INBOX"),
+    ]
+    async with running_imap(cfg):
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.login(box)
+        assert (await raw.command("s0", "SELECT INBOX"))[-1].startswith(b"s0 OK")
+        await asyncio.to_thread(databases.cluster.stop, "fast")
+        try:
+            for tag, text in commands:
+                reply = await raw.command(tag, text)
+                assert reply[-1].startswith(f"{tag} NO [UNAVAILABLE]".encode()), (text, reply)
+            assert (await raw.command("n", "NOOP"))[-1].startswith(b"n OK")
+        finally:
+            await asyncio.to_thread(databases.cluster.start)
+        for _ in range(50):
+            reply = await raw.command("again", "SELECT INBOX")
+            if reply[-1].startswith(b"again OK"):
+                break
+            await asyncio.sleep(0.2)
+        assert reply[-1].startswith(b"again OK"), reply
+        fetched = await raw.command("f2", "FETCH 1 (UID)")
+        assert fetched[-1].startswith(b"f2 OK"), fetched
+        await raw.close()
+
+
+def test_imaplib_sees_bye_as_abort():
+    """imaplib reports a server's BYE as IMAP4.abort; the tests above read the raw line."""
+    assert issubclass(imaplib.IMAP4.abort, imaplib.IMAP4.error)
