@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import tracemalloc
 
 import pytest
 
 from encimap.imap import listmatch
+from encimap.metrics import REGISTRY
 from tests.imap_support import (
     RawClient,
     encrypt_for,
@@ -204,3 +206,55 @@ async def test_database_outage_answers_unavailable_and_keeps_the_session(
 def test_imaplib_sees_bye_as_abort():
     """imaplib reports a server's BYE as IMAP4.abort; the tests above read the raw line."""
     assert issubclass(imaplib.IMAP4.abort, imaplib.IMAP4.error)
+
+
+async def _read_fetch_streaming(raw: RawClient, tag: str, expected: bytes) -> tuple[int, int]:
+    """Read a FETCH response without keeping it: (literals seen, bytes received). Every
+    literal must equal `expected`."""
+    literals = received = 0
+    while True:
+        line = await raw.line()
+        assert line, "connection closed"
+        received += len(line)
+        if line.startswith(tag.encode() + b" "):
+            assert line.startswith(tag.encode() + b" OK"), line
+            return literals, received
+        while line.rstrip(b"\r\n").endswith(b"}"):
+            text = line.rstrip(b"\r\n")
+            size = int(text[text.rindex(b"{") + 1 : -1])
+            assert size == len(expected)
+            offset = 0
+            while offset < size:
+                chunk = await asyncio.wait_for(raw.reader.read(min(65536, size - offset)), 10)
+                assert chunk and chunk == expected[offset : offset + len(chunk)]
+                offset += len(chunk)
+            received += size
+            literals += 1
+            line = await raw.line()  # the rest of the response line after the literal
+            received += len(line)
+
+
+async def test_fetch_responses_are_streamed_not_built_in_memory(databases, cfg, tls_ca, tmp_path):
+    box = await make_box(databases, "stream@example.test", tmp_path)
+    body = encrypt_for(box, plain_message(1, size=90_000))
+    assert len(body) > 100_000
+    await store(databases, box, body)
+    _, tls_port = ports(cfg)
+    repeat = 1000
+    async with running_imap(cfg):
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.login(box)
+        await raw.command("s", "SELECT INBOX")
+        await raw.command("warm", "FETCH 1 (BODY.PEEK[])")  # the message is cached now
+        tracemalloc.start()
+        try:
+            await raw.send(b"f FETCH 1 (" + b" ".join([b"BODY.PEEK[]"] * repeat) + b")\r\n")
+            literals, received = await _read_fetch_streaming(raw, "f", body)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        await raw.close()
+    assert literals == repeat and received > repeat * len(body)
+    # The response is over 100 MB; what the process allocated at its peak stays a few MB.
+    assert peak < 8 * 1024 * 1024, peak
+    assert 0 < REGISTRY.get_sample_value("encimap_imap_output_peak_bytes") < 1024 * 1024
