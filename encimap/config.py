@@ -135,6 +135,14 @@ class IMAPConfig:
     # `* BYE` and the connection ends, as Dovecot's imap-login does.
     max_literal_before_login: int = 8192
     max_connections_per_user: int = 20
+    # Folder names a client may create: bytes of the name as sent (modified UTF-7, so a
+    # non-ASCII character takes 3-8 bytes), levels of hierarchy, folders per vaultbox.
+    max_mailbox_name_length: int = 512
+    max_mailbox_depth: int = 16
+    max_mailboxes: int = 1000
+    # Keys in one SEARCH program (each costs one or two query parameters; PostgreSQL takes
+    # at most 32,767 per statement). More is answered NO [LIMIT].
+    max_search_keys: int = 1000
     trusted_networks: list[str] = field(default_factory=list)
 
 
@@ -303,6 +311,13 @@ def _check_imap(section: IMAPConfig) -> None:
     for name in ("idle_timeout", "login_timeout", "command_timeout"):
         if getattr(section, name) <= 0:
             raise ConfigError(f"imap.{name}: must be positive, got {getattr(section, name)!r}")
+    for name in ("max_mailbox_name_length", "max_mailbox_depth", "max_mailboxes"):
+        if getattr(section, name) < 1:
+            raise ConfigError(f"imap.{name}: must be at least 1, got {getattr(section, name)}")
+    if not 1 <= section.max_search_keys <= 10_000:
+        raise ConfigError(
+            f"imap.max_search_keys: must be between 1 and 10000, got {section.max_search_keys}"
+        )
     if not 1 <= section.max_literal_before_login <= section.max_literal_size:
         raise ConfigError(
             "imap.max_literal_before_login: must be between 1 and imap.max_literal_size, "

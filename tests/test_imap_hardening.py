@@ -258,3 +258,57 @@ async def test_fetch_responses_are_streamed_not_built_in_memory(databases, cfg, 
     # The response is over 100 MB; what the process allocated at its peak stays a few MB.
     assert peak < 8 * 1024 * 1024, peak
     assert 0 < REGISTRY.get_sample_value("encimap_imap_output_peak_bytes") < 1024 * 1024
+
+
+async def test_mailbox_names_and_counts_are_limited(databases, tls_files, tls_ca, tmp_path):
+    cfg = imap_config(databases, tls_files, max_mailboxes=12)
+    box = await make_box(databases, "names@example.test", tmp_path)
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.login(box)
+
+        async def create(name: bytes) -> bytes:
+            await raw.send(b"c CREATE {%d+}\r\n%b\r\n" % (len(name), name))
+            return (await raw.until("c"))[-1]
+
+        for bad_name in (b"a&b", b"&Jjo", b"&AGE-", "Entwürfe".encode()):
+            reply = await create(bad_name)
+            assert reply.startswith(b"c NO [CANNOT]") and b"UTF-7" in reply, (bad_name, reply)
+        reply = await create(b"x" * 60_000)
+        assert reply.startswith(b"c NO [LIMIT]") and b"512 bytes" in reply, reply
+        reply = await create(b"/".join([b"d"] * 100))
+        assert reply.startswith(b"c NO [LIMIT]") and b"16 levels" in reply, reply
+        assert (await create(b"Entw&APw-rfe")).startswith(b"c OK")
+        assert (await create(b"d")).startswith(b"c OK")
+        assert (await create(b"/".join([b"d"] * 16))).startswith(b"c OK")
+        # a rename may not push a child past the depth limit
+        reply = (await raw.command("r", "RENAME d a/d"))[-1]
+        assert reply.startswith(b"r NO [LIMIT]") and b"16 levels" in reply, reply
+        listed = await raw.command("l", 'LIST "" "*"')
+        count = sum(1 for line in listed if line.startswith(b"* LIST"))
+        for number in range(count, 12):
+            assert (await create(b"f%d" % number)).startswith(b"c OK")
+        reply = await create(b"one-more")
+        assert reply.startswith(b"c NO [LIMIT]") and b"12 mailboxes" in reply, reply
+        await raw.close()
+
+
+async def test_a_search_with_too_many_keys_is_refused_with_a_reason(
+    databases, cfg, tls_ca, tmp_path
+):
+    box = await make_box(databases, "searchkeys@example.test", tmp_path)
+    await store(databases, box, encrypt_for(box, plain_message(1)))
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.login(box)
+        await raw.command("s", "SELECT INBOX")
+        keys = b" ".join([b"FROM {1+}\r\na"] * 40_000)
+        await raw.send(b"q SEARCH " + keys + b"\r\n")
+        reply = await raw.until("q")
+        assert reply[-1].startswith(b"q NO [LIMIT]") and b"search keys" in reply[-1], reply
+        many = " ".join(["FROM sender1"] * 1000)
+        reply = await raw.command("k", f"SEARCH {many}")
+        assert reply == [b"* SEARCH 1\r\n", reply[-1]] and reply[-1].startswith(b"k OK"), reply
+        await raw.close()
