@@ -24,6 +24,7 @@ from tests.imap_support import (
     running_imap,
     store,
 )
+from tests.support import run_cli, write_config_file
 
 
 @pytest.fixture
@@ -311,4 +312,75 @@ async def test_a_search_with_too_many_keys_is_refused_with_a_reason(
         many = " ".join(["FROM sender1"] * 1000)
         reply = await raw.command("k", f"SEARCH {many}")
         assert reply == [b"* SEARCH 1\r\n", reply[-1]] and reply[-1].startswith(b"k OK"), reply
+        await raw.close()
+
+
+async def test_revocation_and_suspension_end_open_sessions_on_every_host(
+    databases, cfg, tls_files, tls_ca, tmp_path
+):
+    revoked = await make_box(databases, "revokeme@example.test", tmp_path)
+    suspended = await make_box(databases, "suspendme@example.test", tmp_path)
+    other = await make_box(databases, "bystander@example.test", tmp_path)
+    second_host = imap_config(databases, tls_files)
+    config_file = write_config_file(tmp_path / "c.toml", databases)
+    ended_before = (
+        REGISTRY.get_sample_value("encimap_imap_sessions_ended_total", {"reason": "revoked"}) or 0
+    )
+    async with running_imap(cfg), running_imap(second_host):
+        sessions = {}
+        for name, box, port in (
+            ("revoked_here", revoked, ports(cfg)[1]),
+            ("revoked_there", revoked, ports(second_host)[1]),
+            ("suspended", suspended, ports(cfg)[1]),
+            ("other", other, ports(cfg)[1]),
+        ):
+            raw = await RawClient.connect(port, tls_ca)
+            await raw.login(box)
+            sessions[name] = raw
+        # one of them idles (RFC 2177), the others wait between commands
+        idling = sessions["revoked_there"]
+        await idling.command("s", "SELECT INBOX")
+        await idling.send(b"i IDLE\r\n")
+        assert (await idling.line()).startswith(b"+ ")
+
+        result = await asyncio.to_thread(
+            run_cli, "credential", "revoke", revoked.username, config_file=config_file
+        )
+        assert result.returncode == 0, result.stderr
+        for name in ("revoked_here", "revoked_there"):
+            line = await _bye_within(sessions[name], 10)
+            assert b"revoked" in line, (name, line)
+        admin = await databases.connect()
+        try:
+            await admin.execute(
+                "UPDATE vaultboxes SET status = 'suspended' WHERE id = $1", suspended.id
+            )
+        finally:
+            await admin.close()
+        await _bye_within(sessions["suspended"], 10)
+        # the bystander's session is untouched
+        assert (await sessions["other"].command("n", "NOOP"))[-1].startswith(b"n OK")
+        for raw in sessions.values():
+            await raw.close()
+    ended = REGISTRY.get_sample_value("encimap_imap_sessions_ended_total", {"reason": "revoked"})
+    assert ended == ended_before + 3
+
+
+async def test_a_password_change_alone_keeps_open_sessions(databases, cfg, tls_ca, tmp_path):
+    box = await make_box(databases, "newpassword@example.test", tmp_path)
+    async with running_imap(cfg):
+        raw = await RawClient.connect(ports(cfg)[1], tls_ca)
+        await raw.login(box)
+        admin = await databases.connect()
+        try:
+            await admin.execute(
+                "UPDATE imap_app_credentials SET password_hash = password_hash || '' "
+                "WHERE username = $1",
+                box.username,
+            )
+            # the NOTIFY went out (the auth cache dropped the user); the session stays
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+        assert (await raw.command("n", "NOOP"))[-1].startswith(b"n OK")
         await raw.close()

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from encimap import db
+from encimap.auth import AuthUnavailable
 from encimap.config import Config, listeners
 from encimap.imap import proxy
 from encimap.imap.cache import MessageCache
@@ -48,7 +49,9 @@ class Server:
         self.cache = MessageCache()
         self.servers: list[asyncio.Server] = []
         self._per_user: Counter[str] = Counter()
-        self._counted: dict[str, str] = {}  # session id -> username
+        self._counted: dict[str, Session] = {}  # session id -> logged-in session
+        self._rechecks: set[asyncio.Task[None]] = set()
+        self._unhook = engine.on_change(self._credentials_changed)
         self._trusted = [
             ipaddress.ip_network(network, strict=False) for network in config.imap.trusted_networks
         ]
@@ -138,18 +141,56 @@ class Server:
         if limit and self._per_user[principal.username] >= limit:
             return False
         self._per_user[principal.username] += 1
-        self._counted[session.id] = principal.username
+        self._counted[session.id] = session
         return True
 
     def session_ended(self, session: Session) -> None:
-        username = self._counted.pop(session.id, None)
-        if username is not None:
+        if self._counted.pop(session.id, None) is not None:
+            assert session.principal is not None
+            username = session.principal.username
             self._per_user[username] -= 1
             if self._per_user[username] <= 0:
                 del self._per_user[username]
 
+    # -- revocation --
+    def _credentials_changed(self, payload: str) -> None:
+        """A credential or vaultbox changed (NOTIFY on encimap_auth, heard on every host):
+        re-check the sessions it concerns, all of them when a change may have been missed."""
+        what, _, value = payload.partition(":")
+
+        def concerned(principal: Any) -> bool:
+            if what == "user":
+                return principal.username == value
+            if what == "vaultbox":
+                return str(principal.vaultbox_id) == value
+            return True
+
+        sessions = [s for s in self._counted.values() if concerned(s.principal)]
+        if sessions:
+            task = asyncio.create_task(self._recheck(sessions))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self, sessions: list[Session]) -> None:
+        """End (`* BYE`) the sessions whose credential was revoked or whose vaultbox is no
+        longer active; one lookup per credential. A database that does not answer ends
+        nothing: the next change or reconnection checks again."""
+        by_credential: dict[Any, list[Session]] = {}
+        for session in sessions:
+            by_credential.setdefault(session.principal, []).append(session)
+        for principal, group in by_credential.items():
+            try:
+                valid = await self.engine.still_valid(principal)
+            except AuthUnavailable:
+                return
+            if not valid:
+                for session in group:
+                    log.info("imap.session_revoked", session=session.id, user=principal.username)
+                    session.end("BYE Credential revoked or account suspended", "revoked")
+
     # -- component --
     async def close(self) -> None:
+        self._unhook()
         for server in self.servers:
             server.close()
         for server in self.servers:

@@ -10,6 +10,7 @@ import contextlib
 import enum
 import secrets
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from encimap.db import DATABASE_ERRORS
@@ -100,6 +101,9 @@ class Session:
         self.login_deadline = asyncio.get_running_loop().time() + self.config.login_timeout
         self._command_deadline: float | None = None
         self.commands = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._ending: Disconnect | None = None  # set by end()
+        self._interruptible = False  # waiting for the client between commands (or in IDLE)
 
     # -- output --
     def send(self, data: bytes) -> None:
@@ -212,7 +216,8 @@ class Session:
         `command_timeout` of it (a client trickling literals is cut off)."""
         pieces: list[bytes] = []
         total = 0
-        line = await self.read_line()
+        with self.waiting_for_client():
+            line = await self.read_line()
         self._command_deadline = self._budget(self.config.command_timeout)
         try:
             while True:
@@ -269,16 +274,46 @@ class Session:
         except (ConnectionError, OSError):
             raise ClientGone() from None
 
+    # -- ending from outside --
+    def end(self, text: str, reason: str) -> None:
+        """End this session with an untagged `text` (a BYE): at once if it is waiting for
+        the client, else as soon as the command in progress has answered."""
+        if self._ending is not None:
+            return
+        self._ending = Disconnect(text, reason)
+        if self._interruptible and self._task is not None:
+            self._task.cancel()
+
+    @contextlib.contextmanager
+    def waiting_for_client(self) -> Iterator[None]:
+        """A stretch in which `end()` may interrupt the session (no command half-answered)."""
+        if self._ending is not None:
+            raise self._ending
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
     # -- the loop --
     async def run(self) -> None:
         from encimap.imap.commands import COMMANDS, capabilities
 
+        self._task = asyncio.current_task()
         self.untagged(f"OK [CAPABILITY {capabilities(self)}] encimap ready")
         try:
-            await self.flush()
-            while self.state is not State.LOGOUT:
-                await self._one_command(COMMANDS)
+            try:
                 await self.flush()
+                while self.state is not State.LOGOUT:
+                    await self._one_command(COMMANDS)
+                    if self._ending is not None:
+                        raise self._ending
+                    await self.flush()
+            except asyncio.CancelledError:
+                if self._ending is None or self._task is None:
+                    raise
+                self._task.uncancel()
+                raise self._ending from None
         except Disconnect as exc:
             if exc.reason:
                 IMAP_SESSIONS_ENDED.labels(exc.reason).inc()

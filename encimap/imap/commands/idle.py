@@ -19,19 +19,8 @@ async def idle(session: Session, _tag: str, reader: Reader) -> str:
     await session.flush()
     done = asyncio.ensure_future(session.read_line())
     try:
-        while True:
-            waiters: set[asyncio.Future[object]] = {done}
-            changed = None
-            if session.selected is not None:
-                changed = asyncio.ensure_future(session.selected.changed.wait())
-                waiters.add(changed)
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if changed is not None and not changed.done():
-                changed.cancel()
-            if done.done():
-                break
-            await session.after_command(expunge_ok=True)
-            await session.flush()
+        with session.waiting_for_client():
+            await _wait(session, done)
     finally:
         if not done.done():
             done.cancel()
@@ -40,3 +29,22 @@ async def idle(session: Session, _tag: str, reader: Reader) -> str:
     if done.result().strip().upper() != b"DONE":
         raise bad("Expected DONE")
     return "OK Idle completed."
+
+
+async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
+    """Report changes until the client's line (DONE) arrives."""
+    while True:
+        waiters: set[asyncio.Future[object]] = {done}
+        changed = None
+        if session.selected is not None:
+            changed = asyncio.ensure_future(session.selected.changed.wait())
+            waiters.add(changed)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if changed is not None and not changed.done():
+                changed.cancel()
+        if done.done():
+            break
+        await session.after_command(expunge_ok=True)
+        await session.flush()
