@@ -381,6 +381,8 @@ class Session:
         with contextlib.suppress(Exception):
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), timeout=2)
+        # a client that stopped reading leaves output behind: drop it with the connection
+        self.writer.transport.abort()
         log.info(
             "imap.session",
             session=self.id,
