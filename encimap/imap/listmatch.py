@@ -2,10 +2,12 @@
 
 `*` matches any run of characters, `%` any run without the hierarchy delimiter. A regular
 expression with one `.*` per wildcard backtracks: `%%%%...X` against a long name takes
-exponential time. Here a pattern becomes a small NFA whose state set is one integer bitset
-(Shift-And): each character of a name costs a fixed number of integer operations, whatever
-the pattern holds. Runs of wildcards collapse first (`%%` is `%`; `*` next to `%` is `*`),
-and a pattern that needs more characters than a name has is refused without stepping.
+exponential time. Here a pattern becomes an NFA whose state set is one integer bitset
+(Shift-And): each character of a name costs five integer operations, whatever the pattern
+holds. Runs of wildcards collapse first (`%%` is `%`; `*` next to `%` is `*`), so a pattern
+has at most two states per literal character, and a pattern that needs more characters than
+a name has is refused without stepping: the bitsets that are stepped are never wider than
+about twice the name (a few machine words for names within `imap.max_mailbox_name_length`).
 
 The number of characters stepped and tokens compiled is counted in `Matcher.steps`, so tests
 can assert the cost on operation counts rather than on the clock.
