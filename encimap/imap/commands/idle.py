@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from encimap.db import DATABASE_ERRORS
 from encimap.imap.commands import AUTHENTICATED, command
 from encimap.imap.parser import Reader
 from encimap.imap.session import Session, bad
+from encimap.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @command("IDLE", states=AUTHENTICATED)
@@ -46,5 +50,10 @@ async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
                 changed.cancel()
         if done.done():
             break
-        await session.after_command(expunge_ok=True)
+        try:
+            await session.after_command(expunge_ok=True)
+        except DATABASE_ERRORS as exc:
+            # Keep idling: the mailbox listener resynchronises every session once the
+            # database is back, which wakes this one again.
+            log.warning("imap.idle_unavailable", session=session.id, error=str(exc) or repr(exc))
         await session.flush()
