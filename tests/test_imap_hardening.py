@@ -137,11 +137,9 @@ async def test_login_phase_and_each_command_have_a_total_time(
         # busy before login: NOOPs keep coming, the login deadline still ends it
         raw = await RawClient.connect(tls_port, tls_ca)
         replies = 0
-        with pytest.raises(ConnectionError):
+        with pytest.raises(ConnectionError):  # the server closes the connection
             for _ in range(100):
-                reply = await raw.command("n", "NOOP")
-                if reply[-1].startswith(b"* BYE") or reply[0].startswith(b"* BYE"):
-                    break
+                await raw.command("n", "NOOP")
                 replies += 1
                 await asyncio.sleep(0.1)
         assert 0 < replies < 100
