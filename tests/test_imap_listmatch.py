@@ -43,6 +43,18 @@ def test_matches_like_the_reference(pattern, name):
     assert Matcher(pattern).match(name) == reference(pattern, name)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["INBOX", "inbox", "Inbox", ""]),
+    st.text(alphabet="xX/%*", max_size=6),
+    st.sampled_from(["INBOX", "inbox", "iNbOx", ""]),
+    st.text(alphabet="xX/", max_size=6),
+)
+def test_inbox_cases_match_like_the_reference(pattern_head, pattern_tail, name_head, name_tail):
+    pattern, name = pattern_head + pattern_tail, name_head + name_tail
+    assert Matcher(pattern).match(name) == reference(pattern, name)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.sampled_from(["INBOX", "inbox", "InBoX"]), st.sampled_from(["", "/a", "%", "*"]))
 def test_inbox_is_case_insensitive(head, tail):
