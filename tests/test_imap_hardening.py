@@ -262,6 +262,35 @@ async def test_fetch_responses_are_streamed_not_built_in_memory(databases, cfg, 
     assert literals == repeat and received > repeat * len(body)
     # The response is over 100 MB; what the process allocated at its peak stays a few MB.
     assert peak < 8 * 1024 * 1024, peak
+
+
+async def test_repeated_large_metadata_items_are_streamed_too(databases, cfg, tls_ca, tmp_path):
+    box = await make_box(databases, "envelope@example.test", tmp_path)
+    recipients = ", ".join(f"Recipient {n} <r{n}@example.org>" for n in range(4000))
+    plain = plain_message(1).replace(b"To: vault@example.test", f"To: {recipients}".encode())
+    await store(databases, box, encrypt_for(box, plain))
+    _, tls_port = ports(cfg)
+    repeat = 400
+    async with running_imap(cfg):
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.login(box)
+        await raw.command("s", "SELECT INBOX")
+        tracemalloc.start()
+        try:
+            await raw.send(b"f FETCH 1 (" + b" ".join([b"ENVELOPE"] * repeat) + b")\r\n")
+            received, tail = 0, b""
+            while b"\r\nf " not in tail or not tail.endswith(b"\r\n"):
+                chunk = await asyncio.wait_for(raw.reader.read(65536), 10)
+                assert chunk, "connection closed"
+                received += len(chunk)
+                tail = (tail + chunk)[-200:]
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        await raw.close()
+    assert b"\r\nf OK" in tail, tail
+    assert received > repeat * 150_000  # ENVELOPE is about 170 KB
+    assert peak < 16 * 1024 * 1024, peak
     assert 0 < REGISTRY.get_sample_value("encimap_imap_output_peak_bytes") < 1024 * 1024
 
 

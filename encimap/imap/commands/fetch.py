@@ -116,6 +116,8 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
                 session.send(head if not index else b" " + head)
                 if content is not None:
                     await session.send_large(content)
+                else:
+                    await session.maybe_flush()
             session.send(b")\r\n")
             await session.maybe_flush()
     return "OK Fetch completed."
