@@ -78,9 +78,15 @@ def _cost(pattern: str, name: str) -> int:
     st.text(alphabet="ab/", min_size=1, max_size=8),
 )
 def test_ten_times_the_input_costs_at_most_ten_times_the_steps(pattern, name):
-    small = _cost(pattern, name)
-    large = _cost(pattern * 10, name * 10)
-    assert large <= 10 * small + 10
+    """At most one step per pattern and per name character (a mismatch may stop earlier),
+    so ten times the input costs at most ten times the steps the input may cost."""
+    size = len(pattern) + len(name)
+    assert _cost(pattern, name) <= size + 1
+    assert _cost(pattern * 10, name * 10) <= 10 * size + 1
+    # a name the pattern matches is stepped to its end: exactly linear
+    matched = name.replace("/", "")
+    assert _cost("*", matched) == 1 + len(matched)
+    assert _cost("*", matched * 10) == 1 + 10 * len(matched)
 
 
 def test_the_reported_freeze_is_a_handful_of_steps():
