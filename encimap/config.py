@@ -141,16 +141,34 @@ class IMAPConfig:
     listen: str | list[str] = "0.0.0.0:1143"
     tls_listen: str | list[str] = "0.0.0.0:1993"
     proxy_protocol: bool = False
+    # RFC 3501 5.4: an authenticated client may idle at least 30 minutes between commands.
     idle_timeout: float = 1800.0
+    # Seconds from connecting to a successful login, in all (every read before login ends
+    # by then): an unauthenticated connection cannot be held open longer.
+    login_timeout: float = 60.0
+    # Seconds in which the rest of a command (its literals and continuation lines) must
+    # arrive once its first line has: long enough for the largest APPEND on a slow link.
+    command_timeout: float = 600.0
     max_line_length: int = 64 * 1024
+    # Largest literal after login: the largest message APPEND takes.
     max_literal_size: int = 50 * 1024 * 1024
+    # Largest literal before login (a username or a password); more is answered with
+    # `* BYE` and the connection ends, as Dovecot's imap-login does.
+    max_literal_before_login: int = 8192
     max_connections_per_user: int = 20
+    # Folder names a client may create: bytes of the name as sent (modified UTF-7, so a
+    # non-ASCII character takes 3-8 bytes), levels of hierarchy, folders per vaultbox.
+    max_mailbox_name_length: int = 512
+    max_mailbox_depth: int = 16
+    max_mailboxes: int = 1000
+    # Keys in one SEARCH program (each costs one or two query parameters; PostgreSQL takes
+    # at most 32,767 per statement). More is answered NO [LIMIT].
+    max_search_keys: int = 1000
     trusted_networks: list[str] = field(default_factory=list)
     # Connection limits (encimap.service.connlimits); 0 = none.
     max_connections: int = 2000
     max_connections_per_ip: int = 50
     max_unauthenticated: int = 200
-    login_timeout: float = 60.0  # seconds from connecting to a successful LOGIN/AUTHENTICATE
 
 
 @dataclass(frozen=True)
@@ -320,6 +338,26 @@ def _check_constraints(section: Any, prefix: str) -> None:
         raise ConfigError(f"auth.bcrypt_cost: must be between 4 and 31, got {section.bcrypt_cost}")
     if prefix == "database." and section.pool_min_size > section.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
+    if prefix == "imap.":
+        _check_imap(section)
+
+
+def _check_imap(section: IMAPConfig) -> None:
+    for name in ("idle_timeout", "login_timeout", "command_timeout"):
+        if getattr(section, name) <= 0:
+            raise ConfigError(f"imap.{name}: must be positive, got {getattr(section, name)!r}")
+    for name in ("max_mailbox_name_length", "max_mailbox_depth", "max_mailboxes"):
+        if getattr(section, name) < 1:
+            raise ConfigError(f"imap.{name}: must be at least 1, got {getattr(section, name)}")
+    if not 1 <= section.max_search_keys <= 10_000:
+        raise ConfigError(
+            f"imap.max_search_keys: must be between 1 and 10000, got {section.max_search_keys}"
+        )
+    if not 1 <= section.max_literal_before_login <= section.max_literal_size:
+        raise ConfigError(
+            "imap.max_literal_before_login: must be between 1 and imap.max_literal_size, "
+            f"got {section.max_literal_before_login}"
+        )
 
 
 def listeners(value: str | list[str]) -> list[str]:

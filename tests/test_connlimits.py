@@ -113,13 +113,13 @@ def test_ipv6_clients_count_per_64(client_ip, key):
 async def test_limiter_counts_and_releases():
     limiter = ConnectionLimiter("test", Limits(max_connections=3, per_ip=2, unauthenticated=2))
     expired = []
-    a = limiter.admit("2001:db8::1", lambda: expired.append("a"))
-    b = limiter.admit("2001:db8::2", lambda: expired.append("b"))
+    a = limiter.admit("2001:db8::1", login=True, on_login_timeout=lambda: expired.append("a"))
+    b = limiter.admit("2001:db8::2", login=True)
     assert a is not None and b is not None
-    assert limiter.admit("2001:db8::3", lambda: None) is None  # the same /64
-    assert limiter.admit("192.0.2.1", lambda: None) is None  # two not logged in already
+    assert limiter.admit("2001:db8::3", login=True) is None  # the same /64
+    assert limiter.admit("192.0.2.1", login=True) is None  # two not logged in already
     a.logged_in()
-    c = limiter.admit("192.0.2.1", lambda: None)
+    c = limiter.admit("192.0.2.1", login=True)
     assert c is not None
     assert limiter.admit("192.0.2.2") is None  # three in all
     for ticket in (a, b, c, a):  # releasing twice changes nothing
@@ -130,8 +130,8 @@ async def test_limiter_counts_and_releases():
 async def test_login_timer_fires_only_for_connections_still_not_logged_in():
     limiter = ConnectionLimiter("test", Limits(login_timeout=0.05))
     expired: list[str] = []
-    slow = limiter.admit("192.0.2.1", lambda: expired.append("slow"))
-    quick = limiter.admit("192.0.2.2", lambda: expired.append("quick"))
+    slow = limiter.admit("192.0.2.1", login=True, on_login_timeout=lambda: expired.append("slow"))
+    quick = limiter.admit("192.0.2.2", login=True, on_login_timeout=lambda: expired.append("q"))
     assert slow is not None and quick is not None
     quick.logged_in()
     await asyncio.sleep(0.2)
@@ -281,7 +281,7 @@ async def test_imap_limits_connections_and_the_login_phase(databases, tls_files,
             client.writer.write(b"a NOOP\r\n")
         for client in held:
             lines = await client.rest()
-            assert lines and lines[-1] == b"* BYE Login time limit exceeded\r\n"
+            assert lines and lines[-1] == b"* BYE Disconnected for inactivity during login\r\n"
 
 
 async def test_authsocket_tcp_limits_connections_per_client_address(databases, tmp_path):

@@ -8,6 +8,7 @@ import socket
 
 from encimap import db, logs
 from encimap.config import Config, listeners, parse_listener
+from encimap.delivery.certificates import CertificateCompleter
 from encimap.intake import workers
 from encimap.intake.handler import IntakeHandler
 from encimap.intake.server import Connections, IntakeLMTP, IntakeSMTP
@@ -29,8 +30,10 @@ class Intake:
         connections: Connections,
         handler: IntakeHandler,
         extra_workers: workers.Workers | None,
+        completer: CertificateCompleter,
     ) -> None:
         self._servers = servers
+        self._completer = completer
         self._connections = connections
         self._handler = handler
         self.workers = extra_workers
@@ -40,6 +43,7 @@ class Intake:
             server.close()
         if self._handler.recipients is not None:
             await self._handler.recipients.watch.close()  # before the pool closes
+        await self._completer.close()
         self._connections.start_draining()
         if self.workers is not None:
             self.workers.stop()
@@ -91,6 +95,8 @@ async def start(runtime: Runtime) -> Intake:
     handler = IntakeHandler(pool, config, hostname=hostname)
     if handler.recipients is not None:
         handler.recipients.watch.start()
+    completer = CertificateCompleter(pool)
+    completer.start()
     connections = Connections()
     factory = protocol_factory(handler, config, connections, hostname)
     shared = settings.workers > 1
@@ -110,7 +116,7 @@ async def start(runtime: Runtime) -> Intake:
         protocol=settings.protocol,
         worker=workers.worker_number() or 0,
     )
-    return Intake(servers, connections, handler, extra)
+    return Intake(servers, connections, handler, extra, completer)
 
 
 def _unix_sockets(listen: str | list[str], servers: list[asyncio.Server]) -> dict[str, int]:

@@ -10,7 +10,8 @@ logged in within `login_timeout` seconds of connecting is closed, whatever it se
 - `max_connections_per_ip`: open connections from one client address (an IPv6 client counts
   per /64, the prefix one host is usually given; unix sockets are not counted per address)
 - `max_unauthenticated`: open connections that have not logged in (services with a login)
-- `login_timeout`: seconds from connecting to a successful login (services with a login)
+- `login_timeout`: seconds from connecting to a successful login (services with a login;
+  a front end that enforces it inside its sessions, as IMAP does, passes no callback)
 
 Each front end owns the per-command budgets of its protocol; this module only admits, counts
 and times the login phase.
@@ -115,12 +116,17 @@ class ConnectionLimiter:
         return self._per_ip[address_key(client_ip)]
 
     def admit(
-        self, client_ip: str | None, on_login_timeout: Callable[[], None] | None = None
+        self,
+        client_ip: str | None,
+        *,
+        login: bool = False,
+        on_login_timeout: Callable[[], None] | None = None,
     ) -> Ticket | None:
         """A ticket for a new connection, or None when a limit refuses it (counted, logged).
 
-        `on_login_timeout` (services with a login) runs if the connection has not logged in
-        within `login_timeout`; it says goodbye in the protocol's words and closes."""
+        `login`: the connection counts as unauthenticated until `Ticket.logged_in()`.
+        `on_login_timeout` runs if it has not logged in within `login_timeout`; it says
+        goodbye in the protocol's words and closes."""
         limits = self.limits
         key = address_key(client_ip) if client_ip else None
         reason = None
@@ -128,11 +134,7 @@ class ConnectionLimiter:
             reason = "connections"
         elif limits.per_ip and key and self._per_ip[key] >= limits.per_ip:
             reason = "per-ip"
-        elif (
-            on_login_timeout is not None
-            and limits.unauthenticated
-            and self.unauthenticated >= limits.unauthenticated
-        ):
+        elif login and limits.unauthenticated and self.unauthenticated >= limits.unauthenticated:
             reason = "unauthenticated"
         if reason is not None:
             self.refused(client_ip, reason)
@@ -141,14 +143,14 @@ class ConnectionLimiter:
         if key:
             self._per_ip[key] += 1
         timer = None
-        if on_login_timeout is not None:
+        if login:
             self.unauthenticated += 1
-            if limits.login_timeout:
+            if limits.login_timeout and on_login_timeout is not None:
                 timer = asyncio.get_running_loop().call_later(
                     limits.login_timeout, self._login_expired, client_ip, on_login_timeout
                 )
         ticket = Ticket(self, client_ip, timer)
-        ticket.authenticated = on_login_timeout is None
+        ticket.authenticated = not login
         return ticket
 
     def refused(self, client_ip: str | None, reason: str) -> None:

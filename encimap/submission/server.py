@@ -72,7 +72,9 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
             return
         client_ip = peer_ip(transport.get_extra_info("peername"))
         self.event_handler.connected(client_ip)
-        self._ticket = self._limiter.admit(client_ip, self._login_expired)
+        self._ticket = self._limiter.admit(
+            client_ip, login=True, on_login_timeout=self._login_expired
+        )
         if self._ticket is None:
             if self._handler_coroutine is not None:  # not started yet: no greeting
                 self._handler_coroutine.cancel()
