@@ -384,8 +384,10 @@ class SubmissionHandler:
         """Connection closed: let a message being handed on finish, give back unsent
         reservations, close the upstream, log it."""
         try:
-            if self._delivering is not None:
-                await asyncio.wait([self._delivering])
+            if (delivering := self._delivering) is not None:
+                await asyncio.wait([delivering])
+                if not delivering.cancelled() and (error := delivering.exception()) is not None:
+                    log.error("submission.error", error=repr(error))  # the client had left
             await self._abort()
         finally:
             await self.upstream.close()
