@@ -87,6 +87,15 @@ class Raw:
         self.writer.close()
 
 
+async def until(condition, seconds: float = 10.0) -> None:
+    """Wait until `condition()` holds (the server side catching up), at most `seconds`."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
 async def open_many(port: int, count: int, source: str = "127.0.0.1") -> list[Raw]:
     clients = [await Raw.connect(port, source) for _ in range(count)]
     for client in clients:
@@ -151,12 +160,12 @@ async def test_submission_limits_connections_per_client_address(databases, tls_f
         other_address = await Raw.connect(port, source="127.0.0.2")
         assert (await other_address.line()).startswith(b"220 ")
         held[0].close()
-        await asyncio.sleep(0.2)  # the server sees the close
+        await until(lambda: svc.limiter.open_from("127.0.0.1") == 2)  # the server saw it
         again = await Raw.connect(port)
         assert (await again.line()).startswith(b"220 ")
         for client in [*held[1:], other_address, again]:
             client.close()
-        assert svc.limiter.open_from("127.0.0.1") in (0, 1, 2, 3)
+        await until(lambda: svc.limiter.total == 0)
 
 
 async def test_submission_caps_connections_that_have_not_logged_in(
@@ -168,7 +177,7 @@ async def test_submission_caps_connections_that_have_not_logged_in(
         refused = await Raw.connect(port)
         assert (await refused.line()).startswith(b"421 4.7.0")
         waiting[0].close()
-        await asyncio.sleep(0.2)
+        await until(lambda: svc.limiter.unauthenticated == 1)
         client = await asyncio.to_thread(login, port, tls_ca, USER, PASSWORD)  # takes its place
         try:
             # Logged in, it no longer counts: another connection may wait for its login.
