@@ -450,3 +450,25 @@ async def test_logins_through_the_auth_socket(platform: Platform):
         for path in directory.iterdir():
             path.unlink()
         directory.rmdir()
+
+
+async def test_mail_inserted_the_platform_way_is_placed_at_once(platform: Platform):
+    conn = await platform.databases.connect()
+    try:
+        row = await conn.fetchrow(
+            """INSERT INTO encrypted_emails (vaultbox_id, message_id, sender, recipient,
+                                             body_encrypted)
+               VALUES ($1, '<late@old.test>', 'a@old.test', 'two@platform.test',
+                       'Subject: late')
+               RETURNING id""",
+            platform.box2,
+        )
+        placed = await conn.fetchrow(
+            """SELECT m.name, e.uid, e.size_bytes FROM encrypted_emails e
+                 JOIN mailboxes m ON m.id = e.mailbox_id WHERE e.id = $1""",
+            row["id"],
+        )
+    finally:
+        await conn.close()
+    assert (placed["name"], placed["size_bytes"]) == ("INBOX", len("Subject: late"))
+    assert placed["uid"] >= 1
