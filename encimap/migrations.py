@@ -209,8 +209,13 @@ async def _run_file(conn: asyncpg.Connection, path: Path, outcome: Outcome) -> N
 
 
 async def _apply(conn: asyncpg.Connection, database: Database, outcome: Outcome) -> None:
-    """Every pending versioned migration in its own transaction, then the repeatables."""
-    await conn.execute(_BOOKKEEPING)
+    """Every pending versioned migration in its own transaction, then the repeatables. With
+    nothing to do it changes nothing and only reads, so the services' login may run it."""
+    if not await conn.fetchval(
+        "SELECT to_regclass('schema_migrations') IS NOT NULL"
+        " AND to_regclass('schema_repeatables') IS NOT NULL"
+    ):
+        await conn.execute(_BOOKKEEPING)
     for migration in pending_migrations(database, await applied_versions(conn, database)):
         async with conn.transaction():
             await _run_file(conn, migration.path, outcome)

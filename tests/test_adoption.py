@@ -243,6 +243,19 @@ async def test_logins_work_through_the_auth_engine(platform: Platform):
         assert smtp.vaultbox_id == platform.box1
         legacy = await engine.authenticate("two-legacy", PASSWORD, service="imap")
         assert legacy.vaultbox_id == platform.box2
+        # A credential the platform inserts now logs in at once.
+        conn = await platform.databases.connect()
+        try:
+            await conn.execute(
+                "INSERT INTO imap_app_credentials (user_id, username, vaultbox_id, password_hash) "
+                "SELECT user_id, 'two-new', id, $2 FROM vaultboxes WHERE id = $1",
+                platform.box2,
+                _hash(PASSWORD),
+            )
+        finally:
+            await conn.close()
+        fresh = await engine.authenticate("two-new", PASSWORD, service="imap")
+        assert fresh.vaultbox_id == platform.box2
     finally:
         await engine.close()
         for pool in pools:
@@ -382,6 +395,7 @@ async def test_backfill_in_batches_while_an_imap_session_reads(
             if target is not conn:
                 await target.close()
         assert await adoption.create_missing_mailboxes(conn) == 1
+        assert await adoption.place_batch(conn, 100) == 100  # a run interrupted after one batch
         cfg = imap_config(databases, tls_files)
         progress: list[str] = []
         async with running_imap(cfg):
@@ -436,3 +450,25 @@ async def test_logins_through_the_auth_socket(platform: Platform):
         for path in directory.iterdir():
             path.unlink()
         directory.rmdir()
+
+
+async def test_mail_inserted_the_platform_way_is_placed_at_once(platform: Platform):
+    conn = await platform.databases.connect()
+    try:
+        row = await conn.fetchrow(
+            """INSERT INTO encrypted_emails (vaultbox_id, message_id, sender, recipient,
+                                             body_encrypted)
+               VALUES ($1, '<late@old.test>', 'a@old.test', 'two@platform.test',
+                       'Subject: late')
+               RETURNING id""",
+            platform.box2,
+        )
+        placed = await conn.fetchrow(
+            """SELECT m.name, e.uid, e.size_bytes FROM encrypted_emails e
+                 JOIN mailboxes m ON m.id = e.mailbox_id WHERE e.id = $1""",
+            row["id"],
+        )
+    finally:
+        await conn.close()
+    assert (placed["name"], placed["size_bytes"]) == ("INBOX", len("Subject: late"))
+    assert placed["uid"] >= 1

@@ -308,3 +308,27 @@ def test_check_reports_each_dependency(
     result = run_cli("check", config_file=bad)
     assert result.returncode == 1
     assert "FAIL tls: /nonexistent.pem" in result.stdout
+
+
+async def test_the_services_login_runs_migrate_when_nothing_is_pending(
+    databases: Databases, tmp_path: Path
+):
+    """encimap-migrate.service runs as the services' login, which holds only the three roles:
+    on a current schema `db migrate` only reads, and succeeds."""
+    login = f"svc_{uuid.uuid4().hex[:8]}"
+    conn = await databases.connect()
+    try:
+        await conn.execute(f"CREATE ROLE {login} LOGIN")
+        await conn.execute(f"GRANT encimap_auth, encimap_intake, encimap_imap TO {login}")
+    finally:
+        await conn.close()
+    as_login = Databases(
+        databases.cluster,
+        databases.motorical_url.replace("postgres@", f"{login}@"),
+        databases.encimap_url.replace("postgres@", f"{login}@"),
+    )
+    cfg = write_config_file(tmp_path / "svc.toml", as_login)
+    assert ok("db", "migrate", cfg=cfg).splitlines() == [
+        "motorical: nothing to apply",
+        "encimap: nothing to apply",
+    ]

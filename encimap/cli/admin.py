@@ -14,7 +14,15 @@ from encimap import db, migrations
 from encimap.auth.passwords import hash_password
 from encimap.cli.common import CommandError, read_or_generate_password
 from encimap.config import Config, listeners, parse_listener
-from encimap.store import adoption, counters, credentials, logins, platform, vaultboxes
+from encimap.store import (
+    adoption,
+    certificates,
+    counters,
+    credentials,
+    logins,
+    platform,
+    vaultboxes,
+)
 
 
 async def db_migrate(cfg: Config, args: argparse.Namespace) -> int:
@@ -185,7 +193,7 @@ async def check(cfg: Config, _args: argparse.Namespace) -> int:
                     )
                 )
                 if database == "encimap" and not pending:
-                    results.extend(_adoption_checks(await adoption.pending(conn)))
+                    results.extend(await _adoption_checks(conn))
         except (db.DatabaseUnavailable, migrations.MigrationError) as exc:
             results.append((f"database {database}", False, str(exc)))
     for database in db.DATABASES:
@@ -206,17 +214,23 @@ async def check(cfg: Config, _args: argparse.Namespace) -> int:
 _VERDICT: dict[bool | None, str] = {True: "ok  ", False: "FAIL", None: "WARN"}
 
 
-def _adoption_checks(todo: adoption.Pending) -> list[tuple[str, bool | None, str]]:
+async def _adoption_checks(conn: asyncpg.Connection) -> list[tuple[str, bool | None, str]]:
     checks: list[tuple[str, bool | None, str]] = []
-    if todo.private_certificates:
-        checks.append(
-            (
-                "private keys",
-                None,
-                f"{todo.private_certificates} server-held private key row(s) in certificates: "
-                "remove them with `encimap cert purge-private`",
+    try:
+        private = await certificates.count_private(conn)
+    except asyncpg.InsufficientPrivilegeError:
+        checks.append(("private keys", None, "this login may not read certificates to count them"))
+    else:
+        if private:
+            checks.append(
+                (
+                    "private keys",
+                    None,
+                    f"{private} server-held private key row(s) in certificates: "
+                    "remove them with `encimap cert purge-private`",
+                )
             )
-        )
+    todo = await adoption.pending(conn)
     if todo.unplaced_messages or todo.vaultboxes_without_mailboxes:
         checks.append(
             (

@@ -13,6 +13,7 @@ from encimap.intake import workers
 from encimap.intake.handler import IntakeHandler
 from encimap.intake.server import Connections, IntakeLMTP, IntakeSMTP
 from encimap.service import Runtime
+from encimap.service.connlimits import ConnectionLimiter, Limits
 from encimap.service.listeners import bind
 
 log = logs.get_logger(__name__)
@@ -63,6 +64,7 @@ def protocol_factory(
     handler: IntakeHandler, config: Config, connections: Connections, hostname: str
 ):
     settings = config.intake
+    limiter = ConnectionLimiter("intake", Limits.of(settings))
     protocol = IntakeLMTP if settings.protocol == "lmtp" else IntakeSMTP
     proxy_timeout = PROXY_PROTOCOL_TIMEOUT if settings.proxy_protocol else None
 
@@ -70,6 +72,8 @@ def protocol_factory(
         return protocol(
             handler,
             connections=connections,
+            limiter=limiter,
+            data_timeout=settings.data_timeout,
             data_size_limit=settings.max_message_size or None,
             enable_SMTPUTF8=True,
             hostname=hostname,

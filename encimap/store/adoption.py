@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from encimap import mimeinfo
-from encimap.store.certificates import complete_certificates, count_private
+from encimap.store.certificates import complete_certificates
 from encimap.store.messages import STORED_BYTES, save_infos
 from encimap.store.types import Executor
 
@@ -34,7 +34,6 @@ class Pending:
     unplaced_messages: int
     undescribed_messages: int
     incomplete_certificates: int
-    private_certificates: int
 
     def lines(self) -> list[str]:
         return [
@@ -53,17 +52,10 @@ async def pending(db: Executor) -> Pending:
                       AS vaultboxes,
                   (SELECT count(*) FROM encrypted_emails WHERE mailbox_id IS NULL) AS unplaced,
                   (SELECT count(*) FROM encrypted_emails WHERE envelope IS NULL) AS undescribed,
-                  (SELECT count(*) FROM certificates
-                    WHERE certificate_type = 'public' AND fingerprint_sha256 IS NULL)
+                  (SELECT count(*) FROM public_certificates WHERE fingerprint_sha256 IS NULL)
                       AS certificates"""
     )
-    return Pending(
-        row["vaultboxes"],
-        row["unplaced"],
-        row["undescribed"],
-        row["certificates"],
-        await count_private(db),
-    )
+    return Pending(row["vaultboxes"], row["unplaced"], row["undescribed"], row["certificates"])
 
 
 async def create_missing_mailboxes(db: Executor) -> int:
@@ -102,20 +94,22 @@ async def describe_batch(
 
 
 async def adopt(db: Executor, progress: Progress, *, batch: int = PLACE_BATCH) -> None:
-    """Run every data move to the end, reporting progress; safe to interrupt and run again."""
+    """Run every data move to the end, reporting progress; safe to interrupt and run again.
+    With nothing to do it only reads (the services' login may run it)."""
     todo = await pending(db)
-    if created := await create_missing_mailboxes(db):
+    if todo.vaultboxes_without_mailboxes:
+        created = await create_missing_mailboxes(db)
         progress(f"default mailboxes created for {created} vaultboxes")
     placed = 0
-    while count := await place_batch(db, batch):
+    while todo.unplaced_messages and (count := await place_batch(db, batch)):
         placed += count
         progress(f"placed {placed}/{todo.unplaced_messages} stored messages")
     described, last = 0, uuid.UUID(int=0)
-    while True:
+    while todo.undescribed_messages:
         last, count = await describe_batch(db, last)
         if not count:
             break
         described += count
         progress(f"described {described}/{todo.undescribed_messages} messages")
-    if completed := await complete_certificates(db):
+    if todo.incomplete_certificates and (completed := await complete_certificates(db)):
         progress(f"completed {completed} certificates")

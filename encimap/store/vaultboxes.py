@@ -19,7 +19,7 @@ _COLUMNS = "id, user_id, alias, domain, name, status, limits, smtp_enabled, crea
 class Vaultbox:
     id: uuid.UUID
     user_id: uuid.UUID
-    alias: str
+    alias: str | None
     domain: str
     status: str
     name: str | None = None
@@ -28,7 +28,8 @@ class Vaultbox:
 
     @property
     def address(self) -> str:
-        return f"{self.alias}@{self.domain}"
+        """alias@domain; a platform vaultbox without alias has none (and receives nothing)."""
+        return f"{self.alias}@{self.domain}" if self.alias else f"(no alias)@{self.domain}"
 
     @property
     def active(self) -> bool:

@@ -99,9 +99,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS encrypted_emails_mailbox_uid_flags_key
     ON encrypted_emails (mailbox_id, uid) INCLUDE (flags, size_bytes);
 CREATE INDEX IF NOT EXISTS encrypted_emails_duplicate_idx
     ON encrypted_emails (vaultbox_id, message_id, body_sha256);
--- The backfill and the placement trigger find unplaced rows without scanning placed ones.
+-- The data moves find unplaced and undescribed rows without scanning the others.
 CREATE INDEX IF NOT EXISTS encrypted_emails_unplaced_idx
     ON encrypted_emails (vaultbox_id, processed_at, id) WHERE mailbox_id IS NULL;
+CREATE INDEX IF NOT EXISTS encrypted_emails_undescribed_idx
+    ON encrypted_emails (id) WHERE envelope IS NULL;
 
 CREATE TABLE IF NOT EXISTS email_processing_logs (
     id                        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -16,3 +16,6 @@ GRANT SELECT (id, user_id, username, password_hash, domain, smtp_enabled, rate_l
               updated_at)
     ON motor_blocks TO encimap_auth;
 GRANT SELECT (user_id, domain, verification_status) ON domains TO encimap_auth;
+
+-- Whether the schema is current (`encimap db migrate` with nothing to do only reads these).
+GRANT SELECT ON schema_migrations, schema_repeatables TO encimap_auth;
