@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,8 @@ from encimap.store import StoreError, events, vaultboxes
 from encimap.store import recipients as store_recipients
 from encimap.store.vaultboxes import Vaultbox
 
-# Announces every change to vaultboxes or certificates (sql/encimap/008_recipient_notify.sql).
+# Announces every change to vaultboxes or certificates
+# (sql/encimap/repeatable/20_recipients_notify.sql).
 RECIPIENTS_CHANNEL = "encimap_recipients"
 
 
@@ -51,11 +53,11 @@ class CertificateCache:
     Keyed by the stored PEM text itself (not its fingerprint column, which nothing forces to
     match it) with the address and the mismatch setting; entries are the certificate, or None
     when `smime.check_certificate` refuses it. Only the validity period can change with time,
-    so it is checked again on every use. Bounded: emptied when full.
+    so it is checked again on every use. Bounded: the least recently used entry goes first.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self._entries: dict[tuple[str, str, bool], x509.Certificate | None] = {}
+        self._entries: OrderedDict[tuple[str, str, bool], x509.Certificate | None] = OrderedDict()
         self._max_entries = max_entries
 
     def usable(
@@ -73,10 +75,11 @@ class CertificateCache:
             key = (pem, address.lower(), allow_address_mismatch)
             if key in self._entries:
                 certificate = self._entries[key]
+                self._entries.move_to_end(key)
             else:
                 certificate = self._check(pem, address, allow_address_mismatch)
                 if len(self._entries) >= self._max_entries:
-                    self._entries.clear()
+                    self._entries.popitem(last=False)
                 self._entries[key] = certificate
             if (
                 certificate is not None
@@ -117,7 +120,9 @@ class RecipientCache:
     def __init__(self, pool: asyncpg.Pool, max_age: float, max_entries: int = 4096) -> None:
         self._max_age = max_age
         self._max_entries = max_entries
-        self._entries: dict[tuple[str, ...], tuple[float, store_recipients.Recipient | None]] = {}
+        self._entries: OrderedDict[
+            tuple[str, ...], tuple[float, store_recipients.Recipient | None]
+        ] = OrderedDict()
         self._generation = 0
         self.watch = events.Watch(
             pool, RECIPIENTS_CHANNEL, on_notify=lambda _payload: self.clear(), on_deaf=self.clear
@@ -139,14 +144,16 @@ class RecipientCache:
         kept = self._entries.get(key)
         if listening and kept is not None and kept[0] > now:
             RECIPIENT_LOOKUPS.labels("cache").inc()
+            self._entries.move_to_end(key)
             return kept[1]
         generation = self._generation
         found = await find()
         RECIPIENT_LOOKUPS.labels("database").inc()
         if listening and generation == self._generation and not (found and found.counted):
-            if len(self._entries) >= self._max_entries:
-                self._entries.clear()
+            if key not in self._entries and len(self._entries) >= self._max_entries:
+                self._entries.popitem(last=False)  # the least recently used
             self._entries[key] = (now + self._max_age, found)
+            self._entries.move_to_end(key)
         return found
 
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
 
-from encimap.imap import wire
+from encimap.imap import shared, wire
 from encimap.imap.parser import SequenceSet
-from encimap.store import events, mailboxes, messages
+from encimap.store import events, flagsync, mailboxes, messages
 from encimap.store.mailboxes import Mailbox
 
 RECENT = "\\Recent"
+# (pool, mailbox id, UIDVALIDITY) -> the highest UID a session of this process has claimed
+# as \Recent (or seen claimed): later sessions need not ask the database for those again.
+_claimed: dict[tuple[int, int, int], int] = {}
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
@@ -32,7 +36,8 @@ class Selected:
         self.mailbox = mailbox
         self.readonly = readonly
         self.session_id = session_id
-        self.uids: list[int] = []  # index = sequence number - 1
+        # index = sequence number - 1; 4 bytes per message (flagsync.packed_uids)
+        self.uids: array = array("I")
         self.highest_uid = 0
         # RFC 3501 2.3.2: the messages this session is the first to see (FLAGS \Recent,
         # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none.
@@ -44,20 +49,21 @@ class Selected:
         self._flags: set[int] = set()
         self._expunged: set[int] = set()
         self._resync = False
+        shared.selected(mailbox.id)
         self._unsubscribe: Callable[[], None] = listener.subscribe(mailbox.id, self._on_event)
 
-    async def load(self) -> list[asyncpg.Record]:
-        """Read the mailbox's (uid, flags) once, at SELECT."""
-        rows = await messages.uids_and_flags(self.pool, self.mailbox.id)
-        self.uids = [row["uid"] for row in rows]
+    async def load(self) -> flagsync.Summary:
+        """Read the mailbox's UIDs once, at SELECT (one query, no object per message)."""
+        summary = await flagsync.summary(self.pool, self.mailbox.id)
+        self.uids = summary.uids
         self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
         first = self.mailbox.first_recent_uid
         if not self.readonly and self.uids and self.uids[-1] >= first:
             first = await mailboxes.claim_recent(self.pool, self.mailbox.id, self.uids[-1])
-        self.recent = {uid for uid in self.uids if uid >= first}
+        self.recent = set(self.uids[bisect.bisect_left(self.uids, first) :])
         self.recent_reported = len(self.recent)
-        self.keywords = {f for row in rows for f in row["flags"] if not f.startswith("\\")}
-        return rows
+        self.keywords = set(summary.keywords)
+        return summary
 
     def flag_lines(self) -> list[bytes]:
         """The FLAGS and PERMANENTFLAGS responses for the keywords known so far."""
@@ -83,6 +89,7 @@ class Selected:
 
     def close(self) -> None:
         self._unsubscribe()
+        shared.unselected(self.mailbox.id)
 
     # -- numbers --
     def __len__(self) -> int:
@@ -116,6 +123,25 @@ class Selected:
             chosen.extend(self.uids[start:stop])
         return sorted(set(chosen))
 
+    def runs(self, uids: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+        """`uids` (ascending, all in this view) as runs of consecutive UIDs at consecutive
+        sequence numbers: (lowest UIDs, highest UIDs, sequence numbers of the lowest)."""
+        lows: list[int] = []
+        highs: list[int] = []
+        seqs: list[int] = []
+        view = self.uids
+        index = -2
+        for uid in uids:
+            if highs and uid == highs[-1] + 1 and index + 1 < len(view) and view[index + 1] == uid:
+                highs[-1] = uid
+                index += 1
+                continue
+            index = bisect.bisect_left(view, uid)
+            lows.append(uid)
+            highs.append(uid)
+            seqs.append(index + 1)
+        return lows, highs, seqs
+
     def is_sequence_valid(self, sequence: SequenceSet) -> bool:
         """Numbers beyond the last message are an error; a range ending in "*" never is
         (`FETCH 1:*` in an empty mailbox names nothing)."""
@@ -126,6 +152,7 @@ class Selected:
 
     # -- changes --
     def _on_event(self, event: events.Event) -> None:
+        shared.note(self.mailbox.id, event)
         if event.kind == events.NEW:
             if event.uid > self.highest_uid:
                 self._new = True
@@ -179,21 +206,32 @@ class Selected:
             lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(gone)))
         if self._new:
             self._new = False
-            rows = await messages.uids_and_flags(self.pool, self.mailbox.id, self.highest_uid)
+            mailbox_id, after = self.mailbox.id, self.highest_uid
+            rows = await shared.read(
+                ("new", id(self.pool), mailbox_id, shared.generation(mailbox_id), after),
+                lambda: messages.uids_and_flags(self.pool, mailbox_id, after),
+            )
             if rows:
                 lines.extend(self.announce(f for row in rows for f in row["flags"]))
                 self.uids.extend(row["uid"] for row in rows)
                 self.highest_uid = rows[-1]["uid"]
                 lines.append(b"* %d EXISTS\r\n" % len(self.uids))
-                if not self.readonly:
-                    first = await mailboxes.claim_recent(
-                        self.pool, self.mailbox.id, rows[-1]["uid"]
-                    )
+                newest = rows[-1]["uid"]
+                claim_key = (id(self.pool), self.mailbox.id, self.mailbox.uidvalidity)
+                if not self.readonly and newest > _claimed.get(claim_key, 0):
+                    # the first session of this process to learn of the new mail tries to
+                    # claim it; the others know another session has it (no UPDATE each)
+                    _claimed[claim_key] = newest
+                    first = await mailboxes.claim_recent(self.pool, self.mailbox.id, newest)
                     self.recent.update(row["uid"] for row in rows if row["uid"] >= first)
                 lines.extend(self._recent_update())
         if self._flags:
             changed, self._flags = sorted(self._flags), set()
-            rows = await messages.fetch_rows(self.pool, self.mailbox.id, changed, ["flags"])
+            mailbox_id = self.mailbox.id
+            rows = await shared.read(
+                ("flags", id(self.pool), mailbox_id, shared.generation(mailbox_id), tuple(changed)),
+                lambda: messages.fetch_rows(self.pool, mailbox_id, changed, ["flags"]),
+            )
             lines.extend(self.announce(f for row in rows for f in row["flags"]))
             for row in rows:
                 seq = self.seq_of(row["uid"])

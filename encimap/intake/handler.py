@@ -36,9 +36,10 @@ class IntakeHandler:
         # cancel a transaction half-way; shutdown waits for these.
         self.deliveries = Sessions()
         self._deliverer = Deliverer(pool, config, self.deliveries)
-        self._certificates = CertificateCache()
+        size = config.intake.recipient_cache_size
+        self._certificates = CertificateCache(size)
         max_age = config.intake.recipient_cache_seconds
-        self.recipients = RecipientCache(pool, max_age) if max_age > 0 else None
+        self.recipients = RecipientCache(pool, max_age, size) if max_age > 0 else None
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Any, proxy: Any) -> bool:
         return True  # the trusted proxy's data is in session.proxy_data

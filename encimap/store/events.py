@@ -36,6 +36,7 @@ log = get_logger(__name__)
 CHANNEL = "encimap_mailbox"
 NEW, FLAGS, EXPUNGE, RESYNC = "new", "flags", "expunge", "resync"
 _MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
+_BARRIER_TIMEOUT = 5.0  # seconds a barrier waits for the LISTEN connection before giving up
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class Listener:
         while self._round is not None:
             waiting, self._round = self._round, None
             try:
-                async with self._in_use:
+                async with asyncio.timeout(_BARRIER_TIMEOUT), self._in_use:
                     connection = self._connection
                     if connection is not None:
                         try:
@@ -181,6 +182,8 @@ class Listener:
                             # the termination listener when a query fails with the backend)
                             self._lost.set()
                 await asyncio.sleep(0)  # let the notification callbacks queued before it run
+            except TimeoutError:
+                self._lost.set()  # an unanswered LISTEN connection is as good as lost
             finally:
                 if not waiting.done():
                     waiting.set_result(None)

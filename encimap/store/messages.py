@@ -8,6 +8,12 @@ or none. It serialises deliveries per vaultbox by locking the vaultbox's INBOX r
 duplicate check then sees every message committed before it, and UIDs become visible in
 increasing order (an IMAP client never sees a lower UID appear after a higher one).
 
+Writers lock the mailboxes they change before any message row (`lock_mailboxes`, the lock
+order of sql/encimap/repeatable/35_message_counters.sql, whose triggers keep the mailbox and
+vaultbox counters): two writers of one mailbox queue on its row instead of deadlocking on its
+messages. UID sets travel as ranges (`encimap.store.uidsets`), so no plan grows with the square
+of the mailbox.
+
 Every change publishes a NOTIFY on `encimap_mailbox` in the same transaction (delivered on
 commit), so other sessions learn about it without polling; see `encimap.store.events`.
 Queries name one mailbox and exact UIDs, so their cost follows what is asked, not the mailbox.
@@ -25,7 +31,7 @@ from typing import Literal
 import asyncpg
 
 from encimap import mimeinfo
-from encimap.store import events
+from encimap.store import events, uidsets
 from encimap.store.errors import NotFound
 from encimap.store.types import Executor
 
@@ -47,11 +53,29 @@ COLUMNS = frozenset(
         "body_encrypted",
     }
 )
+# The stored bytes of a message: `body` for what encimap stored, the platform's TEXT column for
+# mail its old service stored (see sql/encimap/002_encimap_tables.sql). FETCH reads them under
+# the name `body_encrypted`.
+STORED_BYTES = "coalesce(body, convert_to(body_encrypted, 'UTF8'))"
+_SELECTED = {"body_encrypted": f"{STORED_BYTES} AS body_encrypted"}
+# The messages of mailbox $1 with UIDs in the ranges $2, $3 (see encimap.store.uidsets).
+_IN_RANGES = uidsets.messages("{columns}", "$1", "$2", "$3")
+# The same messages for an UPDATE or DELETE of `t`: their ctids collected once, then a TID
+# scan, which every plan uses for `ctid = ANY(...)` (joined on the UID instead, a plan may
+# rescan the ranges for each candidate row or read the whole mailbox). A row another
+# transaction changed meanwhile is still found: PostgreSQL rechecks the mailbox condition on
+# its new version.
+_CHOSEN = (
+    "t.ctid = ANY(ARRAY(SELECT e.ctid FROM "  # noqa: S608 - fixed SQL
+    + _IN_RANGES.format(columns="ctid")
+    + ")) AND t.mailbox_id = $1"
+)
 # What a copy carries over besides the mailbox and UID.
 _COPIED = (
-    "vaultbox_id, message_id, sender, recipient, subject_encrypted, body_encrypted, body_sha256, "
-    "encryption_method, certificate_fingerprints, size_bytes, flags, internal_date, envelope, "
-    "bodystructure, bodystructure_basic, mime_parts, sent_date, search_headers"
+    "vaultbox_id, message_id, sender, recipient, subject_encrypted, body_encrypted, body, "
+    "body_sha256, encryption_method, certificate_fingerprints, size_bytes, flags, internal_date, "
+    "envelope, bodystructure, bodystructure_basic, mime_parts, sent_date, search_headers, "
+    "processed_at"
 )
 
 
@@ -63,7 +87,8 @@ class Inserted:
     uidvalidity: int
 
 
-# The IMAP columns in the order the SQL functions (sql/encimap/007_cheaper_deliver.sql) take them.
+# The IMAP columns in the order the SQL functions (sql/encimap/repeatable/30_store_message.sql)
+# take them.
 INFO_COLUMNS = (
     "envelope",
     "bodystructure",
@@ -75,7 +100,7 @@ INFO_COLUMNS = (
 
 
 def info_columns(info: mimeinfo.MessageInfo) -> dict[str, object]:
-    """The stored form of what FETCH and SEARCH need (see sql/encimap/004_imap.sql)."""
+    """The stored form of what FETCH and SEARCH need (see sql/encimap/002_encimap_tables.sql)."""
     return {
         "envelope": info.envelope,
         "bodystructure": info.bodystructure,
@@ -113,7 +138,7 @@ async def insert_message(
     atomic on its own or part of the caller's transaction. The mailbox row lock taken by the
     UID allocation orders concurrent inserts, so UIDs become visible in increasing order.
     """
-    columns = info_columns(info or mimeinfo.describe(body))
+    info_values = _info_values(info or mimeinfo.describe(body))
     row = await conn.fetchrow(
         """SELECT * FROM encimap_insert_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
                                                 $12, $13, $14, $15, $16, $17, $18, $19)""",
@@ -130,7 +155,7 @@ async def insert_message(
         body_sha256,
         encryption_method,
         list(certificate_fingerprints),
-        *(columns[name] for name in INFO_COLUMNS),
+        *info_values,
     )
     if row["email_id"] is None:
         raise NotFound(f"vaultbox {vaultbox_id} has no mailbox {mailbox_id or mailbox_name}")
@@ -155,34 +180,48 @@ async def fetch_rows(
     unknown = set(wanted) - COLUMNS
     if unknown:
         raise ValueError(f"unknown message columns {sorted(unknown)}")
+    selected = ", ".join(_SELECTED.get(name, name) for name in wanted)
     return await db.fetch(
-        f"""SELECT {", ".join(wanted)} FROM encrypted_emails
-             WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) ORDER BY uid""",  # noqa: S608
+        f"SELECT e.* FROM {_IN_RANGES.format(columns=selected)} ORDER BY e.uid",  # noqa: S608
         mailbox_id,
-        list(uids),
+        *uidsets.ranges(uids),
     )
 
 
 async def sizes(db: Executor, mailbox_id: int, uids: Sequence[int]) -> dict[int, int]:
     """Stored sizes of the messages with these UIDs (an index-only read)."""
     rows = await db.fetch(
-        """SELECT uid, size_bytes FROM encrypted_emails
-            WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",
+        f"SELECT e.uid, e.size_bytes FROM {_IN_RANGES.format(columns='uid, size_bytes')}",  # noqa: S608
         mailbox_id,
-        list(uids),
+        *uidsets.ranges(uids),
     )
     return {row["uid"]: row["size_bytes"] for row in rows}
 
 
+async def lock_mailboxes(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    vaultbox_id: uuid.UUID,
+    mailbox_ids: Iterable[int],
+) -> list[int]:
+    """Lock these mailboxes of the vaultbox until the transaction ends, in id order, before
+    their messages are changed (the lock order that keeps writers from deadlocking); the ids
+    that exist."""
+    return list(
+        await conn.fetchval(
+            "SELECT encimap_lock_mailboxes($1, $2::bigint[])", vaultbox_id, sorted(set(mailbox_ids))
+        )
+    )
+
+
 async def sort_rows(db: Executor, mailbox_id: int, uids: Sequence[int]) -> list[asyncpg.Record]:
-    """What SORT orders by: uid, internal_date, size_bytes and the outer header bytes (the
-    stored message up to its body, which is in clear above the S/MIME envelope)."""
+    """What SORT and THREAD order by: uid, internal_date, size_bytes and the outer header
+    bytes (the stored message up to its body, which is in clear above the S/MIME envelope)."""
     return await db.fetch(
-        """SELECT uid, internal_date, size_bytes,
-                  substring(body_encrypted FROM 1
-                            FOR coalesce((mime_parts->0->>2)::integer, 65536)) AS header
-             FROM encrypted_emails
-            WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",
+        f"""SELECT uid, internal_date, size_bytes,
+                   substring({STORED_BYTES} FROM 1
+                             FOR coalesce((mime_parts->0->>2)::integer, 65536)) AS header
+              FROM encrypted_emails
+             WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",  # noqa: S608 - constant
         mailbox_id,
         list(uids),
     )
@@ -191,51 +230,49 @@ async def sort_rows(db: Executor, mailbox_id: int, uids: Sequence[int]) -> list[
 async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
     """Compute and persist ENVELOPE/BODYSTRUCTURE for a row stored without them."""
     body = await db.fetchval(
-        "SELECT body_encrypted FROM encrypted_emails WHERE id = $1", message_id
+        f"SELECT {STORED_BYTES} FROM encrypted_emails WHERE id = $1",  # noqa: S608 - constant
+        message_id,
     )
     if body is None:
         raise NotFound(f"no message {message_id}")
     info = mimeinfo.describe(body)
-    columns = info_columns(info)
-    await db.execute(
+    await save_info(db, message_id, info)
+    return info
+
+
+async def save_info(db: Executor, message_id: uuid.UUID, info: mimeinfo.MessageInfo) -> None:
+    await save_infos(db, [(message_id, info)])
+
+
+async def save_infos(
+    db: Executor, described: Sequence[tuple[uuid.UUID, mimeinfo.MessageInfo]]
+) -> None:
+    """Persist ENVELOPE/BODYSTRUCTURE and the search fields of messages stored without them."""
+    await db.executemany(
         """UPDATE encrypted_emails
               SET envelope = $2, bodystructure = $3, bodystructure_basic = $4,
                   mime_parts = $5::jsonb, sent_date = $6, search_headers = $7::jsonb
             WHERE id = $1""",
-        message_id,
-        columns["envelope"],
-        columns["bodystructure"],
-        columns["bodystructure_basic"],
-        columns["mime_parts"],
-        columns["sent_date"],
-        columns["search_headers"],
-    )
-    return info
-
-
-# Changes to several messages lock their rows in UID order first: two sessions changing
-# overlapping sets (STORE, EXPUNGE, MOVE) then wait for each other instead of deadlocking.
-def _locked(condition: str) -> str:
-    """The UIDs of mailbox $1 matching `condition` (fixed SQL), locked in UID order."""
-    return (
-        "SELECT uid FROM encrypted_emails"  # noqa: S608 - fixed SQL fragments only
-        f" WHERE mailbox_id = $1 AND {condition} ORDER BY uid FOR UPDATE"
+        [(message_id, *_info_values(info)) for message_id, info in described],
     )
 
 
-_DELETED = r"flags @> ARRAY['\Deleted']"
+def _info_values(info: mimeinfo.MessageInfo) -> list[object]:
+    columns = info_columns(info)
+    return [columns[name] for name in INFO_COLUMNS]
+
 
 _FLAG_CHANGE = {
     # (new value, condition under which a row changes)
     "add": (
-        "ARRAY(SELECT DISTINCT f FROM unnest(flags || $3::text[]) f ORDER BY f)",
-        "NOT flags @> $3::text[]",
+        "ARRAY(SELECT DISTINCT f FROM unnest(t.flags || $4::text[]) f ORDER BY f)",
+        "NOT t.flags @> $4::text[]",
     ),
     "remove": (
-        "ARRAY(SELECT f FROM unnest(flags) f WHERE f <> ALL($3::text[]) ORDER BY f)",
-        "flags && $3::text[]",
+        "ARRAY(SELECT f FROM unnest(t.flags) f WHERE f <> ALL($4::text[]) ORDER BY f)",
+        "t.flags && $4::text[]",
     ),
-    "replace": ("$3::text[]", "NOT (flags @> $3::text[] AND flags <@ $3::text[])"),
+    "replace": ("$4::text[]", "NOT (t.flags @> $4::text[] AND t.flags <@ $4::text[])"),
 }
 
 
@@ -256,13 +293,13 @@ async def store_flags(
     """
     new_value, condition = _FLAG_CHANGE[mode]
     async with conn.transaction():
+        await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
         rows = await conn.fetch(
-            f"""WITH locked AS ({_locked(f"uid = ANY($2::bigint[]) AND {condition}")})
-                UPDATE encrypted_emails SET flags = {new_value}
-                 WHERE mailbox_id = $1 AND uid IN (SELECT uid FROM locked)
-                RETURNING uid, flags""",  # noqa: S608 - fixed SQL fragments only
+            f"""UPDATE encrypted_emails t SET flags = {new_value}
+                 WHERE {_CHOSEN} AND {condition}
+                RETURNING t.uid, t.flags""",  # noqa: S608 - fixed SQL fragments only
             mailbox_id,
-            list(uids),
+            *uidsets.ranges(uids),
             sorted(set(flags)),
         )
         if rows:
@@ -282,14 +319,22 @@ async def expunge(
 ) -> list[int]:
     """Delete the messages flagged \\Deleted (only among `uids` when given); their UIDs."""
     async with conn.transaction():
-        condition = _DELETED if uids is None else f"uid = ANY($2::bigint[]) AND {_DELETED}"
-        rows = await conn.fetch(
-            f"""WITH locked AS ({_locked(condition)})
-                DELETE FROM encrypted_emails
-                 WHERE mailbox_id = $1 AND uid IN (SELECT uid FROM locked) RETURNING uid""",  # noqa: S608
-            mailbox_id,
-            *([] if uids is None else [list(uids)]),
-        )
+        await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
+        if uids is None:
+            # The partial index encrypted_emails_deleted_idx holds exactly these rows.
+            rows = await conn.fetch(
+                r"""DELETE FROM encrypted_emails
+                     WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted'] RETURNING uid""",
+                mailbox_id,
+            )
+        else:
+            rows = await conn.fetch(
+                rf"""DELETE FROM encrypted_emails t
+                      WHERE {_CHOSEN} AND t.flags @> ARRAY['\Deleted']
+                     RETURNING t.uid""",  # noqa: S608
+                mailbox_id,
+                *uidsets.ranges(uids),
+            )
         gone = sorted(row["uid"] for row in rows)
         if gone:
             await events.publish_change(conn, vaultbox_id, mailbox_id, events.EXPUNGE, origin, gone)
@@ -312,13 +357,13 @@ async def copy_messages(
     `vaultbox_id`; a message never leaves its vaultbox.
     """
     async with conn.transaction():
+        locked = await lock_mailboxes(conn, vaultbox_id, [source_id, target_id])
+        if source_id not in locked:
+            raise NotFound(f"no mailbox {source_id}")
         existing = await conn.fetch(
-            """SELECT e.uid FROM encrypted_emails e JOIN mailboxes m ON m.id = e.mailbox_id
-                WHERE e.mailbox_id = $1 AND m.vaultbox_id = $2 AND e.uid = ANY($3::bigint[])
-                ORDER BY e.uid""",
+            f"SELECT e.uid FROM {_IN_RANGES.format(columns='uid')} ORDER BY e.uid",  # noqa: S608
             source_id,
-            vaultbox_id,
-            list(uids),
+            *uidsets.ranges(uids),
         )
         source_uids = [row["uid"] for row in existing]
         target = await conn.fetchrow(
@@ -338,7 +383,10 @@ async def copy_messages(
             f"""INSERT INTO encrypted_emails (mailbox_id, uid, {_COPIED})
                 SELECT $1, m.new_uid, {_COPIED}
                   FROM unnest($3::bigint[], $4::bigint[]) AS m(old_uid, new_uid)
-                  JOIN encrypted_emails e ON e.mailbox_id = $2 AND e.uid = m.old_uid""",  # noqa: S608
+                 CROSS JOIN LATERAL (
+                       -- one index lookup per message in any plan (see _IN_RANGES)
+                       SELECT {_COPIED} FROM encrypted_emails
+                        WHERE mailbox_id = $2 AND uid = m.old_uid OFFSET 0) AS e""",  # noqa: S608
             target_id,
             source_id,
             source_uids,
@@ -347,11 +395,9 @@ async def copy_messages(
         await events.publish_new(conn, vaultbox_id, target_id, new_uids[-1])
         if move:
             await conn.execute(
-                f"""WITH locked AS ({_locked("uid = ANY($2::bigint[])")})
-                    DELETE FROM encrypted_emails
-                     WHERE mailbox_id = $1 AND uid IN (SELECT uid FROM locked)""",  # noqa: S608
+                f"DELETE FROM encrypted_emails t WHERE {_CHOSEN}",  # noqa: S608
                 source_id,
-                source_uids,
+                *uidsets.ranges(source_uids),
             )
             await events.publish_change(
                 conn, vaultbox_id, source_id, events.EXPUNGE, origin, source_uids
@@ -399,11 +445,11 @@ async def deliver(
 
     A duplicate is the same Message-ID and body hash delivered to the same vaultbox within the
     window: an MTA retrying after a lost reply. It is answered as delivered and stored once.
-    One statement (`encimap_deliver`, sql/encimap/007_cheaper_deliver.sql), so one round trip: on a
-    pool or connection outside a transaction it commits on its own before returning; inside
-    the caller's transaction (SMTP mode) it commits with it.
+    One statement (`encimap_deliver`, sql/encimap/repeatable/30_store_message.sql), so one
+    round trip: on a pool or connection outside a transaction it commits on its own before
+    returning; inside the caller's transaction (SMTP mode) it commits with it.
     """
-    columns = info_columns(message.info or mimeinfo.describe(message.body))
+    info_values = _info_values(message.info or mimeinfo.describe(message.body))
     row = await db.fetchrow(
         """SELECT * FROM encimap_deliver($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                          $14, $15, $16, $17, $18, $19, $20, $21)""",
@@ -417,7 +463,7 @@ async def deliver(
         message.body_sha256,
         message.encryption_method,
         message.certificate_fingerprints,
-        *(columns[name] for name in INFO_COLUMNS),
+        *info_values,
         float(duplicate_window_seconds),
         queue_id,
         message.outcome,

@@ -35,18 +35,19 @@ async def find_recipient(db: Executor, addresses: Sequence[str]) -> Recipient | 
     parts = [split_address(address) for address in addresses]
     row = await db.fetchrow(
         """SELECT v.id, v.user_id, v.alias, v.domain, v.name, v.status, v.limits,
-                  v.smtp_enabled, u.messages, u.bytes,
+                  v.smtp_enabled, coalesce(u.messages, 0) AS messages,
+                  coalesce(u.bytes, 0) AS bytes,
                   ARRAY(SELECT c.pem_content FROM public_certificates c
                          WHERE c.vaultbox_id = v.id ORDER BY c.created_at DESC) AS pems
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS a(alias, domain, rank)
              JOIN vaultboxes v ON lower(v.alias) = lower(a.alias)
                               AND lower(v.domain) = lower(a.domain)
+                              -- the predicate of vaultboxes_address_key, so the
+                              -- lookup is an index scan; then no status, no delivery
+                              AND v.status IS DISTINCT FROM 'deleted'
                               AND v.status <> 'deleted'
-             CROSS JOIN LATERAL (
-                   -- Counted only for a vaultbox with a quota (a one-time filter otherwise).
-                   SELECT count(*) AS messages, coalesce(sum(e.size_bytes), 0) AS bytes
-                     FROM encrypted_emails e
-                    WHERE e.vaultbox_id = v.id AND v.limits ?| $3::text[]) u
+             -- The usage counters kept at write time (one row; none before the first message).
+             LEFT JOIN vaultbox_usage u ON u.vaultbox_id = v.id AND v.limits ?| $3::text[]
             ORDER BY a.rank
             LIMIT 1""",
         [alias for alias, _ in parts],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
+from encimap.store import flagsync, uidsets
 from encimap.store.types import Executor
 
 SEARCHABLE_HEADERS = ("from", "to", "cc", "bcc", "subject")
@@ -100,7 +101,8 @@ class _Compiler:
                 test = f"flags @> ARRAY[{self.param(flag, '::text')}]"
                 return test if present else f"NOT {test}"
             case Uids(uids):
-                return f"uid = ANY({self.param(list(uids), '::bigint[]')})"
+                # A multirange: one binary search per row whatever the size of the set.
+                return f"uid <@ {self.param(uidsets.multirange(uids), '::text::int8multirange')}"
             case Not(inner):
                 return f"NOT ({self.sql(inner)})"
             case Or(left, right):
@@ -135,15 +137,17 @@ class _Compiler:
         )
 
 
-async def search(db: Executor, mailbox_id: int, key: Key, within: Sequence[int]) -> list[int]:
-    """UIDs in `within` (the session's view of the mailbox) matching `key`, ascending."""
+async def search(db: Executor, mailbox_id: int, key: Key, within: Sequence[int]) -> Sequence[int]:
+    """UIDs in `within` (the session's view of the mailbox; a `range` costs nothing to send)
+    matching `key`, ascending; as a packed array (flagsync.packed_uids), not an object per
+    message."""
     compiler = _Compiler(mailbox_id)
     condition = compiler.sql(key)
-    scope = compiler.param(list(within), "::bigint[]")
-    rows = await db.fetch(
-        f"""SELECT uid FROM encrypted_emails
-             WHERE mailbox_id = $1 AND uid = ANY({scope}) AND ({condition})
-             ORDER BY uid""",  # noqa: S608 - only placeholders and fixed SQL are interpolated
+    lows, highs = uidsets.ranges(within)
+    scope = uidsets.messages("*", "$1", compiler.param(lows), compiler.param(highs))
+    data = await db.fetchval(
+        f"""SELECT array_send(ARRAY(SELECT e.uid FROM {scope} WHERE ({condition})
+                                     ORDER BY e.uid))""",  # noqa: S608 - placeholders, fixed SQL
         *compiler.params,
     )
-    return [row["uid"] for row in rows]
+    return flagsync.packed_uids(data)

@@ -19,7 +19,7 @@ from encimap.imap.commands import SELECTED, command
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.parser import FetchItem, Reader, Section, parse_fetch_items
 from encimap.imap.session import Session, bad
-from encimap.store import messages
+from encimap.store import flagsync, messages
 
 _CHUNK_WITH_BODY = 200
 _CHUNK_METADATA = 2000
@@ -36,6 +36,7 @@ _COLUMNS_FOR = {
     "RFC822.HEADER": ("body_encrypted", "mime_parts", "id"),
     "RFC822.TEXT": ("body_encrypted", "mime_parts", "id"),
 }
+_FLAG_SYNC = frozenset({"UID", "FLAGS"})
 _DERIVED = ("envelope", "bodystructure", "bodystructure_basic", "mime_parts")
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
 
@@ -102,6 +103,17 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             )
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
+    if all(
+        item.name in _FLAG_SYNC and item.section is None for item in items
+    ) and selected.recent.isdisjoint(uids):  # \Recent is the session's, not in the database
+        # A flag resync (`UID FETCH 1:* (UID FLAGS)`): rendered by PostgreSQL, no object
+        # per message.
+        runs = selected.runs(uids)
+        names = [item.name for item in items]
+        session.send(
+            await flagsync.flag_responses(session.server.pool, selected.mailbox.id, runs, names)
+        )
+        return "OK Fetch completed."
     columns = columns_for(items)
     for chunk in await _chunks(session, uids, columns):
         for data in await _rows(session, chunk, columns):
@@ -113,10 +125,18 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
                     session.send(line)
                 if data["uid"] in selected.recent:
                     data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
-            session.send(
-                b"* %d FETCH (%b)\r\n" % (seq, b" ".join(_render(item, data) for item in items))
-            )
-        await session.maybe_flush()
+            # Streamed piece by piece: a message body goes out in drained chunks, so no
+            # response (BODY[] a thousand times over) is ever built whole in memory.
+            session.send(b"* %d FETCH (" % seq)
+            for index, item in enumerate(items):
+                head, content = _render(item, data)
+                session.send(head if not index else b" " + head)
+                if content is not None:
+                    await session.send_large(content)
+                else:
+                    await session.maybe_flush()
+            session.send(b")\r\n")
+            await session.maybe_flush()
     return "OK Fetch completed."
 
 
@@ -178,32 +198,37 @@ async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) 
     return data
 
 
-def _render(item: FetchItem, row: dict[str, Any]) -> bytes:
+def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
+    """The item's response text, and for a literal its content (sent on its own)."""
     name = item.name
     if item.section is not None:
         content = section_bytes(row, item.section)
         if item.partial is not None:
             start, length = item.partial
             content = content[start : start + length]
-        return item.label().encode() + b" " + wire.literal_bytes(content)
+        return _literal(item.label().encode(), content)
     if name == "UID":
-        return b"UID %d" % row["uid"]
+        return b"UID %d" % row["uid"], None
     if name == "FLAGS":
-        return b"FLAGS " + wire.flag_list(row["flags"]).encode()
+        return b"FLAGS " + wire.flag_list(row["flags"]).encode(), None
     if name == "INTERNALDATE":
-        return b"INTERNALDATE " + wire.internal_date(row["internal_date"]).encode()
+        return b"INTERNALDATE " + wire.internal_date(row["internal_date"]).encode(), None
     if name == "RFC822.SIZE":
-        return b"RFC822.SIZE %d" % row["size_bytes"]
+        return b"RFC822.SIZE %d" % row["size_bytes"], None
     if name == "ENVELOPE":
-        return b"ENVELOPE " + mimeinfo.wire(row["envelope"])
+        return b"ENVELOPE " + mimeinfo.wire(row["envelope"]), None
     if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + mimeinfo.wire(row["bodystructure"])
+        return b"BODYSTRUCTURE " + mimeinfo.wire(row["bodystructure"]), None
     if name == "BODY":
-        return b"BODY " + mimeinfo.wire(row["bodystructure_basic"])
+        return b"BODY " + mimeinfo.wire(row["bodystructure_basic"]), None
     if name == "RFC822":
-        return b"RFC822 " + wire.literal_bytes(row["body_encrypted"])
+        return _literal(b"RFC822", row["body_encrypted"])
     part = section_bytes(row, Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT"))
-    return name.encode() + b" " + wire.literal_bytes(part)
+    return _literal(name.encode(), part)
+
+
+def _literal(label: bytes, content: bytes) -> tuple[bytes, bytes]:
+    return b"%b {%d}\r\n" % (label, len(content)), content
 
 
 def section_bytes(row: dict[str, Any], section: Section) -> bytes:

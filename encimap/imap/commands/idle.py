@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from encimap.db import DATABASE_ERRORS
 from encimap.imap.commands import AUTHENTICATED, command
 from encimap.imap.parser import Reader
 from encimap.imap.session import Session, bad
+from encimap.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @command("IDLE", states=AUTHENTICATED)
@@ -19,19 +23,8 @@ async def idle(session: Session, _tag: str, reader: Reader) -> str:
     await session.flush()
     done = asyncio.ensure_future(session.read_line())
     try:
-        while True:
-            waiters: set[asyncio.Future[object]] = {done}
-            changed = None
-            if session.selected is not None:
-                changed = asyncio.ensure_future(session.selected.changed.wait())
-                waiters.add(changed)
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if changed is not None and not changed.done():
-                changed.cancel()
-            if done.done():
-                break
-            await session.after_command(expunge_ok=True)
-            await session.flush()
+        with session.waiting_for_client():
+            await _wait(session, done)
     finally:
         if not done.done():
             done.cancel()
@@ -40,3 +33,27 @@ async def idle(session: Session, _tag: str, reader: Reader) -> str:
     if done.result().strip().upper() != b"DONE":
         raise bad("Expected DONE")
     return "OK Idle completed."
+
+
+async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
+    """Report changes until the client's line (DONE) arrives."""
+    while True:
+        waiters: set[asyncio.Future[object]] = {done}
+        changed = None
+        if session.selected is not None:
+            changed = asyncio.ensure_future(session.selected.changed.wait())
+            waiters.add(changed)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if changed is not None and not changed.done():
+                changed.cancel()
+        if done.done():
+            break
+        try:
+            await session.after_command(expunge_ok=True)
+        except DATABASE_ERRORS as exc:
+            # Keep idling: the mailbox listener resynchronises every session once the
+            # database is back, which wakes this one again.
+            log.warning("imap.idle_unavailable", session=session.id, error=str(exc) or repr(exc))
+        await session.flush()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from encimap.imap.commands import SELECTED, command, esearch
-from encimap.imap.parser import Reader, RecentKey, SetKey, parse_search
+from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
 from encimap.imap.selected import Selected
-from encimap.imap.session import Session
+from encimap.imap.session import Session, no
 from encimap.store import search as keys
 
 
@@ -33,7 +33,10 @@ async def matching_uids(session: Session, program_key: object) -> list[int]:
     if not selected.uids:
         return []
     key = _resolve(program_key, selected)
-    return await keys.search(session.server.pool, selected.mailbox.id, key, selected.uids)
+    # The session's view as one range: the stored UIDs between its first and last are exactly
+    # those it knows (UIDs only grow; newer messages are above its last), so this is exact.
+    view = range(selected.uids[0], selected.uids[-1] + 1)
+    return await keys.search(session.server.pool, selected.mailbox.id, key, view)
 
 
 @command("SEARCH", states=SELECTED, expunge_ok=False)
@@ -50,7 +53,11 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
     selected = session.selected
     assert selected is not None
     reader.sp()
-    program = parse_search(reader)
+    limit = session.config.max_search_keys
+    try:
+        program = parse_search(reader, max_keys=limit)
+    except TooManyKeys:
+        raise no(f"[LIMIT] Too many search keys (at most {limit})") from None
     options = None
     if program.return_options is not None:
         options = esearch.check_options(program.return_options)

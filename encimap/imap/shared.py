@@ -1,0 +1,56 @@
+"""One query for many sessions: when a mailbox changes, every session that has it selected
+wakes at once and asks the same question (the messages above the UID it knows, the flags of
+the messages that changed). Identical reads under way are shared: the first starts the query,
+the others await its answer, so a change costs one query per mailbox, not one per session.
+
+A caller joins a read only if no event of the mailbox was dispatched since that read began
+(`generation` is part of the key): the read then saw every change the caller was told of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+_in_flight: dict[Hashable, asyncio.Future[Any]] = {}
+# Per selected mailbox: the sessions that have it selected, the last event dispatched (every
+# subscriber is handed the same object) and the number dispatched so far.
+_mailboxes: dict[int, list[Any]] = {}
+
+
+def selected(mailbox_id: int) -> None:
+    _mailboxes.setdefault(mailbox_id, [0, None, 0])[0] += 1
+
+
+def unselected(mailbox_id: int) -> None:
+    entry = _mailboxes.get(mailbox_id)
+    if entry is not None:
+        entry[0] -= 1
+        if entry[0] <= 0:
+            del _mailboxes[mailbox_id]
+
+
+def note(mailbox_id: int, event: object) -> None:
+    """Count an event of the mailbox once, however many sessions are handed it."""
+    entry = _mailboxes.get(mailbox_id)
+    if entry is not None and event is not entry[1]:
+        entry[1] = event
+        entry[2] += 1
+
+
+def generation(mailbox_id: int) -> int:
+    entry = _mailboxes.get(mailbox_id)
+    return entry[2] if entry is not None else 0
+
+
+async def read(key: Hashable, query: Callable[[], Awaitable[Any]]) -> Any:
+    """The answer of `query()`, shared with every caller asking under the same `key` while it
+    runs. The answer is shared as is: callers must not change it. A caller cancelled while
+    waiting does not cancel the query for the others."""
+    future = _in_flight.get(key)
+    if future is None:
+        future = asyncio.ensure_future(query())
+        _in_flight[key] = future
+        future.add_done_callback(lambda _done: _in_flight.pop(key, None))
+    return await asyncio.shield(future)
