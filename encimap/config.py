@@ -42,6 +42,14 @@ class DatabaseConfig:
     # $CREDENTIALS_DIRECTORY; a relative name is looked up there).
     motorical_password_file: str = ""
     encimap_password_file: str = ""
+    # Direct URLs for the LISTEN connections (auth cache, recipient cache, IMAP events) when
+    # the URLs above go through a pooler that cannot carry LISTEN/NOTIFY (PgBouncer in
+    # transaction mode). "" = the URL above.
+    motorical_listen_url: str = ""
+    encimap_listen_url: str = ""
+    # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
+    # mode (before 1.21 it cannot keep named prepared statements apart between clients).
+    statement_cache_size: int = 100
 
 
 @dataclass(frozen=True)

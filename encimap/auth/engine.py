@@ -47,7 +47,15 @@ class _Refused(Exception):
 
 
 class AuthEngine:
-    def __init__(self, config: Config, motorical: asyncpg.Pool, encimap: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        config: Config,
+        motorical: asyncpg.Pool,
+        encimap: asyncpg.Pool,
+        *,
+        listen: asyncpg.Pool | None = None,
+    ) -> None:
+        """`listen`: the pool the cache's LISTEN connection comes from (default `encimap`)."""
         self.config = config
         self._auth = config.auth
         self._motorical = motorical
@@ -63,7 +71,7 @@ class AuthEngine:
         )
         self._lookup_timeout = config.database.connect_timeout + config.database.command_timeout
         self._watch = events.Watch(
-            encimap, NOTIFY_CHANNEL, on_notify=self._on_notify, on_deaf=self.flush_cache
+            listen or encimap, NOTIFY_CHANNEL, on_notify=self._on_notify, on_deaf=self.flush_cache
         )
         self.listening = self._watch.listening
 
@@ -296,7 +304,8 @@ async def engine_for(runtime: Any) -> AuthEngine:
     async def build() -> AuthEngine:
         motorical = await runtime.pool("motorical", db.ROLE_AUTH, "auth")
         encimap = await runtime.pool("encimap", db.ROLE_AUTH, "auth")
-        engine = AuthEngine(runtime.config, motorical, encimap)
+        listen = await runtime.listen_pool("encimap", db.ROLE_AUTH)
+        engine = AuthEngine(runtime.config, motorical, encimap, listen=listen)
         await engine.start()
         runtime.stack.push_async_callback(engine.close)
         runtime.reload_hooks.append(engine.flush_cache)

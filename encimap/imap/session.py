@@ -12,8 +12,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
+from encimap import db
 from encimap.imap import parser
 from encimap.imap.selected import Selected
 from encimap.logs import get_logger
@@ -226,7 +225,7 @@ class Session:
             self.send(f"{reply.tag or tag} {reply.status} {reply.text}\r\n".encode())
         except (Disconnect, ConnectionError, asyncio.IncompleteReadError):
             raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except db.DATABASE_ERRORS as exc:
             log.warning("imap.unavailable", session=self.id, error=str(exc) or type(exc).__name__)
             self.send(f"{tag} NO [UNAVAILABLE] Temporary server failure, try again\r\n".encode())
         except Exception:

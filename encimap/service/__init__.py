@@ -63,6 +63,7 @@ class Runtime:
         self.config = config
         self.stack = stack
         self._pools: dict[tuple[str, str | None], asyncpg.Pool] = {}
+        self._listen_pools: dict[tuple[str, str | None], asyncpg.Pool] = {}
         self._tls: TLSMaterial | None = None
         self._shared: dict[str, Any] = {}
         self.reload_hooks: list[Callable[[], None]] = []
@@ -82,9 +83,37 @@ class Runtime:
             self._pools[key] = pool
         return self._pools[key]
 
+    async def listen_pool(self, database: db.Database, role: str | None) -> asyncpg.Pool:
+        """The process's pool for LISTEN connections on (database, role): one connection per
+        listener, on the database's listen URL (direct where the pools go through PgBouncer),
+        none held while nobody listens."""
+        key = (database, role)
+        if key not in self._listen_pools:
+            pool = await db.create_pool(
+                self.config.database,
+                database,
+                role=role,
+                purpose="listen",
+                min_size=0,
+                max_size=4,
+                listen=True,
+            )
+            self.stack.push_async_callback(pool.close)
+            self._listen_pools[key] = pool
+        return self._listen_pools[key]
+
     @property
     def pools(self) -> dict[tuple[str, str | None], asyncpg.Pool]:
         return dict(self._pools)
+
+    @property
+    def all_pools(self) -> dict[tuple[str, str | None, bool], asyncpg.Pool]:
+        """Every pool, keyed (database, role, is a listen pool)."""
+        pools = {(database, role, False): pool for (database, role), pool in self._pools.items()}
+        pools.update(
+            {(database, role, True): pool for (database, role), pool in self._listen_pools.items()}
+        )
+        return pools
 
     @property
     def tls(self) -> TLSMaterial:
