@@ -223,14 +223,23 @@ class Session:
             if reply.status == "NO":
                 await self.after_command(expunge_ok=False)
             self.send(f"{reply.tag or tag} {reply.status} {reply.text}\r\n".encode())
-        except (Disconnect, ConnectionError, asyncio.IncompleteReadError):
+        except (Disconnect, asyncio.IncompleteReadError):
             raise
+        except ConnectionError as exc:
+            # The client's connection, or the database's (refused or reset during a
+            # failover): only the client's ends the session.
+            if self.writer.is_closing() or self.reader.at_eof():
+                raise
+            self._unavailable(tag, exc)
         except db.DATABASE_ERRORS as exc:
-            log.warning("imap.unavailable", session=self.id, error=str(exc) or type(exc).__name__)
-            self.send(f"{tag} NO [UNAVAILABLE] Temporary server failure, try again\r\n".encode())
+            self._unavailable(tag, exc)
         except Exception:
             log.exception("imap.server_bug", session=self.id)
             self.send(f"{tag} NO [SERVERBUG] Internal error\r\n".encode())
+
+    def _unavailable(self, tag: str, exc: BaseException | None) -> None:
+        log.warning("imap.unavailable", session=self.id, error=str(exc) or type(exc).__name__)
+        self.send(f"{tag} NO [UNAVAILABLE] Temporary server failure, try again\r\n".encode())
 
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed)."""

@@ -1,0 +1,288 @@
+"""encimap against a Patroni cluster (etcd + three PostgreSQL 15 nodes, synchronous mode) and
+PgBouncer in transaction mode, all real and on loopback.
+
+The services get multi-host URLs (`target_session_attrs=read-write`) and are never restarted:
+across a `patronictl failover` and a SIGKILL of the primary's postmaster, every message that
+got a 250 is stored exactly once on the new primary, the others got a 4xx, and deliveries,
+IMAP sessions and logins carry on once a standby is promoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import smtplib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from encimap.pgcluster import free_port
+from encimap.store import credentials
+from tests.imap_support import RawClient, make_box
+from tests.intake_support import LMTPClient, add_certificate
+from tests.patroni_support import (
+    PatroniCluster,
+    PgBouncer,
+    flood_message,
+    lmtp_flood,
+    missing_programs,
+    prepare_databases,
+    stored_counts,
+)
+from tests.service_support import http_get, running_service
+from tests.submission_helpers import login as submission_login
+from tests.submission_helpers import message, sink, submission
+from tests.support import Databases, make_config, make_motorblock, make_vaultbox
+
+pytestmark = pytest.mark.skipif(
+    bool(missing_programs()),
+    reason=f"Patroni HA suite needs Debian's patroni, etcd-server and pgbouncer "
+    f"(scripts/system-deps.sh installs them); missing: {', '.join(missing_programs())}",
+)
+
+# Enough to keep the flood going well past the promotion on a 2-core machine.
+FLOOD = int(os.environ.get("ENCIMAP_HA_FLOOD", "2000"))
+CONNECTIONS = 4
+
+
+@pytest.fixture(scope="module")
+def ha() -> Iterator[PatroniCluster]:
+    cluster = PatroniCluster.create()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def ha_databases(ha: PatroniCluster) -> Databases:
+    return asyncio.run(prepare_databases(ha, "motorical_ha", "encimap_ha"))
+
+
+def ha_config(databases: Databases, tls_files, **sections):
+    ports = {name: free_port() for name in ("intake", "imap", "imaps", "metrics")}
+    settings = {
+        # A failover must not hold a delivery for long: fail fast, answer 451, retry later.
+        "database": {"connect_timeout": 2.0, "command_timeout": 5.0},
+        "intake": {"listen": f"127.0.0.1:{ports['intake']}", "hostname": "mx.test"},
+        "imap": {
+            "listen": f"127.0.0.1:{ports['imap']}",
+            "tls_listen": f"127.0.0.1:{ports['imaps']}",
+        },
+        "metrics": {"intake": f"127.0.0.1:{ports['metrics']}"},
+    }
+    for section, values in sections.items():
+        settings[section] = {**settings.get(section, {}), **values}
+    return make_config(databases, tls_files, **settings), ports
+
+
+async def _flood_across(ha: PatroniCluster, databases: Databases, tmp_path: Path, tls_files, fault):
+    box = await make_vaultbox(databases, f"flood{fault.__name__[:4]}@ha.test", kinds=())
+    await add_certificate(databases, box.vaultbox, tmp_path)
+    cfg, ports = ha_config(databases, tls_files)
+    ids = [f"{fault.__name__}-{number}@flood.test" for number in range(FLOOD)]
+    async with running_service(cfg, "intake"):
+        half_way = asyncio.Event()
+        flood = asyncio.create_task(
+            lmtp_flood(ports["intake"], box.vaultbox.address, ids, CONNECTIONS, half_way=half_way)
+        )
+        await half_way.wait()
+        old = await asyncio.to_thread(fault, ha)
+        new = await asyncio.to_thread(ha.wait_new_leader, old)
+        promoted_at = time.monotonic()
+        outcomes = await flood
+
+        codes = {outcome.code for outcome in outcomes}
+        assert codes <= {250, 451}, codes
+        accepted = {o.message_id for o in outcomes if o.code == 250}
+        refused = {o.message_id for o in outcomes if o.code != 250}
+        assert refused, "the failover went unnoticed: the test proves nothing"
+        assert any(o.code == 250 and o.at > promoted_at for o in outcomes), "no 250 after"
+
+        counts = await stored_counts(databases, box.vaultbox.id)
+        assert {mid for mid in accepted if counts.get(mid) != 1} == set()
+        assert all(counts.get(mid, 0) <= 1 for mid in refused)
+
+        # The intake's /readyz follows too: its pool is on the new primary.
+        status, body = await asyncio.to_thread(
+            http_get, f"http://127.0.0.1:{ports['metrics']}/readyz"
+        )
+        assert status == 200, body
+        assert f"encimap/encimap_intake: ok, primary {new.address} (" in body
+        metrics = (
+            await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
+        )[1]
+        assert re.search(
+            r'encimap_db_reconnects_total\{database="encimap",reason="\w+"\} [1-9]', metrics
+        )
+
+        # What got a 4xx is retried, as the MTA's queue would: now every message is stored
+        # exactly once (a 451 whose commit had reached the standby is a duplicate, not a copy).
+        retried = await lmtp_flood(ports["intake"], box.vaultbox.address, sorted(refused), 2)
+        assert {o.code for o in retried} == {250}
+    counts = await stored_counts(databases, box.vaultbox.id)
+    assert counts == dict.fromkeys(ids, 1)
+    await asyncio.to_thread(ha.wait_healthy)
+    return outcomes
+
+
+def failover(ha: PatroniCluster):
+    return ha.failover()[0]
+
+
+def kill_postmaster(ha: PatroniCluster):
+    return ha.kill_primary_postmaster()
+
+
+async def test_lmtp_flood_across_patronictl_failover(ha, ha_databases, tmp_path, tls_files):
+    await _flood_across(ha, ha_databases, tmp_path, tls_files, failover)
+
+
+async def test_lmtp_flood_across_sigkill_of_the_primary(ha, ha_databases, tmp_path, tls_files):
+    await _flood_across(ha, ha_databases, tmp_path, tls_files, kill_postmaster)
+
+
+async def _deliver(port: int, address: str, message_id: str) -> str:
+    client = await LMTPClient.connect(port)
+    try:
+        await client.command("LHLO t.test")
+        rcpt, data = await client.transaction("a@example.org", [address], flood_message(message_id))
+        return (data or rcpt)[0]
+    finally:
+        await client.close()
+
+
+async def test_imap_sessions_and_logins_follow_the_primary(
+    ha, ha_databases, tmp_path, tls_files, tls_ca
+):
+    box = await make_box(ha_databases, "idle@ha.test", tmp_path)
+    cfg, ports = ha_config(ha_databases, tls_files)
+    async with running_service(cfg, "intake"), running_service(cfg, "imap"):
+        assert (await _deliver(ports["intake"], "idle@ha.test", "first@t")).startswith("250")
+        idler = await RawClient.connect(ports["imaps"], tls_ca)
+        worker = await RawClient.connect(ports["imaps"], tls_ca)
+        for client in (idler, worker):
+            await client.login(box)
+            assert (await client.command("S", "SELECT INBOX"))[-1].startswith(b"S OK")
+        await idler.send(b"I IDLE\r\n")
+        assert (await idler.line()).startswith(b"+ ")
+
+        old = await asyncio.to_thread(ha.kill_primary_postmaster)
+        waiting = asyncio.create_task(asyncio.to_thread(ha.wait_new_leader, old))
+        # STATUS reads the database every time: during the failover it gets NO [UNAVAILABLE],
+        # and within seconds of the promotion OK again, in the same session.
+        replies: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while not (waiting.done() and replies and replies[-1] == b"OK"):
+            assert time.monotonic() < deadline, f"IMAP did not recover: {replies[-5:]}"
+            tag = f"C{len(replies)}"
+            reply = (await worker.command(tag, "STATUS INBOX (MESSAGES)"))[-1]
+            assert reply.startswith((f"{tag} OK".encode(), f"{tag} NO [UNAVAILABLE]".encode()))
+            replies.append(reply.split(b" ")[1])
+            await asyncio.sleep(0.05)
+        await waiting
+        assert b"NO" in replies, replies
+        fetched = await worker.command("F", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        assert fetched[-1].startswith(b"F OK"), fetched
+
+        # IDLE hears mail delivered after the failover (its LISTEN is on the new primary).
+        deadline = time.monotonic() + 15
+        while not (await _deliver(ports["intake"], "idle@ha.test", "after@t")).startswith("250"):
+            assert time.monotonic() < deadline, "intake did not recover"
+            await asyncio.sleep(0.2)
+        while True:
+            line = await asyncio.wait_for(idler.reader.readline(), 15)
+            if re.match(rb"\* \d+ EXISTS", line):
+                break
+        await idler.send(b"DONE\r\n")
+        assert (await idler.until("I"))[-1].startswith(b"I OK")
+
+        # A credential revoked after the failover is refused at the next login.
+        fresh = await RawClient.connect(ports["imaps"], tls_ca)
+        await fresh.login(box)
+        await fresh.close()
+        conn = await ha_databases.connect()
+        try:
+            await credentials.revoke_credentials(conn, box.username)
+        finally:
+            await conn.close()
+        refused = await RawClient.connect(ports["imaps"], tls_ca)
+        reply = await refused.command("L", f'LOGIN "{box.username}" "{box.password}"')
+        assert reply[-1].startswith(b"L NO [AUTHENTICATIONFAILED]"), reply
+        for client in (idler, worker, refused):
+            await client.close()
+    await asyncio.to_thread(ha.wait_healthy)
+
+
+async def test_everything_through_pgbouncer_transaction_mode(
+    ha, ha_databases, tmp_path, tls_files, tls_ca
+):
+    leader = ha.leader()
+    assert leader is not None
+    bouncer = PgBouncer(ha.base / "pgbouncer")
+    bouncer.start(leader.address, ["motorical_ha", "encimap_ha"])
+    try:
+        box = await make_box(ha_databases, "bounce@ha.test", tmp_path)
+        await make_motorblock(
+            ha_databases,
+            username="mb-bounce",
+            password="bounce-pw",
+            domain="bounce.test",
+            rate_limit=2,
+        )
+        pooled = dataclasses.replace(
+            ha_databases,
+            motorical_url=bouncer.url("motorical_ha"),
+            encimap_url=bouncer.url("encimap_ha"),
+        )
+        with sink() as (controller, handler):
+            cfg, ports = ha_config(
+                pooled,
+                tls_files,
+                database={
+                    "statement_cache_size": 0,
+                    "set_role": False,
+                    "motorical_listen_url": ha_databases.motorical_url,
+                    "encimap_listen_url": ha_databases.encimap_url,
+                },
+                submission={"listen": "127.0.0.1:0", "relay": f"127.0.0.1:{controller.port}"},
+            )
+            async with running_service(cfg, "intake"), running_service(cfg, "imap"):
+                for number in range(3):
+                    reply = await _deliver(ports["intake"], "bounce@ha.test", f"b{number}@t")
+                    assert reply.startswith("250"), reply
+                client = await RawClient.connect(ports["imaps"], tls_ca)
+                await client.login(box)
+                assert (await client.command("S", "SELECT INBOX"))[-1].startswith(b"S OK")
+                fetched = await client.command("F", "FETCH 1:3 (BODY.PEEK[])")
+                assert fetched[-1].startswith(b"F OK")
+                assert sum(line.startswith(b"* ") for line in fetched) == 3
+                await client.close()
+            async with submission(cfg) as service:
+                port = service.addresses[0][1]
+
+                def send(recipient: str) -> int:
+                    with submission_login(port, tls_ca, "mb-bounce", "bounce-pw") as smtp:
+                        try:
+                            smtp.sendmail(
+                                "news@bounce.test",
+                                [recipient],
+                                message("news@bounce.test", [recipient]),
+                            )
+                        except smtplib.SMTPRecipientsRefused as refused:
+                            return refused.recipients[recipient][0]
+                        return 250
+
+                codes = [await asyncio.to_thread(send, f"r{n}@x.test") for n in range(3)]
+                assert codes == [250, 250, 451]
+            assert len(handler.messages) == 2
+        # Every pooled connection went through PgBouncer, the LISTENs directly.
+        log = (bouncer.directory / "pgbouncer.log").read_text()
+        assert "encimap_ha" in log
+    finally:
+        bouncer.stop()
