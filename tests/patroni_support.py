@@ -316,6 +316,14 @@ class PatroniCluster:
 
     # --- faults -------------------------------------------------------------------------
 
+    def restart(self, node: Node) -> None:
+        """Start a node's Patroni again (after its process was killed); it rejoins."""
+        if node.process is not None and node.process.poll() is None:
+            return
+        if node.process is not None:
+            node.process.wait()
+        self._start_patroni(node)
+
     def patronictl(self, *args: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             ["patronictl", "-c", str(self.nodes[0].directory / "patroni.yml"), *args],

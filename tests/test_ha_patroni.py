@@ -38,11 +38,14 @@ from tests.submission_helpers import login as submission_login
 from tests.submission_helpers import message, sink, submission
 from tests.support import Databases, make_config, make_motorblock, make_vaultbox
 
-pytestmark = pytest.mark.skipif(
-    bool(missing_programs()),
-    reason=f"Patroni HA suite needs Debian's patroni, etcd-server and pgbouncer "
-    f"(scripts/system-deps.sh installs them); missing: {', '.join(missing_programs())}",
-)
+pytestmark = [
+    pytest.mark.ha,
+    pytest.mark.skipif(
+        bool(missing_programs()),
+        reason="the Patroni HA suite needs Debian's patroni, etcd-server and pgbouncer "
+        f"(scripts/system-deps.sh installs them); missing: {', '.join(missing_programs())}",
+    ),
+]
 
 # Enough to keep the flood going well past the promotion on a 2-core machine.
 FLOOD = int(os.environ.get("ENCIMAP_HA_FLOOD", "2000"))
@@ -157,66 +160,108 @@ async def _deliver(port: int, address: str, message_id: str) -> str:
         await client.close()
 
 
-async def test_imap_sessions_and_logins_follow_the_primary(
+async def test_imap_submission_and_logins_follow_the_primary(
     ha, ha_databases, tmp_path, tls_files, tls_ca
 ):
     box = await make_box(ha_databases, "idle@ha.test", tmp_path)
-    cfg, ports = ha_config(ha_databases, tls_files)
-    async with running_service(cfg, "intake"), running_service(cfg, "imap"):
-        assert (await _deliver(ports["intake"], "idle@ha.test", "first@t")).startswith("250")
-        idler = await RawClient.connect(ports["imaps"], tls_ca)
-        worker = await RawClient.connect(ports["imaps"], tls_ca)
-        for client in (idler, worker):
-            await client.login(box)
-            assert (await client.command("S", "SELECT INBOX"))[-1].startswith(b"S OK")
-        await idler.send(b"I IDLE\r\n")
-        assert (await idler.line()).startswith(b"+ ")
-
-        old = await asyncio.to_thread(ha.kill_primary_postmaster)
-        waiting = asyncio.create_task(asyncio.to_thread(ha.wait_new_leader, old))
-        # STATUS reads the database every time: during the failover it gets NO [UNAVAILABLE],
-        # and within seconds of the promotion OK again, in the same session.
-        replies: list[bytes] = []
-        deadline = time.monotonic() + 60
-        while not (waiting.done() and replies and replies[-1] == b"OK"):
-            assert time.monotonic() < deadline, f"IMAP did not recover: {replies[-5:]}"
-            tag = f"C{len(replies)}"
-            reply = (await worker.command(tag, "STATUS INBOX (MESSAGES)"))[-1]
-            assert reply.startswith((f"{tag} OK".encode(), f"{tag} NO [UNAVAILABLE]".encode()))
-            replies.append(reply.split(b" ")[1])
-            await asyncio.sleep(0.05)
-        await waiting
-        assert b"NO" in replies, replies
-        fetched = await worker.command("F", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-        assert fetched[-1].startswith(b"F OK"), fetched
-
-        # IDLE hears mail delivered after the failover (its LISTEN is on the new primary).
-        deadline = time.monotonic() + 15
-        while not (await _deliver(ports["intake"], "idle@ha.test", "after@t")).startswith("250"):
-            assert time.monotonic() < deadline, "intake did not recover"
-            await asyncio.sleep(0.2)
-        while True:
-            line = await asyncio.wait_for(idler.reader.readline(), 15)
-            if re.match(rb"\* \d+ EXISTS", line):
-                break
-        await idler.send(b"DONE\r\n")
-        assert (await idler.until("I"))[-1].startswith(b"I OK")
-
-        # A credential revoked after the failover is refused at the next login.
-        fresh = await RawClient.connect(ports["imaps"], tls_ca)
-        await fresh.login(box)
-        await fresh.close()
-        conn = await ha_databases.connect()
-        try:
-            await credentials.revoke_credentials(conn, box.username)
-        finally:
-            await conn.close()
-        refused = await RawClient.connect(ports["imaps"], tls_ca)
-        reply = await refused.command("L", f'LOGIN "{box.username}" "{box.password}"')
-        assert reply[-1].startswith(b"L NO [AUTHENTICATIONFAILED]"), reply
-        for client in (idler, worker, refused):
-            await client.close()
+    await make_motorblock(
+        ha_databases, username="mb-ha", password="ha-pw", domain="ha-send.test", rate_limit=1000
+    )
+    with sink() as (controller, handler):
+        cfg, ports = ha_config(
+            ha_databases,
+            tls_files,
+            submission={
+                "listen": f"127.0.0.1:{free_port()}",
+                "relay": f"127.0.0.1:{controller.port}",
+            },
+        )
+        async with (
+            running_service(cfg, "intake"),
+            running_service(cfg, "imap"),
+            running_service(cfg, "submission"),
+        ):
+            submission_port = int(str(cfg.submission.listen).rpartition(":")[2])
+            await _imap_and_submission_across_failover(
+                ha, ha_databases, box, ports, submission_port, tls_ca
+            )
+        assert [m.rcpt_tos for m in handler.messages] == [["after@x.test"]]
     await asyncio.to_thread(ha.wait_healthy)
+
+
+async def _imap_and_submission_across_failover(
+    ha, ha_databases, box, ports, submission_port, tls_ca
+):
+    assert (await _deliver(ports["intake"], "idle@ha.test", "first@t")).startswith("250")
+    idler = await RawClient.connect(ports["imaps"], tls_ca)
+    worker = await RawClient.connect(ports["imaps"], tls_ca)
+    for client in (idler, worker):
+        await client.login(box)
+        assert (await client.command("S", "SELECT INBOX"))[-1].startswith(b"S OK")
+    await idler.send(b"I IDLE\r\n")
+    assert (await idler.line()).startswith(b"+ ")
+    smtp = await asyncio.to_thread(submission_login, submission_port, tls_ca, "mb-ha", "ha-pw")
+
+    def rcpt() -> tuple[int, bytes]:
+        """One recipient in a fresh transaction (the sending quota is counted at RCPT)."""
+        smtp.rset()
+        assert smtp.docmd("MAIL", "FROM:<news@ha-send.test>")[0] == 250
+        return smtp.docmd("RCPT", "TO:<after@x.test>")
+
+    old = await asyncio.to_thread(ha.kill_primary_postmaster)
+    waiting = asyncio.create_task(asyncio.to_thread(ha.wait_new_leader, old))
+    # STATUS reads the database every time, RCPT counts the sending quota there: during
+    # the failover they get NO [UNAVAILABLE] and 451 4.3.0, and within seconds of the
+    # promotion OK and 250 again, in the same sessions.
+    replies: list[bytes] = []
+    codes: list[int] = []
+    deadline = time.monotonic() + 60
+    while not (waiting.done() and replies and replies[-1] == b"OK" and codes[-1] == 250):
+        assert time.monotonic() < deadline, f"no recovery: {replies[-5:]} {codes[-5:]}"
+        tag = f"C{len(replies)}"
+        reply = (await worker.command(tag, "STATUS INBOX (MESSAGES)"))[-1]
+        assert reply.startswith((f"{tag} OK".encode(), f"{tag} NO [UNAVAILABLE]".encode()))
+        replies.append(reply.split(b" ")[1])
+        code, text = await asyncio.to_thread(rcpt)
+        assert code == 250 or (code, text[:5]) == (451, b"4.3.0"), (code, text)
+        codes.append(code)
+        await asyncio.sleep(0.05)
+    await waiting
+    assert b"NO" in replies, replies
+    assert 451 in codes, codes
+    assert (await asyncio.to_thread(smtp.data, message("news@ha-send.test", ["after@x.test"])))[
+        0
+    ] == 250
+    await asyncio.to_thread(smtp.quit)
+    fetched = await worker.command("F", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    assert fetched[-1].startswith(b"F OK"), fetched
+
+    # IDLE hears mail delivered after the failover (its LISTEN is on the new primary).
+    deadline = time.monotonic() + 15
+    while not (await _deliver(ports["intake"], "idle@ha.test", "after@t")).startswith("250"):
+        assert time.monotonic() < deadline, "intake did not recover"
+        await asyncio.sleep(0.2)
+    while True:
+        line = await asyncio.wait_for(idler.reader.readline(), 15)
+        if re.match(rb"\* \d+ EXISTS", line):
+            break
+    await idler.send(b"DONE\r\n")
+    assert (await idler.until("I"))[-1].startswith(b"I OK")
+
+    # A credential revoked after the failover is refused at the next login.
+    fresh = await RawClient.connect(ports["imaps"], tls_ca)
+    await fresh.login(box)
+    await fresh.close()
+    conn = await ha_databases.connect()
+    try:
+        await credentials.revoke_credentials(conn, box.username)
+    finally:
+        await conn.close()
+    refused = await RawClient.connect(ports["imaps"], tls_ca)
+    reply = await refused.command("L", f'LOGIN "{box.username}" "{box.password}"')
+    assert reply[-1].startswith(b"L NO [AUTHENTICATIONFAILED]"), reply
+    for client in (idler, worker, refused):
+        await client.close()
 
 
 async def test_everything_through_pgbouncer_transaction_mode(
