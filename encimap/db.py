@@ -37,14 +37,16 @@ ROLE_INTAKE = "encimap_intake"
 ROLE_IMAP = "encimap_imap"
 
 
-# What a lost, failing or slow database raises through asyncpg; the last one is a multi-host
-# URL none of whose servers is (yet) the primary, as during a failover.
+# What a lost, failing or slow database raises through asyncpg. InternalClientError covers a
+# multi-host URL none of whose servers is (yet) the primary (TargetServerAttributeNotMatched,
+# during a failover) and a connection whose protocol state the server's sudden exit left
+# inconsistent ("cannot switch to state ...; another operation is in progress").
 DATABASE_ERRORS = (
     OSError,
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
-    asyncpg.exceptions.TargetServerAttributeNotMatched,
+    asyncpg.exceptions.InternalClientError,
 )
 
 # Errors that say the server of a pooled connection is no longer a primary that will take
@@ -89,12 +91,13 @@ def _password(config: DatabaseConfig, database: Database) -> str | None:
 
 class PooledConnection(asyncpg.Connection):
     """A pool's connection that knows whether it ended by our hand (closed when idle, when the
-    pool closes, or dropped below) or was lost to the server, and whether its server refused
-    a write as a standby. Counted in encimap_db_reconnects_total."""
+    pool closes, or dropped below) or was lost to the server, and whether it must be dropped:
+    its server refused a write as a standby ("standby"), or its protocol state is no longer
+    usable ("broken"). Counted in encimap_db_reconnects_total."""
 
     database: str = ""
     ended_by_us = False
-    not_primary = False
+    drop = ""  # why the pool must not hand this connection out again
 
     async def close(self, *, timeout: float | None = None) -> None:
         self.ended_by_us = True
@@ -107,7 +110,9 @@ class PooledConnection(asyncpg.Connection):
     def observe(self, query: asyncpg.connection.LoggedQuery) -> None:
         """Query logger: remember a sign that the server is no longer a writable primary."""
         if isinstance(query.exception, _NOT_PRIMARY):
-            self.not_primary = True
+            self.drop = "standby"
+        elif isinstance(query.exception, asyncpg.exceptions.InternalClientError):
+            self.drop = "broken"
 
     def on_termination(self, _conn: object) -> None:
         if not self.ended_by_us:
@@ -129,11 +134,14 @@ async def _keep_session(conn: PooledConnection) -> None:
     `RESET ALL; UNLISTEN *; CLOSE ALL; SELECT pg_advisory_unlock_all()` on every release: one
     more round trip for every single-statement `pool.fetch*()` call.
 
-    A connection whose server refused a write as a standby (or is shutting down) is dropped
-    here, so the pool's next acquisition connects to the current primary."""
-    if conn.not_primary:
-        DB_RECONNECTS.labels(conn.database, "standby").inc()
-        log.warning("pool.server_not_primary", database=conn.database, server=conn.server)
+    A connection whose server refused a write as a standby (or is shutting down), or whose
+    protocol state is broken, is dropped here, so the pool's next acquisition connects to
+    the current primary."""
+    if conn.drop:
+        DB_RECONNECTS.labels(conn.database, conn.drop).inc()
+        log.warning(
+            "pool.connection_dropped", database=conn.database, server=conn.server, reason=conn.drop
+        )
         conn.terminate()
 
 

@@ -68,7 +68,8 @@ DB_QUERY_SECONDS = Histogram(
 DB_RECONNECTS = Counter(
     "encimap_db_reconnects_total",
     "Pooled connections dropped so that the pool reconnects: the server ended them ('lost':"
-    " a crash, a shutdown, a switchover) or answered as a read-only standby ('standby').",
+    " a crash, a shutdown, a switchover), answered as a read-only standby ('standby'), or"
+    " left the client's protocol state unusable ('broken').",
     ["database", "reason"],
     registry=REGISTRY,
 )
