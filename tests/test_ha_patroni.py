@@ -36,7 +36,14 @@ from tests.patroni_support import (
 from tests.service_support import http_get, running_service
 from tests.submission_helpers import login as submission_login
 from tests.submission_helpers import message, sink, submission
-from tests.support import Databases, make_config, make_motorblock, make_vaultbox
+from tests.support import (
+    Databases,
+    make_config,
+    make_motorblock,
+    make_vaultbox,
+    run_cli,
+    write_config_file,
+)
 
 pytestmark = [
     pytest.mark.ha,
@@ -123,6 +130,11 @@ async def _flood_across(ha: PatroniCluster, databases: Databases, tmp_path: Path
         assert re.search(
             r'encimap_db_reconnects_total\{database="encimap",reason="\w+"\} [1-9]', metrics
         )
+
+        # So does `encimap check`.
+        config_file = write_config_file(tmp_path / "check.toml", databases)
+        checked = (await asyncio.to_thread(run_cli, "check", config_file=config_file)).stdout
+        assert f"database encimap: reachable at {new.address} (primary)" in checked, checked
 
         # What got a 4xx is retried, as the MTA's queue would: now every message is stored
         # exactly once (a 451 whose commit had reached the standby is a duplicate, not a copy).
@@ -298,12 +310,19 @@ async def test_everything_through_pgbouncer_transaction_mode(
                 submission={"listen": "127.0.0.1:0", "relay": f"127.0.0.1:{controller.port}"},
             )
             async with running_service(cfg, "intake"), running_service(cfg, "imap"):
-                for number in range(3):
-                    reply = await _deliver(ports["intake"], "bounce@ha.test", f"b{number}@t")
-                    assert reply.startswith("250"), reply
                 client = await RawClient.connect(ports["imaps"], tls_ca)
                 await client.login(box)
                 assert (await client.command("S", "SELECT INBOX"))[-1].startswith(b"S OK")
+                await client.send(b"I IDLE\r\n")
+                assert (await client.line()).startswith(b"+ ")
+                for number in range(3):
+                    reply = await _deliver(ports["intake"], "bounce@ha.test", f"b{number}@t")
+                    assert reply.startswith("250"), reply
+                # The NOTIFY of a delivery through PgBouncer reaches IDLE's direct LISTEN.
+                while not re.match(rb"\* \d+ EXISTS", await client.line()):
+                    pass
+                await client.send(b"DONE\r\n")
+                assert (await client.until("I"))[-1].startswith(b"I OK")
                 fetched = await client.command("F", "FETCH 1:3 (BODY.PEEK[])")
                 assert fetched[-1].startswith(b"F OK")
                 assert sum(line.startswith(b"* ") for line in fetched) == 3
@@ -326,8 +345,9 @@ async def test_everything_through_pgbouncer_transaction_mode(
                 codes = [await asyncio.to_thread(send, f"r{n}@x.test") for n in range(3)]
                 assert codes == [250, 250, 451]
             assert len(handler.messages) == 2
-        # Every pooled connection went through PgBouncer, the LISTENs directly.
+        # The pools' connections came through PgBouncer.
         log = (bouncer.directory / "pgbouncer.log").read_text()
-        assert "encimap_ha" in log
+        for database in ("motorical_ha", "encimap_ha"):
+            assert f"login attempt: db={database} user=postgres" in log
     finally:
         bouncer.stop()
