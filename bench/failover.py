@@ -2,6 +2,7 @@
 new primary, and the 4xx replies in between.
 
     python -m bench.failover [--runs 5] [--fault postmaster|node|switchover]
+    python -m bench.failover --revocation 20
 
 Starts etcd and three PostgreSQL 15 nodes under Patroni on loopback (tests/patroni_support.py:
 synchronous_mode, loop_wait 1 s, ttl 10 s, primary_start_timeout 0) and the intake in this
@@ -16,6 +17,10 @@ the primary after 2 s of load:
 Measured from the kill to the first 250 after the first 4xx (so from a server that took over),
 and the 4xx count in between. After each run every 250 is checked to be stored exactly once;
 then the cluster is made whole again (the old node rejoins) before the next run.
+
+`--revocation N`: with the auth engine reading credentials from a standby
+(`logins_session_attrs = "standby"`), the time from a revocation's commit on the primary to
+the first refused login, and how many logins were still accepted in between, N times.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from pathlib import Path
 
 import trustme
 
-from encimap import logs
+from encimap import db, logs
+from encimap.auth import AuthEngine, AuthFailed
 from encimap.pgcluster import free_port
+from encimap.store import credentials
 from tests.intake_support import LMTPClient, add_certificate
 from tests.patroni_support import (
     PatroniCluster,
@@ -177,16 +184,83 @@ async def bench(runs: int, fault: str) -> list[Run]:
         await asyncio.to_thread(cluster.stop)
 
 
+async def revocation_lag(samples: int) -> list[tuple[float, int]]:
+    """(seconds from a revocation's commit on the primary to the first refused login, logins
+    still accepted in between) for `samples` credentials, with the auth engine reading
+    credentials from a standby (`logins_session_attrs = "standby"`)."""
+    cluster = PatroniCluster.create()
+    try:
+        await asyncio.to_thread(cluster.start)
+        databases = await prepare_databases(cluster, "motorical_bench", "encimap_bench")
+        cfg = make_config(
+            databases,
+            database={"logins_session_attrs": "standby"},
+            auth={"throttle_base_delay": 0.0},
+        )
+        pools = [
+            await db.create_pool(
+                cfg.database, name, role=db.ROLE_AUTH, target_session_attrs="standby"
+            )
+            for name in db.DATABASES
+        ]
+        listen = await db.create_pool(cfg.database, "encimap", role=db.ROLE_AUTH, listen=True)
+        engine = AuthEngine(cfg, *pools, listen=listen)
+        await engine.start()
+        results = []
+        try:
+            for number in range(samples):
+                box = await make_vaultbox(databases, f"revoke{number}@bench.test", kinds=("imap",))
+                await engine.authenticate(box.username, box.password, service="imap")
+                conn = await databases.connect()
+                try:
+                    await credentials.revoke_credentials(conn, box.username)
+                    committed = time.monotonic()
+                finally:
+                    await conn.close()
+                accepted = 0
+                while True:
+                    try:
+                        await engine.authenticate(box.username, box.password, service="imap")
+                    except AuthFailed:
+                        break
+                    accepted += 1
+                results.append((time.monotonic() - committed, accepted))
+        finally:
+            await engine.close()
+            for pool in (*pools, listen):
+                await pool.close()
+        return results
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
         "--fault", choices=["postmaster", "node", "switchover"], default="postmaster"
     )
+    parser.add_argument(
+        "--revocation",
+        type=int,
+        metavar="N",
+        help="instead: the lag a standby adds to N revocations (logins_session_attrs)",
+    )
     args = parser.parse_args()
     logs.configure("error", "console")
     # asyncpg's pool logs every failed attempt to refill itself during the outage.
     logging.getLogger("asyncpg").setLevel(logging.CRITICAL)
+    if args.revocation:
+        lags = asyncio.run(revocation_lag(args.revocation))
+        seconds = [lag * 1000 for lag, _accepted in lags]
+        accepted = [count for _lag, count in lags]
+        print(
+            f"revocation with logins read from a standby, {len(lags)} samples: refused "
+            f"{statistics.median(seconds):.1f} ms after the commit (median), max "
+            f"{max(seconds):.1f} ms; logins still accepted in between: median "
+            f"{statistics.median(accepted):g}, max {max(accepted)}"
+        )
+        return 0
     results = asyncio.run(bench(args.runs, args.fault))
     recovery = [r.recovery for r in results]
     tempfails = [r.tempfails for r in results]

@@ -50,6 +50,10 @@ class DatabaseConfig:
     # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
     # mode (before 1.21 it cannot keep named prepared statements apart between clients).
     statement_cache_size: int = 100
+    # Where the auth engine reads credentials on a multi-host URL: "" = as the URL says (the
+    # primary), "prefer-standby" or "standby" to serve logins from standbys. A revocation then
+    # takes effect once the standby has replayed it. LISTEN still goes to the primary.
+    logins_session_attrs: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "database.logins_session_attrs": ("", "prefer-standby", "standby", "any", "primary"),
     "tls.minimum_version": ("TLSv1.2", "TLSv1.3"),
     "smime.default_profile": ("aes256-cbc", "aes128-cbc", "rsa-oaep", "aes256-gcm"),
     "intake.protocol": ("lmtp", "smtp"),

@@ -178,9 +178,11 @@ async def create_pool(
     min_size: int | None = None,
     max_size: int | None = None,
     listen: bool = False,
+    target_session_attrs: str | None = None,
 ) -> asyncpg.Pool:
     """A pool on one database, running as `role` when `database.set_role` is on; with
-    `listen`, on the database's URL for LISTEN connections.
+    `listen`, on the database's URL for LISTEN connections; `target_session_attrs` overrides
+    the URL's (e.g. "prefer-standby" for reads that may come from a standby).
 
     The role is a startup parameter rather than a `SET ROLE`, so a session can never return
     to the (more privileged) login user, and a release needs no `RESET ALL` (`_keep_session`).
@@ -205,6 +207,8 @@ async def create_pool(
             password=_password(config, database),
             connection_class=PooledConnection,
             statement_cache_size=config.statement_cache_size,
+            # None: as the URL says (asyncpg's default there is "any").
+            target_session_attrs=target_session_attrs,
             min_size=min(config.pool_min_size, max_size or config.pool_max_size),
             max_size=max_size or config.pool_max_size,
             max_inactive_connection_lifetime=config.idle_timeout,

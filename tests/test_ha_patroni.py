@@ -351,3 +351,46 @@ async def test_everything_through_pgbouncer_transaction_mode(
             assert f"login attempt: db={database} user=postgres" in log
     finally:
         bouncer.stop()
+
+
+async def test_logins_from_standbys_follow_a_revocation_once_replayed(
+    ha, ha_databases, tmp_path, tls_files, tls_ca
+):
+    box = await make_box(ha_databases, "standby@ha.test", tmp_path)
+    cfg, ports = ha_config(
+        ha_databases,
+        tls_files,
+        database={"logins_session_attrs": "standby"},
+        metrics={"imap": f"127.0.0.1:{free_port()}"},
+    )
+    async with running_service(cfg, "imap"):
+        client = await RawClient.connect(ports["imaps"], tls_ca)
+        await client.login(box)
+        await client.close()
+        status, body = await asyncio.to_thread(
+            http_get, f"http://127.0.0.1:{cfg.metrics.imap.rpartition(':')[2]}/readyz"
+        )
+        assert status == 200, body
+        assert re.search(r"encimap/encimap_auth/logins: ok, standby 127\.0\.0\.1:\d+ ", body), body
+        assert "encimap/encimap_imap: ok, primary" in body
+
+        conn = await ha_databases.connect()
+        try:
+            await credentials.revoke_credentials(conn, box.username)
+        finally:
+            await conn.close()
+        # Refused as soon as the standby has replayed the revocation (milliseconds on loopback;
+        # bench.failover --revocation measures it), never accepted after that.
+        replies = []
+        while not replies or not replies[-1].startswith(b"L NO"):
+            assert len(replies) < 200, replies[-3:]
+            client = await RawClient.connect(ports["imaps"], tls_ca)
+            reply = await client.command("L", f'LOGIN "{box.username}" "{box.password}"')
+            replies.append(reply[-1])
+            await client.close()
+        assert replies[-1].startswith(b"L NO [AUTHENTICATIONFAILED]"), replies[-1]
+        for _ in range(3):
+            client = await RawClient.connect(ports["imaps"], tls_ca)
+            reply = await client.command("L", f'LOGIN "{box.username}" "{box.password}"')
+            assert reply[-1].startswith(b"L NO [AUTHENTICATIONFAILED]"), reply
+            await client.close()

@@ -302,8 +302,8 @@ async def engine_for(runtime: Any) -> AuthEngine:
     """The process's one engine on the auth pools of both databases (created on first use)."""
 
     async def build() -> AuthEngine:
-        motorical = await runtime.pool("motorical", db.ROLE_AUTH, "auth")
-        encimap = await runtime.pool("encimap", db.ROLE_AUTH, "auth")
+        motorical = await runtime.logins_pool("motorical")
+        encimap = await runtime.logins_pool("encimap")
         listen = await runtime.listen_pool("encimap", db.ROLE_AUTH)
         engine = AuthEngine(runtime.config, motorical, encimap, listen=listen)
         await engine.start()

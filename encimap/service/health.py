@@ -38,17 +38,18 @@ class HealthEndpoint:
         return Response(404, b"not found\n")
 
     def _observe_pools(self) -> None:
-        for (database, role), pool in self.runtime.pools.items():
+        for (database, role, kind), pool in self.runtime.pools.items():
             size, idle = pool.get_size(), pool.get_idle_size()
-            DB_POOL_CONNECTIONS.labels(database, role or "", "open").set(size)
-            DB_POOL_CONNECTIONS.labels(database, role or "", "idle").set(idle)
+            label = f"{role or ''}{'/' + kind if kind else ''}"
+            DB_POOL_CONNECTIONS.labels(database, label, "open").set(size)
+            DB_POOL_CONNECTIONS.labels(database, label, "idle").set(idle)
 
     async def _checks(self) -> list[tuple[str, db.Health]]:
-        """One check per pool of the process (label `database/role`), and one through a
+        """One check per pool of the process (label `database/role[/kind]`), and one through a
         one-connection pool for a database the process has no pool for."""
         pools = [
-            (f"{database}/{role or 'login'}{'/listen' if listen else ''}", database, pool)
-            for (database, role, listen), pool in self.runtime.all_pools.items()
+            (f"{database}/{role or 'login'}{'/' + kind if kind else ''}", database, pool)
+            for (database, role, kind), pool in self.runtime.pools.items()
         ]
         for database in db.DATABASES:
             if any(name == database for _label, name, _pool in pools):
