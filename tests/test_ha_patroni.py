@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from encimap.pgcluster import free_port
-from encimap.store import credentials
+from encimap.store import credentials, sending
 from tests.imap_support import RawClient, make_box
 from tests.intake_support import LMTPClient, add_certificate
 from tests.patroni_support import (
@@ -176,7 +176,7 @@ async def test_imap_submission_and_logins_follow_the_primary(
     ha, ha_databases, tmp_path, tls_files, tls_ca
 ):
     box = await make_box(ha_databases, "idle@ha.test", tmp_path)
-    await make_motorblock(
+    motorblock = await make_motorblock(
         ha_databases, username="mb-ha", password="ha-pw", domain="ha-send.test", rate_limit=1000
     )
     with sink() as (controller, handler):
@@ -197,7 +197,16 @@ async def test_imap_submission_and_logins_follow_the_primary(
             await _imap_and_submission_across_failover(
                 ha, ha_databases, box, ports, submission_port, tls_ca
             )
-        assert [m.rcpt_tos for m in handler.messages] == [["after@x.test"]]
+        relayed = [m.rcpt_tos for m in handler.messages]
+        assert relayed == [["before@x.test"], ["after@x.test"]]
+    # Both relayed recipients are counted on the new primary, the one sent just before the
+    # primary died too. (Recipients given up with RSET are released; a release that failed in
+    # the failover stays counted: the quota errs on the safe side.)
+    conn = await ha_databases.connect()
+    try:
+        assert await sending.sent_in_window(conn, f"motorblock:{motorblock.id}") >= 2
+    finally:
+        await conn.close()
     await asyncio.to_thread(ha.wait_healthy)
 
 
@@ -219,6 +228,14 @@ async def _imap_and_submission_across_failover(
         smtp.rset()
         assert smtp.docmd("MAIL", "FROM:<news@ha-send.test>")[0] == 250
         return smtp.docmd("RCPT", "TO:<after@x.test>")
+
+    # Acknowledged just before the primary dies: a flag change, an APPEND, a sent message.
+    assert (await worker.command("T", "STORE 1 +FLAGS (\\Flagged)"))[-1].startswith(b"T OK")
+    appended = flood_message("appended@t")
+    await worker.send(b"A APPEND INBOX {%d+}\r\n" % len(appended) + appended + b"\r\n")
+    assert (await worker.until("A"))[-1].startswith(b"A OK"), "APPEND failed"
+    before = message("news@ha-send.test", ["before@x.test"])
+    await asyncio.to_thread(smtp.sendmail, "news@ha-send.test", ["before@x.test"], before)
 
     old = await asyncio.to_thread(ha.kill_primary_postmaster)
     waiting = asyncio.create_task(asyncio.to_thread(ha.wait_new_leader, old))
@@ -245,8 +262,10 @@ async def _imap_and_submission_across_failover(
         0
     ] == 250
     await asyncio.to_thread(smtp.quit)
-    fetched = await worker.command("F", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    # They survived on the new primary (synchronous replication).
+    fetched = await worker.command("F", "FETCH 1:2 (FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
     assert fetched[-1].startswith(b"F OK"), fetched
+    assert b"\\Flagged" in b"".join(fetched) and b"appended@t" in b"".join(fetched), fetched
 
     # IDLE hears mail delivered after the failover (its LISTEN is on the new primary).
     deadline = time.monotonic() + 15

@@ -1,14 +1,21 @@
 """IDLE (RFC 2177): report changes as they happen until the client sends DONE. Woken by the
-mailbox's NOTIFY events (see encimap.store.events), not by polling."""
+mailbox's NOTIFY events (see encimap.store.events), not by polling. A database failure does
+not end IDLE: what changed is reported once the database answers again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
+from encimap import db
 from encimap.imap.commands import AUTHENTICATED, command
 from encimap.imap.parser import Reader
 from encimap.imap.session import Session, bad
+from encimap.logs import get_logger
+
+log = get_logger(__name__)
+# After a failed report (the database unreachable for a moment), IDLE tries again this soon.
+IDLE_RETRY_SECONDS = 1.0
 
 
 @command("IDLE", states=AUTHENTICATED)
@@ -30,7 +37,15 @@ async def idle(session: Session, _tag: str, reader: Reader) -> str:
                 changed.cancel()
             if done.done():
                 break
-            await session.after_command(expunge_ok=True)
+            try:
+                await session.after_command(expunge_ok=True)
+            except db.DATABASE_ERRORS as exc:
+                # The changes stay pending (Selected.sync); IDLE goes on and tries again.
+                log.warning("imap.idle_sync_failed", session=session.id, error=str(exc))
+                if session.selected is not None:
+                    asyncio.get_running_loop().call_later(
+                        IDLE_RETRY_SECONDS, session.selected.changed.set
+                    )
             await session.flush()
     finally:
         if not done.done():
