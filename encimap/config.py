@@ -8,6 +8,7 @@ documents the same keys with the same defaults (a test keeps the two in step).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -89,7 +90,11 @@ class IntakeConfig:
     duplicate_window_seconds: int = 86400
     # Messages above this size are encrypted in a worker thread, off the event loop.
     offload_threshold: int = 256 * 1024
-    timeout: float = 300.0
+    timeout: float = 300.0  # seconds for one whole command, from the previous one
+    data_timeout: float = 600.0  # seconds from DATA's 354 to the final dot
+    # Connection limits (encimap.service.connlimits); 0 = none.
+    max_connections: int = 200
+    max_connections_per_ip: int = 100
     # RCPT lookups kept between deliveries (dropped at once on any vaultbox or certificate
     # change, announced over LISTEN/NOTIFY); at most this old in any case. 0 = look up every time.
     recipient_cache_seconds: float = 60.0
@@ -112,7 +117,13 @@ class SubmissionConfig:
     check_from_header: bool = True
     default_hourly_limit: int = 100
     local_delivery: bool = False
-    timeout: float = 300.0
+    timeout: float = 300.0  # seconds for one whole command, from the previous one
+    data_timeout: float = 600.0  # seconds from DATA's 354 to the final dot
+    # Connection limits (encimap.service.connlimits); 0 = none.
+    max_connections: int = 500
+    max_connections_per_ip: int = 20
+    max_unauthenticated: int = 100
+    login_timeout: float = 60.0  # seconds from connecting to a successful AUTH
 
 
 @dataclass(frozen=True)
@@ -123,8 +134,18 @@ class AuthSocketConfig:
     socket_group: str = ""
     # nginx mail auth_http endpoint ("" disables it).
     http_listen: str = ""
+    # Peers that may call it (a unix-socket listener is guarded by its file mode instead).
+    http_allowed_peers: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    # File with a shared secret nginx must send in X-Encimap-Secret ("" = none required).
+    http_secret_file: str = ""
+    # Exempt Client-IP values in [auth] trusted_networks from throttling (nginx names them).
+    http_trust_client_networks: bool = False
     imap_upstream: str = "127.0.0.1:1143"
     smtp_upstream: str = "127.0.0.1:2587"
+    # Connection limits of the auth protocol listeners (encimap.service.connlimits; per IP on
+    # TCP listeners only); 0 = none.
+    max_connections: int = 500
+    max_connections_per_ip: int = 100
 
 
 @dataclass(frozen=True)
@@ -132,11 +153,34 @@ class IMAPConfig:
     listen: str | list[str] = "0.0.0.0:1143"
     tls_listen: str | list[str] = "0.0.0.0:1993"
     proxy_protocol: bool = False
+    # RFC 3501 5.4: an authenticated client may idle at least 30 minutes between commands.
     idle_timeout: float = 1800.0
+    # Seconds from connecting to a successful login, in all (every read before login ends
+    # by then): an unauthenticated connection cannot be held open longer.
+    login_timeout: float = 60.0
+    # Seconds in which the rest of a command (its literals and continuation lines) must
+    # arrive once its first line has: long enough for the largest APPEND on a slow link.
+    command_timeout: float = 600.0
     max_line_length: int = 64 * 1024
+    # Largest literal after login: the largest message APPEND takes.
     max_literal_size: int = 50 * 1024 * 1024
+    # Largest literal before login (a username or a password); more is answered with
+    # `* BYE` and the connection ends, as Dovecot's imap-login does.
+    max_literal_before_login: int = 8192
     max_connections_per_user: int = 20
+    # Folder names a client may create: bytes of the name as sent (modified UTF-7, so a
+    # non-ASCII character takes 3-8 bytes), levels of hierarchy, folders per vaultbox.
+    max_mailbox_name_length: int = 512
+    max_mailbox_depth: int = 16
+    max_mailboxes: int = 1000
+    # Keys in one SEARCH program (each costs one or two query parameters; PostgreSQL takes
+    # at most 32,767 per statement). More is answered NO [LIMIT].
+    max_search_keys: int = 1000
     trusted_networks: list[str] = field(default_factory=list)
+    # Connection limits (encimap.service.connlimits); 0 = none.
+    max_connections: int = 2000
+    max_connections_per_ip: int = 50
+    max_unauthenticated: int = 200
 
 
 @dataclass(frozen=True)
@@ -209,6 +253,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "log.format": ("json", "console"),
     "service.event_loop": ("uvloop", "asyncio"),
 }
+
+
+# Keys whose value is a list of networks ("192.0.2.0/24", "::1/128", or one address).
+NETWORK_LISTS = ("auth.trusted_networks", "imap.trusted_networks", "authsocket.http_allowed_peers")
 
 
 def load(
@@ -293,10 +341,36 @@ def _check_constraints(section: Any, prefix: str) -> None:
             raise ConfigError(f"{key}: must be one of {', '.join(CHOICES[key])}, got {value!r}")
         if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        if key in NETWORK_LISTS:
+            for network in value:
+                try:
+                    ipaddress.ip_network(network, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{key}: not a network: {network!r}") from None
     if prefix == "auth." and not 4 <= section.bcrypt_cost <= 31:
         raise ConfigError(f"auth.bcrypt_cost: must be between 4 and 31, got {section.bcrypt_cost}")
     if prefix == "database." and section.pool_min_size > section.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
+    if prefix == "imap.":
+        _check_imap(section)
+
+
+def _check_imap(section: IMAPConfig) -> None:
+    for name in ("idle_timeout", "login_timeout", "command_timeout"):
+        if getattr(section, name) <= 0:
+            raise ConfigError(f"imap.{name}: must be positive, got {getattr(section, name)!r}")
+    for name in ("max_mailbox_name_length", "max_mailbox_depth", "max_mailboxes"):
+        if getattr(section, name) < 1:
+            raise ConfigError(f"imap.{name}: must be at least 1, got {getattr(section, name)}")
+    if not 1 <= section.max_search_keys <= 10_000:
+        raise ConfigError(
+            f"imap.max_search_keys: must be between 1 and 10000, got {section.max_search_keys}"
+        )
+    if not 1 <= section.max_literal_before_login <= section.max_literal_size:
+        raise ConfigError(
+            "imap.max_literal_before_login: must be between 1 and imap.max_literal_size, "
+            f"got {section.max_literal_before_login}"
+        )
 
 
 def listeners(value: str | list[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The two PostgreSQL databases: connection pools, health checks and the migration runner.
+"""The two PostgreSQL databases: connection pools, health checks (the migration runner is
+encimap.migrations).
 
 `motorical` is the platform database (MotorBlocks; encimap only reads it), `encimap` is
 encimap's own (vaultboxes, credentials, certificates, messages). A small installation may point
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,11 +27,9 @@ log = get_logger(__name__)
 
 Database = Literal["motorical", "encimap"]
 DATABASES: tuple[Database, ...] = ("motorical", "encimap")
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
-# Least-privilege roles per service (see sql/encimap/001_schema.sql). The auth role serves
-# both databases; the intake and IMAP roles exist only in encimap's database.
+# Least-privilege roles per service (see sql/*/repeatable/90_privileges.sql). The auth role
+# serves both databases; the intake and IMAP roles exist only in encimap's database.
 ROLE_AUTH = "encimap_auth"
 ROLE_INTAKE = "encimap_intake"
 ROLE_IMAP = "encimap_imap"
@@ -282,77 +280,3 @@ async def check_health(
         return Health(database, False, (time.perf_counter() - started) * 1000, _describe(exc))
     elapsed = (time.perf_counter() - started) * 1000
     return Health(database, True, elapsed, server=row[0], primary=row[1])
-
-
-# --- migrations -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Migration:
-    component: Database
-    version: int
-    name: str
-    path: Path
-
-
-def available_migrations(database: Database, sql_dir: Path = SQL_DIR) -> list[Migration]:
-    migrations = []
-    for path in sorted((sql_dir / database).glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
-        if not match:
-            raise ValueError(f"{path}: migration files are named NNN_name.sql")
-        migrations.append(Migration(database, int(match[1]), match[2], path))
-    return migrations
-
-
-_SCHEMA_MIGRATIONS = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    component   text NOT NULL,
-    version     integer NOT NULL,
-    name        text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (component, version)
-)
-"""
-# One migrator at a time per database, whichever host runs it.
-_MIGRATION_LOCK = 0x656E63696D6170
-
-
-async def applied_versions(conn: asyncpg.Connection, database: Database) -> dict[int, str]:
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    if not exists:
-        return {}
-    rows = await conn.fetch(
-        "SELECT version, name FROM schema_migrations WHERE component = $1", database
-    )
-    return {row["version"]: row["name"] for row in rows}
-
-
-async def migrate(conn: asyncpg.Connection, database: Database) -> list[Migration]:
-    """Apply the pending migrations of `database` in order, each in its own transaction."""
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-    try:
-        await conn.execute(_SCHEMA_MIGRATIONS)
-        done = await applied_versions(conn, database)
-        applied = []
-        for migration in available_migrations(database):
-            if migration.version in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(migration.path.read_text())
-                await conn.execute(
-                    "INSERT INTO schema_migrations (component, version, name) VALUES ($1, $2, $3)",
-                    database,
-                    migration.version,
-                    migration.name,
-                )
-            log.info(
-                "migration.applied",
-                database=database,
-                version=migration.version,
-                name=migration.name,
-            )
-            applied.append(migration)
-        return applied
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

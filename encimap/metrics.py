@@ -55,8 +55,28 @@ RELAYED = Counter(
     ["result"],
     registry=REGISTRY,
 )
+CONNECTIONS_REFUSED = Counter(
+    "encimap_connections_refused",
+    "Connections closed by the connection limits, per service and reason (connections, per-ip, "
+    "unauthenticated, login-timeout).",
+    ["service", "reason"],
+    registry=REGISTRY,
+)
 IMAP_SESSIONS = Gauge(
     "encimap_imap_sessions", "IMAP sessions open now.", ["state"], registry=REGISTRY
+)
+IMAP_OUTPUT_PEAK = Gauge(
+    "encimap_imap_output_peak_bytes",
+    "Most response bytes one IMAP session has held in memory at once since start (queued "
+    "in the session plus waiting in the transport); bounded whatever the response size.",
+    registry=REGISTRY,
+)
+IMAP_SESSIONS_ENDED = Counter(
+    "encimap_imap_sessions_ended",
+    "IMAP sessions the server ended, by reason (login_timeout, idle, command_timeout, "
+    "literal_too_large, revoked).",
+    ["reason"],
+    registry=REGISTRY,
 )
 DB_QUERY_SECONDS = Histogram(
     "encimap_db_query_seconds",

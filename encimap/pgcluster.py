@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
-from encimap import db
+from encimap import db, migrations
 
 SERVICE_USER = "postgres"
 SUPERUSER = "postgres"
@@ -167,7 +167,7 @@ async def prepare_databases(
             cluster.create_database(name)
         conn = await asyncpg.connect(cluster.url(name))
         try:
-            await db.migrate(conn, database)
+            await migrations.upgrade(conn, database)
         finally:
             await conn.close()
         urls.append(cluster.url(name))

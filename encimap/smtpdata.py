@@ -22,7 +22,12 @@ _READ_SIZE = 1 << 16
 
 
 class FastDataReading(SMTP):
-    """Mixin for SMTP/LMTP servers whose handler implements handle_DATA on bytes."""
+    """Mixin for SMTP/LMTP servers whose handler implements handle_DATA on bytes.
+
+    `data_timeout` (seconds, 0 = aiosmtpd's per-command timeout) bounds the whole data phase,
+    from the 354 to the final dot, however the client paces its bytes."""
+
+    data_timeout: float = 0.0
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -41,9 +46,13 @@ class FastDataReading(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        if self.data_timeout:
+            self._reset_timeout(self.data_timeout)
         body, state = await self._read_data()
         if body is None:  # the connection closed during DATA
             return
+        if self.data_timeout:
+            self._reset_timeout()  # the handler's work and the next command: the usual budget
         if state is not _DataState.NOMINAL:
             if state is _DataState.TOO_LONG:
                 await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")

@@ -6,6 +6,7 @@ Fixtures
 - `databases` (module): a fresh pair of migrated databases; returns a `Databases` with
   the URLs, a `Config` pointing at them and helpers to create data.
 - `tls_ca`, `tls_files` (session): trustme CA and a server certificate for localhost.
+- `upstream`: the submission's upstream MTA, an aiosmtpd sink (tests/submission_helpers.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import uvloop
 
 from encimap import logs
 from encimap.pgcluster import LocalCluster
+from tests.submission_helpers import sink
 from tests.support import Databases, make_config, migrated_databases
 
 
@@ -87,6 +89,13 @@ def config(databases: Databases, tls_files: tuple[Path, Path]):
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> None:
     logs.configure("warning", "console")
+
+
+@pytest.fixture
+def upstream():
+    """The submission tests' upstream MTA: (aiosmtpd controller, SinkHandler)."""
+    with sink() as (controller, handler):
+        yield controller, handler
 
 
 @pytest.fixture

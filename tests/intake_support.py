@@ -129,4 +129,5 @@ async def stored_messages(databases: Databases, vaultbox: Vaultbox) -> list[dict
         )
     finally:
         await conn.close()
-    return [dict(row) for row in rows]
+    # The stored bytes under the name FETCH reads them by (encimap.store.messages.STORED_BYTES).
+    return [{**row, "body_encrypted": row["body"]} for row in rows]

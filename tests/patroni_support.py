@@ -29,7 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from encimap import db
+from encimap import db, migrations
 from encimap.pgcluster import SERVICE_USER, free_port, server_bindir
 from tests.intake_support import LMTPClient
 from tests.support import Databases
@@ -441,7 +441,7 @@ async def prepare_databases(cluster: PatroniCluster, motorical: str, encimap: st
     for database, name in zip(db.DATABASES, (motorical, encimap), strict=True):
         conn = await asyncpg.connect(cluster.url(name))
         try:
-            await db.migrate(conn, database)
+            await migrations.upgrade(conn, database)
         finally:
             await conn.close()
     return Databases(cluster, cluster.url(motorical), cluster.url(encimap))  # type: ignore[arg-type]

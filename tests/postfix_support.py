@@ -77,6 +77,15 @@ class PrivatePostfix:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
+    def logged(self, text: str, timeout: float = 10.0) -> bool:
+        """Whether `text` reaches the log within `timeout` (postlogd writes it asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def _main_cf(self) -> str:
         base = {
             "compatibility_level": "3.7",

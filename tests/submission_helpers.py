@@ -17,6 +17,7 @@ from encimap.config import Config
 from encimap.pgcluster import free_port
 from encimap.service import Runtime
 from encimap.submission.service import SubmissionService, start
+from tests.support import make_config
 
 REFUSED_RECIPIENT_PREFIX = "refuse"
 REJECTED_SUBJECT = b"Subject: reject me"
@@ -76,6 +77,12 @@ async def submission(config: Config) -> AsyncIterator[SubmissionService]:
         finally:
             await service.close()
             await service.drain(2.0)
+
+
+def submission_config(databases, tls_files, upstream_port: int, **keys: Any) -> Config:
+    """Submission on a free loopback port relaying to the test upstream on `upstream_port`."""
+    values = {"listen": "127.0.0.1:0", "relay": f"127.0.0.1:{upstream_port}", "relay_timeout": 5.0}
+    return make_config(databases, tls_files, submission={**values, **keys})
 
 
 def starttls_port(service: SubmissionService) -> int:

@@ -147,10 +147,7 @@ async def test_disabled_motorblock_refused(databases: Databases, engine: AuthEng
         await conn.execute("UPDATE motor_blocks SET smtp_enabled = false WHERE username = 'mb-off'")
         with pytest.raises(AuthFailed):
             await engine.authenticate("mb-off", "pw", service="smtp")
-        await conn.execute(
-            "UPDATE motor_blocks SET smtp_enabled = true, status = 'suspended' "
-            "WHERE username = 'mb-off'"
-        )
+        await conn.execute("UPDATE motor_blocks SET smtp_enabled = NULL WHERE username = 'mb-off'")
         with pytest.raises(AuthFailed):
             await engine.authenticate("mb-off", "pw", service="smtp")
     finally:
@@ -272,8 +269,7 @@ async def test_cache_saves_bcrypt_and_notify_drops_entries(databases: Databases)
         )
         assert len(engine._verified) == 1
         await conn.execute(
-            "UPDATE imap_app_credentials SET app_name = 'x', password_hash = password_hash "
-            "WHERE username = $1",
+            "UPDATE imap_app_credentials SET password_hash = password_hash WHERE username = $1",
             box.username,
         )
         for _ in range(50):

@@ -36,9 +36,18 @@ async def endpoint(databases: Databases, tmp_path) -> AsyncIterator[tuple[int, D
         yield port, box
 
 
-async def ask(port: int, user: str, password: str, protocol: str, method: str = "plain") -> dict:
-    """One request exactly as nginx's ngx_mail_auth_http module writes it."""
-    request = (
+async def request(
+    port: int,
+    user: str,
+    password: str,
+    protocol: str,
+    method: str = "plain",
+    client_ip: str | None = "192.0.2.44",
+    extra: str = "",
+) -> tuple[str, dict]:
+    """One request exactly as nginx's ngx_mail_auth_http module writes it (`extra`: the
+    headers of `auth_http_header`); (status line, the Auth-* headers of the answer)."""
+    text = (
         "GET /auth HTTP/1.0\r\n"
         "Host: localhost\r\n"
         f"Auth-Method: {method}\r\n"
@@ -46,19 +55,23 @@ async def ask(port: int, user: str, password: str, protocol: str, method: str = 
         f"Auth-Pass: {quote(password, safe='')}\r\n"
         f"Auth-Protocol: {protocol}\r\n"
         "Auth-Login-Attempt: 1\r\n"
-        "Client-IP: 192.0.2.44\r\n"
-        "Client-Host: [UNAVAILABLE]\r\n"
-        "Auth-SSL: on\r\n"
-        "\r\n"
+        + (f"Client-IP: {client_ip}\r\n" if client_ip is not None else "")
+        + "Client-Host: [UNAVAILABLE]\r\n"
+        "Auth-SSL: on\r\n" + extra + "\r\n"
     )
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request.encode())
+    writer.write(text.encode())
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     status, *lines = raw.decode().split("\r\n")
-    assert status == "HTTP/1.0 200 OK"
     # nginx reads only the Auth-* headers of the answer.
-    return dict(line.split(": ", 1) for line in lines if line.startswith("Auth-"))
+    return status, dict(line.split(": ", 1) for line in lines if line.startswith("Auth-"))
+
+
+async def ask(port: int, user: str, password: str, protocol: str, method: str = "plain") -> dict:
+    status, headers = await request(port, user, password, protocol, method)
+    assert status == "HTTP/1.0 200 OK"
+    return headers
 
 
 async def test_imap_and_smtp_logins(endpoint: tuple[int, DemoVaultbox]) -> None:
@@ -108,3 +121,78 @@ async def test_database_outage_is_temporary(fresh_databases: Databases, tmp_path
         finally:
             await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
             await admin.close()
+
+
+# --- only nginx may call it ----------------------------------------------------------------
+
+
+async def test_missing_or_invalid_client_ip_is_refused(endpoint) -> None:
+    """Issue 14 #8: without Client-IP there was no throttling and the log said rip=unknown."""
+    port, box = endpoint
+    for value in (None, "", "unknown", "192.0.2.300", "[UNAVAILABLE]"):
+        status, headers = await request(port, box.username, box.password, "imap", client_ip=value)
+        assert status == "HTTP/1.0 400 Bad Request" and headers == {}, value
+    status, _ = await request(port, box.username, box.password, "imap", client_ip="2001:db8::1")
+    assert status == "HTTP/1.0 200 OK"
+
+
+async def test_a_client_ip_of_127_0_0_1_is_throttled_unless_trusted(
+    databases: Databases, tmp_path
+) -> None:
+    """Issue 14 #8: `Client-IP: 127.0.0.1` was exempt from every delay and limit."""
+    box = await make_vaultbox(databases, "nginx-loop@vault.test", password="right")
+    for trusted, third in ((False, "Temporary server problem, try again later"), (True, None)):
+        port = free_port()
+        cfg = make_config(
+            databases,
+            authsocket={
+                "listen": [f"unix:{tmp_path}/auth-{trusted}"],
+                "http_listen": f"127.0.0.1:{port}",
+                "http_trust_client_networks": trusted,
+            },
+            auth={
+                "throttle_base_delay": 0.01,
+                "throttle_max_delay": 0.02,
+                "max_failures_per_ip": 2,
+            },
+        )
+        async with running_service(cfg, "authsocket"):
+            answers = [
+                (await request(port, box.username, f"wrong{i}", "imap", client_ip="127.0.0.1"))[1]
+                for i in range(3)
+            ]
+        assert answers[0]["Auth-Status"] == answers[1]["Auth-Status"] == "Invalid login or password"
+        assert answers[2]["Auth-Status"] == (third or "Invalid login or password")
+
+
+async def test_only_allowed_peers_with_the_secret_may_ask(databases: Databases, tmp_path) -> None:
+    box = await make_vaultbox(databases, "nginx-secret@vault.test", password="right")
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-shared-with-nginx\n")
+    port = free_port()
+    base = {"listen": [f"unix:{tmp_path}/auth"], "http_listen": f"127.0.0.1:{port}"}
+    cfg = make_config(databases, authsocket={**base, "http_secret_file": str(secret)})
+    async with running_service(cfg, "authsocket"):
+        refused = [
+            await request(port, box.username, "right", "imap", extra=extra)
+            for extra in ("", "X-Encimap-Secret: wrong\r\n", "X-Encimap-Secret: \r\n")
+        ]
+        accepted = await request(
+            port,
+            box.username,
+            "right",
+            "imap",
+            extra="X-Encimap-Secret: s3cret-shared-with-nginx\r\n",
+        )
+    assert all(answer == ("HTTP/1.0 403 Forbidden", {}) for answer in refused)
+    assert accepted[1]["Auth-Status"] == "OK"
+
+    port = free_port()
+    base = {"listen": [f"unix:{tmp_path}/auth2"], "http_listen": f"127.0.0.1:{port}"}
+    cfg = make_config(databases, authsocket={**base, "http_allowed_peers": ["192.0.2.0/24"]})
+    async with running_service(cfg, "authsocket"):
+        try:  # disconnected without an answer (a reset, as the request was not read)
+            answer = await request(port, box.username, "right", "imap")
+        except ConnectionResetError:
+            answer = ("", {})
+        assert answer == ("", {})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import bcrypt
 import pytest
 
+from tests.platform_support import seeded_databases
 from tests.support import Databases, run_cli, write_config_file
 
 
@@ -36,7 +38,37 @@ def test_db_migrate_and_status(cfg_file: Path):
         "encimap: nothing to apply",
     ]
     status = ok("db", "status", cfg=cfg_file)
-    assert "pending" not in status and "encimap 001_schema applied" in status
+    assert "pending" not in status and "encimap 002_encimap_tables applied" in status
+
+
+async def test_a_failing_migration_says_one_line_and_applies_nothing(tmp_path: Path, pg_cluster):
+    """A conflicting object (a `mailboxes` table of someone else's) stops the migration that
+    meets it: one line naming the file, the statement and PostgreSQL's message; nothing of
+    that migration stays."""
+    tag = uuid.uuid4().hex[:8]
+    dbs = await seeded_databases(pg_cluster, f"fail_mot_{tag}", f"fail_enc_{tag}")
+    conn = await dbs.connect()
+    try:
+        await conn.execute("CREATE TABLE mailboxes (id integer)")
+        cfg = write_config_file(tmp_path / "encimap.toml", dbs)
+        error = fails("db", "migrate", cfg=cfg)
+        assert error.count("\n") == 0
+        assert error.startswith(
+            "encimap: sql/encimap/002_encimap_tables.sql: "
+            "CREATE UNIQUE INDEX IF NOT EXISTS mailboxes_name_key"
+        )
+        assert error.endswith('column "vaultbox_id" does not exist')
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'vaultbox_smtp_credentials' AND column_name = 'enabled'"
+        )
+        assert columns == []
+        versions = await conn.fetch(
+            "SELECT version FROM schema_migrations WHERE component = 'encimap'"
+        )
+        assert [row["version"] for row in versions] == [1]
+    finally:
+        await conn.close()
 
 
 def test_db_migrate_against_unreachable_database_fails_clearly(tmp_path: Path, pg_cluster):
@@ -159,7 +191,7 @@ def test_vaultbox_create_list_and_failures(cfg_file: Path):
         )
         == "encimap: no user ghost@example.org"
     )
-    assert "not a valid vaultbox address" in fails(
+    assert "is not an address of the form alias@domain" in fails(
         "vaultbox",
         "create",
         "--user",
@@ -280,3 +312,27 @@ def test_check_reports_each_dependency(
     result = run_cli("check", config_file=bad)
     assert result.returncode == 1
     assert "FAIL tls: /nonexistent.pem" in result.stdout
+
+
+async def test_the_services_login_runs_migrate_when_nothing_is_pending(
+    databases: Databases, tmp_path: Path
+):
+    """encimap-migrate.service runs as the services' login, which holds only the three roles:
+    on a current schema `db migrate` only reads, and succeeds."""
+    login = f"svc_{uuid.uuid4().hex[:8]}"
+    conn = await databases.connect()
+    try:
+        await conn.execute(f"CREATE ROLE {login} LOGIN")
+        await conn.execute(f"GRANT encimap_auth, encimap_intake, encimap_imap TO {login}")
+    finally:
+        await conn.close()
+    as_login = Databases(
+        databases.cluster,
+        databases.motorical_url.replace("postgres@", f"{login}@"),
+        databases.encimap_url.replace("postgres@", f"{login}@"),
+    )
+    cfg = write_config_file(tmp_path / "svc.toml", as_login)
+    assert ok("db", "migrate", cfg=cfg).splitlines() == [
+        "motorical: nothing to apply",
+        "encimap: nothing to apply",
+    ]

@@ -148,8 +148,9 @@ async def test_append_encrypts_plaintext_and_keeps_encrypted_mail(databases, cfg
     conn = await databases.connect()
     try:
         rows = await conn.fetch(
-            """SELECT m.name, e.body_encrypted, e.flags, e.size_bytes FROM encrypted_emails e
-               JOIN mailboxes m ON m.id = e.mailbox_id WHERE e.vaultbox_id = $1""",
+            """SELECT m.name, e.body AS body_encrypted, e.flags, e.size_bytes
+                 FROM encrypted_emails e JOIN mailboxes m ON m.id = e.mailbox_id
+                WHERE e.vaultbox_id = $1""",
             box.id,
         )
     finally:

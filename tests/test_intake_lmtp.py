@@ -132,7 +132,7 @@ async def test_rcpt_refusals(databases, boxes, intake):
     assert rcpt[0].startswith("451 4.7.1")  # its certificate is for another address
     assert rcpt[1].startswith("550 5.2.1")
     assert rcpt[2].startswith("452 4.2.2")
-    assert rcpt[3].startswith("550 5.1.1")
+    assert rcpt[3].startswith("501 5.1.3")  # no @domain: a syntax error (RFC 5321 4.1.2)
 
 
 async def test_lhlo_announces_pipelining_and_a_pipelined_transaction_is_answered_in_order(

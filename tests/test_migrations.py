@@ -1,98 +1,178 @@
-"""Migrations against real PostgreSQL: idempotent, complete, and least-privilege roles."""
+"""Migrations against real PostgreSQL: the platform's schema contract (../shared/seed/),
+idempotent runs, repeatable migrations, and least-privilege roles."""
 
 from __future__ import annotations
+
+import uuid
 
 import asyncpg
 import pytest
 
-from encimap import db
+from encimap import db, migrations
+from encimap.pgcluster import prepare_databases
+from tests.platform_support import (
+    load_seed,
+    platform_statements,
+    run_platform_statements,
+    seeded_databases,
+)
 from tests.support import Databases
 
-SEED_COLUMNS = {
-    "motorical": {
-        "users": {"id", "email"},
-        "domains": {"id", "user_id", "domain"},
-        "subscriptions": {"id", "user_id", "status"},
-        "motor_blocks": {
-            "username",
-            "password_hash",
-            "smtp_enabled",
-            "rate_limit_per_hour",
-            "domain",
-        },
-    },
-    "encimap": {
-        "vaultboxes": {"alias", "domain", "status", "limits", "smtp_enabled"},
-        "vaultbox_smtp_credentials": {"vaultbox_id", "username", "password_hash"},
-        "imap_app_credentials": {"vaultbox_id", "username", "password_hash", "revoked_at"},
-        "certificates": {"vaultbox_id", "certificate_type", "pem_content"},
-        "encrypted_emails": {
-            "vaultbox_id",
-            "body_encrypted",
-            "subject_encrypted",
-            "uid",
-            "flags",
-            "size_bytes",
-            "internal_date",
-            "mailbox_id",
-        },
-        "email_processing_logs": {"vaultbox_id", "outcome"},
-        "mailboxes": {"vaultbox_id", "name", "uidvalidity", "uid_next"},
-    },
+# Where encimap stores another type than the platform (documented in 002_encimap_tables.sql):
+# varchar(255) widened to text, which keeps what the platform writes and reads meaning the same.
+WIDENED = {
+    ("encrypted_emails", "message_id"),
+    ("encrypted_emails", "sender"),
+    ("encrypted_emails", "recipient"),
 }
 
 
-async def _columns(conn: asyncpg.Connection, table: str) -> set[str]:
+async def _shape(conn: asyncpg.Connection, tables: list[str]) -> dict[tuple[str, str], tuple]:
     rows = await conn.fetch(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
+        """SELECT table_name, column_name, data_type, character_maximum_length, column_default,
+                  is_nullable
+             FROM information_schema.columns
+            WHERE table_schema = 'public' AND table_name = ANY($1::text[])""",
+        tables,
     )
-    return {row["column_name"] for row in rows}
+    return {
+        (r["table_name"], r["column_name"]): (
+            r["data_type"],
+            r["character_maximum_length"],
+            r["column_default"],
+            r["is_nullable"],
+        )
+        for r in rows
+    }
+
+
+async def _constraints(conn: asyncpg.Connection, tables: list[str]) -> set[tuple[str, str]]:
+    rows = await conn.fetch(
+        """SELECT conrelid::regclass::text AS t, pg_get_constraintdef(oid) AS d
+             FROM pg_constraint WHERE conrelid::regclass::text = ANY($1::text[])""",
+        tables,
+    )
+    return {(r["t"], r["d"]) for r in rows}
+
+
+async def _reference(pg_cluster, component: str) -> tuple[dict, set, list[str]]:
+    """The seed's shape: loaded into a database of its own, untouched."""
+    name = f"reference_{component}_{uuid.uuid4().hex[:6]}"
+    pg_cluster.create_database(name)
+    await load_seed(pg_cluster.url(name), component)
+    conn = await asyncpg.connect(pg_cluster.url(name))
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        tables = [r["tablename"] for r in rows]
+        return await _shape(conn, tables), await _constraints(conn, tables), tables
+    finally:
+        await conn.close()
+
+
+async def _install(pg_cluster, install: str) -> Databases:
+    tag = uuid.uuid4().hex[:6]
+    if install == "adopted":
+        await seeded_databases(pg_cluster, f"mot_{tag}", f"enc_{tag}")
+    urls = await prepare_databases(pg_cluster, f"mot_{tag}", f"enc_{tag}")
+    return Databases(pg_cluster, *urls)
 
 
 @pytest.mark.parametrize("component", db.DATABASES)
-async def test_migrations_create_every_seed_table_and_column(databases: Databases, component):
-    conn = await databases.connect(component)
+@pytest.mark.parametrize("install", ["fresh", "adopted"])
+async def test_schema_is_a_strict_superset_of_the_platform(pg_cluster, component, install):
+    """Every seed table, column, type, default, nullability and constraint exists, on a fresh
+    install and on a database that had the seed before encimap."""
+    shape, constraints, tables = await _reference(pg_cluster, component)
+    conn = await (await _install(pg_cluster, install)).connect(component)
     try:
-        for table, columns in SEED_COLUMNS[component].items():
-            assert columns <= await _columns(conn, table), table
+        got = await _shape(conn, tables)
+        for key, (kind, length, default, nullable) in shape.items():
+            assert key in got, key
+            got_kind, got_length, got_default, got_nullable = got[key]
+            assert (got_default, got_nullable) == (default, nullable), key
+            if key in WIDENED:
+                assert got_kind == "text", key
+            else:
+                assert (got_kind, got_length) == (kind, length), key
+        assert constraints <= await _constraints(conn, tables)
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("install", ["fresh", "adopted"])
+async def test_every_platform_statement_runs_unchanged(pg_cluster, install):
+    dbs = await _install(pg_cluster, install)
+    assert len(await run_platform_statements(dbs)) == len(platform_statements())
 
 
 @pytest.mark.parametrize("component", db.DATABASES)
 async def test_migrations_apply_again_as_a_no_op(databases: Databases, component):
     conn = await databases.connect(component)
     try:
-        before = await db.applied_versions(conn, component)
-        assert await db.migrate(conn, component) == []
-        assert await db.applied_versions(conn, component) == before
-        assert set(before) == {m.version for m in db.available_migrations(component)}
+        before = await migrations.applied_versions(conn, component)
+        outcome = await migrations.migrate(conn, component)
+        assert (outcome.versioned, outcome.repeatables) == ([], [])
+        assert await migrations.applied_versions(conn, component) == before
+        assert set(before) == {m.version for m in migrations.available_migrations(component)}
     finally:
         await conn.close()
 
 
-async def test_platform_migration_is_idempotent_on_existing_tables(fresh_databases: Databases):
-    """Production already has the platform tables: re-running every statement must succeed."""
-    conn = await fresh_databases.connect("motorical")
+async def test_a_changed_repeatable_is_applied_again(fresh_databases: Databases):
+    conn = await fresh_databases.connect("encimap")
     try:
-        await conn.execute("DELETE FROM schema_migrations WHERE component = 'motorical'")
-        assert [m.version for m in await db.migrate(conn, "motorical")] == [
-            m.version for m in db.available_migrations("motorical")
+        await conn.execute("DROP VIEW public_certificates")
+        await conn.execute(
+            "UPDATE schema_repeatables SET checksum = 'old' "
+            "WHERE name = '40_public_certificates.sql'"
+        )
+        outcome = await migrations.migrate(conn, "encimap")
+        assert outcome.versioned == []
+        assert [r.name for r in outcome.repeatables] == [
+            r.name for r in migrations.available_repeatables("encimap")
         ]
+        assert await conn.fetchval("SELECT count(*) FROM public_certificates") == 0
     finally:
         await conn.close()
 
 
-async def test_single_database_install_holds_both_components(pg_cluster):
-    pg_cluster.create_database("single_db")
-    conn = await asyncpg.connect(pg_cluster.url("single_db"))
+async def test_single_database_install_from_the_platform_shape(pg_cluster):
+    """Both seeds in one database (single-database mode), migrated for both components."""
+    name = f"single_{uuid.uuid4().hex[:6]}"
+    await seeded_databases(pg_cluster, name)
+    conn = await asyncpg.connect(pg_cluster.url(name))
     try:
         for component in db.DATABASES:
-            assert await db.migrate(conn, component)
-        rows = await conn.fetch("SELECT component FROM schema_migrations")
+            await migrations.upgrade(conn, component)
+        rows = await conn.fetch("SELECT DISTINCT component FROM schema_migrations")
         assert {row["component"] for row in rows} == set(db.DATABASES)
+        await conn.execute("SET ROLE encimap_auth")
+        await conn.execute("SELECT username, password_hash FROM motor_blocks")
+        await conn.execute("SELECT username, password_hash FROM imap_app_credentials")
     finally:
         await conn.close()
+
+
+def test_statements_split_respects_quotes_comments_and_dollar_bodies():
+    sql = (
+        "-- a; comment\n"
+        "CREATE FUNCTION f() RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN 'a;b'; END $$;\n"
+        "/* block; */ SELECT 'it''s;' AS \"x;y\";\n"
+        "SELECT $tag$ ; $tag$;\n"
+        "-- trailing comment only"
+    )
+    statements = list(migrations.split_statements(sql))
+    assert len(statements) == 3
+    assert statements[1].endswith('AS "x;y"')
+    assert migrations.summary(statements[0]) == (
+        "CREATE FUNCTION f() RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN 'a;b'; END $$"
+    )
+
+
+def test_statement_splitting_is_linear():
+    """Long runs of quotes, dollars and dashes are read once (no backtracking)."""
+    for text in ["'" * 200_000, "$" * 200_000, "-" * 200_000, "$a" * 100_000]:
+        list(migrations.split_statements(text))
 
 
 async def _as_role(databases: Databases, component: str, role: str) -> asyncpg.Connection:
@@ -112,13 +192,15 @@ ALLOWED = [
     ),
     ("encimap", "encimap_intake", "SELECT pem_content FROM public_certificates"),
     ("encimap", "encimap_intake", "SELECT id, uid_next FROM mailboxes"),
-    ("encimap", "encimap_imap", "SELECT body_encrypted, flags FROM encrypted_emails"),
+    ("encimap", "encimap_imap", "SELECT body, body_encrypted, flags FROM encrypted_emails"),
+    ("encimap", "encimap_intake", "UPDATE public_certificates SET subject = subject"),
     ("encimap", "encimap_imap", "UPDATE encrypted_emails SET flags = flags"),
     ("encimap", "encimap_imap", "DELETE FROM encrypted_emails WHERE false"),
 ]
 
 REFUSED = [
     ("encimap", "encimap_auth", "SELECT body_encrypted FROM encrypted_emails"),
+    ("encimap", "encimap_auth", "SELECT body FROM encrypted_emails"),
     ("encimap", "encimap_auth", "SELECT subject_encrypted FROM encrypted_emails"),
     ("encimap", "encimap_auth", "UPDATE vaultbox_smtp_credentials SET enabled = false"),
     ("encimap", "encimap_auth", "UPDATE imap_app_credentials SET revoked_at = now()"),
@@ -129,10 +211,15 @@ REFUSED = [
     ("motorical", "encimap_auth", "SELECT * FROM subscriptions"),
     ("encimap", "encimap_intake", "SELECT pem_content FROM certificates"),
     ("encimap", "encimap_intake", "SELECT body_encrypted FROM encrypted_emails"),
+    ("encimap", "encimap_intake", "SELECT body FROM encrypted_emails"),
     ("encimap", "encimap_intake", "SELECT password_hash FROM vaultbox_smtp_credentials"),
     ("encimap", "encimap_intake", "DELETE FROM encrypted_emails"),
     ("encimap", "encimap_imap", "SELECT password_hash FROM imap_app_credentials"),
     ("encimap", "encimap_imap", "SELECT pem_content FROM certificates"),
+    ("encimap", "encimap_intake", "UPDATE public_certificates SET pem_content = ''"),
+    ("encimap", "encimap_intake", "UPDATE certificates SET subject = subject"),
+    ("motorical", "encimap_auth", "SELECT password_hash FROM users"),
+    ("motorical", "encimap_auth", "UPDATE domains SET domain = domain"),
     ("motorical", "encimap_intake", "SELECT username FROM motor_blocks"),
     ("motorical", "encimap_imap", "SELECT username FROM motor_blocks"),
 ]

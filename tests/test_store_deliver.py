@@ -1,4 +1,4 @@
-"""The delivery statement and the shared insert path (sql/encimap/007_cheaper_deliver.sql),
+"""The delivery statement and the shared insert path (sql/encimap/repeatable/30_store_message.sql),
 called as the roles that use them: what each stores, logs, notifies and leaves alone."""
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ async def test_a_mailbox_never_holds_one_uid_twice(databases: Databases):
         stored = await messages.insert_message(conn, vaultbox_id=box.id, body=BODY)
         with pytest.raises(asyncpg.UniqueViolationError):
             await conn.execute(
-                """INSERT INTO encrypted_emails (vaultbox_id, mailbox_id, uid, body_encrypted,
-                                                 size_bytes)
-                   VALUES ($1, $2, $3, '\\x00', 1)""",
+                """INSERT INTO encrypted_emails (vaultbox_id, mailbox_id, uid, body, size_bytes,
+                                                 message_id, sender, recipient)
+                   VALUES ($1, $2, $3, '\\x00', 1, '', '', '')""",
                 box.id,
                 stored.mailbox_id,
                 stored.uid,

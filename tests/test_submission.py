@@ -22,11 +22,11 @@ from tests.submission_helpers import (
     client_context,
     login,
     message,
-    sink,
     starttls_port,
     submission,
+    submission_config,
 )
-from tests.support import make_config, make_motorblock, make_vaultbox
+from tests.support import make_motorblock, make_vaultbox
 
 MB_USER, MB_PASS, MB_DOMAIN = "mb-sub", "mb-secret-1", "mb.test"
 VB_ADDRESS, VB_PASS = "alice@vb.test", "vb-secret-1"
@@ -39,17 +39,6 @@ def accounts(databases):
         return await make_vaultbox(databases, VB_ADDRESS, password=VB_PASS)
 
     return {"vaultbox": asyncio.run(create())}
-
-
-@pytest.fixture
-def upstream():
-    with sink() as (controller, handler):
-        yield controller, handler
-
-
-def submission_config(databases, tls_files, upstream_port: int, **keys):
-    values = {"listen": "127.0.0.1:0", "relay": f"127.0.0.1:{upstream_port}", "relay_timeout": 5.0}
-    return make_config(databases, tls_files, submission={**values, **keys})
 
 
 @pytest.fixture

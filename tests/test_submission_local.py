@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from tests.intake_support import add_certificate, openssl_decrypt, stored_messages
-from tests.submission_helpers import login, message, sink, starttls_port, submission
+from tests.submission_helpers import login, message, starttls_port, submission
 from tests.support import make_config, make_motorblock, make_vaultbox
 
 SENDER, SENDER_PASS = "dora@local.test", "dora-secret"
@@ -27,12 +27,6 @@ def accounts(databases, tmp_path_factory):
         return sender, recipient, key
 
     return asyncio.run(create())
-
-
-@pytest.fixture
-def upstream():
-    with sink() as (controller, handler):
-        yield controller, handler
 
 
 def config(databases, tls_files, upstream_port: int, local_delivery: bool):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from encimap import config
 from tests.support import REPO
 
 UNITS = REPO / "systemd"
@@ -118,3 +119,12 @@ def test_offline_security_exposure_is_low(installed_units: Path, service: str):
     level = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
     assert level, result.stdout + result.stderr
     assert float(level[1]) <= 2.5
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_descriptor_limit_covers_the_connection_limits(service: str):
+    """Issue 14 #6: at the default 1,024 descriptors, ~1,000 idle sockets locked clients out."""
+    [value] = _read(f"encimap-{service}.service")["Service"]["LimitNOFILE"]
+    connections = getattr(config.Config(), service).max_connections
+    assert connections > 0
+    assert int(value) >= 2 * connections + 256  # each may hold a second socket (the relay)

@@ -71,8 +71,9 @@ class AuthEngine:
         )
         self._lookup_timeout = config.database.connect_timeout + config.database.command_timeout
         self._watch = events.Watch(
-            listen or encimap, NOTIFY_CHANNEL, on_notify=self._on_notify, on_deaf=self.flush_cache
+            listen or encimap, NOTIFY_CHANNEL, on_notify=self._on_notify, on_deaf=self._on_deaf
         )
+        self._change_hooks: list[Callable[[str], None]] = []
         self.listening = self._watch.listening
 
     # --- life ---------------------------------------------------------------------------
@@ -105,10 +106,14 @@ class AuthEngine:
         client_ip: str | None = None,
         secured: bool = True,
         method: str = "PLAIN",
+        exempt_trusted: bool = True,
     ) -> Principal:
+        """The principal for a login, or AuthFailed/AuthUnavailable. `exempt_trusted=False`
+        throttles addresses in `[auth] trusted_networks` too (for an address a caller names
+        rather than one the socket shows)."""
         rip = _valid_ip(client_ip)
         line = _LogLine(username, method, service, rip, secured)
-        wait, over_limit = self._throttle.before_verify(rip, username)
+        wait, over_limit = self._throttle.before_verify(rip, username, exempt_trusted)
         if over_limit:
             AUTH_THROTTLED.labels("refused").inc()
             line.unavailable("too many failures from this address")
@@ -121,7 +126,7 @@ class AuthEngine:
         except _Refused as refused:
             attempt = fingerprint(self._secret, "attempt", service, username, password)
             # A failure waits the address's delay in all, counting what it waited before.
-            delay = self._throttle.failed(rip, username, attempt) - wait
+            delay = self._throttle.failed(rip, username, attempt, exempt_trusted) - wait
             line.failed(refused.reason)
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -138,7 +143,7 @@ class AuthEngine:
             raise _Refused("malformed username")
         row = await self._lookup(username, service)
         state = "unknown" if row is None else ("live" if row.live else "inactive")
-        stored_hash = row.password_hash if row is not None else ""
+        stored_hash = (row.password_hash or "") if row is not None else ""
         credential = f"{row.kind}:{row.credential_id}" if row is not None else "-"
         verified_key = fingerprint(self._secret, credential, stored_hash, username, password)
         if row is not None and row.live and self._verified.hit(verified_key):
@@ -207,7 +212,7 @@ class AuthEngine:
 
     def _principal(self, row: LoginRow) -> Principal:
         if row.kind == "motorblock":
-            domains: tuple[str, ...] = (row.domain,)
+            domains: tuple[str, ...] = row.domains
             addresses: tuple[str, ...] = ()
         else:
             domains, addresses = (), (row.address,)
@@ -226,10 +231,44 @@ class AuthEngine:
             else self.config.submission.default_hourly_limit,
         )
 
+    # --- open sessions ------------------------------------------------------------------
+
+    def on_change(self, hook: Callable[[str], None]) -> Callable[[], None]:
+        """Call `hook` with each change announced on NOTIFY_CHANNEL ('user:<username>',
+        'vaultbox:<uuid>') and with '*' whenever one may have been missed; the front ends
+        re-check their open sessions with `still_valid`. Returns the unsubscribe function."""
+        self._change_hooks.append(hook)
+        return lambda: self._change_hooks.remove(hook)
+
+    async def still_valid(self, principal: Principal) -> bool:
+        """Whether the credential `principal` logged in with may still log in (not revoked,
+        vaultbox or MotorBlock active); a password change keeps it valid. Raises
+        AuthUnavailable when the database does not answer."""
+        username = principal.username
+        if principal.kind == "motorblock":
+            row = await self._query("motorical", logins.motorblock_login, username)
+        elif principal.kind == "vaultbox_smtp":
+            row = await self._query("encimap", logins.vaultbox_smtp_login, username)
+        else:
+            row = await self._query("encimap", logins.vaultbox_imap_login, username)
+        return row is not None and row.live and row.credential_id == principal.credential_id
+
+    def _tell(self, payload: str) -> None:
+        for hook in list(self._change_hooks):
+            try:
+                hook(payload)
+            except Exception:
+                log.exception("auth.change_hook_failed")
+
     # --- cache invalidation -------------------------------------------------------------
+
+    def _on_deaf(self) -> None:
+        self.flush_cache()
+        self._tell("*")
 
     def _on_notify(self, payload: str) -> None:
         """Drop what a change announced on NOTIFY_CHANNEL may have made wrong."""
+        self._tell(payload)
         what, _, value = payload.partition(":")
         if what == "user":
             self._verified.drop(username=value)

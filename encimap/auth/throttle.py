@@ -57,9 +57,11 @@ class Throttle:
             return 0.0
         return min(self.max_delay, self.base * 2 ** min(failures - 1, 30))
 
-    def before_verify(self, client_ip: str | None, username: str) -> tuple[float, bool]:
+    def before_verify(
+        self, client_ip: str | None, username: str, exempt_trusted: bool = True
+    ) -> tuple[float, bool]:
         """(delay before checking, whether the address is over the hard limit)."""
-        if client_ip is None or self.exempt(client_ip):
+        if client_ip is None or (exempt_trusted and self.exempt(client_ip)):
             return 0.0, False
         state = self._state(client_ip)
         if state is None:
@@ -67,9 +69,11 @@ class Throttle:
         over = 0 < self.max_failures <= state.failures
         return self.delay(state.per_user.get(username, 0)), over
 
-    def failed(self, client_ip: str | None, username: str, attempt: bytes) -> float:
+    def failed(
+        self, client_ip: str | None, username: str, attempt: bytes, exempt_trusted: bool = True
+    ) -> float:
         """Count a failure (unless `attempt` was refused before); the delay before answering."""
-        if client_ip is None or self.exempt(client_ip):
+        if client_ip is None or (exempt_trusted and self.exempt(client_ip)):
             return 0.0
         state = self._state(client_ip)
         if state is None:

@@ -14,6 +14,7 @@ from encimap.authsocket.codec import MAX_LINE
 from encimap.authsocket.connection import AuthConnection
 from encimap.authsocket.http import AuthHTTP
 from encimap.config import AuthSocketConfig, ConfigError, listeners, parse_listener
+from encimap.service.connlimits import ConnectionLimiter, Limits, peer_ip
 from encimap.service.http import Request, Response
 from encimap.service.http import serve as serve_http
 from encimap.service.listeners import Sessions, bind
@@ -51,14 +52,20 @@ async def start(runtime) -> AuthSocketService:
     engine = await engine_for(runtime)
     requests = Sessions()
     service = AuthSocketService([], requests)
+    limiter = ConnectionLimiter("authsocket", Limits.of(config))
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ticket = limiter.admit(peer_ip(writer.get_extra_info("peername")))
+        if ticket is None:
+            writer.close()
+            return
         connection = AuthConnection(engine, reader, writer, requests)
         service.connections.add(connection)
         try:
             await connection.run()
         finally:
             service.connections.discard(connection)
+            ticket.release()
 
     def protocol() -> asyncio.StreamReaderProtocol:
         return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=MAX_LINE + 1), on_connect)
@@ -82,7 +89,7 @@ async def start(runtime) -> AuthSocketService:
                 requests.add(task)
             return await http.handle(request)
 
-        service.servers.append(await serve_http(config.http_listen, on_http))
+        service.servers.append(await serve_http(config.http_listen, on_http, http.peer_allowed))
         log.info("authsocket.http_listening", listen=config.http_listen)
     return service
 

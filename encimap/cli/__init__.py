@@ -38,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     database = commands.add_parser("db", help="database migrations").add_subparsers(
         dest="action", required=True
     )
-    database.add_parser("migrate", help="apply pending migrations").set_defaults(
-        handler=admin.db_migrate
+    migrate = database.add_parser("migrate", help="apply pending migrations and data moves")
+    migrate.add_argument(
+        "--plan", action="store_true", help="say what would change, change nothing"
     )
+    migrate.set_defaults(handler=admin.db_migrate)
     database.add_parser("status", help="applied and pending migrations").set_defaults(
         handler=admin.db_status
     )
@@ -50,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create_user = user.add_parser("create", help="create a user")
     create_user.add_argument("email")
-    create_user.add_argument("--name")
     create_user.set_defaults(handler=admin.user_create)
 
     motorblock = commands.add_parser("motorblock", help="SMTP sending accounts").add_subparsers(

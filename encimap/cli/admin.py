@@ -10,38 +10,73 @@ import ssl
 
 import asyncpg
 
-from encimap import db
+from encimap import db, migrations
 from encimap.auth.passwords import hash_password
 from encimap.cli.common import CommandError, read_or_generate_password
 from encimap.config import Config, listeners, parse_listener
-from encimap.store import credentials, logins, platform, vaultboxes
+from encimap.store import adoption, certificates, credentials, logins, platform, vaultboxes
 
 
-async def db_migrate(cfg: Config, _args: argparse.Namespace) -> int:
+async def db_migrate(cfg: Config, args: argparse.Namespace) -> int:
+    """Apply what is pending (or, with --plan, say what would be applied and change nothing)."""
     for database in db.DATABASES:
         async with db.connect(cfg.database, database) as conn:
-            applied = await db.migrate(conn, database)
-        names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied) or "nothing to apply"
-        print(f"{database}: {names}")
+            try:
+                if args.plan:
+                    _print_plan(database, await migrations.plan(conn, database))
+                    continue
+                outcome = await migrations.upgrade(conn, database, _progress_printer(database))
+            except migrations.MigrationError as exc:
+                raise CommandError(str(exc)) from None
+        names = ", ".join(m.label for m in outcome.versioned) or "nothing to apply"
+        repeated = f" (repeatable: {len(outcome.repeatables)} re-applied)" * bool(
+            outcome.repeatables
+        )
+        print(f"{database}: {names}{repeated}")
     return 0
+
+
+def _progress_printer(database: str) -> adoption.Progress:
+    return lambda line: print(f"{database}: {line}", flush=True)
+
+
+def _print_plan(database: str, outcome: migrations.Outcome) -> None:
+    if not outcome.versioned and not outcome.repeatables:
+        print(f"{database}: nothing to apply")
+    for migration in outcome.versioned:
+        print(f"{database}: {migration.label} would run:")
+        for statement in outcome.statements[migration.path.name]:
+            print(f"    {statement}")
+    if outcome.repeatables:
+        names = ", ".join(r.name for r in outcome.repeatables)
+        print(f"{database}: repeatable migrations would be re-applied: {names}")
+    if outcome.data_moves is not None:
+        print(f"{database}: then, in batches while the services run:")
+        for line in outcome.data_moves.lines():
+            print(f"    {line}")
 
 
 async def db_status(cfg: Config, _args: argparse.Namespace) -> int:
     pending_total = 0
     for database in db.DATABASES:
         async with db.connect(cfg.database, database) as conn:
-            done = await db.applied_versions(conn, database)
-        for migration in db.available_migrations(database):
+            done = await migrations.applied_versions(conn, database)
+            todo = await adoption.pending(conn) if database == "encimap" and done else None
+        for migration in migrations.available_migrations(database):
             state = "applied" if migration.version in done else "pending"
             pending_total += state == "pending"
-            print(f"{database} {migration.version:03d}_{migration.name} {state}")
+            print(f"{database} {migration.label} {state}")
+        if todo is not None:
+            moves = todo.unplaced_messages + todo.undescribed_messages
+            pending_total += moves > 0
+            print(f"{database} data moves: {moves} messages to place or describe")
     return 1 if pending_total else 0
 
 
 async def user_create(cfg: Config, args: argparse.Namespace) -> int:
     async with db.connect(cfg.database, "motorical") as conn:
-        user = await platform.create_user(conn, args.email, args.name)
-    print(f"user {user.email} id={user.id}")
+        user = await platform.create_user(conn, args.email)
+    print(f"user {user.email} id={user.id} (no platform password: the platform sets one)")
     return 0
 
 
@@ -124,24 +159,25 @@ async def credential_revoke(cfg: Config, args: argparse.Namespace) -> int:
 
 async def check(cfg: Config, _args: argparse.Namespace) -> int:
     """Report every dependency a service needs, one line each; non-zero if any fails."""
-    results: list[tuple[str, bool, str]] = []
+    results: list[tuple[str, bool | None, str]] = []
     for database in db.DATABASES:
         try:
             async with db.connect(cfg.database, database) as conn:
-                done = await db.applied_versions(conn, database)
-                health = await db.check_health(conn, database)
-            pending = len(db.available_migrations(database)) - len(done)
-            server = _server(health)
-            results.append(
-                (
-                    f"database {database}",
-                    pending == 0,
-                    f"reachable at {server}, migrations current"
-                    if pending == 0
-                    else f"reachable at {server}, {pending} migration(s) pending",
+                done = await migrations.applied_versions(conn, database)
+                pending = len(migrations.pending_migrations(database, done))
+                server = _server(await db.check_health(conn, database))
+                results.append(
+                    (
+                        f"database {database}",
+                        pending == 0,
+                        f"reachable at {server}, migrations current"
+                        if pending == 0
+                        else f"reachable at {server}, {pending} migration(s) pending",
+                    )
                 )
-            )
-        except db.DatabaseUnavailable as exc:
+                if database == "encimap" and not pending:
+                    results.extend(await _adoption_checks(conn))
+        except (db.DatabaseUnavailable, migrations.MigrationError) as exc:
             results.append((f"database {database}", False, str(exc)))
     for database in db.DATABASES:
         results.append((f"auth pool {database}", *await _check_auth_pool(cfg, database)))
@@ -153,8 +189,41 @@ async def check(cfg: Config, _args: argparse.Namespace) -> int:
         if answer is not None:
             results.append((f"auth socket {spec}", *answer))
     for label, ok, detail in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {label}: {detail}")
-    return 0 if all(ok for _, ok, _ in results) else 1
+        print(f"{_VERDICT[ok]} {label}: {detail}")
+    return 0 if all(ok is not False for _, ok, _ in results) else 1
+
+
+# A check is ok (True), failed (False) or a warning (None: reported, not a failure).
+_VERDICT: dict[bool | None, str] = {True: "ok  ", False: "FAIL", None: "WARN"}
+
+
+async def _adoption_checks(conn: asyncpg.Connection) -> list[tuple[str, bool | None, str]]:
+    checks: list[tuple[str, bool | None, str]] = []
+    try:
+        private = await certificates.count_private(conn)
+    except asyncpg.InsufficientPrivilegeError:
+        checks.append(("private keys", None, "this login may not read certificates to count them"))
+    else:
+        if private:
+            checks.append(
+                (
+                    "private keys",
+                    None,
+                    f"{private} server-held private key row(s) in certificates: "
+                    "remove them with `encimap cert purge-private`",
+                )
+            )
+    todo = await adoption.pending(conn)
+    if todo.unplaced_messages or todo.vaultboxes_without_mailboxes:
+        checks.append(
+            (
+                "data moves",
+                None,
+                f"{todo.unplaced_messages} stored messages not yet in a mailbox: "
+                "run `encimap db migrate`",
+            )
+        )
+    return checks
 
 
 async def _check_auth_pool(cfg: Config, database: db.Database) -> tuple[bool, str]:

@@ -1,4 +1,4 @@
-"""`encimap cert generate|import`: a vaultbox's encryption certificate.
+"""`encimap cert generate|import|purge-private`: a vaultbox's encryption certificate.
 
 The server keeps only the public certificate; `generate` hands the private key to the user as
 a password-protected PKCS#12 file for the mail client. `--keep-private-key` additionally keeps
@@ -8,6 +8,7 @@ the key on the server, encrypted with that same password (never in clear).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -77,6 +78,30 @@ def _describe(what: str, address: str, info: smime.CertificateInfo) -> None:
     print(f"fingerprint (SHA-256): {info.fingerprint_sha256}")
 
 
+async def purge_private(cfg: Config, args: argparse.Namespace) -> int:
+    """Delete server-held private keys (of one vaultbox, or all), after confirmation."""
+    async with db.connect(cfg.database, "encimap") as conn, conn.transaction():
+        box = await vaultboxes.get_vaultbox(conn, args.address) if args.address else None
+        where = box.address if box else "all vaultboxes"
+        count = await certificates.count_private(conn, box.id if box else None)
+        if not count:
+            print(f"no server-held private keys ({where})")
+            return 0
+        _confirm(f"delete {count} server-held private key row(s) of {where}?", args.yes)
+        deleted = await certificates.purge_private(conn, box.id if box else None)
+    print(f"deleted {deleted} private key row(s) of {where}")
+    return 0
+
+
+def _confirm(question: str, assumed: bool) -> None:
+    if assumed:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(f"{question} Confirm with --yes (stdin is not a terminal)")
+    if input(f"{question} Type 'yes': ").strip() != "yes":
+        raise CommandError("not confirmed; nothing deleted")
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     cert = commands.add_parser("cert", help="vaultbox encryption certificates").add_subparsers(
         dest="action", required=True
@@ -95,3 +120,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     load.add_argument("address")
     load.add_argument("certificate", metavar="CERT.pem")
     load.set_defaults(handler=import_certificate)
+    purge = cert.add_parser(
+        "purge-private", help="delete private keys the server holds (the old service's)"
+    )
+    purge.add_argument("address", nargs="?", help="only this vaultbox's (default: all)")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.set_defaults(handler=purge_private)

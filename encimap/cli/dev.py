@@ -106,7 +106,7 @@ async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[Dem
         try:
             user = await platform.find_user(conn, DEMO_USER)
         except platform.NotFound:
-            user = await platform.create_user(conn, DEMO_USER, "Demo User")
+            user = await platform.create_user(conn, DEMO_USER)
         password = generate_password()
         password_hash = hash_password(password, cost)
         try:

@@ -20,7 +20,8 @@ from encimap.store import StoreError, events
 from encimap.store import recipients as store_recipients
 from encimap.store.vaultboxes import Vaultbox
 
-# Announces every change to vaultboxes or certificates (sql/encimap/008_recipient_notify.sql).
+# Announces every change to vaultboxes or certificates
+# (sql/encimap/repeatable/20_recipients_notify.sql).
 RECIPIENTS_CHANNEL = "encimap_recipients"
 
 

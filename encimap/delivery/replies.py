@@ -37,6 +37,7 @@ TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, try again later")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message too big")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6)")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 
 # aiosmtpd's own replies for limits it enforces, in the form of the rest of ours.
 AIOSMTPD_REWRITES: dict[str, Reply] = {

@@ -63,6 +63,7 @@ class Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
+        self.keys_left = 0  # search keys still allowed (parse_search sets it)
 
     # -- basics --
     def at_end(self) -> bool:
@@ -447,8 +448,13 @@ class SearchProgram:
     return_options: list[str] = field(default_factory=list)
 
 
-def parse_search(reader: Reader) -> SearchProgram:
+class TooManyKeys(ParseError):
+    """A search program with more keys than the caller allows (answered NO [LIMIT])."""
+
+
+def parse_search(reader: Reader, max_keys: int = 1000) -> SearchProgram:
     program = SearchProgram(keys.All())
+    reader.keys_left = max_keys
     if reader.accept(b"RETURN "):
         program.return_options = [option.upper() for option in reader.parenthesized(reader.atom)]
         reader.sp()
@@ -468,6 +474,9 @@ def parse_search(reader: Reader) -> SearchProgram:
 def _search_key(reader: Reader, depth: int) -> object:
     if depth > 50:
         raise ParseError("search program nested too deeply")
+    reader.keys_left -= 1
+    if reader.keys_left < 0:
+        raise TooManyKeys("too many search keys")
     if reader.peek() == 0x28:
         reader.pos += 1
         found = [_search_key(reader, depth + 1)]

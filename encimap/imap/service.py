@@ -13,12 +13,14 @@ from typing import Any
 import asyncpg
 
 from encimap import db
+from encimap.auth import AuthUnavailable
 from encimap.config import Config, listeners
 from encimap.imap import proxy
 from encimap.imap.cache import MessageCache
 from encimap.imap.session import Session
 from encimap.logs import get_logger
 from encimap.metrics import IMAP_SESSIONS
+from encimap.service.connlimits import ConnectionLimiter, Limits, Ticket, peer_ip
 from encimap.service.listeners import Sessions, bind
 from encimap.store import events
 from encimap.tls import TLSMaterial
@@ -26,6 +28,9 @@ from encimap.tls import TLSMaterial
 log = get_logger(__name__)
 
 _STREAM_LIMIT = 64 * 1024
+# Credential changes remembered for logins in progress (a login takes seconds at most).
+_CHANGES_KEPT = 10_000
+_CHANGE_AGE = 300.0
 
 
 class Server:
@@ -48,7 +53,12 @@ class Server:
         self.cache = MessageCache()
         self.servers: list[asyncio.Server] = []
         self._per_user: Counter[str] = Counter()
-        self._counted: dict[str, str] = {}  # session id -> username
+        self.limiter = ConnectionLimiter("imap", Limits.of(config.imap))
+        self._tickets: dict[str, Ticket] = {}  # session id -> its place in the limits
+        self._counted: dict[str, Session] = {}  # session id -> logged-in session
+        self._rechecks: set[asyncio.Task[None]] = set()
+        self._changes: dict[str, float] = {}  # NOTIFY payload -> loop time last heard
+        self._unhook = engine.on_change(self._credentials_changed)
         self._trusted = [
             ipaddress.ip_network(network, strict=False) for network in config.imap.trusted_networks
         ]
@@ -108,6 +118,12 @@ class Server:
                 writer.transport.abort()
                 return
         session = Session(self, reader, writer, tls=tls, client_ip=client_ip)
+        # imap.login_timeout is the session's own (encimap.imap.session): no timer here.
+        ticket = self.limiter.admit(peer_ip(peer) and client_ip, login=True)
+        if ticket is None:
+            _bye(writer, _TOO_MANY)
+            return
+        self._tickets[session.id] = ticket
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
@@ -120,6 +136,8 @@ class Server:
             writer.transport.abort()
         finally:
             IMAP_SESSIONS.labels("open").dec()
+            ticket.release()
+            del self._tickets[session.id]
 
     # -- policy --
     def login_allowed(self, session: Session) -> bool:
@@ -132,24 +150,76 @@ class Server:
             return False
         return any(address in network for network in self._trusted)
 
-    def session_started(self, session: Session, principal: Any) -> bool:
-        """Count a logged-in session; False when the user is at `max_connections_per_user`."""
+    def session_started(self, session: Session, principal: Any, since: float | None = None) -> bool:
+        """Count a logged-in session; False when the user is at `max_connections_per_user`.
+        `since` is when the login began: a change to the credential announced after it
+        (while the password was being checked) gets the new session re-checked."""
         limit = self.config.imap.max_connections_per_user
         if limit and self._per_user[principal.username] >= limit:
             return False
         self._per_user[principal.username] += 1
-        self._counted[session.id] = principal.username
+        self._counted[session.id] = session
+        if (ticket := self._tickets.get(session.id)) is not None:
+            ticket.logged_in()
+        keys = ("*", f"user:{principal.username}", f"vaultbox:{principal.vaultbox_id}")
+        if since is not None and any(self._changes.get(key, since - 1) >= since for key in keys):
+            self._start_recheck([session])
         return True
 
     def session_ended(self, session: Session) -> None:
-        username = self._counted.pop(session.id, None)
-        if username is not None:
+        if self._counted.pop(session.id, None) is not None:
+            assert session.principal is not None
+            username = session.principal.username
             self._per_user[username] -= 1
             if self._per_user[username] <= 0:
                 del self._per_user[username]
 
+    # -- revocation --
+    def _credentials_changed(self, payload: str) -> None:
+        """A credential or vaultbox changed (NOTIFY on encimap_auth, heard on every host):
+        re-check the sessions it concerns, all of them when a change may have been missed."""
+        now = asyncio.get_running_loop().time()
+        if len(self._changes) >= _CHANGES_KEPT:
+            self._changes = {k: t for k, t in self._changes.items() if t > now - _CHANGE_AGE}
+        self._changes[payload if payload.startswith(("user:", "vaultbox:")) else "*"] = now
+        what, _, value = payload.partition(":")
+
+        def concerned(principal: Any) -> bool:
+            if what == "user":
+                return principal.username == value
+            if what == "vaultbox":
+                return str(principal.vaultbox_id) == value
+            return True
+
+        sessions = [s for s in self._counted.values() if concerned(s.principal)]
+        if sessions:
+            self._start_recheck(sessions)
+
+    def _start_recheck(self, sessions: list[Session]) -> None:
+        task = asyncio.create_task(self._recheck(sessions))
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self, sessions: list[Session]) -> None:
+        """End (`* BYE`) the sessions whose credential was revoked or whose vaultbox is no
+        longer active; one lookup per credential. A database that does not answer ends
+        nothing: the next change or reconnection checks again."""
+        by_credential: dict[Any, list[Session]] = {}
+        for session in sessions:
+            by_credential.setdefault(session.principal, []).append(session)
+        for principal, group in by_credential.items():
+            try:
+                valid = await self.engine.still_valid(principal)
+            except AuthUnavailable:
+                return
+            if not valid:
+                for session in group:
+                    log.info("imap.session_revoked", session=session.id, user=principal.username)
+                    session.end("BYE Credential revoked or account suspended", "revoked")
+
     # -- component --
     async def close(self) -> None:
+        self._unhook()
         for server in self.servers:
             server.close()
         for server in self.servers:
@@ -160,6 +230,15 @@ class Server:
 
     def reload(self) -> None:
         """TLS material is reloaded by the runtime; new handshakes pick it up."""
+
+
+_TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
+
+
+def _bye(writer: asyncio.StreamWriter, text: bytes) -> None:
+    """Refused by the connection limits (encimap.service.connlimits): say why, close."""
+    writer.write(text)
+    writer.close()
 
 
 async def start(runtime: Any) -> Server:

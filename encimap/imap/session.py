@@ -10,12 +10,14 @@ import contextlib
 import enum
 import secrets
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from encimap import db
+from encimap.db import DATABASE_ERRORS
 from encimap.imap import parser
 from encimap.imap.selected import Selected
 from encimap.logs import get_logger
+from encimap.metrics import IMAP_OUTPUT_PEAK, IMAP_SESSIONS_ENDED
 
 if TYPE_CHECKING:
     from encimap.auth import Principal
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 _FLUSH_AT = 256 * 1024  # write out once this much response is buffered
+_WRITE_CHUNK = 64 * 1024  # larger pieces (message literals) go out in chunks of this size
+_output_peak = 0
 
 
 class State(enum.Enum):
@@ -55,12 +59,19 @@ class AlreadyReplied(Exception):
     """The handler wrote its tagged reply itself (STARTTLS must, before the handshake)."""
 
 
-class Disconnect(Exception):
-    """End the connection after writing `text` (an untagged BYE or nothing)."""
+class ClientGone(Exception):
+    """The client's connection failed or closed (never raised for a database error, which
+    may be an OSError too: asyncpg's ConnectionRefusedError is a ConnectionError)."""
 
-    def __init__(self, text: str = "") -> None:
+
+class Disconnect(Exception):
+    """End the connection after writing `text` (an untagged BYE or nothing); `reason` counts
+    it in IMAP_SESSIONS_ENDED."""
+
+    def __init__(self, text: str = "", reason: str = "") -> None:
         super().__init__(text)
         self.text = text
+        self.reason = reason
 
 
 class Session:
@@ -87,7 +98,12 @@ class Session:
         self._out: list[bytes] = []
         self._buffered = 0
         self.started = time.monotonic()
+        self.login_deadline = asyncio.get_running_loop().time() + self.config.login_timeout
+        self._command_deadline: float | None = None
         self.commands = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._ending: Disconnect | None = None  # set by end()
+        self._interruptible = False  # waiting for the client between commands (or in IDLE)
 
     # -- output --
     def send(self, data: bytes) -> None:
@@ -97,32 +113,83 @@ class Session:
     def untagged(self, text: str) -> None:
         self.send(b"* " + text.encode() + b"\r\n")
 
+    async def send_large(self, data: bytes) -> None:
+        """Queue `data`, which may be as large as a message: a large piece is written in
+        chunks, each drained before the next, so a response of any size holds at most about
+        `_FLUSH_AT + _WRITE_CHUNK` bytes here and in the transport (Dovecot streams too)."""
+        if len(data) < _WRITE_CHUNK:
+            self.send(data)
+            await self.maybe_flush()
+            return
+        await self.flush()
+        view = memoryview(data)
+        for start in range(0, len(view), _WRITE_CHUNK):
+            self._write(view[start : start + _WRITE_CHUNK])
+            await self._drain()
+
     async def flush(self) -> None:
         if self._out:
             data = b"".join(self._out)
             self._out.clear()
             self._buffered = 0
-            self.writer.write(data)
-        await self.writer.drain()
+            self._write(data)
+        await self._drain()
 
     async def maybe_flush(self) -> None:
         if self._buffered >= _FLUSH_AT:
             await self.flush()
 
-    # -- input --
-    async def read_line(self) -> bytes:
-        """One line without its line ending; BAD-worthy lines raise `Reply`."""
+    def _write(self, data: bytes | memoryview) -> None:
+        self.writer.write(data)
+        held = self.writer.transport.get_write_buffer_size()
+        global _output_peak
+        if held > _output_peak:
+            _output_peak = held
+            IMAP_OUTPUT_PEAK.set(held)
+
+    async def _drain(self) -> None:
+        """Wait until the client took the output; one that reads nothing for the idle
+        timeout (before login: past the login deadline) is gone."""
         try:
-            # asyncio.timeout, unlike wait_for, runs the read in this task (no task per line)
-            async with asyncio.timeout(self.config.idle_timeout):
-                line = await self.reader.readuntil(b"\n")
+            async with asyncio.timeout_at(self._budget(self.config.idle_timeout)):
+                await self.writer.drain()
+        except (TimeoutError, ConnectionError, OSError):
+            raise ClientGone() from None
+
+    # -- input --
+    def _budget(self, seconds: float) -> float:
+        """The loop time by which the next read must end: `seconds` from now, and before
+        login never later than the login deadline (RFC 3501 5.4: autologout is for
+        authenticated sessions; an unauthenticated one gets `login_timeout` in all)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        if self.state is State.NOT_AUTHENTICATED:
+            deadline = min(deadline, self.login_deadline)
+        return deadline
+
+    def _expired(self, deadline: float) -> Disconnect:
+        if self.state is State.NOT_AUTHENTICATED and deadline >= self.login_deadline:
+            return Disconnect("BYE Disconnected for inactivity during login", "login_timeout")
+        if self._command_deadline is not None and deadline == self._command_deadline:
+            return Disconnect("BYE Command not received in time", "command_timeout")
+        return Disconnect("BYE Autologout; idle for too long", "idle")
+
+    async def read_line(self, deadline: float | None = None) -> bytes:
+        """One line without its line ending; BAD-worthy lines raise `Reply`."""
+        if deadline is None:
+            deadline = self._budget(self.config.idle_timeout)
+        try:
+            # asyncio.timeout_at, unlike wait_for, runs the read in this task (no task per line)
+            async with asyncio.timeout_at(deadline):
+                try:
+                    line = await self.reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as exc:
+                    head = await self._discard_line(exc.consumed)
+                    raise bad("Command line too long", parser.guess_tag(head)) from None
         except TimeoutError:
-            raise Disconnect("BYE Autologout; idle for too long") from None
-        except asyncio.LimitOverrunError as exc:
-            head = await self._discard_line(exc.consumed)
-            raise bad("Command line too long", parser.guess_tag(head)) from None
-        except asyncio.IncompleteReadError:
-            raise Disconnect() from None
+            raise self._expired(deadline) from None
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            raise ClientGone() from None
         return line[:-2] if line.endswith(b"\r\n") else line[:-1]
 
     async def _discard_line(self, consumed: int) -> bytes:
@@ -136,61 +203,126 @@ class Session:
                 await self.reader.readexactly(exc.consumed)
         return head[:100]
 
+    def literal_limit(self) -> int:
+        """Before login a literal only carries a username or password (Dovecot's imap-login
+        allows 8 KiB); after it, a message (APPEND), up to `max_literal_size`."""
+        if self.state is State.NOT_AUTHENTICATED:
+            return self.config.max_literal_before_login
+        return self.config.max_literal_size
+
     async def read_command(self) -> bytes:
-        """A whole command with its literals, as `parser` expects it."""
+        """A whole command with its literals, as `parser` expects it. The first line may
+        take the idle timeout; the rest of the command must arrive within
+        `command_timeout` of it (a client trickling literals is cut off)."""
         pieces: list[bytes] = []
         total = 0
-        while True:
+        with self.waiting_for_client():
             line = await self.read_line()
-            pieces.append(line)
-            total += len(line)
-            announced = parser.literal_announcement(line)
-            if announced is None:
-                return b"".join(pieces)
-            size, synchronizing = announced
-            if size > self.config.max_literal_size or total + size > self.config.max_literal_size:
-                if not synchronizing:  # RFC 7888 4: the client sends it anyway; skip it
-                    await self._skip(size)
-                    await self.read_line()
-                raise bad(
-                    f"Literal too large (at most {self.config.max_literal_size} bytes)",
-                    parser.guess_tag(pieces[0]),
-                )
-            if synchronizing:
-                self.send(b"+ Ready for literal data\r\n")
-                await self.flush()
-            try:
-                async with asyncio.timeout(self.config.idle_timeout):
-                    data = await self.reader.readexactly(size)
-            except (asyncio.IncompleteReadError, TimeoutError):
-                raise Disconnect() from None
-            pieces.append(b"\r\n" + data)
-            total += size
+        self._command_deadline = self._budget(self.config.command_timeout)
+        try:
+            while True:
+                pieces.append(line)
+                total += len(line)
+                announced = parser.literal_announcement(line)
+                if announced is None:
+                    return b"".join(pieces)
+                size, synchronizing = announced
+                limit = self.literal_limit()
+                if size > limit or total + size > limit:
+                    if self.state is State.NOT_AUTHENTICATED:
+                        raise Disconnect("BYE Literal size too large", "literal_too_large")
+                    if not synchronizing:  # RFC 7888 4: the client sends it anyway; skip it
+                        await self._skip(size)
+                        await self.read_line(self._command_deadline)
+                    raise bad(
+                        f"[TOOBIG] Literal too large (at most {limit} bytes)",
+                        parser.guess_tag(pieces[0]),
+                    )
+                if synchronizing:
+                    self.send(b"+ Ready for literal data\r\n")
+                    await self.flush()
+                data = await self._read_exactly(size)
+                pieces.append(b"\r\n" + data)
+                total += size
+                line = await self.read_line(self._command_deadline)
+        finally:
+            self._command_deadline = None
+
+    async def _read_exactly(self, size: int) -> bytes:
+        deadline = self._command_deadline
+        assert deadline is not None
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.reader.readexactly(size)
+        except TimeoutError:
+            raise self._expired(deadline) from None
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            raise ClientGone() from None
 
     async def _skip(self, size: int) -> None:
-        while size > 0:
-            chunk = await self.reader.read(min(size, 1 << 20))
-            if not chunk:
-                raise Disconnect()
-            size -= len(chunk)
+        deadline = self._command_deadline
+        assert deadline is not None
+        try:
+            async with asyncio.timeout_at(deadline):
+                while size > 0:
+                    chunk = await self.reader.read(min(size, 1 << 20))
+                    if not chunk:
+                        raise ClientGone()
+                    size -= len(chunk)
+        except TimeoutError:
+            raise self._expired(deadline) from None
+        except (ConnectionError, OSError):
+            raise ClientGone() from None
+
+    # -- ending from outside --
+    def end(self, text: str, reason: str) -> None:
+        """End this session with an untagged `text` (a BYE): at once if it is waiting for
+        the client, else as soon as the command in progress has answered."""
+        if self._ending is not None:
+            return
+        self._ending = Disconnect(text, reason)
+        if self._interruptible and self._task is not None:
+            self._task.cancel()
+
+    @contextlib.contextmanager
+    def waiting_for_client(self) -> Iterator[None]:
+        """A stretch in which `end()` may interrupt the session (no command half-answered)."""
+        if self._ending is not None:
+            raise self._ending
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     # -- the loop --
     async def run(self) -> None:
         from encimap.imap.commands import COMMANDS, capabilities
 
+        self._task = asyncio.current_task()
         self.untagged(f"OK [CAPABILITY {capabilities(self)}] encimap ready")
         try:
-            await self.flush()
-            while self.state is not State.LOGOUT:
-                await self._one_command(COMMANDS)
+            try:
                 await self.flush()
+                while self.state is not State.LOGOUT:
+                    await self._one_command(COMMANDS)
+                    if self._ending is not None:
+                        raise self._ending
+                    await self.flush()
+            except asyncio.CancelledError:
+                if self._ending is None or self._task is None:
+                    raise
+                self._task.uncancel()
+                raise self._ending from None
         except Disconnect as exc:
+            if exc.reason:
+                IMAP_SESSIONS_ENDED.labels(exc.reason).inc()
             with contextlib.suppress(Exception):
                 if exc.text:
                     self.untagged(exc.text)
                 await self.flush()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except ClientGone:
+            self.writer.transport.abort()
         finally:
             await self.close()
 
@@ -221,25 +353,19 @@ class Session:
             pass
         except Reply as reply:
             if reply.status == "NO":
-                await self.after_command(expunge_ok=False)
+                with contextlib.suppress(*DATABASE_ERRORS):
+                    await self.after_command(expunge_ok=False)
             self.send(f"{reply.tag or tag} {reply.status} {reply.text}\r\n".encode())
-        except (Disconnect, asyncio.IncompleteReadError):
+        except (Disconnect, ClientGone):
             raise
-        except ConnectionError as exc:
-            # The client's connection, or the database's (refused or reset during a
-            # failover): only the client's ends the session.
-            if self.writer.is_closing() or self.reader.at_eof():
-                raise
-            self._unavailable(tag, exc)
-        except db.DATABASE_ERRORS as exc:
-            self._unavailable(tag, exc)
+        except DATABASE_ERRORS as exc:
+            # The client's socket errors arrive as ClientGone; an OSError here (asyncpg's
+            # ConnectionRefusedError while PostgreSQL is down) is the database's.
+            log.warning("imap.unavailable", session=self.id, error=str(exc) or type(exc).__name__)
+            self.send(f"{tag} NO [UNAVAILABLE] Temporary server failure, try again\r\n".encode())
         except Exception:
             log.exception("imap.server_bug", session=self.id)
             self.send(f"{tag} NO [SERVERBUG] Internal error\r\n".encode())
-
-    def _unavailable(self, tag: str, exc: BaseException | None) -> None:
-        log.warning("imap.unavailable", session=self.id, error=str(exc) or type(exc).__name__)
-        self.send(f"{tag} NO [UNAVAILABLE] Temporary server failure, try again\r\n".encode())
 
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed)."""
@@ -255,6 +381,8 @@ class Session:
         with contextlib.suppress(Exception):
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), timeout=2)
+        # a client that stopped reading leaves output behind: drop it with the connection
+        self.writer.transport.abort()
         log.info(
             "imap.session",
             session=self.id,

@@ -20,7 +20,8 @@ from aiosmtpd.smtp import Envelope
 from encimap import logs
 from encimap.delivery import replies
 from encimap.delivery.recipients import Target
-from encimap.smtpaddress import FastAddressParsing
+from encimap.service.connlimits import ConnectionLimiter, Ticket, peer_ip
+from encimap.smtpaddress import StrictAddressParsing
 from encimap.smtpdata import FastDataReading
 
 log = logs.get_logger(__name__)
@@ -73,10 +74,21 @@ class Connections:
         return len(left)
 
 
-class IntakeProtocol(FastAddressParsing, FastDataReading):
-    def __init__(self, handler: Any, *, connections: Connections, **kwargs: Any) -> None:
+class IntakeProtocol(StrictAddressParsing, FastDataReading):
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        connections: Connections,
+        limiter: ConnectionLimiter,
+        data_timeout: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections
+        self._limiter = limiter
+        self._ticket: Ticket | None = None
+        self.data_timeout = data_timeout
         self._in_data = False
         self._data_recipients = 0
         self._tracked = False
@@ -96,11 +108,19 @@ class IntakeProtocol(FastAddressParsing, FastDataReading):
         if not self._tracked:  # not again after STARTTLS
             self._tracked = True
             self._connections.add(self)
+            self._ticket = self._limiter.admit(peer_ip(transport.get_extra_info("peername")))
+            if self._ticket is None:  # refused before the greeting (its task has not run)
+                if self._handler_coroutine is not None:
+                    self._handler_coroutine.cancel()
+                transport.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())  # type: ignore[attr-defined]
+                transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         peer = self.session.peer if self.session else None
         super().connection_lost(error)
         self._connections.discard(self)
+        if self._ticket is not None:
+            self._ticket.release()
         log.info(
             "session",
             peer=_peer_text(peer),

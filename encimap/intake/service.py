@@ -8,10 +8,12 @@ import socket
 
 from encimap import db, logs
 from encimap.config import Config, listeners, parse_listener
+from encimap.delivery.certificates import CertificateCompleter
 from encimap.intake import workers
 from encimap.intake.handler import IntakeHandler
 from encimap.intake.server import Connections, IntakeLMTP, IntakeSMTP
 from encimap.service import Runtime
+from encimap.service.connlimits import ConnectionLimiter, Limits
 from encimap.service.listeners import bind
 
 log = logs.get_logger(__name__)
@@ -28,8 +30,10 @@ class Intake:
         connections: Connections,
         handler: IntakeHandler,
         extra_workers: workers.Workers | None,
+        completer: CertificateCompleter,
     ) -> None:
         self._servers = servers
+        self._completer = completer
         self._connections = connections
         self._handler = handler
         self.workers = extra_workers
@@ -39,6 +43,7 @@ class Intake:
             server.close()
         if self._handler.recipients is not None:
             await self._handler.recipients.watch.close()  # before the pool closes
+        await self._completer.close()
         self._connections.start_draining()
         if self.workers is not None:
             self.workers.stop()
@@ -59,6 +64,7 @@ def protocol_factory(
     handler: IntakeHandler, config: Config, connections: Connections, hostname: str
 ):
     settings = config.intake
+    limiter = ConnectionLimiter("intake", Limits.of(settings))
     protocol = IntakeLMTP if settings.protocol == "lmtp" else IntakeSMTP
     proxy_timeout = PROXY_PROTOCOL_TIMEOUT if settings.proxy_protocol else None
 
@@ -66,6 +72,8 @@ def protocol_factory(
         return protocol(
             handler,
             connections=connections,
+            limiter=limiter,
+            data_timeout=settings.data_timeout,
             data_size_limit=settings.max_message_size or None,
             enable_SMTPUTF8=True,
             hostname=hostname,
@@ -92,6 +100,8 @@ async def start(runtime: Runtime) -> Intake:
     handler = IntakeHandler(pool, config, hostname=hostname, listen_pool=listen_pool)
     if handler.recipients is not None:
         handler.recipients.watch.start()
+    completer = CertificateCompleter(pool)
+    completer.start()
     connections = Connections()
     factory = protocol_factory(handler, config, connections, hostname)
     shared = settings.workers > 1
@@ -111,7 +121,7 @@ async def start(runtime: Runtime) -> Intake:
         protocol=settings.protocol,
         worker=workers.worker_number() or 0,
     )
-    return Intake(servers, connections, handler, extra)
+    return Intake(servers, connections, handler, extra, completer)
 
 
 def _unix_sockets(listen: str | list[str], servers: list[asyncio.Server]) -> dict[str, int]:

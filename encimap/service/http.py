@@ -19,6 +19,7 @@ HEAD_TIMEOUT = 10.0
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     500: "Internal Server Error",
@@ -44,6 +45,10 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Decides from the peer's address alone whether it may ask; a refused one is disconnected
+# before its request is read (no answer: it is not a client of ours).
+Admit = Callable[[str], bool]
+FORBIDDEN = Response(403, b"forbidden\n")
 
 
 def _parse_head(head: bytes, client_ip: str) -> Request:
@@ -72,11 +77,16 @@ def _encode(response: Response) -> bytes:
 
 
 async def _serve_one(
-    handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    handler: Handler,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    admit: Admit | None = None,
 ) -> None:
     peer = writer.get_extra_info("peername")
     client_ip = peer[0] if isinstance(peer, tuple) else "local"
     try:
+        if admit is not None and not admit(client_ip):
+            return
         try:
             async with asyncio.timeout(HEAD_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -99,11 +109,12 @@ async def _serve_one(
             await writer.wait_closed()
 
 
-async def serve(spec: str, handler: Handler) -> asyncio.Server:
+async def serve(spec: str, handler: Handler, admit: Admit | None = None) -> asyncio.Server:
+    """Serve `handler` on `spec`; a peer `admit` refuses is disconnected unanswered."""
     host, port = parse_listener(spec)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_one(handler, reader, writer)
+        await _serve_one(handler, reader, writer, admit)
 
     if host == "unix":
         return await asyncio.start_unix_server(on_connect, str(port), limit=MAX_HEAD_BYTES)

@@ -116,16 +116,23 @@ def check_certificate(
     algorithm = key_algorithm(certificate)
     _check_key_usage(certificate)
     _check_extended_key_usage(certificate)
-    addresses = email_addresses(certificate)
+    info = describe_certificate(certificate, algorithm)
     if not allow_address_mismatch:
-        _check_address(addresses, address)
+        _check_address(info.email_addresses, address)
+    return info
+
+
+def describe_certificate(data: CertificateInput, algorithm: str | None = None) -> CertificateInfo:
+    """What the store keeps about a certificate, without judging it (no validity or address
+    check). Raises CertificateError if it cannot be parsed or its key cannot encrypt mail."""
+    certificate = load_certificate(data)
     return CertificateInfo(
         fingerprint_sha256=fingerprint(certificate),
         subject=certificate.subject.rfc4514_string(),
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
-        key_algorithm=algorithm,
-        email_addresses=addresses,
+        key_algorithm=algorithm or key_algorithm(certificate),
+        email_addresses=email_addresses(certificate),
     )
 
 

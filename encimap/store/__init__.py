@@ -5,6 +5,6 @@ Functions take an asyncpg connection or pool (`Executor`) so the caller chooses 
 role and the transaction.
 """
 
-from encimap.store.errors import Conflict, NotFound, StoreError
+from encimap.store.errors import Conflict, LimitReached, NotFound, StoreError
 
-__all__ = ["Conflict", "NotFound", "StoreError"]
+__all__ = ["Conflict", "LimitReached", "NotFound", "StoreError"]

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-import asyncpg
-
 from encimap import smime
-from encimap.smime import CertificateInfo
-from encimap.smime.certificates import PrivateKey
+from encimap.logs import get_logger
+from encimap.smime import CertificateError, CertificateInfo
+from encimap.smime.certificates import PrivateKey, describe_certificate
 from encimap.store.errors import Conflict
 from encimap.store.types import Executor
+
+log = get_logger(__name__)
 
 CertificateType = Literal["public", "private"]
 
@@ -37,24 +38,31 @@ async def add_certificate(
     pem_content: str,
     info: CertificateInfo,
 ) -> uuid.UUID:
-    """Store a certificate that `smime.check_certificate` described as `info`."""
-    try:
-        return await db.fetchval(
-            """INSERT INTO certificates (vaultbox_id, certificate_type, pem_content,
-                                         fingerprint_sha256, subject, key_algorithm,
-                                         not_before, not_after)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
-            vaultbox_id,
-            certificate_type,
-            pem_content,
-            info.fingerprint_sha256,
-            info.subject,
-            info.key_algorithm,
-            info.not_before,
-            info.not_after,
-        )
-    except asyncpg.UniqueViolationError:
-        raise Conflict(f"certificate {info.fingerprint_sha256} is already stored") from None
+    """Store a certificate that `smime.check_certificate` described as `info`.
+
+    The platform's table has no uniqueness on certificates (its rows predate encimap), so the
+    same certificate twice for one vaultbox is refused here."""
+    certificate_id = await db.fetchval(
+        """INSERT INTO certificates (vaultbox_id, certificate_type, pem_content,
+                                     fingerprint_sha256, subject, key_algorithm,
+                                     not_before, not_after)
+           SELECT $1, $2::text, $3, $4::text, $5, $6, $7, $8
+            WHERE NOT EXISTS (SELECT 1 FROM certificates
+                               WHERE vaultbox_id = $1 AND certificate_type = $2::text
+                                 AND fingerprint_sha256 = $4::text)
+           RETURNING id""",
+        vaultbox_id,
+        certificate_type,
+        pem_content,
+        info.fingerprint_sha256,
+        info.subject,
+        info.key_algorithm,
+        info.not_before,
+        info.not_after,
+    )
+    if certificate_id is None:
+        raise Conflict(f"certificate {info.fingerprint_sha256} is already stored")
+    return certificate_id
 
 
 async def add_generated_certificate(
@@ -86,3 +94,54 @@ async def public_certificates(db: Executor, vaultbox_id: uuid.UUID) -> list[Stor
         vaultbox_id,
     )
     return [StoredCertificate(**dict(row)) for row in rows]
+
+
+async def complete_certificates(db: Executor) -> int:
+    """Derive fingerprint, subject, validity and key type for public certificates stored with
+    only their PEM (the platform's way); returns how many were completed. A PEM that cannot be
+    parsed, or whose key cannot encrypt, stays as it is: RCPT then finds no usable certificate.
+    """
+    rows = await db.fetch(
+        "SELECT id, pem_content FROM public_certificates WHERE fingerprint_sha256 IS NULL"
+    )
+    completed = 0
+    for row in rows:
+        try:
+            info = describe_certificate(row["pem_content"])
+        except CertificateError as exc:
+            log.warning("certificate.unusable", certificate_id=str(row["id"]), error=str(exc))
+            continue
+        await db.execute(
+            """UPDATE public_certificates
+                  SET fingerprint_sha256 = $2, subject = $3, key_algorithm = $4,
+                      not_before = $5, not_after = $6
+                WHERE id = $1 AND fingerprint_sha256 IS NULL""",
+            row["id"],
+            info.fingerprint_sha256,
+            info.subject,
+            info.key_algorithm,
+            info.not_before,
+            info.not_after,
+        )
+        completed += 1
+    return completed
+
+
+async def count_private(db: Executor, vaultbox_id: uuid.UUID | None = None) -> int:
+    """Server-held private key rows (the platform's old service made them), of one vaultbox
+    or of all."""
+    return await db.fetchval(
+        """SELECT count(*) FROM certificates
+            WHERE certificate_type = 'private' AND ($1::uuid IS NULL OR vaultbox_id = $1)""",
+        vaultbox_id,
+    )
+
+
+async def purge_private(db: Executor, vaultbox_id: uuid.UUID | None = None) -> int:
+    """Delete the server-held private key rows (of one vaultbox or of all); how many."""
+    status = await db.execute(
+        """DELETE FROM certificates
+            WHERE certificate_type = 'private' AND ($1::uuid IS NULL OR vaultbox_id = $1)""",
+        vaultbox_id,
+    )
+    return int(status.split()[-1])

@@ -81,9 +81,16 @@ async def create_credential(
                 password_hash,
             )
         else:
+            # Usernames are unique in the platform's table, revoked ones included: a revoked
+            # credential of the same vaultbox is given the new password and revived.
             row = await db.fetchrow(
-                """INSERT INTO imap_app_credentials (vaultbox_id, username, password_hash)
-                   VALUES ($1, $2, $3) RETURNING id""",
+                """INSERT INTO imap_app_credentials (user_id, vaultbox_id, username, password_hash)
+                   SELECT v.user_id, v.id, $2, $3 FROM vaultboxes v WHERE v.id = $1
+                   ON CONFLICT (username) DO UPDATE
+                      SET password_hash = EXCLUDED.password_hash, revoked_at = NULL
+                    WHERE imap_app_credentials.vaultbox_id = EXCLUDED.vaultbox_id
+                      AND imap_app_credentials.revoked_at IS NOT NULL
+                   RETURNING id""",
                 vaultbox_id,
                 username,
                 password_hash,

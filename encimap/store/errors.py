@@ -8,3 +8,7 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     pass
+
+
+class LimitReached(StoreError):
+    """A configured limit (such as the number of folders of a vaultbox) is reached."""

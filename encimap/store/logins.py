@@ -24,12 +24,12 @@ class LoginRow:
     kind: LoginKind
     credential_id: uuid.UUID
     username: str
-    password_hash: str
+    password_hash: str | None  # the platform allows a credential without one: it never logs in
     live: bool
     user_id: uuid.UUID
     vaultbox_id: uuid.UUID | None = None
     motorblock_id: uuid.UUID | None = None
-    domain: str = ""
+    domains: tuple[str, ...] = ()  # MotorBlock: the domains it may send from
     address: str = ""
     hourly_limit: int | None = None  # None: the configured default applies
 
@@ -48,17 +48,23 @@ def _vaultbox_row(kind: LoginKind, row: asyncpg.Record) -> LoginRow:
         live=row["live"],
         user_id=row["user_id"],
         vaultbox_id=row["vaultbox_id"],
-        domain=row["domain"].lower(),
         address=f"{row['alias']}@{row['domain']}".lower(),
         hourly_limit=_hourly_limit(parse_limits(row["limits"])),
     )
 
 
 async def motorblock_login(db: Executor, username: str) -> LoginRow | None:
+    """A MotorBlock sends from its domain; one without a domain (the platform allows NULL)
+    from its user's verified domains."""
     row = await db.fetchrow(
-        """SELECT id, user_id, username, password_hash, domain, rate_limit_per_hour,
-                  smtp_enabled AND status = 'active' AS live
-             FROM motor_blocks WHERE username = $1""",
+        """SELECT b.id, b.user_id, b.username, b.password_hash, b.rate_limit_per_hour,
+                  coalesce(b.smtp_enabled, false) AS live,
+                  CASE WHEN b.domain IS NOT NULL THEN ARRAY[lower(b.domain)]
+                       ELSE ARRAY(SELECT DISTINCT lower(d.domain) FROM domains d
+                                   WHERE d.user_id = b.user_id
+                                     AND d.verification_status = 'verified')
+                  END AS domains
+             FROM motor_blocks b WHERE b.username = $1""",
         username,
     )
     if row is None:
@@ -71,7 +77,7 @@ async def motorblock_login(db: Executor, username: str) -> LoginRow | None:
         live=row["live"],
         user_id=row["user_id"],
         motorblock_id=row["id"],
-        domain=row["domain"].lower(),
+        domains=tuple(row["domains"]),
         hourly_limit=row["rate_limit_per_hour"],
     )
 
@@ -80,7 +86,8 @@ async def vaultbox_smtp_login(db: Executor, username: str) -> LoginRow | None:
     row = await db.fetchrow(
         """SELECT c.id, c.username, c.password_hash, c.vaultbox_id,
                   v.user_id, v.alias, v.domain, v.limits,
-                  c.enabled AND v.smtp_enabled AND v.status = 'active' AS live
+                  c.enabled AND coalesce(v.smtp_enabled, false)
+                      AND v.status = 'active' AND c.password_hash IS NOT NULL AS live
              FROM vaultbox_smtp_credentials c JOIN vaultboxes v ON v.id = c.vaultbox_id
             WHERE c.username = $1""",
         username,
@@ -89,15 +96,22 @@ async def vaultbox_smtp_login(db: Executor, username: str) -> LoginRow | None:
 
 
 async def vaultbox_imap_login(db: Executor, username: str) -> LoginRow | None:
-    """The live IMAP credential of `username`, else its latest revoked one (for the log)."""
+    """The IMAP credential of `username` (usernames are unique, revoked ones included).
+
+    The platform's legacy credentials name no vaultbox (vaultbox_id NULL): such a credential
+    opens its user's vaultbox when the user has exactly one, and nothing otherwise."""
     row = await db.fetchrow(
-        """SELECT c.id, c.username, c.password_hash, c.vaultbox_id,
+        """SELECT c.id, c.username, c.password_hash, v.id AS vaultbox_id,
                   v.user_id, v.alias, v.domain, v.limits,
-                  c.revoked_at IS NULL AND v.status = 'active' AS live
-             FROM imap_app_credentials c JOIN vaultboxes v ON v.id = c.vaultbox_id
-            WHERE c.username = $1
-            ORDER BY c.revoked_at IS NULL DESC, c.revoked_at DESC
-            LIMIT 1""",
+                  c.revoked_at IS NULL AND v.status = 'active'
+                      AND c.password_hash IS NOT NULL AS live
+             FROM imap_app_credentials c
+             JOIN vaultboxes v ON v.id = coalesce(
+                  c.vaultbox_id,
+                  (SELECT (array_agg(w.id))[1] FROM vaultboxes w
+                    WHERE w.user_id = c.user_id AND w.status IS DISTINCT FROM 'deleted'
+                   HAVING count(*) = 1))
+            WHERE c.username = $1""",
         username,
     )
     return _vaultbox_row("vaultbox_imap", row) if row else None

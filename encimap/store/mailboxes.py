@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from encimap.store.errors import Conflict, NotFound, StoreError
+from encimap.store.errors import Conflict, LimitReached, NotFound, StoreError
 from encimap.store.types import Executor
 
 DELIMITER = "/"
@@ -62,19 +62,29 @@ async def find_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailb
     return _mailbox(row) if row else None
 
 
-async def create_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailbox:
+async def create_mailbox(
+    db: Executor, vaultbox_id: uuid.UUID, name: str, *, max_count: int = 0
+) -> Mailbox:
+    """Create a folder; `max_count` (0: none) caps the folders of the vaultbox (concurrent
+    creates may pass it by the number of sessions racing)."""
     name = canonical_name(name.rstrip(DELIMITER))
     if not name or DELIMITER * 2 in name or name.startswith(DELIMITER):
         raise StoreError(f"{name!r} is not a valid mailbox name")
     try:
         row = await db.fetchrow(
-            f"""INSERT INTO mailboxes (vaultbox_id, name) VALUES ($1, $2)
+            f"""INSERT INTO mailboxes (vaultbox_id, name)
+                SELECT $1, $2
+                 WHERE $3::integer = 0
+                    OR (SELECT count(*) FROM mailboxes WHERE vaultbox_id = $1) < $3::integer
                 RETURNING {_COLUMNS}""",  # noqa: S608
             vaultbox_id,
             name,
+            max_count,
         )
     except asyncpg.UniqueViolationError:
         raise Conflict(f"mailbox {name} already exists") from None
+    if row is None:
+        raise LimitReached(f"at most {max_count} mailboxes per vaultbox")
     return _mailbox(row)
 
 

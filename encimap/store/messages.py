@@ -47,11 +47,17 @@ COLUMNS = frozenset(
         "body_encrypted",
     }
 )
+# The stored bytes of a message: `body` for what encimap stored, the platform's TEXT column for
+# mail its old service stored (see sql/encimap/002_encimap_tables.sql). FETCH reads them under
+# the name `body_encrypted`.
+STORED_BYTES = "coalesce(body, convert_to(body_encrypted, 'UTF8'))"
+_SELECTED = {"body_encrypted": f"{STORED_BYTES} AS body_encrypted"}
 # What a copy carries over besides the mailbox and UID.
 _COPIED = (
-    "vaultbox_id, message_id, sender, recipient, subject_encrypted, body_encrypted, body_sha256, "
-    "encryption_method, certificate_fingerprints, size_bytes, flags, internal_date, envelope, "
-    "bodystructure, bodystructure_basic, mime_parts, sent_date, search_headers"
+    "vaultbox_id, message_id, sender, recipient, subject_encrypted, body_encrypted, body, "
+    "body_sha256, encryption_method, certificate_fingerprints, size_bytes, flags, internal_date, "
+    "envelope, bodystructure, bodystructure_basic, mime_parts, sent_date, search_headers, "
+    "processed_at"
 )
 
 
@@ -63,7 +69,8 @@ class Inserted:
     uidvalidity: int
 
 
-# The IMAP columns in the order the SQL functions (sql/encimap/007_cheaper_deliver.sql) take them.
+# The IMAP columns in the order the SQL functions (sql/encimap/repeatable/30_store_message.sql)
+# take them.
 INFO_COLUMNS = (
     "envelope",
     "bodystructure",
@@ -75,7 +82,7 @@ INFO_COLUMNS = (
 
 
 def info_columns(info: mimeinfo.MessageInfo) -> dict[str, object]:
-    """The stored form of what FETCH and SEARCH need (see sql/encimap/004_imap.sql)."""
+    """The stored form of what FETCH and SEARCH need (see sql/encimap/002_encimap_tables.sql)."""
     return {
         "envelope": info.envelope,
         "bodystructure": info.bodystructure,
@@ -113,7 +120,7 @@ async def insert_message(
     atomic on its own or part of the caller's transaction. The mailbox row lock taken by the
     UID allocation orders concurrent inserts, so UIDs become visible in increasing order.
     """
-    columns = info_columns(info or mimeinfo.describe(body))
+    info_values = _info_values(info or mimeinfo.describe(body))
     row = await conn.fetchrow(
         """SELECT * FROM encimap_insert_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
                                                 $12, $13, $14, $15, $16, $17, $18, $19)""",
@@ -130,7 +137,7 @@ async def insert_message(
         body_sha256,
         encryption_method,
         list(certificate_fingerprints),
-        *(columns[name] for name in INFO_COLUMNS),
+        *info_values,
     )
     if row["email_id"] is None:
         raise NotFound(f"vaultbox {vaultbox_id} has no mailbox {mailbox_id or mailbox_name}")
@@ -156,7 +163,7 @@ async def fetch_rows(
     if unknown:
         raise ValueError(f"unknown message columns {sorted(unknown)}")
     return await db.fetch(
-        f"""SELECT {", ".join(wanted)} FROM encrypted_emails
+        f"""SELECT {", ".join(_SELECTED.get(name, name) for name in wanted)} FROM encrypted_emails
              WHERE mailbox_id = $1 AND uid = ANY($2::bigint[]) ORDER BY uid""",  # noqa: S608
         mailbox_id,
         list(uids),
@@ -177,26 +184,36 @@ async def sizes(db: Executor, mailbox_id: int, uids: Sequence[int]) -> dict[int,
 async def complete_info(db: Executor, message_id: uuid.UUID) -> mimeinfo.MessageInfo:
     """Compute and persist ENVELOPE/BODYSTRUCTURE for a row stored without them."""
     body = await db.fetchval(
-        "SELECT body_encrypted FROM encrypted_emails WHERE id = $1", message_id
+        f"SELECT {STORED_BYTES} FROM encrypted_emails WHERE id = $1",  # noqa: S608 - constant
+        message_id,
     )
     if body is None:
         raise NotFound(f"no message {message_id}")
     info = mimeinfo.describe(body)
-    columns = info_columns(info)
-    await db.execute(
+    await save_info(db, message_id, info)
+    return info
+
+
+async def save_info(db: Executor, message_id: uuid.UUID, info: mimeinfo.MessageInfo) -> None:
+    await save_infos(db, [(message_id, info)])
+
+
+async def save_infos(
+    db: Executor, described: Sequence[tuple[uuid.UUID, mimeinfo.MessageInfo]]
+) -> None:
+    """Persist ENVELOPE/BODYSTRUCTURE and the search fields of messages stored without them."""
+    await db.executemany(
         """UPDATE encrypted_emails
               SET envelope = $2, bodystructure = $3, bodystructure_basic = $4,
                   mime_parts = $5::jsonb, sent_date = $6, search_headers = $7::jsonb
             WHERE id = $1""",
-        message_id,
-        columns["envelope"],
-        columns["bodystructure"],
-        columns["bodystructure_basic"],
-        columns["mime_parts"],
-        columns["sent_date"],
-        columns["search_headers"],
+        [(message_id, *_info_values(info)) for message_id, info in described],
     )
-    return info
+
+
+def _info_values(info: mimeinfo.MessageInfo) -> list[object]:
+    columns = info_columns(info)
+    return [columns[name] for name in INFO_COLUMNS]
 
 
 _FLAG_CHANGE = {
@@ -376,11 +393,11 @@ async def deliver(
 
     A duplicate is the same Message-ID and body hash delivered to the same vaultbox within the
     window: an MTA retrying after a lost reply. It is answered as delivered and stored once.
-    One statement (`encimap_deliver`, sql/encimap/007_cheaper_deliver.sql), so one round trip: on a
-    pool or connection outside a transaction it commits on its own before returning; inside
-    the caller's transaction (SMTP mode) it commits with it.
+    One statement (`encimap_deliver`, sql/encimap/repeatable/30_store_message.sql), so one
+    round trip: on a pool or connection outside a transaction it commits on its own before
+    returning; inside the caller's transaction (SMTP mode) it commits with it.
     """
-    columns = info_columns(message.info or mimeinfo.describe(message.body))
+    info_values = _info_values(message.info or mimeinfo.describe(message.body))
     row = await db.fetchrow(
         """SELECT * FROM encimap_deliver($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                          $14, $15, $16, $17, $18, $19, $20, $21)""",
@@ -394,7 +411,7 @@ async def deliver(
         message.body_sha256,
         message.encryption_method,
         message.certificate_fingerprints,
-        *(columns[name] for name in INFO_COLUMNS),
+        *info_values,
         float(duplicate_window_seconds),
         queue_id,
         message.outcome,

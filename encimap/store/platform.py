@@ -1,4 +1,8 @@
-"""The platform database (motorical_db): users and MotorBlocks."""
+"""The platform database (motorical_db): users and MotorBlocks.
+
+The platform owns these tables; encimap's services only read them. The CLI writes here for a
+fresh or demo installation. A user created here gets a locked password hash ('!', which no
+password matches): the platform's own sign-up sets a real one."""
 
 from __future__ import annotations
 
@@ -22,23 +26,35 @@ class MotorBlock:
     id: uuid.UUID
     user_id: uuid.UUID
     username: str
-    domain: str
-    rate_limit_per_hour: int
+    domain: str | None
+    rate_limit_per_hour: int | None
 
 
-async def create_user(db: Executor, email: str, name: str | None = None) -> User:
+LOCKED_PASSWORD_HASH = "!"  # noqa: S105 - matches no password
+
+
+async def create_user(db: Executor, email: str) -> User:
+    """A platform user; refused when the address exists in any letter case (the platform's
+    own UNIQUE constraint is case-sensitive)."""
     try:
         row = await db.fetchrow(
-            "INSERT INTO users (email, name) VALUES ($1, $2) RETURNING id, email", email, name
+            """INSERT INTO users (email, password_hash)
+               SELECT $1::text, $2
+                WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1::text))
+               RETURNING id, email""",
+            email,
+            LOCKED_PASSWORD_HASH,
         )
     except asyncpg.UniqueViolationError:
-        raise Conflict(f"user {email} already exists") from None
+        row = None
+    if row is None:
+        raise Conflict(f"user {email} already exists")
     return User(row["id"], row["email"])
 
 
 async def find_user(db: Executor, email: str) -> User:
     row = await db.fetchrow(
-        "SELECT id, email FROM users WHERE lower(email) = lower($1) AND status <> 'deleted'",
+        "SELECT id, email FROM users WHERE lower(email) = lower($1) ORDER BY email = $1 DESC",
         email,
     )
     if row is None:
@@ -52,7 +68,7 @@ async def create_motorblock(
     user_id: uuid.UUID,
     username: str,
     password_hash: str,
-    domain: str,
+    domain: str | None,
     rate_limit_per_hour: int,
 ) -> MotorBlock:
     try:

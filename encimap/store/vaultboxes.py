@@ -12,15 +12,6 @@ import asyncpg
 from encimap.store.errors import Conflict, NotFound, StoreError
 from encimap.store.types import Executor
 
-# Mailboxes every vaultbox starts with, and their RFC 6154 special-use attribute.
-DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
-    ("INBOX", None),
-    ("Sent", "\\Sent"),
-    ("Drafts", "\\Drafts"),
-    ("Trash", "\\Trash"),
-    ("Junk", "\\Junk"),
-)
-
 _COLUMNS = "id, user_id, alias, domain, name, status, limits, smtp_enabled, created_at"
 
 
@@ -28,7 +19,7 @@ _COLUMNS = "id, user_id, alias, domain, name, status, limits, smtp_enabled, crea
 class Vaultbox:
     id: uuid.UUID
     user_id: uuid.UUID
-    alias: str
+    alias: str | None
     domain: str
     status: str
     name: str | None = None
@@ -37,7 +28,8 @@ class Vaultbox:
 
     @property
     def address(self) -> str:
-        return f"{self.alias}@{self.domain}"
+        """alias@domain; a platform vaultbox without alias has none (and receives nothing)."""
+        return f"{self.alias}@{self.domain}" if self.alias else f"(no alias)@{self.domain}"
 
     @property
     def active(self) -> bool:
@@ -47,7 +39,7 @@ class Vaultbox:
 def split_address(address: str) -> tuple[str, str]:
     """`alias@domain` into its parts; raise StoreError for anything else."""
     alias, sep, domain = address.strip().rpartition("@")
-    if not sep or not alias or not domain or any(c.isspace() for c in address.strip()):
+    if not sep or not alias or not domain or "@" in alias or any(c.isspace() for c in address):
         raise StoreError(f"{address!r} is not an address of the form alias@domain")
     return alias, domain
 
@@ -66,39 +58,38 @@ def vaultbox_from_row(row: asyncpg.Record) -> Vaultbox:
         status=row["status"],
         name=row["name"],
         limits=parse_limits(row["limits"]),
-        smtp_enabled=row["smtp_enabled"],
+        smtp_enabled=bool(row["smtp_enabled"]),
     )
 
 
 async def create_vaultbox(
-    conn: asyncpg.Connection, *, user_id: uuid.UUID, alias: str, domain: str, name: str | None
+    db: Executor, *, user_id: uuid.UUID, alias: str, domain: str, name: str | None
 ) -> Vaultbox:
-    """Create the vaultbox and its default mailboxes in one transaction."""
-    async with conn.transaction():
-        try:
-            row = await conn.fetchrow(
-                f"""INSERT INTO vaultboxes (user_id, alias, domain, name)
-                    VALUES ($1, lower($2), lower($3), $4) RETURNING {_COLUMNS}""",  # noqa: S608
-                user_id,
-                alias,
-                domain,
-                name,
-            )
-        except asyncpg.UniqueViolationError:
-            raise Conflict(f"vaultbox {alias}@{domain} already exists") from None
-        except asyncpg.CheckViolationError:
-            raise StoreError(f"{alias}@{domain} is not a valid vaultbox address") from None
-        await conn.executemany(
-            "INSERT INTO mailboxes (vaultbox_id, name, special_use) VALUES ($1, $2, $3)",
-            [(row["id"], mailbox, use) for mailbox, use in DEFAULT_MAILBOXES],
+    """Create the vaultbox; its default mailboxes come with it (a trigger makes them for every
+    vaultbox, whoever inserts it). The platform requires a name: the alias when none is given.
+    """
+    alias, domain = split_address(f"{alias}@{domain}")
+    try:
+        row = await db.fetchrow(
+            f"""INSERT INTO vaultboxes (user_id, alias, domain, name, smtp_enabled)
+                VALUES ($1, lower($2), lower($3), coalesce($4, lower($2)), true)
+                RETURNING {_COLUMNS}""",  # noqa: S608
+            user_id,
+            alias,
+            domain,
+            name,
         )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"vaultbox {alias}@{domain} already exists") from None
+    except asyncpg.StringDataRightTruncationError:
+        raise StoreError(f"{alias}@{domain}: alias or domain is too long") from None
     return vaultbox_from_row(row)
 
 
 async def list_vaultboxes(db: Executor) -> list[Vaultbox]:
     rows = await db.fetch(
-        f"SELECT {_COLUMNS} FROM vaultboxes WHERE status <> 'deleted' "  # noqa: S608
-        "ORDER BY domain, alias"
+        f"SELECT {_COLUMNS} FROM vaultboxes WHERE status IS DISTINCT FROM 'deleted' "  # noqa: S608
+        "ORDER BY domain, alias NULLS LAST"
     )
     return [vaultbox_from_row(row) for row in rows]
 
@@ -109,7 +100,7 @@ async def find_vaultbox(db: Executor, address: str) -> Vaultbox | None:
     row = await db.fetchrow(
         f"""SELECT {_COLUMNS} FROM vaultboxes
             WHERE lower(alias) = lower($1) AND lower(domain) = lower($2)
-              AND status <> 'deleted'""",  # noqa: S608
+              AND status IS DISTINCT FROM 'deleted'""",  # noqa: S608
         alias,
         domain,
     )

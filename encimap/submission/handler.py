@@ -94,6 +94,12 @@ class SubmissionHandler:
         self.messages = 0
         self.failed_logins = 0
         self.started = time.monotonic()
+        self._delivering: asyncio.Future[str] | None = None
+        self.client_ip = "unknown"
+
+    def connected(self, client_ip: str | None) -> None:
+        """The connection is open: its address, for every log line from the first on."""
+        self.client_ip = client_ip or "local"
 
     # --- AUTH (RFC 4954, PLAIN per RFC 4616) -------------------------------------------------
 
@@ -110,7 +116,13 @@ class SubmissionHandler:
         parts = response.split(b"\x00")
         if len(parts) != 3:
             return _refused(replies.AUTH_BAD_PLAIN)
-        return await self._authenticate(server, parts[1], parts[2], "PLAIN")
+        authzid, username, password = parts
+        if authzid and authzid != username:
+            # RFC 4616 lets a client ask to act as someone else; nobody here may, as in IMAP
+            # and the auth socket.
+            self.failed_logins += 1
+            return _refused(replies.AUTH_INVALID)
+        return await self._authenticate(server, username, password, "PLAIN")
 
     async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
@@ -136,7 +148,7 @@ class SubmissionHandler:
                 username.decode("utf-8", "replace"),
                 password.decode("utf-8", "replace"),
                 service="smtp",
-                client_ip=self._client_ip(),
+                client_ip=self.client_ip,
                 secured=server.secured,
                 method=method,
             )
@@ -205,41 +217,61 @@ class SubmissionHandler:
                 resets_at=quota.resets_at.isoformat(),
             )
             return replies.rate_limited(principal.hourly_limit, quota.resets_at)
+        reservation = Counter({quota.window_start: 1})
+        try:
+            reply = await self._add_recipient(transaction, principal, address)
+        except BaseException:
+            await asyncio.shield(self._release(key, reservation))
+            raise
+        if reply != replies.OK:
+            await self._release(key, reservation)
+            return reply
+        transaction.reserved += reservation
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return reply
+
+    async def _add_recipient(
+        self, transaction: Transaction, principal: Principal, address: str
+    ) -> str:
+        """Local target or upstream RCPT for one recipient; OK or the refusal."""
         local = await self._local_target(principal, address)
         if isinstance(local, delivery_replies.Reply):  # a local vaultbox that cannot take it
-            await self._release(key, Counter({quota.window_start: 1}))
             return str(local)
         if local is not None:
             transaction.local.append(local)
-            transaction.reserved[quota.window_start] += 1
-            envelope.rcpt_tos.append(address)
             return replies.OK
         try:
             await self.upstream.recipient(address)
-        except (UpstreamRefused, UpstreamUnavailable) as exc:
-            await self._release(key, Counter({quota.window_start: 1}))
-            if isinstance(exc, UpstreamRefused):
-                return replies.passthrough(exc.code, exc.message)
+        except UpstreamRefused as exc:
+            return replies.passthrough(exc.code, exc.message)
+        except UpstreamUnavailable as exc:
             log.warning("submission.upstream_unavailable", stage="RCPT", error=str(exc))
             return replies.UPSTREAM_UNAVAILABLE
-        transaction.reserved[quota.window_start] += 1
         transaction.relayed += 1
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(options)
         return replies.OK
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         transaction = self.transaction
         assert transaction is not None and envelope.original_content is not None
-        content = envelope.original_content
-        recipients = len(envelope.rcpt_tos)
-        if self.settings.check_from_header and not self._from_header_allowed(content):
-            await self._abort()
-            self._log_message(
-                transaction.id, "refused", transaction.sender, recipients, len(content), "553"
-            )
-            return replies.FROM_NOT_OWNED
-        content = headers.strip_auth_header(content)
+        # From here on the reservations belong to this message, not to the session: a client
+        # that hangs up now (right after the final dot) must not get them back while the
+        # message is handed on. The delivery runs in its own task, which `finish` waits for.
+        self.transaction = None
+        delivery = asyncio.ensure_future(
+            self._deliver(transaction, session, envelope.original_content)
+        )
+        self._delivering = delivery
+        return await asyncio.shield(delivery)
+
+    async def _deliver(self, transaction: Transaction, session: Session, content: bytes) -> str:
+        try:
+            fields, rest = headers.scan(content)
+        except headers.MalformedHeader as exc:
+            return await self._refuse(transaction, len(content), replies.malformed_header(exc))
+        if self.settings.check_from_header and not self._from_header_allowed(fields):
+            return await self._refuse(transaction, len(content), replies.FROM_NOT_OWNED)
+        content = headers.join(headers.without_auth_header(fields), rest)
         if transaction.local:
             stored = await self._deliver_locally(transaction, session, content)
             if stored.code != 250 or not transaction.relayed:
@@ -255,22 +287,41 @@ class SubmissionHandler:
         else:
             result, reply = "ok", replies.passthrough(response.code, response.message)
         RELAYED.labels(result).inc()
-        return await self._finish(transaction, result == "ok", reply, message)
+        # Lost in the middle of DATA, the upstream may have queued the message: the
+        # reservations stay spent (the safe side); only a refusal gives them back.
+        spent = result != "rejected"
+        return await self._finish(transaction, result == "ok", reply, message, spent=spent)
+
+    async def _refuse(self, transaction: Transaction, size: int, reply: str) -> str:
+        """A message refused before anything was handed on."""
+        await self._give_back(transaction)
+        await self.upstream.reset()
+        recipients = transaction.relayed + len(transaction.local)
+        code = reply.split(" ", 1)[0]
+        self._log_message(transaction.id, "refused", transaction.sender, recipients, size, code)
+        return reply
 
     async def _finish(
-        self, transaction: Transaction, delivered: bool, reply: str, message: bytes
+        self,
+        transaction: Transaction,
+        delivered: bool,
+        reply: str,
+        message: bytes,
+        *,
+        spent: bool = False,
     ) -> str:
         """End the transaction after DATA: spend or give back its reservations, log it.
 
         A retry after a failure past local delivery stores no second copy: the delivery path
         recognises the same Message-ID and body within its duplicate window."""
         if delivered:
-            self.transaction = None  # the reservations are spent
             self.messages += 1
             if not transaction.relayed:  # everything stayed here: end the upstream's MAIL
                 await self.upstream.reset()
         else:
-            await self._abort()
+            if not spent:
+                await self._give_back(transaction)
+            await self.upstream.reset()
         self._log_message(
             transaction.id,
             "relayed" if delivered else "failed",
@@ -303,7 +354,7 @@ class SubmissionHandler:
             trace.Trace(
                 sender=transaction.sender,
                 helo=session.host_name or "",
-                peer_ip=self._client_ip(),
+                peer_ip=self.client_ip,
                 hostname=self.settings.hostname,
                 protocol="ESMTPSA",
                 queue_id=transaction.id,
@@ -330,15 +381,20 @@ class SubmissionHandler:
     # --- session end --------------------------------------------------------------------------
 
     async def finish(self) -> None:
-        """Connection closed: give back unsent reservations, close the upstream, log it."""
+        """Connection closed: let a message being handed on finish, give back unsent
+        reservations, close the upstream, log it."""
         try:
+            if (delivering := self._delivering) is not None:
+                await asyncio.wait([delivering])
+                if not delivering.cancelled() and (error := delivering.exception()) is not None:
+                    log.error("submission.error", error=repr(error))  # the client had left
             await self._abort()
         finally:
             await self.upstream.close()
         principal = self.principal
         log.info(
             "submission.session",
-            rip=self._client_ip(),
+            rip=self.client_ip,
             tls=self.tls or None,
             kind=principal.kind if principal else None,
             user=principal.username if principal else None,
@@ -353,8 +409,8 @@ class SubmissionHandler:
         assert self.principal is not None, "the server refuses MAIL before AUTH"
         return self.principal
 
-    def _from_header_allowed(self, content: bytes) -> bool:
-        addresses = headers.from_addresses(content)
+    def _from_header_allowed(self, fields: list[headers.Field]) -> bool:
+        addresses = headers.from_addresses(fields)
         return bool(addresses) and all(self._principal().may_send_as(a) for a in addresses)
 
     async def _abort(self) -> None:
@@ -362,9 +418,13 @@ class SubmissionHandler:
         transaction, self.transaction = self.transaction, None
         if transaction is None:
             return
-        if transaction.reserved:
-            await self._release(principal_key(self._principal()), transaction.reserved)
+        await self._give_back(transaction)
         await self.upstream.reset()
+
+    async def _give_back(self, transaction: Transaction) -> None:
+        reserved, transaction.reserved = transaction.reserved, Counter()
+        if reserved:
+            await self._release(principal_key(self._principal()), reserved)
 
     async def _release(self, key: str, reserved: Counter[datetime.datetime]) -> None:
         try:
@@ -380,7 +440,7 @@ class SubmissionHandler:
                 submission_id=transaction.id,
                 hostname=self.settings.hostname,
                 helo=session.host_name or "",
-                client_ip=self._client_ip(),
+                client_ip=self.client_ip,
                 tls=self.tls,
                 kind=principal.kind,
                 user_id=str(principal.user_id),
@@ -395,10 +455,6 @@ class SubmissionHandler:
         if ssl_object is not None:
             cipher = ssl_object.cipher()
             self.tls = f"{ssl_object.version()} {cipher[0] if cipher else ''}".strip()
-
-    def _client_ip(self) -> str:
-        peer = self.session.peer if self.session else None
-        return str(peer[0]) if isinstance(peer, tuple) else "unknown"
 
     def _log_message(
         self,
@@ -416,7 +472,7 @@ class SubmissionHandler:
             outcome=outcome,
             kind=principal.kind,
             user=principal.username,
-            rip=self._client_ip(),
+            rip=self.client_ip,
             sender=sender,
             recipients=recipients,
             size=size,

@@ -12,11 +12,32 @@ from __future__ import annotations
 import email.utils
 import re
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
+from email import policy
 
 AUTH_HEADER = "X-Encimap-Auth"
-_AUTH_HEADER_PREFIX = AUTH_HEADER.lower().encode() + b":"
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
+# RFC 5322 3.6.8: a field name is printable US-ASCII except the colon, nothing before the colon.
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+_FORBIDDEN_IN_LINE = re.compile(rb"[\r\n\x00]")
+# From: values longer than this are refused rather than handed to the email package's parser
+# (its cost grows faster than the input on some forms).
+MAX_FROM_VALUE = 998  # RFC 5322 2.1.1: the longest line
+
+
+class MalformedHeader(ValueError):
+    """The header block cannot be read one way only; the text says where (for the reply)."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # as written
+    raw: bytes  # every line of the field, continuation lines and CRLFs included
+
+    @property
+    def value(self) -> str:
+        """The unfolded value (RFC 5322 2.2.3), undecoded 8-bit kept as surrogate escapes."""
+        text = self.raw[len(self.name) + 1 :].decode("utf-8", "surrogateescape")
+        return text.replace("\r\n", "").strip()
 
 
 def split_header(message: bytes) -> tuple[bytes, bytes]:
@@ -29,30 +50,69 @@ def split_header(message: bytes) -> tuple[bytes, bytes]:
     return message[: end + 2], message[end + 2 :]
 
 
-def from_addresses(message: bytes) -> list[str]:
-    """The addresses of every From: header (empty when there is none)."""
-    header, _ = split_header(message)
-    parsed = BytesHeaderParser().parsebytes(header)
-    values = [str(value) for value in parsed.get_all("From", [])]
-    return [address for _name, address in email.utils.getaddresses(values) if address]
+def scan(message: bytes) -> tuple[list[Field], bytes]:
+    """(the header fields, the rest of the message from the blank line on).
 
-
-def strip_auth_header(message: bytes) -> bytes:
-    """Drop any X-Encimap-Auth a client wrote itself, so the trace cannot be forged."""
+    The one reading of the header block that every check here uses. Refused, as readers
+    disagree on them: a line that is neither a field nor a continuation (no colon, or
+    whitespace or other non-field-name text before the colon: RFC 5322 4.5's obsolete
+    `name WSP ":"`), a continuation line before the first field, and a bare CR, bare LF or NUL
+    (one reader ends a line there, another does not).
+    """
     header, rest = split_header(message)
-    if _AUTH_HEADER_PREFIX not in header.lower():
-        return message
-    kept: list[bytes] = []
-    dropping = False
-    for line in header.splitlines(keepends=True):
+    lines = header.split(b"\r\n")
+    if lines[-1]:  # a header block without its final CRLF: the message ends inside it
+        raise MalformedHeader("header block does not end with CRLF")
+    fields: list[Field] = []
+    name = ""
+    raw: list[bytes] = []
+    for number, line in enumerate(lines[:-1], 1):
+        if _FORBIDDEN_IN_LINE.search(line):
+            raise MalformedHeader(f"bare CR, LF or NUL in header line {number}")
         if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
+            if not raw:
+                raise MalformedHeader("continuation line before the first header field")
+            raw.append(line + b"\r\n")
             continue
-        dropping = line.lower().startswith(_AUTH_HEADER_PREFIX)
-        if not dropping:
-            kept.append(line)
-    return b"".join(kept) + rest
+        colon = line.find(b":")
+        if colon <= 0 or _FIELD_NAME.fullmatch(line, 0, colon) is None:
+            raise MalformedHeader(f"header line {number} is not a header field")
+        if raw:
+            fields.append(Field(name, b"".join(raw)))
+        name, raw = line[:colon].decode("ascii"), [line + b"\r\n"]
+    if raw:
+        fields.append(Field(name, b"".join(raw)))
+    return fields, rest
+
+
+def join(fields: list[Field], rest: bytes) -> bytes:
+    """The message from scanned fields (`join(*scan(m)) == m`)."""
+    return b"".join(field.raw for field in fields) + rest
+
+
+def from_addresses(fields: list[Field]) -> list[str] | None:
+    """The addresses of the message's From: field; None unless there is exactly one (RFC 5322
+    3.6) that reads without a defect the email package reports, within MAX_FROM_VALUE
+    characters (that parser's cost grows faster than its input, and it recurses on comments)."""
+    found = [field for field in fields if field.name.lower() == "from"]
+    if len(found) != 1:
+        return None
+    value = found[0].value
+    if not value or len(value) > MAX_FROM_VALUE:
+        return None
+    try:
+        parsed = policy.default.header_factory("From", value)
+        addresses = [address.addr_spec for address in parsed.addresses]
+    except (ValueError, IndexError, TypeError, RecursionError):
+        return None
+    if parsed.defects or not addresses:
+        return None
+    return addresses
+
+
+def without_auth_header(fields: list[Field]) -> list[Field]:
+    """Drop any X-Encimap-Auth a client wrote itself, so the trace cannot be forged."""
+    return [field for field in fields if field.name.lower() != AUTH_HEADER.lower()]
 
 
 @dataclass(frozen=True)

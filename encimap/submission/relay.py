@@ -4,10 +4,15 @@ Each client session has at most one upstream connection, opened at its first MAI
 for later transactions. MAIL, every RCPT and DATA are forwarded as the client sends them, so
 the reply the client gets is the upstream's own (per recipient, too): nothing is acknowledged
 that the upstream has not accepted, and there is no queue here to lose mail from.
+
+MAIL and RCPT carry the address exactly as the submission parsed it (encimap.smtpaddress):
+aiosmtplib's `mail()`/`rcpt()` would parse it again with `email.utils.parseaddr`, which reads
+some addresses differently, so the commands are sent through `execute_command` instead.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +67,7 @@ class RelaySettings:
         return ssl.create_default_context(cafile=self.ca_file or None)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNAVAILABLE = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError)
 
 
@@ -84,14 +90,7 @@ class Upstream:
             await self._mail(sender, body_8bit)
 
     async def recipient(self, address: str) -> None:
-        client = self._connected()
-        try:
-            await client.rcpt(address)
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            raise UpstreamRefused(exc.code, exc.message) from None
-        except _UNAVAILABLE as exc:
-            await self.close()
-            raise UpstreamUnavailable(str(exc)) from exc
+        await self._envelope(self._connected(), b"RCPT TO:", address, [], (250, 251))
 
     async def send(self, message: bytes) -> aiosmtplib.SMTPResponse:
         """DATA; returns the upstream's 250 reply."""
@@ -124,14 +123,32 @@ class Upstream:
 
     async def _mail(self, sender: str, body_8bit: bool) -> None:
         client = await self._connect()
-        options = ["BODY=8BITMIME"] if body_8bit and client.supports_extension("8bitmime") else []
+        options = [b"BODY=8BITMIME"] if body_8bit and client.supports_extension("8bitmime") else []
+        await self._envelope(client, b"MAIL FROM:", sender, options, (250,))
+
+    async def _envelope(
+        self,
+        client: aiosmtplib.SMTP,
+        command: bytes,
+        address: str,
+        options: list[bytes],
+        accepted: tuple[int, ...],
+    ) -> None:
+        """MAIL or RCPT with `address` between angle brackets, as it is."""
+        if _CONTROL.search(address):  # the parser refuses these; never put one on the wire
+            raise ValueError(f"control character in address {address!r}")
+        verb, keyword = command.split(b" ")
         try:
-            await client.mail(sender, options=options)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            raise UpstreamRefused(exc.code, exc.message) from None
+            response = await client.execute_command(
+                verb, keyword + b"<" + address.encode() + b">", *options
+            )
         except _UNAVAILABLE as exc:
             await self.close()
             raise UpstreamUnavailable(str(exc)) from exc
+        if response.code not in accepted:
+            if not client.is_connected:  # 421: the upstream closed the connection
+                await self.close()
+            raise UpstreamRefused(response.code, response.message)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         if self._client is not None and self._client.is_connected:
@@ -149,6 +166,8 @@ class Upstream:
         )
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
         except (aiosmtplib.SMTPException, OSError) as exc:
             # Whatever the reason (down, refusing us, our relay login rejected), it is the
             # upstream's problem, not the client's: a temporary failure it may retry.

@@ -25,6 +25,14 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 UPSTREAM_UNAVAILABLE = "451 4.4.1 Upstream mail server unavailable, try again later"
 DATABASE_UNAVAILABLE = "451 4.3.0 Temporary failure, try again later"
 OK = "250 2.0.0 OK"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+TIMEOUT = "421 4.4.2 Timeout, closing connection"
+LOGIN_TIMEOUT = "421 4.7.0 Login time limit exceeded, closing connection"
+
+
+def malformed_header(reason: object) -> str:
+    """A header block that readers could take two ways (see submission.headers.scan)."""
+    return f"554 5.6.0 Malformed message header: {reason}"
 
 
 def rate_limited(limit: int, resets_at: datetime.datetime) -> str:

@@ -4,6 +4,10 @@
   `538 5.7.11`); MAIL before TLS gets `530 5.7.0`.
 - Implicit-TLS listener: the connection is TLS from the first byte, so no STARTTLS is offered.
 - MAIL needs a successful AUTH (`530 5.7.0`) and a non-null sender (`553 5.7.1`).
+- Connection limits (encimap.service.connlimits): over a limit the connection gets
+  `421 4.7.0` instead of the greeting; without a successful AUTH within `login_timeout` it
+  gets `421 4.7.0` and is closed. aiosmtpd's `timeout` runs from one valid command to the
+  next (not per read); `data_timeout` bounds DATA as a whole.
 
 aiosmtpd's own `auth_required` is left off: it is meant for TLS-less setups and warns on every
 connection when combined with implicit TLS; the checks above are ours instead.
@@ -22,12 +26,13 @@ from typing import Any
 
 from aiosmtpd.smtp import TLSSetupException, syntax
 
-from encimap.smtpaddress import FastAddressParsing
+from encimap.service.connlimits import ConnectionLimiter, Ticket, peer_ip
+from encimap.smtpaddress import StrictAddressParsing
 from encimap.smtpdata import FastDataReading
 from encimap.submission import replies
 
 
-class SubmissionServer(FastAddressParsing, FastDataReading):
+class SubmissionServer(StrictAddressParsing, FastDataReading):
     def __init__(
         self,
         handler: Any,
@@ -37,6 +42,8 @@ class SubmissionServer(FastAddressParsing, FastDataReading):
         hostname: str,
         max_message_size: int,
         timeout: float,
+        data_timeout: float,
+        limiter: ConnectionLimiter,
         on_session: Callable[[asyncio.Task[None]], None],
     ) -> None:
         super().__init__(
@@ -49,6 +56,9 @@ class SubmissionServer(FastAddressParsing, FastDataReading):
             timeout=timeout,
         )
         self.implicit_tls = implicit_tls
+        self.data_timeout = data_timeout
+        self._limiter = limiter
+        self._ticket: Ticket | None = None
         self._on_session = on_session
 
     @property
@@ -58,12 +68,43 @@ class SubmissionServer(FastAddressParsing, FastDataReading):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
         super().connection_made(transport)
-        if first and self._handler_coroutine is not None:
+        if not first:
+            return
+        client_ip = peer_ip(transport.get_extra_info("peername"))
+        self.event_handler.connected(client_ip)
+        self._ticket = self._limiter.admit(
+            client_ip, login=True, on_login_timeout=self._login_expired
+        )
+        if self._ticket is None:
+            if self._handler_coroutine is not None:  # not started yet: no greeting
+                self._handler_coroutine.cancel()
+            self._goodbye(replies.TOO_MANY_CONNECTIONS)
+        elif self._handler_coroutine is not None:
             self._on_session(self._handler_coroutine)
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
+        if self._ticket is not None:
+            self._ticket.release()
         self._on_session(self.loop.create_task(self.event_handler.finish()))
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes silently; RFC 5321 4.5.3.2 lets the server say 421 first.
+        self._goodbye(replies.TIMEOUT)
+
+    def _login_expired(self) -> None:
+        self._goodbye(replies.LOGIN_TIMEOUT)
+
+    def _goodbye(self, reply: str) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+            transport.close()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        await super().smtp_AUTH(arg)
+        if self._ticket is not None and self.session is not None and self.session.authenticated:
+            self._ticket.logged_in()
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:

@@ -12,6 +12,7 @@ from encimap.auth import engine_for
 from encimap.delivery.deliverer import Deliverer
 from encimap.delivery.recipients import CertificateCache
 from encimap.service import Runtime
+from encimap.service.connlimits import ConnectionLimiter, Limits
 from encimap.service.listeners import Sessions, bind
 from encimap.submission.handler import Context, LocalDelivery, Settings, SubmissionHandler
 from encimap.submission.relay import RelaySettings
@@ -38,6 +39,7 @@ class SubmissionService:
         self.config = runtime.config.submission
         self.sessions = Sessions()
         self.servers: list[asyncio.Server] = []
+        self.limiter = ConnectionLimiter("submission", Limits.of(self.config))
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -63,6 +65,8 @@ class SubmissionService:
             hostname=self.context.settings.hostname,
             max_message_size=self.config.max_message_size,
             timeout=self.config.timeout,
+            data_timeout=self.config.data_timeout,
+            limiter=self.limiter,
             on_session=self.sessions.add,
         )
 

@@ -3,6 +3,7 @@ AUTHENTICATE PLAIN (RFC 4959 SASL-IR)."""
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 
 from encimap.auth import AuthFailed, AuthUnavailable
@@ -132,6 +133,7 @@ async def _login(session: Session, username: str, password: str, method: str) ->
     server = session.server
     if not server.login_allowed(session):
         raise no("[PRIVACYREQUIRED] Plaintext authentication disallowed before STARTTLS")
+    began = asyncio.get_running_loop().time()
     try:
         principal = await server.engine.authenticate(
             username,
@@ -147,7 +149,7 @@ async def _login(session: Session, username: str, password: str, method: str) ->
         raise no("[UNAVAILABLE] Temporary authentication failure.") from None
     if principal.kind != "vaultbox_imap" or principal.vaultbox_id is None:
         raise no("[AUTHENTICATIONFAILED] Authentication failed.")
-    if not server.session_started(session, principal):
+    if not server.session_started(session, principal, since=began):
         raise no("[LIMIT] Too many connections for this user")
     session.principal = principal
     session.state = State.AUTHENTICATED

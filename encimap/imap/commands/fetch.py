@@ -108,10 +108,18 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             seq = selected.seq_of(data["uid"])
             if seq is None:
                 continue
-            session.send(
-                b"* %d FETCH (%b)\r\n" % (seq, b" ".join(_render(item, data) for item in items))
-            )
-        await session.maybe_flush()
+            # Streamed piece by piece: a message body goes out in drained chunks, so no
+            # response (BODY[] a thousand times over) is ever built whole in memory.
+            session.send(b"* %d FETCH (" % seq)
+            for index, item in enumerate(items):
+                head, content = _render(item, data)
+                session.send(head if not index else b" " + head)
+                if content is not None:
+                    await session.send_large(content)
+                else:
+                    await session.maybe_flush()
+            session.send(b")\r\n")
+            await session.maybe_flush()
     return "OK Fetch completed."
 
 
@@ -173,34 +181,39 @@ async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) 
     return data
 
 
-def _render(item: FetchItem, row: dict[str, Any]) -> bytes:
+def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
+    """The item's response text, and for a literal its content (sent on its own)."""
     name = item.name
     if item.section is not None:
         content = section_bytes(row, item.section)
         if content is None:
-            return item.label().encode() + b" NIL"
+            return item.label().encode() + b" NIL", None
         if item.partial is not None:
             start, length = item.partial
             content = content[start : start + length]
-        return item.label().encode() + b" " + wire.literal_bytes(content)
+        return _literal(item.label().encode(), content)
     if name == "UID":
-        return b"UID %d" % row["uid"]
+        return b"UID %d" % row["uid"], None
     if name == "FLAGS":
-        return b"FLAGS " + wire.flag_list(row["flags"]).encode()
+        return b"FLAGS " + wire.flag_list(row["flags"]).encode(), None
     if name == "INTERNALDATE":
-        return b"INTERNALDATE " + wire.internal_date(row["internal_date"]).encode()
+        return b"INTERNALDATE " + wire.internal_date(row["internal_date"]).encode(), None
     if name == "RFC822.SIZE":
-        return b"RFC822.SIZE %d" % row["size_bytes"]
+        return b"RFC822.SIZE %d" % row["size_bytes"], None
     if name == "ENVELOPE":
-        return b"ENVELOPE " + row["envelope"].encode()
+        return b"ENVELOPE " + row["envelope"].encode(), None
     if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + row["bodystructure"].encode()
+        return b"BODYSTRUCTURE " + row["bodystructure"].encode(), None
     if name == "BODY":
-        return b"BODY " + row["bodystructure_basic"].encode()
+        return b"BODY " + row["bodystructure_basic"].encode(), None
     if name == "RFC822":
-        return b"RFC822 " + wire.literal_bytes(row["body_encrypted"])
+        return _literal(b"RFC822", row["body_encrypted"])
     part = section_bytes(row, Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT"))
-    return name.encode() + b" " + wire.literal_bytes(part or b"")
+    return _literal(name.encode(), part or b"")
+
+
+def _literal(label: bytes, content: bytes) -> tuple[bytes, bytes]:
+    return b"%b {%d}\r\n" % (label, len(content)), content
 
 
 def section_bytes(row: dict[str, Any], section: Section) -> bytes | None:

@@ -5,16 +5,15 @@ CLOSE, UNSELECT."""
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from collections.abc import Iterator
 
-from encimap.imap import wire
+from encimap.imap import listmatch, names, wire
 from encimap.imap.commands import AUTHENTICATED, SELECTED, command
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import Selected
 from encimap.imap.session import Reply, Session, State, no
-from encimap.store import Conflict, NotFound, StoreError, mailboxes, messages
+from encimap.store import Conflict, LimitReached, NotFound, StoreError, mailboxes, messages
 from encimap.store.mailboxes import DELIMITER, Mailbox
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -45,6 +44,10 @@ def refusals(name: str) -> Iterator[None]:
         raise nonexistent(name) from None
     except Conflict as exc:
         raise no("[ALREADYEXISTS] " + str(exc)) from None
+    except LimitReached as exc:
+        raise no("[LIMIT] " + str(exc)) from None
+    except names.InvalidName as exc:
+        raise no(("[LIMIT] " if exc.limit else "[CANNOT] ") + str(exc)) from None
     except StoreError as exc:
         raise no("[CANNOT] " + str(exc)) from None
 
@@ -130,8 +133,16 @@ async def create(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.end()
+    settings = session.config
     with refusals(name):
-        await mailboxes.create_mailbox(session.server.pool, vaultbox_id(session), name)
+        names.check_new(
+            name,
+            max_length=settings.max_mailbox_name_length,
+            max_depth=settings.max_mailbox_depth,
+        )
+        await mailboxes.create_mailbox(
+            session.server.pool, vaultbox_id(session), name, max_count=settings.max_mailboxes
+        )
     return "OK Create completed."
 
 
@@ -157,8 +168,24 @@ async def rename(session: Session, _tag: str, reader: Reader) -> str:
     new = reader.mailbox()
     reader.end()
     with refusals(old):
+        await _check_rename(session, old, new)
         await mailboxes.rename_mailbox(session.server.pool, vaultbox_id(session), old, new)
     return "OK Rename completed."
+
+
+async def _check_rename(session: Session, old: str, new: str) -> None:
+    """The new name, and every child's name after the move, within the limits."""
+    settings = session.config
+    limits = {
+        "max_length": settings.max_mailbox_name_length,
+        "max_depth": settings.max_mailbox_depth,
+    }
+    names.check_new(new, **limits)
+    old, new = mailboxes.canonical_name(old), mailboxes.canonical_name(new.rstrip(DELIMITER))
+    prefix = old + DELIMITER
+    for mailbox in await mailboxes.list_mailboxes(session.server.pool, vaultbox_id(session)):
+        if mailbox.name.startswith(prefix):
+            names.check_size(new + mailbox.name[len(old) :], **limits)
 
 
 @command("SUBSCRIBE", states=AUTHENTICATED)
@@ -180,15 +207,9 @@ async def _subscribe(session: Session, reader: Reader, *, on: bool) -> str:
     return f"OK {'Subscribe' if on else 'Unsubscribe'} completed."
 
 
-def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
+def _pattern(reference: str, pattern: str) -> listmatch.Matcher:
     full = reference + pattern if not pattern.startswith(DELIMITER) else pattern
-    regex = "".join(
-        ".*" if c == "*" else f"[^{re.escape(DELIMITER)}]*" if c == "%" else re.escape(c)
-        for c in full
-    )
-    if full.upper().startswith("INBOX"):
-        regex = "(?i:INBOX)" + regex[len(re.escape("INBOX")) :]
-    return re.compile(regex + r"\Z")
+    return listmatch.Matcher(full, DELIMITER)
 
 
 def _options(reader: Reader) -> list[str]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from encimap.imap.commands import SELECTED, command
-from encimap.imap.parser import Reader, SetKey, parse_search
+from encimap.imap.parser import Reader, SetKey, TooManyKeys, parse_search
 from encimap.imap.selected import Selected
-from encimap.imap.session import Session, bad
+from encimap.imap.session import Session, bad, no
 from encimap.store import search as keys
 
 
@@ -38,7 +38,11 @@ async def _search(session: Session, reader: Reader, *, by_uid: bool) -> str:
     selected = session.selected
     assert selected is not None
     reader.sp()
-    program = parse_search(reader)
+    limit = session.config.max_search_keys
+    try:
+        program = parse_search(reader, max_keys=limit)
+    except TooManyKeys:
+        raise no(f"[LIMIT] Too many search keys (at most {limit})") from None
     if program.return_options:
         raise bad("SEARCH RETURN (ESEARCH) is not supported")
     if not selected.uids:

@@ -1,20 +1,18 @@
--- Cheaper delivery statement (PostgreSQL CPU per intake delivery). Same guarantees as 006:
--- the INBOX row lock taken first orders deliveries per vaultbox (duplicate check after the
--- lock, UIDs visible in commit order), one insert path shared with IMAP APPEND, one NOTIFY
--- '<vaultbox>:<mailbox>:<uid>' per stored message, one email_processing_logs row per delivery.
--- What changed, and why it is cheaper:
--- * encimap_insert_message returns one composite instead of a set: plpgsql then calls it as a
---   simple expression (no executor, no tuplestore) and it needs no RETURN QUERY SELECT. With no
---   such mailbox it returns a row of NULLs (was: no row). Its result type changes, so it is
---   dropped and created again (plpgsql callers hold no dependency on it).
--- * encimap_deliver fills its OUT columns and RETURN NEXTs them instead of RETURN QUERY SELECT,
---   and its duplicate lookup has no LIMIT (SELECT INTO stops at the first row anyway).
--- * Indexes that every delivery maintained but no query needs (see below).
+-- Storing a message in one round trip. `encimap_insert_message` is the one insert path (intake
+-- delivery and IMAP APPEND): next UID of the mailbox (its row lock orders concurrent inserts,
+-- so UIDs become visible in commit order), the row, and the NOTIFY that IMAP sessions wait for
+-- (payload '<vaultbox>:<mailbox>:<uid>', see encimap.store.events); with no such mailbox it
+-- returns a row of NULLs. `encimap_deliver` is the intake's delivery: lock the vaultbox's INBOX
+-- (deliveries to one vaultbox are serialised, so the duplicate check sees every message
+-- committed before), skip a duplicate (same Message-ID and body hash within the window, e.g. an
+-- MTA retrying after a lost reply), insert, log one email_processing_logs row.
+-- Both are SECURITY INVOKER: they run with the caller's grants (repeatable/90_privileges.sql).
+-- Called as one statement, a call is its own transaction. They return composites filled in
+-- place (no RETURN QUERY), which plpgsql evaluates as simple expressions: cheaper per delivery.
+-- The platform's NOT NULL columns message_id, sender and recipient get '' when there is none
+-- (mail without Message-ID, the null reverse path).
 
-DROP FUNCTION IF EXISTS encimap_insert_message(uuid, bigint, text, bytea, text[], timestamptz,
-    text, text, text, text, text, text, text[], text, text, text, jsonb, timestamptz, jsonb);
-
-CREATE FUNCTION encimap_insert_message(
+CREATE OR REPLACE FUNCTION encimap_insert_message(
     p_vaultbox_id uuid,
     p_mailbox_id bigint,            -- the mailbox by id, or NULL and ...
     p_mailbox_name text,            -- ... by name
@@ -56,11 +54,12 @@ BEGIN
     END IF;
     INSERT INTO encrypted_emails AS e
            (vaultbox_id, mailbox_id, uid, message_id, sender, recipient, subject_encrypted,
-            body_encrypted, body_sha256, encryption_method, certificate_fingerprints,
+            body, body_sha256, encryption_method, certificate_fingerprints,
             size_bytes, flags, internal_date, envelope, bodystructure, bodystructure_basic,
             mime_parts, sent_date, search_headers)
     VALUES (p_vaultbox_id, encimap_insert_message.mailbox_id, encimap_insert_message.uid,
-            p_message_id, p_sender, p_recipient, p_subject_encrypted, p_body, p_body_sha256,
+            coalesce(p_message_id, ''), coalesce(p_sender, ''), coalesce(p_recipient, ''),
+            p_subject_encrypted, p_body, p_body_sha256,
             p_encryption_method, coalesce(p_certificate_fingerprints, '{}'),
             octet_length(p_body), coalesce(p_flags, '{}'), coalesce(p_internal_date, now()),
             p_envelope, p_bodystructure, p_bodystructure_basic, p_mime_parts, p_sent_date,
@@ -108,9 +107,9 @@ BEGIN
         RETURN;  -- no INBOX: no row (the caller raises NotFound)
     END IF;
     SELECT e.id, e.mailbox_id, e.uid INTO email_id, mailbox_id, uid FROM encrypted_emails e
-     WHERE e.vaultbox_id = p_vaultbox_id AND e.message_id = p_message_id
+     WHERE e.vaultbox_id = p_vaultbox_id AND e.message_id = coalesce(p_message_id, '')
        AND e.body_sha256 = p_body_sha256
-       AND e.received_at > now() - make_interval(secs => p_duplicate_window_seconds);
+       AND e.internal_date > now() - make_interval(secs => p_duplicate_window_seconds);
     duplicate := FOUND;
     IF NOT duplicate THEN
         stored := encimap_insert_message(
@@ -133,40 +132,10 @@ BEGIN
 END
 $$;
 
-ALTER FUNCTION encimap_insert_message(uuid, bigint, text, bytea, text[], timestamptz, text, text,
-    text, text, text, text, text[], text, text, text, jsonb, timestamptz, jsonb)
-    OWNER TO encimap_owner;
-ALTER FUNCTION encimap_deliver(uuid, bytea, timestamptz, text, text, text, text, text, text,
-    text[], text, text, text, jsonb, timestamptz, jsonb, double precision, text, text, integer,
-    integer)
-    OWNER TO encimap_owner;
-
--- Functions are executable by PUBLIC by default; only the roles that store messages may.
+-- Functions are executable by PUBLIC by default; repeatable/90_privileges.sql grants them.
 REVOKE EXECUTE ON FUNCTION encimap_insert_message(uuid, bigint, text, bytea, text[],
     timestamptz, text, text, text, text, text, text, text[], text, text, text, jsonb,
     timestamptz, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION encimap_deliver(uuid, bytea, timestamptz, text, text, text, text,
     text, text, text[], text, text, text, jsonb, timestamptz, jsonb, double precision, text,
     text, integer, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION encimap_insert_message(uuid, bigint, text, bytea, text[],
-    timestamptz, text, text, text, text, text, text, text[], text, text, text, jsonb,
-    timestamptz, jsonb) TO encimap_intake, encimap_imap;
-GRANT EXECUTE ON FUNCTION encimap_deliver(uuid, bytea, timestamptz, text, text, text, text,
-    text, text, text[], text, text, text, jsonb, timestamptz, jsonb, double precision, text,
-    text, integer, integer) TO encimap_intake;
-
--- Indexes on encrypted_emails: every stored message paid for five, two were redundant.
--- * encrypted_emails_vaultbox_idx (vaultbox_id) is a prefix of encrypted_emails_duplicate_idx
---   (vaultbox_id, message_id, body_sha256), which serves every lookup by vaultbox_id: the
---   duplicate check, the quota count of find_recipient and the ON DELETE CASCADE from
---   vaultboxes. Every other query of encimap.store filters by mailbox_id (and uid).
--- * encrypted_emails_mailbox_uid_key (mailbox_id, uid) UNIQUE and
---   encrypted_emails_mailbox_flags_idx (mailbox_id, uid) INCLUDE (flags, size_bytes) have the
---   same key: one unique index with the INCLUDE columns keeps both the uniqueness of UIDs and
---   the index-only reads of flags and sizes (SELECT, STATUS, FETCH RFC822.SIZE).
--- Building the unique index reads the whole table once and blocks writes while it runs.
-CREATE UNIQUE INDEX IF NOT EXISTS encrypted_emails_mailbox_uid_flags_key
-    ON encrypted_emails (mailbox_id, uid) INCLUDE (flags, size_bytes);
-DROP INDEX IF EXISTS encrypted_emails_mailbox_uid_key;
-DROP INDEX IF EXISTS encrypted_emails_mailbox_flags_idx;
-DROP INDEX IF EXISTS encrypted_emails_vaultbox_idx;
