@@ -467,13 +467,13 @@ async def lmtp_flood(
     message_ids: list[str],
     connections: int,
     *,
-    half_way: asyncio.Event | None = None,
+    third_answered: asyncio.Event | None = None,
     backoff: float = 0.1,
 ) -> list[Outcome]:
     """Deliver `message_ids` over `connections` LMTP connections, each message once, in
     order per connection; returns every outcome. A connection pauses `backoff` seconds
     after a 4xx, as an MTA's queue would (otherwise a short outage burns through all the
-    messages at once). `half_way` is set when a third of the messages are answered."""
+    messages at once). `third_answered` is set when a third of the messages are answered."""
     outcomes: list[Outcome] = []
     third = len(message_ids) // 3
 
@@ -487,8 +487,8 @@ async def lmtp_flood(
                 )
                 reply = data[0] if data else rcpt[0]
                 outcomes.append(Outcome(message_id, int(reply[:3]), time.monotonic()))
-                if half_way is not None and len(outcomes) >= third:
-                    half_way.set()
+                if third_answered is not None and len(outcomes) >= third:
+                    third_answered.set()
                 if reply.startswith("4"):
                     await asyncio.sleep(backoff)
         finally:

@@ -97,11 +97,13 @@ async def _flood_across(ha: PatroniCluster, databases: Databases, tmp_path: Path
     cfg, ports = ha_config(databases, tls_files)
     ids = [f"{fault.__name__}-{number}@flood.test" for number in range(FLOOD)]
     async with running_service(cfg, "intake"):
-        half_way = asyncio.Event()
+        started = asyncio.Event()
         flood = asyncio.create_task(
-            lmtp_flood(ports["intake"], box.vaultbox.address, ids, CONNECTIONS, half_way=half_way)
+            lmtp_flood(
+                ports["intake"], box.vaultbox.address, ids, CONNECTIONS, third_answered=started
+            )
         )
-        await half_way.wait()
+        await started.wait()  # a third of the messages answered
         old = await asyncio.to_thread(fault, ha)
         new = await asyncio.to_thread(ha.wait_new_leader, old)
         promoted_at = time.monotonic()
