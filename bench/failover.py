@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -182,6 +183,7 @@ async def bench(runs: int, fault: str) -> list[Run]:
         return results
     finally:
         await asyncio.to_thread(cluster.stop)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 async def revocation_lag(samples: int) -> list[tuple[float, int]]:
