@@ -4,7 +4,7 @@
 set -euo pipefail
 
 runtime=(openssl)
-testing=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl isync dovecot-imapd fail2ban)
+testing=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl isync dovecot-imapd fail2ban gnupg sq rnp)
 want=("${runtime[@]}")
 [ "${1:-}" = "--runtime" ] || want+=("${testing[@]}")
 

@@ -1,0 +1,91 @@
+"""`encrypt_message`: a complete RFC 5322 message in, the PGP/MIME message to store out.
+
+The stored message is RFC 3156 section 4: `multipart/encrypted;
+protocol="application/pgp-encrypted"` with the version part and the ASCII-armoured OpenPGP
+message, whose plaintext is the original message's protected header (RFC 9788, the same as
+for S/MIME, `encimap.mime.protect`) and canonical body.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterable
+
+import pysequoia
+
+from encimap import mime
+from encimap.mime import CRLF, EncryptionResult
+from encimap.openpgp.errors import NoUsableKey, OpenPGPError, reason
+from encimap.openpgp.keys import encryption_subkeys, key_algorithm, key_packets, load_key
+
+PREAMBLE = b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"
+
+
+def encrypt_message(
+    raw: bytes,
+    keys: Iterable[pysequoia.Cert | bytes | str],
+    *,
+    hide_subject: bool = True,
+) -> EncryptionResult:
+    """Encrypt `raw` to every valid encryption subkey of every key, as PGP/MIME with RFC 9788
+    header protection. Already encrypted mail (S/MIME, PGP/MIME, inline OpenPGP) is returned
+    unchanged. Raises NoUsableKey without keys and OpenPGPError when encryption fails. CPU-bound
+    and thread-safe (the binding releases no state between calls): run large messages in a
+    worker thread.
+    """
+    message = mime.parse_message(raw)
+    if mime.is_encrypted(message):
+        return EncryptionResult(message=raw, already_encrypted=True)
+    certs = [key if isinstance(key, pysequoia.Cert) else load_key(key) for key in keys]
+    if not certs:
+        raise NoUsableKey("no OpenPGP key to encrypt to")
+    protected = mime.protect(message, hide_subject=hide_subject)
+    plaintext = b"".join(protected.plaintext.pieces)
+    try:
+        armored = pysequoia.encrypt(plaintext, certs)
+    except Exception as exc:  # the binding raises plain exceptions with a Rust backtrace
+        raise OpenPGPError(f"OpenPGP encryption failed: {reason(exc)}") from None
+    del plaintext
+    boundary = b"=_encimap_" + secrets.token_hex(12).encode("ascii")
+    head = b"".join(field.raw for field in protected.outer) + pgp_mime_header(boundary)
+    body = mime.to_crlf(armored)
+    del armored
+    tail = CRLF + b"--" + boundary + b"--" + CRLF
+    subject = protected.subject
+    subject_encrypted = None
+    if subject is not None:
+        sealed = pysequoia.encrypt(subject.value, certs, armor=False)
+        subject_encrypted = base64.b64encode(sealed).decode("ascii")
+    return EncryptionResult(
+        message=b"".join((head, body.removesuffix(CRLF), tail)),
+        subject_encrypted=subject_encrypted,
+        algorithm="openpgp/" + "+".join(sorted(_subkey_algorithms(certs))),
+        recipient_fingerprints=tuple(cert.fingerprint.upper() for cert in certs),
+    )
+
+
+def pgp_mime_header(boundary: bytes) -> bytes:
+    """MIME fields, preamble, version part and the encrypted part's header (RFC 3156 4)."""
+    delimiter = b"--" + boundary + CRLF
+    return (
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n'
+        b' boundary="' + boundary + b'"\r\n'
+        b"\r\n" + PREAMBLE + CRLF + delimiter + b"Content-Type: application/pgp-encrypted\r\n"
+        b"Content-Description: PGP/MIME version identification\r\n"
+        b"\r\n"
+        b"Version: 1\r\n"
+        b"\r\n" + delimiter + b'Content-Type: application/octet-stream; name="encrypted.asc"\r\n'
+        b"Content-Description: OpenPGP encrypted message\r\n"
+        b'Content-Disposition: inline; filename="encrypted.asc"\r\n'
+        b"\r\n"
+    )
+
+
+def _subkey_algorithms(certs: list[pysequoia.Cert]) -> set[str]:
+    names = set()
+    for cert in certs:
+        used = set(encryption_subkeys(cert))
+        names.update(key_algorithm(packet) for packet in key_packets(cert) if packet.key_id in used)
+    return names
