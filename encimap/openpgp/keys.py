@@ -44,6 +44,7 @@ _CURVES = {
     bytes.fromhex("2b240303020801010d"): "brainpoolP512r1",
 }
 _KEY_TAGS = (Tag.PublicKey, Tag.PublicSubkey)
+_SECRET_TAGS = (Tag.SecretKey, Tag.SecretSubkey)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def load_key(data: bytes | str) -> pysequoia.Cert:
     if len(certs) != 1:
         raise KeyRefused(f"expected one OpenPGP key, found {len(certs)}")
     cert = certs[0]
-    if cert.has_secret_keys:
+    if any(packet.tag in _SECRET_TAGS for packet in PacketPile.from_bytes(raw)):
         raise KeyRefused("contains secret key material: give the public key only (gpg --export)")
     return cert
 
@@ -83,14 +84,17 @@ def check_key(
     """Check that mail to `address` may be encrypted to this key; KeyRefused says why not."""
     cert = data if isinstance(data, pysequoia.Cert) else load_key(data)
     now = now or datetime.now(UTC)
-    if cert.is_revoked:
-        raise KeyRefused("the key is revoked")
-    expires = cert.expiration
-    if expires is not None and expires <= now:
-        raise KeyRefused(f"the key expired on {expires:%Y-%m-%d %H:%M} UTC")
     keys = key_packets(cert)
     for packet in keys:
         _check_strength(packet)
+    try:
+        revoked, expires = cert.is_revoked, cert.expiration
+    except Exception as exc:  # Sequoia's policy refuses the primary key or its binding
+        raise KeyRefused(f"the key is refused: {reason(exc)}") from None
+    if revoked:
+        raise KeyRefused("the key is revoked")
+    if expires is not None and expires <= now:
+        raise KeyRefused(f"the key expired on {expires:%Y-%m-%d %H:%M} UTC")
     user_ids = tuple(str(user_id) for user_id in cert.user_ids)
     if not allow_address_mismatch and address.lower() not in {
         found.lower() for found in map(user_id_address, user_ids) if found
@@ -135,8 +139,11 @@ def usable_keys(
 def usable(cert: pysequoia.Cert, now: datetime | None = None) -> bool:
     """Whether mail can be encrypted to `cert` now (the checks that change with time)."""
     now = now or datetime.now(UTC)
-    expires = cert.expiration
-    if cert.is_revoked or (expires is not None and expires <= now):
+    try:
+        revoked, expires = cert.is_revoked, cert.expiration
+    except Exception:  # refused by Sequoia's policy (which also changes with time)
+        return False
+    if revoked or (expires is not None and expires <= now):
         return False
     try:
         encryption_subkeys(cert)
