@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +51,13 @@ def gpg(home: Path, *args: str, data: bytes = b"") -> bytes:
 
 
 def make_key(
-    directory: Path, address: str, kind: str = "ed25519", *, expire: str = "never", past: str = ""
+    address: str, kind: str = "ed25519", *, expire: str = "never", past: str = ""
 ) -> GpgKey:
     """A GnuPG key with user ID `<address>`; `past` fakes the creation time (an ISO time such
     as 20200101T000000) so that `expire` (say "1d") is already over."""
-    home = directory / f"gnupg-{kind}-{address.replace('@', '_at_')}"
-    home.mkdir(mode=0o700, parents=True)
+    # Short, so that gpg-agent's socket path fits (108 bytes); `stop_agent` removes it.
+    home = Path(tempfile.mkdtemp(prefix=f"gpg-{kind}-"))
+    home.chmod(0o700)
     primary, subkeys = KINDS[kind]
     fake = ["--faked-system-time", past + "!"] if past else []
     usage = "cert" if subkeys else "cert,encr"
@@ -79,10 +81,12 @@ def revoked(key: GpgKey) -> bytes:
 
 
 def stop_agent(key: GpgKey) -> None:
+    """Stop the key's gpg-agent and remove its home."""
     subprocess.run(
         ["gpgconf", "--kill", "gpg-agent"],
         env={**os.environ, "GNUPGHOME": str(key.home)}, capture_output=True, check=False,
     )  # fmt: skip
+    shutil.rmtree(key.home, ignore_errors=True)
 
 
 def armored_part(stored: bytes) -> bytes:

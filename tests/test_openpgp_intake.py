@@ -58,7 +58,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def keys(work: Path):
-    made = {kind: make_key(work, f"{kind}@pgp.test", kind) for kind in KINDS}
+    made = {kind: make_key(f"{kind}@pgp.test", kind) for kind in KINDS}
     yield made
     for key in made.values():
         stop_agent(key)
@@ -127,7 +127,7 @@ async def test_every_tool_decrypts_the_stored_message(databases, keys, work, kin
 
 async def test_mixed_vaultbox_follows_its_preference(databases, keys, work, config_file) -> None:
     address = "mixed@pgp.test"
-    key = make_key(work, address, "ed25519")
+    key = make_key(address, "ed25519")
     box = (await make_vaultbox(databases, address)).vaultbox
     await add_key(databases, box.id, key.public, address)
     smime_key = await add_certificate(databases, box, work)
@@ -148,7 +148,7 @@ async def test_mixed_vaultbox_follows_its_preference(databases, keys, work, conf
 
 async def test_rcpt_451_once_the_only_key_is_revoked(databases, work, config_file) -> None:
     address = "revoking@pgp.test"
-    key = make_key(work, address, "ed25519")
+    key = make_key(address, "ed25519")
     box = (await make_vaultbox(databases, address)).vaultbox
     imported = run_cli("key", "import", address, str(key.public_file), config_file=config_file)
     assert imported.returncode == 0, imported.stderr
