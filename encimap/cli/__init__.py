@@ -18,7 +18,7 @@ from encimap.store import StoreError
 from encimap.tls import TLSError
 
 Handler = Callable[[config_module.Config, argparse.Namespace], Coroutine[Any, Any, int]]
-SERVICES = ("intake", "submission", "authsocket", "imap", "all")
+SERVICES = ("intake", "submission", "authsocket", "imap", "wkd", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
