@@ -247,20 +247,29 @@ def _key_usage(*, key_encipherment: bool, key_agreement: bool) -> x509.KeyUsage:
 
 
 def export_pkcs12(
-    certificate_pem: bytes, private_key: PrivateKey, password: bytes, friendly_name: str
+    certificate_pem: bytes,
+    private_key: PrivateKey,
+    password: bytes,
+    friendly_name: str,
+    *,
+    legacy: bool = False,
 ) -> bytes:
     """Bundle certificate and key as PKCS#12 for a mail client.
 
-    PBES2 with AES-256-CBC and PBKDF2-SHA256, MAC over SHA-256: read by OpenSSL 3 and by
-    Thunderbird (NSS), unlike the legacy RC2/3DES bags.
+    PBES2 with AES-256-CBC and PBKDF2-SHA256, MAC over SHA-256: read by OpenSSL 3, Thunderbird
+    (NSS), Outlook, Apple Mail and iOS. `legacy`: PBE-SHA1-3DES bags and a SHA-1 MAC, for
+    importers that refuse PBES2 (gpgsm 2.2: `encryptedData error at "pkcs5PBES2-params"`).
     """
-    encryption = (
-        serialization.PrivateFormat.PKCS12.encryption_builder()
-        .kdf_rounds(PKCS12_KDF_ROUNDS)
-        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
-        .hmac_hash(hashes.SHA256())
-        .build(password)
-    )
+    builder = serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(PKCS12_KDF_ROUNDS)
+    if legacy:
+        builder = builder.key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC).hmac_hash(
+            hashes.SHA1()  # noqa: S303 - what legacy importers read; the password protects it
+        )
+    else:
+        builder = builder.key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(
+            hashes.SHA256()
+        )
+    encryption = builder.build(password)
     return pkcs12.serialize_key_and_certificates(
         friendly_name.encode("utf-8"),
         private_key,
