@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["smime", "auth", "intake", "deliver_sql", "submission", "imap"]
+BENCHMARKS = ["smime", "openpgp", "auth", "intake", "deliver_sql", "submission", "imap"]
 
 failed = []
 for name in sys.argv[1:] or BENCHMARKS:

@@ -193,3 +193,14 @@ async def test_already_encrypted_and_mismatched_keys(databases, keys, work) -> N
     assert first["body_encrypted"].endswith(inline[inline.index(b"\r\n\r\n") :])
     assert first["encryption_method"] == "none"
     assert b"\r\nSubject: mismatch\r\n" in decrypt("sq", second["body_encrypted"], key, work)
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_large_messages_across_armour_chunks_decrypt(keys, work, extra) -> None:
+    """Several armour chunks and every base64 padding length: the CRC-24 line is right."""
+    key = keys["two-subkeys"]
+    body = (b"0123456789abcdef" * 4 + b"\r\n") * 40_000 + b"x" * extra + b"\r\n"
+    raw = b"From: a@sender.test\r\nSubject: big\r\n\r\n" + body
+    stored = openpgp.encrypt_message(raw, [openpgp.load_key(key.public)]).message
+    for tool in TOOLS:
+        assert split_entity(decrypt(tool, stored, key, work))[1] == body, tool

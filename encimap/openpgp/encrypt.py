@@ -9,6 +9,7 @@ for S/MIME, `encimap.mime.protect`) and canonical body.
 from __future__ import annotations
 
 import base64
+import io
 import secrets
 from collections.abc import Iterable
 
@@ -16,6 +17,7 @@ import pysequoia
 
 from encimap import mime
 from encimap.mime import CRLF, EncryptionResult
+from encimap.openpgp.armor import write_armored
 from encimap.openpgp.errors import NoUsableKey, OpenPGPError, reason
 from encimap.openpgp.keys import encryption_subkeys, key_algorithm, key_packets, load_key
 
@@ -43,22 +45,24 @@ def encrypt_message(
     protected = mime.protect(message, hide_subject=hide_subject)
     plaintext = b"".join(protected.plaintext.pieces)
     try:
-        armored = pysequoia.encrypt(plaintext, certs)
+        sealed = pysequoia.encrypt(plaintext, certs, armor=False)
     except Exception as exc:  # the binding raises plain exceptions with a Rust backtrace
         raise OpenPGPError(f"OpenPGP encryption failed: {reason(exc)}") from None
     del plaintext
     boundary = b"=_encimap_" + secrets.token_hex(12).encode("ascii")
-    head = b"".join(field.raw for field in protected.outer) + pgp_mime_header(boundary)
-    body = mime.to_crlf(armored)
-    del armored
-    tail = CRLF + b"--" + boundary + b"--" + CRLF
+    out = io.BytesIO()
+    out.writelines(field.raw for field in protected.outer)
+    out.write(pgp_mime_header(boundary))
+    write_armored(sealed, out)
+    del sealed
+    out.write(CRLF + b"--" + boundary + b"--" + CRLF)
     subject = protected.subject
     subject_encrypted = None
     if subject is not None:
-        sealed = pysequoia.encrypt(subject.value, certs, armor=False)
-        subject_encrypted = base64.b64encode(sealed).decode("ascii")
+        subject_sealed = pysequoia.encrypt(subject.value, certs, armor=False)
+        subject_encrypted = base64.b64encode(subject_sealed).decode("ascii")
     return EncryptionResult(
-        message=b"".join((head, body.removesuffix(CRLF), tail)),
+        message=out.getvalue(),
         subject_encrypted=subject_encrypted,
         algorithm="openpgp/" + "+".join(sorted(_subkey_algorithms(certs))),
         recipient_fingerprints=tuple(cert.fingerprint.upper() for cert in certs),
