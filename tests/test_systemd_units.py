@@ -13,7 +13,7 @@ import pytest
 from tests.support import REPO
 
 UNITS = REPO / "systemd"
-SERVICES = ["intake", "submission", "authsocket", "imap"]
+SERVICES = ["intake", "submission", "authsocket", "imap", "wkd"]
 HARDENING = {
     "ProtectSystem": "strict",
     "ProtectHome": "true",

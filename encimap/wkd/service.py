@@ -45,6 +45,7 @@ async def start(runtime: Runtime) -> WebKeyDirectory:
     config = runtime.config
     specs = listeners(config.wkd.listen) if config.wkd.listen else []
     if not specs:
+        log.info("wkd.off", reason="wkd.listen is empty")
         return WebKeyDirectory([])
     pool = await runtime.pool("encimap", db.ROLE_INTAKE, "wkd")
 
