@@ -35,7 +35,14 @@ from tests.support import Databases, make_vaultbox, run_cli, write_config_file
 
 pytestmark = pytest.mark.skipif(bool(tools_missing()), reason=f"missing {tools_missing()}")
 
-KINDS = ("ed25519", "rsa3072", "rsa4096", "nistp256", "two-subkeys")
+# kind -> the algorithm the processing log names (the encryption subkeys used)
+KINDS = {
+    "ed25519": "openpgp/cv25519",
+    "rsa3072": "openpgp/rsa3072",
+    "rsa4096": "openpgp/rsa4096",
+    "nistp256": "openpgp/nistp256",
+    "two-subkeys": "openpgp/cv25519+rsa3072",
+}
 BODY = b"Hello,\r\n.leading dot survives\r\n\tand a tab\r\n-----not armour\r\nbye\r\n"
 
 
@@ -83,6 +90,18 @@ async def deliver(port: int, recipient: str, data: bytes) -> tuple[str, list[str
         await client.close()
 
 
+async def _processing_log(databases: Databases, vaultbox_id) -> dict:
+    conn = await databases.connect()
+    try:
+        row = await conn.fetchrow(
+            "SELECT * FROM email_processing_logs WHERE vaultbox_id = $1 ORDER BY id DESC LIMIT 1",
+            vaultbox_id,
+        )
+    finally:
+        await conn.close()
+    return dict(row)
+
+
 @pytest.fixture(scope="module")
 def config_file(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_config_file(tmp_path_factory.mktemp("cfg") / "encimap.toml", databases)
@@ -109,8 +128,12 @@ async def test_every_tool_decrypts_the_stored_message(databases, keys, work, kin
         'multipart/encrypted; protocol="application/pgp-encrypted";'
     )
     assert b"Subject: quarterly" not in stored and b"leading dot" not in stored
-    assert row["encryption_method"].startswith("openpgp/")
+    assert row["encryption_method"] == KINDS[kind]
     assert row["certificate_fingerprints"] == [key.fingerprint]
+    log_row = await _processing_log(databases, box.id)
+    assert (log_row["outcome"], log_row["reply_code"]) == ("stored", "250")
+    assert log_row["algorithm"] == KINDS[kind]
+    assert log_row["certificate_fingerprints"] == [key.fingerprint]
     assert row["size_bytes"] == len(stored)
 
     for tool in TOOLS:

@@ -49,12 +49,18 @@ class OpenPGPKeyCache:
     """Parsed OpenPGP keys that passed `openpgp.check_key` for an address when first seen.
 
     Keyed like CertificateCache by the stored armoured text, the address and the mismatch
-    setting; None for a refused key. What time changes (expiry, revocation dates, subkey
-    validity) is checked again on every use with `openpgp.usable`. Bounded: emptied when full.
+    setting; None for a refused key. What time changes (expiry, subkey validity) is checked
+    again with `openpgp.usable` when the last check is more than USABLE_RECHECK seconds old (it
+    costs a trial encryption, about 1 ms for RSA-4096; a key that expires in between fails at
+    DATA with 451 4.3.0, and the retry gets 451 4.7.1). A revocation or any other change of a
+    stored key changes its text, so it is checked in full at once. Bounded: emptied when full.
     """
+
+    USABLE_RECHECK = 60.0
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._entries: dict[tuple[str, str, bool], pysequoia.Cert | None] = {}
+        self._usable_until: dict[tuple[str, str, bool], float] = {}
         self._max_entries = max_entries
 
     def usable(
@@ -62,15 +68,23 @@ class OpenPGPKeyCache:
     ) -> list[pysequoia.Cert]:
         """The keys among `armored` that mail to `address` may be encrypted to now."""
         found = []
+        now = time.monotonic()
         for text in armored:
             key = (text, address.lower(), allow_address_mismatch)
             if key not in self._entries:
                 if len(self._entries) >= self._max_entries:
                     self._entries.clear()
+                    self._usable_until.clear()
                 self._entries[key] = self._check(text, address, allow_address_mismatch)
+                self._usable_until[key] = now + self.USABLE_RECHECK
             cert = self._entries[key]
-            if cert is not None and openpgp.usable(cert):
-                found.append(cert)
+            if cert is None:
+                continue
+            if self._usable_until.get(key, 0.0) <= now:
+                if not openpgp.usable(cert):
+                    continue
+                self._usable_until[key] = now + self.USABLE_RECHECK
+            found.append(cert)
         return found
 
     @staticmethod

@@ -19,7 +19,7 @@ from encimap import mime
 from encimap.mime import CRLF, EncryptionResult
 from encimap.openpgp.armor import write_armored
 from encimap.openpgp.errors import NoUsableKey, OpenPGPError, reason
-from encimap.openpgp.keys import encryption_subkeys, key_algorithm, key_packets, load_key
+from encimap.openpgp.keys import key_algorithm, key_packets, load_key, pkesk_key_ids
 
 PREAMBLE = b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"
 
@@ -49,6 +49,7 @@ def encrypt_message(
     except Exception as exc:  # the binding raises plain exceptions with a Rust backtrace
         raise OpenPGPError(f"OpenPGP encryption failed: {reason(exc)}") from None
     del plaintext
+    algorithms = _subkey_algorithms(certs, sealed)
     boundary = b"=_encimap_" + secrets.token_hex(12).encode("ascii")
     out = io.BytesIO()
     out.writelines(field.raw for field in protected.outer)
@@ -64,7 +65,7 @@ def encrypt_message(
     return EncryptionResult(
         message=out.getvalue(),
         subject_encrypted=subject_encrypted,
-        algorithm="openpgp/" + "+".join(sorted(_subkey_algorithms(certs))),
+        algorithm="openpgp/" + "+".join(sorted(algorithms)),
         recipient_fingerprints=tuple(cert.fingerprint.upper() for cert in certs),
     )
 
@@ -87,9 +88,12 @@ def pgp_mime_header(boundary: bytes) -> bytes:
     )
 
 
-def _subkey_algorithms(certs: list[pysequoia.Cert]) -> set[str]:
-    names = set()
-    for cert in certs:
-        used = set(encryption_subkeys(cert))
-        names.update(key_algorithm(packet) for packet in key_packets(cert) if packet.key_id in used)
-    return names
+def _subkey_algorithms(certs: list[pysequoia.Cert], sealed: bytes) -> set[str]:
+    """Algorithms of the subkeys `sealed` was encrypted to, from its leading PKESK packets."""
+    used = set(pkesk_key_ids(sealed))
+    return {
+        key_algorithm(packet)
+        for cert in certs
+        for packet in key_packets(cert)
+        if packet.key_id in used
+    }

@@ -169,6 +169,30 @@ def encryption_subkeys(cert: pysequoia.Cert) -> list[str]:
     ]
 
 
+def pkesk_key_ids(message: bytes) -> list[str]:
+    """Recipient key IDs of the PKESK packets an OpenPGP message starts with, read from the
+    packet headers alone (RFC 9580 section 4.2), so a large message is not parsed."""
+    found, position = [], 0
+    while position < len(message):
+        first = message[position]
+        if not first & 0x40:  # Sequoia writes only the current (new) packet format
+            break
+        length_octet = message[position + 1]
+        if length_octet < 192:
+            header, length = 2, length_octet
+        elif length_octet < 224:
+            header, length = 3, ((length_octet - 192) << 8) + message[position + 2] + 192
+        elif length_octet == 255:
+            header, length = 6, int.from_bytes(message[position + 2 : position + 6], "big")
+        else:
+            break  # partial body length: the encrypted data, never a PKESK
+        if first & 0x3F != 1:
+            break
+        found.append(_pkesk_key_id(message[position + header : position + header + length]))
+        position += header + length
+    return found
+
+
 def user_id_address(user_id: str) -> str | None:
     """The email address of a user ID ("Name <a@b>" or a bare "a@b")."""
     _, found = email.utils.parseaddr(user_id)
