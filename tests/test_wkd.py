@@ -1,8 +1,10 @@
 """The Web Key Directory served from real PostgreSQL over a real socket, fetched with
 http.client at the URLs GnuPG computes (`gpg-wks-client --print-wkd-url`) and imported into
-GnuPG. GnuPG's own fetcher (dirmngr) only speaks HTTPS to port 443 of the mail domain as the
-system resolves it, which a test cannot point at a loopback port without changing the host,
-so the HTTPS hop (the domain's proxy in production) is left out here."""
+GnuPG. GnuPG's own fetcher (dirmngr 2.2.40) fetches WKD only by HTTPS on port 443 and verifies
+the server only against the system's CA store: with a TLS front on 127.0.0.1:443 for
+`user@localhost` and a test CA given as `hkp-cacert`, dirmngr reached it and refused it ("The
+certificate issuer is unknown"; hkp-cacert serves keyservers only). A test cannot change the
+host's trust store, so the HTTPS hop (the domain's proxy in production) is left out here."""
 
 from __future__ import annotations
 
