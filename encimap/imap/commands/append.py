@@ -103,6 +103,6 @@ async def _encrypted(session: Session, data: bytes) -> EncryptionResult:
             return await asyncio.to_thread(encrypt)
         return encrypt()
     except smime.NoUsableCertificate:
-        raise no("[CANNOT] The vaultbox has no usable certificate to encrypt with") from None
+        raise no("[CANNOT] The vaultbox has no usable certificate or OpenPGP key") from None
     except encryption.ENCRYPTION_ERRORS as exc:
         raise no(f"[CANNOT] Cannot encrypt this message: {exc}") from None
