@@ -32,9 +32,8 @@ def encrypt_message(
 ) -> EncryptionResult:
     """Encrypt `raw` to every valid encryption subkey of every key, as PGP/MIME with RFC 9788
     header protection. Already encrypted mail (S/MIME, PGP/MIME, inline OpenPGP) is returned
-    unchanged. Raises NoUsableKey without keys and OpenPGPError when encryption fails. CPU-bound
-    and thread-safe (the binding releases no state between calls): run large messages in a
-    worker thread.
+    unchanged. Raises NoUsableKey without keys and OpenPGPError when encryption fails.
+    CPU-bound: run large messages in a worker thread.
     """
     message = mime.parse_message(raw)
     if mime.is_encrypted(message):
@@ -44,10 +43,7 @@ def encrypt_message(
         raise NoUsableKey("no OpenPGP key to encrypt to")
     protected = mime.protect(message, hide_subject=hide_subject)
     plaintext = b"".join(protected.plaintext.pieces)
-    try:
-        sealed = pysequoia.encrypt(plaintext, certs, armor=False)
-    except Exception as exc:  # the binding raises plain exceptions with a Rust backtrace
-        raise OpenPGPError(f"OpenPGP encryption failed: {reason(exc)}") from None
+    sealed = _encrypt(plaintext, certs)
     del plaintext
     algorithms = _subkey_algorithms(certs, sealed)
     boundary = b"=_encimap_" + secrets.token_hex(12).encode("ascii")
@@ -60,8 +56,7 @@ def encrypt_message(
     subject = protected.subject
     subject_encrypted = None
     if subject is not None:
-        subject_sealed = pysequoia.encrypt(subject.value, certs, armor=False)
-        subject_encrypted = base64.b64encode(subject_sealed).decode("ascii")
+        subject_encrypted = base64.b64encode(_encrypt(subject.value, certs)).decode("ascii")
     return EncryptionResult(
         message=out.getvalue(),
         subject_encrypted=subject_encrypted,
@@ -86,6 +81,14 @@ def pgp_mime_header(boundary: bytes) -> bytes:
         b'Content-Disposition: inline; filename="encrypted.asc"\r\n'
         b"\r\n"
     )
+
+
+def _encrypt(data: bytes, certs: list[pysequoia.Cert]) -> bytes:
+    """A binary OpenPGP message of `data` to every valid encryption subkey of `certs`."""
+    try:
+        return pysequoia.encrypt(data, certs, armor=False)
+    except Exception as exc:  # the binding raises plain exceptions with a Rust backtrace
+        raise OpenPGPError(f"OpenPGP encryption failed: {reason(exc)}") from None
 
 
 def _subkey_algorithms(certs: list[pysequoia.Cert], sealed: bytes) -> set[str]:

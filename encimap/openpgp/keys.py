@@ -162,11 +162,7 @@ def encryption_subkeys(cert: pysequoia.Cert) -> list[str]:
         message = pysequoia.encrypt(b"", [cert], armor=False)
     except Exception as exc:
         raise NoUsableKey(f"no encryption-capable subkey valid now: {reason(exc)}") from None
-    return [
-        _pkesk_key_id(packet.body)
-        for packet in PacketPile.from_bytes(message)
-        if packet.tag == Tag.PKESK
-    ]
+    return pkesk_key_ids(message)
 
 
 def pkesk_key_ids(message: bytes) -> list[str]:
