@@ -212,9 +212,16 @@ class MetricsConfig:
     submission: str = "127.0.0.1:9589"
     authsocket: str = "127.0.0.1:9590"
     imap: str = "127.0.0.1:9591"
+    wkd: str = ""
 
     def for_service(self, which: str) -> str:
         return self.listen if which == "all" else getattr(self, which)
+
+
+@dataclass(frozen=True)
+class WKDConfig:
+    # Web Key Directory (plain HTTP, behind the domain's HTTPS proxy); "" turns it off.
+    listen: str | list[str] = ""
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,7 @@ class Config:
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    wkd: WKDConfig = field(default_factory=WKDConfig)
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     source: str = ""

@@ -317,6 +317,7 @@ def _configured_listeners(cfg: Config) -> list[tuple[str, str]]:
         ("imap", cfg.imap.listen),
         ("imap-tls", cfg.imap.tls_listen),
         ("metrics", cfg.metrics.listen),
+        ("wkd", cfg.wkd.listen),
     ]
     return [(name, spec) for name, value in pairs for spec in listeners(value)]
 

@@ -36,6 +36,7 @@ COMPONENTS: dict[str, str] = {
     "submission": "encimap.submission.service:start",
     "authsocket": "encimap.authsocket.service:start",
     "imap": "encimap.imap.service:start",
+    "wkd": "encimap.wkd.service:start",
 }
 
 
