@@ -54,13 +54,14 @@ class OpenPGPKeyCache:
     again with `openpgp.usable` when the last check is more than USABLE_RECHECK seconds old (it
     costs a trial encryption, about 1 ms for RSA-4096; a key that expires in between fails at
     DATA with 451 4.3.0, and the retry gets 451 4.7.1). A revocation or any other change of a
-    stored key changes its text, so it is checked in full at once. Bounded: emptied when full.
+    stored key changes its text, so it is checked in full at once. Bounded: the least recently
+    used entry goes first.
     """
 
     USABLE_RECHECK = 60.0
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self._entries: dict[tuple[str, str, bool], pysequoia.Cert | None] = {}
+        self._entries: OrderedDict[tuple[str, str, bool], pysequoia.Cert | None] = OrderedDict()
         self._usable_until: dict[tuple[str, str, bool], float] = {}
         self._max_entries = max_entries
 
@@ -72,10 +73,12 @@ class OpenPGPKeyCache:
         now = time.monotonic()
         for text in armored:
             key = (text, address.lower(), allow_address_mismatch)
-            if key not in self._entries:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+            else:
                 if len(self._entries) >= self._max_entries:
-                    self._entries.clear()
-                    self._usable_until.clear()
+                    oldest, _ = self._entries.popitem(last=False)
+                    self._usable_until.pop(oldest, None)
                 self._entries[key] = self._check(text, address, allow_address_mismatch)
                 self._usable_until[key] = now + self.USABLE_RECHECK
             cert = self._entries[key]
