@@ -3,7 +3,17 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["smime", "auth", "intake", "submission", "imap", "adoption", "scale"]
+BENCHMARKS = [
+    "smime",
+    "openpgp",
+    "auth",
+    "intake",
+    "submission",
+    "imap",
+    "adoption",
+    "scale",
+    "failover",
+]
 
 failed = []
 for name in sys.argv[1:] or BENCHMARKS:

@@ -43,6 +43,18 @@ class DatabaseConfig:
     # $CREDENTIALS_DIRECTORY; a relative name is looked up there).
     motorical_password_file: str = ""
     encimap_password_file: str = ""
+    # Direct URLs for the LISTEN connections (auth cache, recipient cache, IMAP events) when
+    # the URLs above go through a pooler that cannot carry LISTEN/NOTIFY (PgBouncer in
+    # transaction mode). "" = the URL above.
+    motorical_listen_url: str = ""
+    encimap_listen_url: str = ""
+    # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
+    # mode (before 1.21 it cannot keep named prepared statements apart between clients).
+    statement_cache_size: int = 100
+    # Where the auth engine reads credentials on a multi-host URL: "" = as the URL says (the
+    # primary), "prefer-standby" or "standby" to serve logins from standbys. A revocation then
+    # takes effect once the standby has replayed it. LISTEN still goes to the primary.
+    logins_session_attrs: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,9 +212,16 @@ class MetricsConfig:
     submission: str = "127.0.0.1:9589"
     authsocket: str = "127.0.0.1:9590"
     imap: str = "127.0.0.1:9591"
+    wkd: str = ""
 
     def for_service(self, which: str) -> str:
         return self.listen if which == "all" else getattr(self, which)
+
+
+@dataclass(frozen=True)
+class WKDConfig:
+    # Web Key Directory (plain HTTP, behind the domain's HTTPS proxy); "" turns it off.
+    listen: str | list[str] = ""
 
 
 @dataclass(frozen=True)
@@ -229,12 +248,14 @@ class Config:
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    wkd: WKDConfig = field(default_factory=WKDConfig)
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     source: str = ""
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "database.logins_session_attrs": ("", "prefer-standby", "standby", "any", "primary"),
     "tls.minimum_version": ("TLSv1.2", "TLSv1.3"),
     "smime.default_profile": ("aes256-cbc", "aes128-cbc", "rsa-oaep", "aes256-gcm"),
     "intake.protocol": ("lmtp", "smtp"),

@@ -85,6 +85,14 @@ DB_QUERY_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
     registry=REGISTRY,
 )
+DB_RECONNECTS = Counter(
+    "encimap_db_reconnects_total",
+    "Pooled connections dropped so that the pool reconnects: the server ended them ('lost':"
+    " a crash, a shutdown, a switchover), answered as a read-only standby ('standby'), or"
+    " left the client's protocol state unusable ('broken').",
+    ["database", "reason"],
+    registry=REGISTRY,
+)
 DB_POOL_CONNECTIONS = Gauge(
     "encimap_db_pool_connections",
     "Connections of the service pools, per database, role and state (open, idle).",

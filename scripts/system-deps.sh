@@ -3,8 +3,8 @@
 # Daemons are never started by the packages: policy-rc.d refuses (exit 101) while we install.
 set -euo pipefail
 
-runtime=(openssl)
-testing=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl isync dovecot-imapd fail2ban)
+runtime=(openssl gnupg)  # gnupg: `encimap key generate` and the demo's OpenPGP key
+testing=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl isync dovecot-imapd fail2ban patroni etcd-server etcd-client pgbouncer sq rnp)
 want=("${runtime[@]}")
 [ "${1:-}" = "--runtime" ] || want+=("${testing[@]}")
 

@@ -356,8 +356,12 @@ async def test_check_reports_auth_pools_and_socket(
         f'[authsocket]\nlisten = ["unix:{auth_socket}"]\n',
     )
     result = await asyncio.to_thread(run_cli, "check", config_file=config_file)
-    assert "ok   auth pool motorical: role encimap_auth reads its login tables" in result.stdout
-    assert "ok   auth pool encimap: role encimap_auth reads its login tables" in result.stdout
+    port = databases.cluster.port
+    for database in ("motorical", "encimap"):
+        assert (
+            f"ok   auth pool {database}: role encimap_auth reads its login tables, "
+            f"connected to 127.0.0.1:{port} (primary)" in result.stdout
+        )
     assert f"ok   auth socket unix:{auth_socket}: answers the handshake (PLAIN, LOGIN)" in (
         result.stdout
     ), result.stdout + result.stderr

@@ -297,8 +297,12 @@ def test_check_reports_each_dependency(
         f'[authsocket]\nlisten = "unix:{tmp_path}/auth"\n[metrics]\nlisten = "127.0.0.1:0"\n',
     )
     out = ok("check", cfg=cfg)
-    assert "ok   database motorical: reachable, migrations current" in out
-    assert "ok   database encimap: reachable, migrations current" in out
+    port = databases.cluster.port
+    for database in ("motorical", "encimap"):
+        assert (
+            f"ok   database {database}: reachable at 127.0.0.1:{port} (primary), "
+            "migrations current" in out
+        )
     assert "ok   tls:" in out
     bad = write_config_file(
         tmp_path / "bad.toml",

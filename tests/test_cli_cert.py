@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,51 @@ async def test_import_takes_der_and_honours_allow_address_mismatch(
                       config_file=lenient)  # fmt: skip
     assert allowed.returncode == 0, allowed.stderr
     assert len((await stored(databases, "der"))[1]) == len(public) + 1
+
+
+def _gpgsm_import(p12: Path, password: str) -> subprocess.CompletedProcess[bytes]:
+    home = Path(tempfile.mkdtemp(prefix="gpgsm-"))  # short: gpg-agent's socket path
+    try:
+        home.chmod(0o700)
+        return subprocess.run(
+            ["gpgsm", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+             "--passphrase-fd", "0", "--import", str(p12)],
+            input=password.encode() + b"\n", capture_output=True, check=False, timeout=60,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_legacy_pkcs12_imports_into_gpgsm(databases, config_file, tmp_path):
+    await make_vaultbox(databases, "legacy@vault.test")
+    modern, legacy = tmp_path / "modern.p12", tmp_path / "legacy.p12"
+    for path, extra in ((modern, []), (legacy, ["--legacy"])):
+        result = run_cli("cert", "generate", "legacy@vault.test", "--p12", str(path), *extra,
+                         config_file=config_file, stdin="p12-pw\n")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    imported = _gpgsm_import(legacy, "p12-pw")
+    assert imported.returncode == 0, imported.stderr.decode()
+    assert b"secret keys imported: 1" in imported.stderr
+    refused = _gpgsm_import(modern, "p12-pw")  # what --legacy is for
+    assert b"secret keys imported: 1" not in refused.stderr
+    # The legacy file still opens with OpenSSL (with its legacy provider) and the password.
+    key = openssl("pkcs12", "-legacy", "-in", str(legacy), "-passin", "pass:p12-pw",
+                  "-nocerts", "-nodes")  # fmt: skip
+    assert b"PRIVATE KEY" in key
+
+
+async def test_import_warns_when_rsa_and_ec_certificates_mix(databases, config_file, tmp_path):
+    await make_vaultbox(databases, "mixing@vault.test")
+    rsa_pem, _ = smime.generate_certificate("mixing@vault.test")
+    ec_pem, _ = smime.generate_certificate("mixing@vault.test", ec=True)
+    (tmp_path / "rsa.pem").write_bytes(rsa_pem)
+    (tmp_path / "ec.pem").write_bytes(ec_pem)
+    first = run_cli("cert", "import", "mixing@vault.test", str(tmp_path / "rsa.pem"),
+                    config_file=config_file)  # fmt: skip
+    assert first.returncode == 0 and "warning" not in first.stderr
+    mixed = run_cli("cert", "import", "mixing@vault.test", str(tmp_path / "ec.pem"),
+                    config_file=config_file)  # fmt: skip
+    assert mixed.returncode == 0, mixed.stderr
+    assert "warning: mixing@vault.test now has RSA and EC certificates" in mixed.stderr
+    assert len((await stored(databases, "mixing"))[1]) == 2

@@ -194,6 +194,9 @@ ALLOWED = [
     ("encimap", "encimap_intake", "SELECT id, uid_next FROM mailboxes"),
     ("encimap", "encimap_imap", "SELECT body, body_encrypted, flags FROM encrypted_emails"),
     ("encimap", "encimap_intake", "UPDATE public_certificates SET subject = subject"),
+    ("encimap", "encimap_intake", "SELECT armored_key FROM openpgp_keys"),
+    ("encimap", "encimap_intake", "SELECT key_preference FROM vaultboxes"),
+    ("encimap", "encimap_imap", "SELECT armored_key FROM openpgp_keys"),
     ("encimap", "encimap_imap", "UPDATE encrypted_emails SET flags = flags"),
     ("encimap", "encimap_imap", "DELETE FROM encrypted_emails WHERE false"),
 ]
@@ -220,6 +223,9 @@ REFUSED = [
     ("encimap", "encimap_intake", "UPDATE certificates SET subject = subject"),
     ("motorical", "encimap_auth", "SELECT password_hash FROM users"),
     ("motorical", "encimap_auth", "UPDATE domains SET domain = domain"),
+    ("encimap", "encimap_auth", "SELECT armored_key FROM openpgp_keys"),
+    ("encimap", "encimap_intake", "DELETE FROM openpgp_keys"),
+    ("encimap", "encimap_imap", "UPDATE openpgp_keys SET is_active = false"),
     ("motorical", "encimap_intake", "SELECT username FROM motor_blocks"),
     ("motorical", "encimap_imap", "SELECT username FROM motor_blocks"),
 ]

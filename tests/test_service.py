@@ -75,7 +75,11 @@ def test_readyz_follows_the_database(tmp_path: Path, notify_socket, tls_files, p
     with serve_process(cfg, "all", env={"NOTIFY_SOCKET": str(notify_socket.path)}) as process:
         notify_socket.wait_for("READY=1", process=process)
         url = f"http://127.0.0.1:{port}/readyz"
-        assert http_get(url)[0] == 200
+        status, body = http_get(url)
+        assert status == 200, body
+        # One line per pool: which server it is connected to, and that it is the primary.
+        assert f"encimap/encimap_intake: ok, primary 127.0.0.1:{cluster.port} (" in body
+        assert f"motorical/encimap_auth: ok, primary 127.0.0.1:{cluster.port} (" in body
         cluster.stop()
         status, body = http_get(url)
         assert status == 503, body

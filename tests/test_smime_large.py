@@ -7,8 +7,8 @@ import tracemalloc
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from encimap.mime import CHUNK_SIZE
 from encimap.smime import Profile, encrypt_message
-from encimap.smime.mime import CHUNK_SIZE
 from tests.smime_support import Identity, crlf, make_identity, openssl_decrypt, split_entity
 
 HEADER = b"From: a@example.net\nTo: box@example.org\nSubject: big\n\n"

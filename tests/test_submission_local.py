@@ -8,7 +8,11 @@ import asyncio
 
 import pytest
 
+from encimap import openpgp
+from encimap.store import openpgp_keys
 from tests.intake_support import add_certificate, openssl_decrypt, stored_messages
+from tests.openpgp_support import decrypt, make_key, stop_agent
+from tests.smime_support import split_entity
 from tests.submission_helpers import login, message, starttls_port, submission
 from tests.support import make_config, make_motorblock, make_vaultbox
 
@@ -93,3 +97,34 @@ async def test_only_vaultbox_logins_deliver_locally_and_only_when_enabled(
         )  # fmt: skip
     assert [m.rcpt_tos for m in sink_handler.messages] == [[LOCAL], [LOCAL]]
     assert len(await stored_messages(databases, recipient.vaultbox)) == before
+
+
+async def test_local_delivery_to_an_openpgp_vaultbox(
+    databases, tls_files, tls_ca, accounts, upstream, tmp_path
+):
+    sender, _, _ = accounts
+    controller, sink_handler = upstream
+    address = "pgp-local@local.test"
+    key = make_key(address)
+    try:
+        box = (await make_vaultbox(databases, address)).vaultbox
+        cert, info = openpgp.check_key(key.public, address)
+        conn = await databases.connect()
+        try:
+            await openpgp_keys.put_key(conn, vaultbox_id=box.id, armored_key=str(cert), info=info)
+        finally:
+            await conn.close()
+        original = message(SENDER, [address], subject="pgp local")
+        async with submission(config(databases, tls_files, controller.port, True)) as service:
+            refused = await asyncio.to_thread(
+                send, starttls_port(service), tls_ca, sender.username, SENDER_PASS, SENDER,
+                [address], original,
+            )  # fmt: skip
+        assert refused == {} and sink_handler.messages == []
+        [row] = await stored_messages(databases, box)
+        assert row["encryption_method"].startswith("openpgp/")
+        header, body = split_entity(decrypt("gpg", row["body_encrypted"], key, tmp_path))
+        assert b"\r\nSubject: pgp local\r\n" in header
+        assert body == split_entity(original)[1]
+    finally:
+        stop_agent(key)

@@ -14,7 +14,7 @@ from encimap import config
 from tests.support import REPO
 
 UNITS = REPO / "systemd"
-SERVICES = ["intake", "submission", "authsocket", "imap"]
+SERVICES = ["intake", "submission", "authsocket", "imap", "wkd"]
 HARDENING = {
     "ProtectSystem": "strict",
     "ProtectHome": "true",

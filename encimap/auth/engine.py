@@ -47,7 +47,15 @@ class _Refused(Exception):
 
 
 class AuthEngine:
-    def __init__(self, config: Config, motorical: asyncpg.Pool, encimap: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        config: Config,
+        motorical: asyncpg.Pool,
+        encimap: asyncpg.Pool,
+        *,
+        listen: asyncpg.Pool | None = None,
+    ) -> None:
+        """`listen`: the pool the cache's LISTEN connection comes from (default `encimap`)."""
         self.config = config
         self._auth = config.auth
         self._motorical = motorical
@@ -63,7 +71,7 @@ class AuthEngine:
         )
         self._lookup_timeout = config.database.connect_timeout + config.database.command_timeout
         self._watch = events.Watch(
-            encimap, NOTIFY_CHANNEL, on_notify=self._on_notify, on_deaf=self._on_deaf
+            listen or encimap, NOTIFY_CHANNEL, on_notify=self._on_notify, on_deaf=self._on_deaf
         )
         self._change_hooks: list[Callable[[str], None]] = []
         self.listening = self._watch.listening
@@ -333,9 +341,10 @@ async def engine_for(runtime: Any) -> AuthEngine:
     """The process's one engine on the auth pools of both databases (created on first use)."""
 
     async def build() -> AuthEngine:
-        motorical = await runtime.pool("motorical", db.ROLE_AUTH, "auth")
-        encimap = await runtime.pool("encimap", db.ROLE_AUTH, "auth")
-        engine = AuthEngine(runtime.config, motorical, encimap)
+        motorical = await runtime.logins_pool("motorical")
+        encimap = await runtime.logins_pool("encimap")
+        listen = await runtime.listen_pool("encimap", db.ROLE_AUTH)
+        engine = AuthEngine(runtime.config, motorical, encimap, listen=listen)
         await engine.start()
         runtime.stack.push_async_callback(engine.close)
         runtime.reload_hooks.append(engine.flush_cache)

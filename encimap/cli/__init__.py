@@ -10,7 +10,7 @@ from typing import Any
 from encimap import config as config_module
 from encimap import logs
 from encimap.auth.passwords import PasswordError
-from encimap.cli import admin, certs, dev
+from encimap.cli import admin, certs, dev, keys
 from encimap.cli.common import CommandError
 from encimap.db import DatabaseUnavailable
 from encimap.service import eventloop
@@ -18,7 +18,7 @@ from encimap.store import StoreError
 from encimap.tls import TLSError
 
 Handler = Callable[[config_module.Config, argparse.Namespace], Coroutine[Any, Any, int]]
-SERVICES = ("intake", "submission", "authsocket", "imap", "all")
+SERVICES = ("intake", "submission", "authsocket", "imap", "wkd", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(handler=admin.credential_revoke)
 
     certs.add_parser(commands)
+    keys.add_parser(commands)
 
     commands.add_parser("check", help="check databases, TLS files and listeners").set_defaults(
         handler=admin.check

@@ -183,13 +183,14 @@ async def check(cfg: Config, _args: argparse.Namespace) -> int:
             async with db.connect(cfg.database, database) as conn:
                 done = await migrations.applied_versions(conn, database)
                 pending = len(migrations.pending_migrations(database, done))
+                server = _server(await db.check_health(conn, database))
                 results.append(
                     (
                         f"database {database}",
                         pending == 0,
-                        "reachable, migrations current"
+                        f"reachable at {server}, migrations current"
                         if pending == 0
-                        else f"reachable, {pending} migration(s) pending",
+                        else f"reachable at {server}, {pending} migration(s) pending",
                     )
                 )
                 if database == "encimap" and not pending:
@@ -254,11 +255,19 @@ async def _check_auth_pool(cfg: Config, database: db.Database) -> tuple[bool, st
     try:
         lookup = logins.motorblock_login if database == "motorical" else logins.vaultbox_imap_login
         await lookup(pool, "encimap-check-no-such-user")
+        health = await db.check_health(pool, database)
     except (asyncpg.PostgresError, OSError) as exc:
         return False, f"role {db.ROLE_AUTH}: {exc}"
     finally:
         await pool.close()
-    return True, f"role {db.ROLE_AUTH} reads its login tables"
+    return True, f"role {db.ROLE_AUTH} reads its login tables, connected to {_server(health)}"
+
+
+def _server(health: db.Health) -> str:
+    """`host:port (primary)` or `(standby)`: which server of a multi-host URL answered."""
+    if not health.ok:
+        return f"? ({health.error})"
+    return f"{health.server} ({'primary' if health.primary else 'standby'})"
 
 
 async def _check_auth_socket(spec: str) -> tuple[bool, str] | None:
@@ -308,6 +317,7 @@ def _configured_listeners(cfg: Config) -> list[tuple[str, str]]:
         ("imap", cfg.imap.listen),
         ("imap-tls", cfg.imap.tls_listen),
         ("metrics", cfg.metrics.listen),
+        ("wkd", cfg.wkd.listen),
     ]
     return [(name, spec) for name, value in pairs for spec in listeners(value)]
 

@@ -42,7 +42,9 @@ async def generate(cfg: Config, args: argparse.Namespace) -> int:
                 pem_content=encrypted_key.decode(),
                 info=info,
             )
-        bundle = smime.export_pkcs12(cert_pem, key, password.encode(), box.address)
+        bundle = smime.export_pkcs12(
+            cert_pem, key, password.encode(), box.address, legacy=args.legacy
+        )
         output.touch(mode=0o600)
         output.write_bytes(bundle)
     _describe("certificate for", box.address, info)
@@ -66,11 +68,24 @@ async def import_certificate(cfg: Config, args: argparse.Namespace) -> int:
     public_pem = smime.load_certificate(pem).public_bytes(serialization.Encoding.PEM).decode()
     async with db.connect(cfg.database, "encimap") as conn:
         box = await vaultboxes.get_vaultbox(conn, args.address)
+        stored = await certificates.public_certificates(conn, box.id)
         await certificates.add_certificate(
             conn, vaultbox_id=box.id, certificate_type="public", pem_content=public_pem, info=info
         )
     _describe("imported for", box.address, info)
+    kinds = {_key_family(certificate.key_algorithm) for certificate in stored}
+    if kinds - {_key_family(info.key_algorithm)}:
+        print(
+            f"warning: {box.address} now has RSA and EC certificates; every message is encrypted "
+            "to both, and NSS 3.87 (Thunderbird's library family) and Python's cryptography "
+            "cannot open such an envelope at all, not even with the RSA key (OpenSSL can)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _key_family(algorithm: str | None) -> str:
+    return "rsa" if (algorithm or "").lower().startswith("rsa") else "ec"
 
 
 def _describe(what: str, address: str, info: smime.CertificateInfo) -> None:
@@ -110,6 +125,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     make.add_argument("address")
     make.add_argument("--p12", required=True, metavar="OUT.p12")
     make.add_argument("--ec", action="store_true", help="EC P-256 instead of RSA-3072")
+    make.add_argument(
+        "--legacy",
+        action="store_true",
+        help="PKCS#12 with 3DES/SHA-1 for older importers (gpgsm 2.2)",
+    )
     make.add_argument(
         "--keep-private-key",
         action="store_true",

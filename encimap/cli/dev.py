@@ -15,11 +15,12 @@ from typing import Any
 import asyncpg
 
 from encimap import config as config_module
-from encimap import db, logs, smime
+from encimap import db, logs, openpgp, smime
 from encimap.auth.passwords import generate_password, hash_password
+from encimap.openpgp.generate import generate_key
 from encimap.pgcluster import LocalCluster, prepare_databases
 from encimap.service.listeners import bind
-from encimap.store import certificates, credentials, platform, vaultboxes
+from encimap.store import certificates, credentials, openpgp_keys, platform, vaultboxes
 from encimap.tls import write_self_signed
 
 DEV_DIR = Path(__file__).resolve().parents[2] / ".dev"
@@ -29,6 +30,8 @@ DEMO_MOTORBLOCK = "demo-motorblock"
 DEMO_ADDRESS = f"demo@{DEMO_DOMAIN}"
 DEMO_PORT = 55432
 DEMO_P12_NAME = "demo-smime.p12"
+DEMO_OPENPGP_NAME = "demo-openpgp-secret.asc"
+DEMO_WKD = "127.0.0.1:9592"
 
 
 class DevSink:
@@ -60,6 +63,7 @@ class DemoLogin:
     kind: str
     username: str
     password: str
+    note: bool = False  # `kind` is a line to print, not a login
 
 
 def dev_config(
@@ -90,6 +94,7 @@ def dev_config(
             listen=_loopback(base.imap.listen),
             tls_listen=_loopback(base.imap.tls_listen),
         ),
+        wkd=dataclasses.replace(base.wkd, listen=_loopback(base.wkd.listen or DEMO_WKD)),
         log=dataclasses.replace(base.log, format="console"),
     )
 
@@ -122,31 +127,63 @@ async def seed(cfg: config_module.Config, directory: Path = DEV_DIR) -> list[Dem
             )
         logins.append(DemoLogin("motorblock (SMTP)", DEMO_MOTORBLOCK, password))
     async with db.connect(cfg.database, "encimap") as conn:
-        box = await vaultboxes.find_vaultbox(
-            conn, DEMO_ADDRESS
-        ) or await vaultboxes.create_vaultbox(
-            conn, user_id=user.id, alias="demo", domain=DEMO_DOMAIN, name="Demo vaultbox"
-        )
-        username = await credentials.vaultbox_username(conn, box.id) or credentials.new_username(
-            DEMO_DOMAIN
-        )
-        password = generate_password()
-        password_hash = hash_password(password, cost)
-        for kind in ("smtp", "imap"):
-            try:
-                await credentials.set_password(conn, kind, username, password_hash)
-            except credentials.NotFound:
-                await credentials.create_credential(
-                    conn,
-                    kind=kind,
-                    vaultbox_id=box.id,
-                    username=username,
-                    password_hash=password_hash,
-                )
-        logins.append(DemoLogin(f"vaultbox {box.address} (SMTP + IMAP)", username, password))
+        box, login = await _demo_vaultbox(conn, user.id, "demo", "Demo vaultbox", cost)
+        logins.append(login)
         if not await certificates.public_certificates(conn, box.id):
             logins.append(await _demo_certificate(conn, box.id, directory / DEMO_P12_NAME))
+        box, login = await _demo_vaultbox(conn, user.id, "pgp", "Demo OpenPGP vaultbox", cost)
+        logins.append(login)
+        if not await openpgp_keys.keys_of(conn, box.id):
+            try:
+                logins.append(await _demo_openpgp_key(conn, box, directory / DEMO_OPENPGP_NAME))
+            except openpgp.OpenPGPError as exc:  # no gpg: the demo runs without that key
+                note = f"no OpenPGP key for {box.address}: {exc}"
+                logins.append(DemoLogin(note, "-", "", note=True))
     return logins
+
+
+async def _demo_vaultbox(
+    conn: asyncpg.Connection, user_id: Any, alias: str, name: str, cost: int
+) -> tuple[vaultboxes.Vaultbox, DemoLogin]:
+    """The demo vaultbox `alias@example.test`, with new SMTP + IMAP passwords."""
+    box = await vaultboxes.find_vaultbox(
+        conn, f"{alias}@{DEMO_DOMAIN}"
+    ) or await vaultboxes.create_vaultbox(
+        conn, user_id=user_id, alias=alias, domain=DEMO_DOMAIN, name=name
+    )
+    username = await credentials.vaultbox_username(conn, box.id) or credentials.new_username(
+        DEMO_DOMAIN
+    )
+    password = generate_password()
+    password_hash = hash_password(password, cost)
+    for kind in ("smtp", "imap"):
+        try:
+            await credentials.set_password(conn, kind, username, password_hash)
+        except credentials.NotFound:
+            await credentials.create_credential(
+                conn, kind=kind, vaultbox_id=box.id, username=username, password_hash=password_hash
+            )
+    return box, DemoLogin(f"vaultbox {box.address} (SMTP + IMAP)", username, password)
+
+
+async def _demo_openpgp_key(
+    conn: asyncpg.Connection, box: vaultboxes.Vaultbox, secret: Path
+) -> DemoLogin:
+    """An OpenPGP key for the OpenPGP demo vaultbox: the server stores the public key, the
+    passphrase-protected secret key goes to a file for the mail client."""
+    passphrase = generate_password()
+    key = generate_key(box.address, passphrase)
+    cert, info = openpgp.check_key(key.public_armored, box.address)
+    await openpgp_keys.put_key(conn, vaultbox_id=box.id, armored_key=str(cert), info=info)
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.touch(mode=0o600)
+    secret.write_bytes(key.secret_armored)
+    return DemoLogin(
+        f"OpenPGP key for {box.address} (secret key {secret}; gpg --import {secret}, or "
+        "Thunderbird: Account Settings > End-To-End Encryption > Add Key > Import)",
+        "-",
+        passphrase,
+    )
 
 
 async def _demo_certificate(conn: asyncpg.Connection, vaultbox_id: Any, p12: Path) -> DemoLogin:
@@ -170,6 +207,9 @@ def print_summary(
     print(f"                 {cluster.url('motorical_encrypted_imap')}")
     print(f"  data directory {cluster.datadir}")
     for login in logins:
+        if login.note:
+            print(f"  {login.kind}")
+            continue
         who = f"username {login.username}  " if login.username != "-" else ""
         print(f"  {login.kind}: {who}password {login.password}")
     print(f"  intake (LMTP)  {', '.join(config_module.listeners(cfg.intake.listen))}")
@@ -181,14 +221,17 @@ def print_summary(
     starttls = ", ".join(config_module.listeners(cfg.imap.listen))
     implicit = ", ".join(config_module.listeners(cfg.imap.tls_listen))
     print(f"  IMAP           {starttls} (STARTTLS), {implicit} (TLS)")
-    print("                 log in with the vaultbox username above; import the PKCS#12 key")
-    print("                 above into the client to read the encrypted mail (docs/imap.md)")
+    print("                 log in with a vaultbox username above; import its PKCS#12 or")
+    print("                 OpenPGP key into the client to read the encrypted mail")
+    print("                 (docs/imap.md, docs/openpgp.md)")
     print(
         f"  auth socket    {', '.join(config_module.listeners(cfg.authsocket.listen))}"
         " (Dovecot protocol: Postfix smtpd_sasl_type = dovecot, smtpd_sasl_path = that path)"
     )
     if cfg.authsocket.http_listen:
         print(f"  nginx auth_http http://{cfg.authsocket.http_listen}/auth")
+    for spec in config_module.listeners(cfg.wkd.listen):
+        print(f"  WKD            http://{spec}/.well-known/openpgpkey/hu/... (Host: {DEMO_DOMAIN})")
     if cfg.metrics.listen:
         print(f"  metrics        http://{cfg.metrics.listen}/metrics  /healthz  /readyz")
     print(f"  TLS (self-signed demo certificate) {cfg.tls.cert}")

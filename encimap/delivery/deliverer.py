@@ -17,13 +17,14 @@ from datetime import datetime
 
 import asyncpg
 
-from encimap import db, logs, mimeinfo, smime
+from encimap import db, encryption, logs, mimeinfo
 from encimap.config import Config
 from encimap.delivery import replies
 from encimap.delivery.recipients import Target
 from encimap.delivery.replies import Reply
 from encimap.delivery.trace import Prepared
 from encimap.metrics import DELIVERIES, ENCRYPTION_SECONDS
+from encimap.mime import EncryptionResult
 from encimap.service.listeners import Sessions
 from encimap.store import messages
 
@@ -115,14 +116,9 @@ class Deliverer:
         )
 
     async def _encrypt(self, job: Job, target: Target) -> messages.NewMessage:
-        def encrypt() -> tuple[smime.EncryptionResult, mimeinfo.MessageInfo]:
+        def encrypt() -> tuple[EncryptionResult, mimeinfo.MessageInfo]:
             started = time.perf_counter()
-            result = smime.encrypt_message(
-                job.prepared.data,
-                target.certificates,
-                target.profile,
-                hide_subject=target.hide_subject,
-            )
+            result = encryption.encrypt(job.prepared.data, target.keys)
             ENCRYPTION_SECONDS.observe(time.perf_counter() - started)
             # What IMAP serves without parsing again, computed here so that a large message
             # is described in the worker thread too.
@@ -133,7 +129,7 @@ class Deliverer:
                 result, info = await asyncio.to_thread(encrypt)
             else:
                 result, info = encrypt()
-        except (smime.SMIMEError, ValueError) as exc:
+        except encryption.ENCRYPTION_ERRORS as exc:
             raise DeliveryFailed(f"encryption failed: {exc}") from exc
         return messages.NewMessage(
             vaultbox_id=target.vaultbox.id,

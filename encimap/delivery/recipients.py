@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pysequoia
 from cryptography import x509
 
-from encimap import db, smime
+from encimap import db, encryption, openpgp, smime
 from encimap.config import Config
 from encimap.delivery import replies
 from encimap.delivery.replies import Reply
@@ -21,7 +22,7 @@ from encimap.store import StoreError, events, vaultboxes
 from encimap.store import recipients as store_recipients
 from encimap.store.vaultboxes import Vaultbox
 
-# Announces every change to vaultboxes or certificates
+# Announces every change to vaultboxes, certificates or OpenPGP keys
 # (sql/encimap/repeatable/20_recipients_notify.sql).
 RECIPIENTS_CHANNEL = "encimap_recipients"
 
@@ -32,9 +33,7 @@ class Target:
 
     address: str
     vaultbox: Vaultbox
-    certificates: tuple[x509.Certificate, ...]
-    profile: str
-    hide_subject: bool
+    keys: encryption.Keys
 
 
 def candidates(address: str, delimiter: str) -> list[str]:
@@ -47,6 +46,62 @@ def candidates(address: str, delimiter: str) -> list[str]:
     return [address]
 
 
+class OpenPGPKeyCache:
+    """Parsed OpenPGP keys that passed `openpgp.check_key` for an address when first seen.
+
+    Keyed like CertificateCache by the stored armoured text, the address and the mismatch
+    setting; None for a refused key. What time changes (expiry, subkey validity) is checked
+    again with `openpgp.usable` when the last check is more than USABLE_RECHECK seconds old (it
+    costs a trial encryption, about 1 ms for RSA-4096; a key that expires in between fails at
+    DATA with 451 4.3.0, and the retry gets 451 4.7.1). A revocation or any other change of a
+    stored key changes its text, so it is checked in full at once. Bounded: the least recently
+    used entry goes first.
+    """
+
+    USABLE_RECHECK = 60.0
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._entries: OrderedDict[tuple[str, str, bool], pysequoia.Cert | None] = OrderedDict()
+        self._usable_until: dict[tuple[str, str, bool], float] = {}
+        self._max_entries = max_entries
+
+    def usable(
+        self, armored: Sequence[str], address: str, *, allow_address_mismatch: bool
+    ) -> list[pysequoia.Cert]:
+        """The keys among `armored` that mail to `address` may be encrypted to now."""
+        found = []
+        now = time.monotonic()
+        for text in armored:
+            key = (text, address.lower(), allow_address_mismatch)
+            if key in self._entries:
+                self._entries.move_to_end(key)
+            else:
+                if len(self._entries) >= self._max_entries:
+                    oldest, _ = self._entries.popitem(last=False)
+                    self._usable_until.pop(oldest, None)
+                self._entries[key] = self._check(text, address, allow_address_mismatch)
+                self._usable_until[key] = now + self.USABLE_RECHECK
+            cert = self._entries[key]
+            if cert is None:
+                continue
+            if self._usable_until.get(key, 0.0) <= now:
+                if not openpgp.usable(cert):
+                    continue
+                self._usable_until[key] = now + self.USABLE_RECHECK
+            found.append(cert)
+        return found
+
+    @staticmethod
+    def _check(text: str, address: str, allow_address_mismatch: bool) -> pysequoia.Cert | None:
+        try:
+            cert, _info = openpgp.check_key(
+                text, address, allow_address_mismatch=allow_address_mismatch
+            )
+        except openpgp.KeyRefused:
+            return None
+        return cert
+
+
 class CertificateCache:
     """Parsed certificates that passed the time-independent checks for an address.
 
@@ -54,11 +109,13 @@ class CertificateCache:
     match it) with the address and the mismatch setting; entries are the certificate, or None
     when `smime.check_certificate` refuses it. Only the validity period can change with time,
     so it is checked again on every use. Bounded: the least recently used entry goes first.
+    `openpgp` is the same for the vaultboxes' OpenPGP keys.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._entries: OrderedDict[tuple[str, str, bool], x509.Certificate | None] = OrderedDict()
         self._max_entries = max_entries
+        self.openpgp = OpenPGPKeyCache(max_entries)
 
     def usable(
         self,
@@ -185,25 +242,23 @@ async def resolve(
         return replies.MAILBOX_DISABLED
     if _over_quota(vaultbox.limits, found):
         return replies.OVER_QUOTA
-    usable = cache.usable(
-        found.certificates,
-        vaultbox.address,
-        allow_address_mismatch=config.smime.allow_address_mismatch,
+    mismatch = config.smime.allow_address_mismatch
+    certificates = cache.usable(
+        found.certificates, vaultbox.address, allow_address_mismatch=mismatch
     )
-    if not usable:
+    openpgp_keys = cache.openpgp.usable(
+        found.openpgp_keys, vaultbox.address, allow_address_mismatch=mismatch
+    )
+    keys = encryption.choose(
+        certificates, openpgp_keys, found.key_preference, vaultbox.limits, config.smime
+    )
+    if not keys:
         return (
             replies.NO_CERTIFICATE_REJECT
             if settings.missing_certificate == "reject"
             else replies.NO_CERTIFICATE_TEMPFAIL
         )
-    limits = vaultbox.limits
-    return Target(
-        address=address,
-        vaultbox=vaultbox,
-        certificates=tuple(usable),
-        profile=str(limits.get("smime_profile") or config.smime.default_profile),
-        hide_subject=bool(limits.get("hide_subject", config.smime.hide_subject)),
-    )
+    return Target(address=address, vaultbox=vaultbox, keys=keys)
 
 
 def _over_quota(limits: dict[str, Any], used: store_recipients.Recipient) -> bool:

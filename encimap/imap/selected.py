@@ -188,62 +188,65 @@ class Selected:
         return numbers
 
     async def sync(self, *, expunge_ok: bool) -> list[bytes]:
-        """Untagged responses for what changed since the last report."""
+        """Untagged responses for what changed since the last report.
+
+        Everything is read before the session's view changes: a read that fails (the database
+        gone for a moment, as in a failover) leaves every pending change pending for the next
+        sync, and the sequence numbers the client knows stay right."""
         self.changed.clear()
         if not self.has_changes():
             return self._recent_update()
-        lines: list[bytes] = []
+        expunged, flagged = set(self._expunged), set(self._flags)
         if self._resync:
-            self._resync = False
-            current = {
-                row["uid"] for row in await messages.uids_and_flags(self.pool, self.mailbox.id)
-            }
-            self._expunged.update(uid for uid in self.uids if uid not in current)
-            self._flags.update(uid for uid in self.uids if uid in current)
-            self._new = True
-        if expunge_ok and self._expunged:
-            gone, self._expunged = self._expunged, set()
-            lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(gone)))
-        if self._new:
-            self._new = False
-            mailbox_id, after = self.mailbox.id, self.highest_uid
-            rows = await shared.read(
+            rows = await messages.uids_and_flags(self.pool, self.mailbox.id)
+            current = {row["uid"] for row in rows}
+            expunged.update(uid for uid in self.uids if uid not in current)
+            flagged.update(uid for uid in self.uids if uid in current)
+        mailbox_id, after = self.mailbox.id, self.highest_uid
+        new_rows = []
+        if self._new or self._resync:
+            new_rows = await shared.read(
                 ("new", id(self.pool), mailbox_id, shared.generation(mailbox_id), after),
                 lambda: messages.uids_and_flags(self.pool, mailbox_id, after),
             )
-            if rows:
-                lines.extend(self.announce(f for row in rows for f in row["flags"]))
-                self.uids.extend(row["uid"] for row in rows)
-                self.highest_uid = rows[-1]["uid"]
-                lines.append(b"* %d EXISTS\r\n" % len(self.uids))
-                newest = rows[-1]["uid"]
-                claim_key = (id(self.pool), self.mailbox.id, self.mailbox.uidvalidity)
-                if not self.readonly and newest > _claimed.get(claim_key, 0):
-                    # the first session of this process to learn of the new mail tries to
-                    # claim it; the others know another session has it (no UPDATE each)
-                    _claimed[claim_key] = newest
-                    first = await mailboxes.claim_recent(self.pool, self.mailbox.id, newest)
-                    self.recent.update(row["uid"] for row in rows if row["uid"] >= first)
-                lines.extend(self._recent_update())
-        if self._flags:
-            changed, self._flags = sorted(self._flags), set()
-            mailbox_id = self.mailbox.id
-            rows = await shared.read(
+        first_recent = None
+        if new_rows and not self.readonly:
+            newest = new_rows[-1]["uid"]
+            claim_key = (id(self.pool), mailbox_id, self.mailbox.uidvalidity)
+            if newest > _claimed.get(claim_key, 0):
+                # the first session of this process to learn of the new mail tries to claim
+                # it; the others know another session has it (no UPDATE each)
+                first_recent = await mailboxes.claim_recent(self.pool, mailbox_id, newest)
+                _claimed[claim_key] = newest
+        flag_rows = []
+        if flagged:
+            changed = sorted(flagged)
+            flag_rows = await shared.read(
                 ("flags", id(self.pool), mailbox_id, shared.generation(mailbox_id), tuple(changed)),
                 lambda: messages.fetch_rows(self.pool, mailbox_id, changed, ["flags"]),
             )
-            lines.extend(self.announce(f for row in rows for f in row["flags"]))
-            for row in rows:
-                seq = self.seq_of(row["uid"])
-                if seq is not None:
-                    lines.append(
-                        b"* %d FETCH (UID %d FLAGS %s)\r\n"
-                        % (
-                            seq,
-                            row["uid"],
-                            wire.flag_list(self.flags(row["uid"], row["flags"])).encode(),
-                        )
-                    )
+        # All read: report (a failed read above leaves every change pending).
+        self._resync = self._new = False
+        self._flags = set()
+        lines: list[bytes] = []
+        if expunge_ok and expunged:
+            self._expunged = set()
+            lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(expunged)))
+        else:
+            self._expunged = expunged
+        if new_rows:
+            lines.extend(self.announce(f for row in new_rows for f in row["flags"]))
+            self.uids.extend(row["uid"] for row in new_rows)
+            self.highest_uid = new_rows[-1]["uid"]
+            lines.append(b"* %d EXISTS\r\n" % len(self.uids))
+            if first_recent is not None:
+                self.recent.update(row["uid"] for row in new_rows if row["uid"] >= first_recent)
+        lines.extend(self.announce(f for row in flag_rows for f in row["flags"]))
+        for row in flag_rows:
+            seq = self.seq_of(row["uid"])
+            if seq is not None:
+                flags = wire.flag_list(self.flags(row["uid"], row["flags"])).encode()
+                lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, row["uid"], flags))
         return lines + self._recent_update()
 
     def _recent_update(self) -> list[bytes]:

@@ -246,7 +246,7 @@ async def start(runtime: Any) -> Server:
 
     pool = await runtime.pool("encimap", db.ROLE_IMAP, "imap")
     engine = await engine_for(runtime)
-    listener = events.Listener(pool)
+    listener = events.Listener(await runtime.listen_pool("encimap", db.ROLE_IMAP))
     await listener.start()
     runtime.stack.push_async_callback(listener.close)
     server = Server(runtime.config, pool, engine, runtime.tls, listener)

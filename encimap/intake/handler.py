@@ -27,7 +27,16 @@ def new_queue_id() -> str:
 
 
 class IntakeHandler:
-    def __init__(self, pool: asyncpg.Pool, config: Config, *, hostname: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: Config,
+        *,
+        hostname: str,
+        listen_pool: asyncpg.Pool | None = None,
+    ) -> None:
+        """`listen_pool`: where the recipient cache's LISTEN connection comes from (default
+        `pool`)."""
         self._pool = pool
         self._config = config
         self._hostname = hostname
@@ -39,7 +48,9 @@ class IntakeHandler:
         size = config.intake.recipient_cache_size
         self._certificates = CertificateCache(size)
         max_age = config.intake.recipient_cache_seconds
-        self.recipients = RecipientCache(pool, max_age, size) if max_age > 0 else None
+        self.recipients = (
+            RecipientCache(listen_pool or pool, max_age, size) if max_age > 0 else None
+        )
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Any, proxy: Any) -> bool:
         return True  # the trusted proxy's data is in session.proxy_data

@@ -92,7 +92,12 @@ async def start(runtime: Runtime) -> Intake:
     # The intake never changes session state on its connections (see db.create_pool).
     pool = await runtime.pool("encimap", db.ROLE_INTAKE, "intake")
     hostname = settings.hostname or socket.getfqdn()
-    handler = IntakeHandler(pool, config, hostname=hostname)
+    listen_pool = (
+        await runtime.listen_pool("encimap", db.ROLE_INTAKE)
+        if config.intake.recipient_cache_seconds > 0
+        else None
+    )
+    handler = IntakeHandler(pool, config, hostname=hostname, listen_pool=listen_pool)
     if handler.recipients is not None:
         handler.recipients.watch.start()
     completer = CertificateCompleter(pool)

@@ -36,6 +36,7 @@ COMPONENTS: dict[str, str] = {
     "submission": "encimap.submission.service:start",
     "authsocket": "encimap.authsocket.service:start",
     "imap": "encimap.imap.service:start",
+    "wkd": "encimap.wkd.service:start",
 }
 
 
@@ -62,7 +63,10 @@ class Runtime:
     def __init__(self, config: Config, stack: AsyncExitStack) -> None:
         self.config = config
         self.stack = stack
-        self._pools: dict[tuple[str, str | None], asyncpg.Pool] = {}
+        # (database, role, kind): kind "" for the services' pools, "listen" for LISTEN
+        # connections, "logins" for the auth engine's credential reads where they may go to
+        # standbys.
+        self._pools: dict[tuple[str, str | None, str], asyncpg.Pool] = {}
         self._tls: TLSMaterial | None = None
         self._shared: dict[str, Any] = {}
         self.reload_hooks: list[Callable[[], None]] = []
@@ -70,20 +74,45 @@ class Runtime:
         self.inherited_sockets: list[socket.socket] = inherited_sockets()
 
     async def pool(
-        self, database: db.Database, role: str | None, purpose: str, **sizes: int
+        self,
+        database: db.Database,
+        role: str | None,
+        purpose: str,
+        *,
+        kind: str = "",
+        **options: Any,
     ) -> asyncpg.Pool:
-        """The process's pool for (database, role), created on first use."""
-        key = (database, role)
+        """The process's pool for (database, role, kind), created on first use."""
+        key = (database, role, kind)
         if key not in self._pools:
             pool = await db.create_pool(
-                self.config.database, database, role=role, purpose=purpose, **sizes
+                self.config.database, database, role=role, purpose=purpose, **options
             )
             self.stack.push_async_callback(pool.close)
             self._pools[key] = pool
         return self._pools[key]
 
+    async def listen_pool(self, database: db.Database, role: str | None) -> asyncpg.Pool:
+        """The process's pool for LISTEN connections on (database, role): one connection per
+        listener, on the database's listen URL (direct where the pools go through PgBouncer),
+        none held while nobody listens."""
+        return await self.pool(
+            database, role, "listen", kind="listen", min_size=0, max_size=4, listen=True
+        )
+
+    async def logins_pool(self, database: db.Database) -> asyncpg.Pool:
+        """The auth engine's pool for credential lookups: the auth role's pool, or one of its
+        own reading from standbys when `[database] logins_session_attrs` says so."""
+        attrs = self.config.database.logins_session_attrs
+        if not attrs:
+            return await self.pool(database, db.ROLE_AUTH, "auth")
+        return await self.pool(
+            database, db.ROLE_AUTH, "logins", kind="logins", target_session_attrs=attrs
+        )
+
     @property
-    def pools(self) -> dict[tuple[str, str | None], asyncpg.Pool]:
+    def pools(self) -> dict[tuple[str, str | None, str], asyncpg.Pool]:
+        """Every pool, keyed (database, role, kind)."""
         return dict(self._pools)
 
     @property

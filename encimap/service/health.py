@@ -1,7 +1,8 @@
 """/metrics, /healthz and /readyz for one process.
 
 /healthz answers while the process runs; /readyz only once every component is started and
-both databases answer (503 otherwise, with one line per database). A database the process has
+both databases answer (503 otherwise). It has one line per pool: the server the pool is
+connected to and whether that server is the primary. A database the process has
 no pool for is checked through the endpoint's own one-connection pool.
 """
 
@@ -22,6 +23,7 @@ class HealthEndpoint:
     def __init__(self, runtime) -> None:  # runtime: encimap.service.Runtime
         self.runtime = runtime
         self.started = False
+        self._unavailable: dict[str, str] = {}
 
     async def handle(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
@@ -36,33 +38,45 @@ class HealthEndpoint:
         return Response(404, b"not found\n")
 
     def _observe_pools(self) -> None:
-        for (database, role), pool in self.runtime.pools.items():
+        for (database, role, kind), pool in self.runtime.pools.items():
             size, idle = pool.get_size(), pool.get_idle_size()
-            DB_POOL_CONNECTIONS.labels(database, role or "", "open").set(size)
-            DB_POOL_CONNECTIONS.labels(database, role or "", "idle").set(idle)
+            label = f"{role or ''}{'/' + kind if kind else ''}"
+            DB_POOL_CONNECTIONS.labels(database, label, "open").set(size)
+            DB_POOL_CONNECTIONS.labels(database, label, "idle").set(idle)
 
-    async def _check(self, database: db.Database) -> db.Health:
-        pool = next(
-            (pool for (name, _role), pool in self.runtime.pools.items() if name == database),
-            None,
-        )
-        try:
-            pool = pool or await self.runtime.pool(
-                database, db.ROLE_AUTH, "health", min_size=0, max_size=1
-            )
-        except db.DatabaseUnavailable as exc:
-            return db.Health(database, False, 0.0, str(exc))
-        return await db.check_health(pool, database, READY_TIMEOUT)
+    async def _checks(self) -> list[tuple[str, db.Health]]:
+        """One check per pool of the process (label `database/role[/kind]`), and one through a
+        one-connection pool for a database the process has no pool for."""
+        pools = [
+            (f"{database}/{role or 'login'}{'/' + kind if kind else ''}", database, pool)
+            for (database, role, kind), pool in self.runtime.pools.items()
+        ]
+        for database in db.DATABASES:
+            if any(name == database for _label, name, _pool in pools):
+                continue
+            try:
+                pool = await self.runtime.pool(
+                    database, db.ROLE_AUTH, "health", min_size=0, max_size=1
+                )
+            except db.DatabaseUnavailable as exc:
+                pools.append((database, database, None))
+                self._unavailable[database] = str(exc)
+                continue
+            pools.append((f"{database}/{db.ROLE_AUTH}", database, pool))
+
+        async def check(label: str, database: db.Database, pool) -> tuple[str, db.Health]:
+            if pool is None:
+                return label, db.Health(database, False, 0.0, self._unavailable[database])
+            return label, await db.check_health(pool, database, READY_TIMEOUT)
+
+        return list(await asyncio.gather(*(check(*entry) for entry in pools)))
 
     async def _ready(self) -> Response:
         if not self.started:
             return Response(503, b"starting\n")
-        checks = await asyncio.gather(*(self._check(database) for database in db.DATABASES))
-        lines = [
-            f"{h.database}: {'ok' if h.ok else 'unavailable: ' + h.error} ({h.latency_ms:.1f} ms)"
-            for h in checks
-        ]
-        status = 200 if all(h.ok for h in checks) else 503
+        checks = await self._checks()
+        lines = [f"{label}: {health.describe()}" for label, health in checks]
+        status = 200 if all(health.ok for _label, health in checks) else 503
         return Response(status, ("\n".join(lines) + "\n").encode())
 
 

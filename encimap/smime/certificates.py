@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from encimap.smime.errors import CertificateError
+from encimap.smime.legacy import gpgsm_derives_right
 
 CertificateInput = x509.Certificate | bytes | str
 PrivateKey = rsa.RSAPrivateKey | ecc.EllipticCurvePrivateKey
@@ -28,6 +29,7 @@ MIN_RSA_BITS = 2048
 GENERATED_RSA_BITS = 3072
 DEFAULT_VALIDITY_DAYS = 730
 PKCS12_KDF_ROUNDS = 100_000
+LEGACY_ATTEMPTS = 32  # each try fails with p ~ 1/64 (two bags): 32 in a row never happen
 # Curves with a CMS ECDH profile in RFC 5753 that mail clients implement.
 SUPPORTED_CURVES: dict[str, str] = {"secp256r1": "p256", "secp384r1": "p384"}
 
@@ -254,24 +256,39 @@ def _key_usage(*, key_encipherment: bool, key_agreement: bool) -> x509.KeyUsage:
 
 
 def export_pkcs12(
-    certificate_pem: bytes, private_key: PrivateKey, password: bytes, friendly_name: str
+    certificate_pem: bytes,
+    private_key: PrivateKey,
+    password: bytes,
+    friendly_name: str,
+    *,
+    legacy: bool = False,
 ) -> bytes:
     """Bundle certificate and key as PKCS#12 for a mail client.
 
-    PBES2 with AES-256-CBC and PBKDF2-SHA256, MAC over SHA-256: read by OpenSSL 3 and by
-    Thunderbird (NSS), unlike the legacy RC2/3DES bags.
+    PBES2 with AES-256-CBC and PBKDF2-SHA256, MAC over SHA-256: read by OpenSSL 3, Thunderbird
+    (NSS), Outlook, Apple Mail and iOS. `legacy`: PBE-SHA1-3DES bags and a SHA-1 MAC, for
+    importers that refuse PBES2 (gpgsm 2.2: `encryptedData error at "pkcs5PBES2-params"`),
+    made again with new salts while gpgsm 2.2 would derive a wrong key (`smime.legacy`).
     """
-    encryption = (
-        serialization.PrivateFormat.PKCS12.encryption_builder()
-        .kdf_rounds(PKCS12_KDF_ROUNDS)
-        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
-        .hmac_hash(hashes.SHA256())
-        .build(password)
-    )
-    return pkcs12.serialize_key_and_certificates(
-        friendly_name.encode("utf-8"),
-        private_key,
-        load_certificate(certificate_pem),
-        None,
-        encryption,
-    )
+    builder = serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(PKCS12_KDF_ROUNDS)
+    if legacy:
+        builder = builder.key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC).hmac_hash(
+            hashes.SHA1()  # noqa: S303 - what legacy importers read; the password protects it
+        )
+    else:
+        builder = builder.key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(
+            hashes.SHA256()
+        )
+    encryption = builder.build(password)
+    for _ in range(LEGACY_ATTEMPTS):
+        bundle = pkcs12.serialize_key_and_certificates(
+            friendly_name.encode("utf-8"),
+            private_key,
+            load_certificate(certificate_pem),
+            None,
+            encryption,
+        )
+        # New salts on every call; a legacy file is kept only if gpgsm 2.2 can decrypt it.
+        if not legacy or gpgsm_derives_right(bundle, password):
+            return bundle
+    raise CertificateError("could not make a legacy PKCS#12 file gpgsm can read")

@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from encimap.smime import cms, mime
+from encimap import mime
+from encimap.mime import EncryptionResult
+from encimap.smime import cms
 from encimap.smime.certificates import CertificateInput, fingerprint, load_certificate
-
-
-@dataclass(frozen=True, slots=True)
-class EncryptionResult:
-    """What the store keeps for one delivered message.
-
-    `message` is the stored RFC 5322 message (outer headers + S/MIME body, CRLF line endings),
-    or the input unchanged when `already_encrypted`. `subject_encrypted` is the original
-    Subject value (unfolded, still RFC 2047-encoded if it was) encrypted on its own to the same
-    certificates with the same profile, as base64 DER CMS; None without a Subject or when the
-    message was already encrypted. `algorithm` names content and key management, such as
-    "aes256-cbc/rsa" or "aes256-gcm/ecdh+rsa-oaep"; None when already encrypted.
-    """
-
-    message: bytes
-    already_encrypted: bool = False
-    subject_encrypted: str | None = None
-    algorithm: str | None = None
-    recipient_fingerprints: tuple[str, ...] = ()
 
 
 def encrypt_message(
@@ -49,19 +30,15 @@ def encrypt_message(
     if mime.is_encrypted(message):
         return EncryptionResult(message=raw, already_encrypted=True)
     recipients = [load_certificate(certificate) for certificate in certificates]
-    outer = mime.outer_fields(message, hide_subject=hide_subject)
-    inner_header = mime.protected_header(message, outer)
-    body = mime.canonical_body(message)
+    protected = mime.protect(message, hide_subject=hide_subject)
     key = cms.content_key(recipients, profile)
-    envelope = key.envelope(
-        itertools.chain([inner_header], body.pieces), len(inner_header) + body.length
-    )
+    envelope = key.envelope(protected.plaintext.pieces, protected.plaintext.length)
     out = io.BytesIO()
-    out.writelines(field.raw for field in outer)
-    out.write(mime.smime_header(envelope.smime_type))
+    out.writelines(field.raw for field in protected.outer)
+    out.write(smime_header(envelope.smime_type))
     out.write(mime.CRLF)
     mime.write_base64(envelope.chunks, out)
-    subject = message.first(b"subject")
+    subject = protected.subject
     subject_encrypted = (
         None if subject is None else base64.b64encode(key.der(subject.value)).decode("ascii")
     )
@@ -70,4 +47,16 @@ def encrypt_message(
         subject_encrypted=subject_encrypted,
         algorithm=envelope.algorithm,
         recipient_fingerprints=tuple(fingerprint(certificate) for certificate in recipients),
+    )
+
+
+def smime_header(smime_type: str) -> bytes:
+    """The MIME fields of the outer message (RFC 8551 section 3.2)."""
+    return (
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: application/pkcs7-mime; smime-type="
+        + smime_type.encode("ascii")
+        + b'; name="smime.p7m"\r\n'
+        b'Content-Disposition: attachment; filename="smime.p7m"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
     )

@@ -212,8 +212,8 @@ class Listener:
             while self._connection is None:
                 try:
                     await self._connect()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("events.reconnect_failed", error=str(exc))
+                except DATABASE_ERRORS as exc:  # no primary yet during a failover
+                    log.warning("events.reconnect_failed", error=str(exc) or repr(exc))
                     await asyncio.sleep(self._retry_delay)
             for mailbox_id in list(self._subscribers):
                 self._dispatch(Event(RESYNC, mailbox_id))
@@ -238,7 +238,8 @@ class Watch:
     notifications are heard; a cache keeps nothing while it is clear.
     """
 
-    RETRY_MAX = 30.0
+    # Short enough that a cache is back within seconds of a failover's promotion.
+    RETRY_MAX = 5.0
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
 """What the intake needs at RCPT, in one query: the vaultbox an address delivers to, its usage
-(only when it has a quota) and its active public certificates."""
+(only when it has a quota), its active public certificates and OpenPGP keys."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ class Recipient:
     messages: int  # stored messages and bytes; 0 when the vaultbox has no quota to check
     bytes: int
     certificates: tuple[str, ...]  # PEM of the active public certificates, newest first
+    openpgp_keys: tuple[str, ...] = ()  # armoured active OpenPGP keys, newest first
+    key_preference: str = "openpgp"  # the kind used when the vaultbox has both
 
     @property
     def counted(self) -> bool:
@@ -38,7 +40,11 @@ async def find_recipient(db: Executor, addresses: Sequence[str]) -> Recipient | 
                   v.smtp_enabled, coalesce(u.messages, 0) AS messages,
                   coalesce(u.bytes, 0) AS bytes,
                   ARRAY(SELECT c.pem_content FROM public_certificates c
-                         WHERE c.vaultbox_id = v.id ORDER BY c.created_at DESC) AS pems
+                         WHERE c.vaultbox_id = v.id ORDER BY c.created_at DESC) AS pems,
+                  ARRAY(SELECT k.armored_key FROM openpgp_keys k
+                         WHERE k.vaultbox_id = v.id AND k.is_active
+                         ORDER BY k.created_at DESC) AS openpgp_keys,
+                  v.key_preference
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS a(alias, domain, rank)
              JOIN vaultboxes v ON lower(v.alias) = lower(a.alias)
                               AND lower(v.domain) = lower(a.domain)
@@ -61,4 +67,6 @@ async def find_recipient(db: Executor, addresses: Sequence[str]) -> Recipient | 
         messages=row["messages"],
         bytes=row["bytes"],
         certificates=tuple(row["pems"]),
+        openpgp_keys=tuple(row["openpgp_keys"]),
+        key_preference=row["key_preference"],
     )

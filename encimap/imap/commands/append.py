@@ -1,7 +1,7 @@
 """APPEND (with UIDPLUS APPENDUID, and RFC 3502 MULTIAPPEND: several messages, stored all or
 none): clients save sent mail and drafts here. A message that is not already encrypted is
-encrypted to the vaultbox's public certificates first, so nothing in plaintext is stored;
-without a usable certificate the APPEND is refused."""
+encrypted first, as delivery does (S/MIME or PGP/MIME, per the vaultbox's keys and
+preference), so nothing in plaintext is stored; without a usable key the APPEND is refused."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
-from encimap import smime
+from encimap import encryption, openpgp, smime
 from encimap.imap import wire
 from encimap.imap.commands import AUTHENTICATED, command, quota
 from encimap.imap.commands.mailbox import vaultbox_id
@@ -17,7 +17,8 @@ from encimap.imap.commands.store import normalize_flags
 from encimap.imap.parser import Reader
 from encimap.imap.session import Session, no
 from encimap.logs import get_logger
-from encimap.store import certificates, mailboxes, messages, vaultboxes
+from encimap.mime import EncryptionResult
+from encimap.store import certificates, mailboxes, messages, openpgp_keys, vaultboxes
 
 log = get_logger(__name__)
 
@@ -96,30 +97,38 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     return f"OK [APPENDUID {inserted[0].uidvalidity} {uids}] Append completed."
 
 
-async def _encrypted(session: Session, data: bytes) -> smime.EncryptionResult:
+async def _encrypted(session: Session, data: bytes) -> EncryptionResult:
     pool = session.server.pool
     vaultbox = await vaultboxes.vaultbox_by_id(pool, vaultbox_id(session))
     stored = await certificates.public_certificates(pool, vaultbox.id)
+    stored_keys = await openpgp_keys.keys_of(pool, vaultbox.id)
+    preference = await openpgp_keys.preference_of(pool, vaultbox.id)
     config = session.server.config.smime
-    usable = smime.usable_certificates(
-        [certificate.pem_content for certificate in stored],
-        vaultbox.address,
-        allow_address_mismatch=config.allow_address_mismatch,
+    mismatch = config.allow_address_mismatch
+    keys = encryption.choose(
+        smime.usable_certificates(
+            [certificate.pem_content for certificate in stored],
+            vaultbox.address,
+            allow_address_mismatch=mismatch,
+        ),
+        openpgp.usable_keys(
+            [key.armored_key for key in stored_keys],
+            vaultbox.address,
+            allow_address_mismatch=mismatch,
+        ),
+        preference,
+        vaultbox.limits,
+        config,
     )
 
-    def encrypt() -> smime.EncryptionResult:
-        return smime.encrypt_message(
-            data,
-            usable,
-            str(vaultbox.limits.get("smime_profile") or config.default_profile),
-            hide_subject=bool(vaultbox.limits.get("hide_subject", config.hide_subject)),
-        )
+    def encrypt() -> EncryptionResult:
+        return encryption.encrypt(data, keys)
 
     try:
         if len(data) > _OFFLOAD_AT:
             return await asyncio.to_thread(encrypt)
         return encrypt()
     except smime.NoUsableCertificate:
-        raise no("[CANNOT] The vaultbox has no usable certificate to encrypt with") from None
-    except (smime.SMIMEError, ValueError) as exc:
+        raise no("[CANNOT] The vaultbox has no usable certificate or OpenPGP key") from None
+    except encryption.ENCRYPTION_ERRORS as exc:
         raise no(f"[CANNOT] Cannot encrypt this message: {exc}") from None

@@ -1,5 +1,6 @@
 """IDLE (RFC 2177): report changes as they happen until the client sends DONE. Woken by the
-mailbox's NOTIFY events (see encimap.store.events), not by polling."""
+mailbox's NOTIFY events (see encimap.store.events), not by polling. A database failure does
+not end IDLE: what changed is reported once the database answers again."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from encimap.imap.session import Session, bad
 from encimap.logs import get_logger
 
 log = get_logger(__name__)
+# After a failed report (the database unreachable for a moment), IDLE tries again this soon.
+IDLE_RETRY_SECONDS = 1.0
 
 
 @command("IDLE", states=AUTHENTICATED)
@@ -53,7 +56,12 @@ async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
         try:
             await session.after_command(expunge_ok=True)
         except DATABASE_ERRORS as exc:
-            # Keep idling: the mailbox listener resynchronises every session once the
-            # database is back, which wakes this one again.
+            # Keep idling: the changes stay pending (Selected.sync). The mailbox listener
+            # resynchronises every session once its own connection is back, which wakes this
+            # one; a failure on a pooled connection alone is retried a moment later.
             log.warning("imap.idle_unavailable", session=session.id, error=str(exc) or repr(exc))
+            if session.selected is not None:
+                asyncio.get_running_loop().call_later(
+                    IDLE_RETRY_SECONDS, session.selected.changed.set
+                )
         await session.flush()

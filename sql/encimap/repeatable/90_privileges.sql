@@ -18,7 +18,7 @@ $$;
 -- Start from nothing on every table of this database, then grant what each service needs.
 REVOKE ALL ON vaultboxes, vaultbox_smtp_credentials, imap_app_credentials, certificates,
               public_certificates, mailboxes, encrypted_emails, email_processing_logs,
-              send_counters, vaultbox_usage
+              send_counters, vaultbox_usage, openpgp_keys
     FROM encimap_auth, encimap_intake, encimap_imap;
 GRANT USAGE ON SCHEMA public TO encimap_auth, encimap_intake, encimap_imap;
 
@@ -29,9 +29,9 @@ GRANT SELECT (id, user_id, alias, domain, status, limits, smtp_enabled, updated_
 GRANT SELECT ON vaultbox_smtp_credentials, imap_app_credentials TO encimap_auth;
 GRANT SELECT, INSERT, UPDATE ON send_counters TO encimap_auth;
 
--- Intake: find the vaultbox and its public certificates (completing what the platform did not
--- derive), add messages and their logs.
-GRANT SELECT ON vaultboxes, public_certificates, vaultbox_usage TO encimap_intake;
+-- Intake: find the vaultbox, its public certificates (completing what the platform did not
+-- derive) and OpenPGP keys (also for the Web Key Directory), add messages and their logs.
+GRANT SELECT ON vaultboxes, public_certificates, vaultbox_usage, openpgp_keys TO encimap_intake;
 GRANT UPDATE (fingerprint_sha256, subject, key_algorithm, not_before, not_after)
     ON public_certificates TO encimap_intake;
 GRANT SELECT (id, vaultbox_id, name, uidvalidity, uid_next) ON mailboxes TO encimap_intake;
@@ -44,8 +44,8 @@ GRANT EXECUTE ON FUNCTION encimap_deliver(uuid, bytea, timestamptz, text, text, 
     text, text, text[], text, text, text, jsonb, timestamptz, jsonb, double precision, text,
     text, integer, integer) TO encimap_intake;
 
--- IMAP: a vaultbox's mailboxes and messages; APPEND encrypts, so public certificates too.
-GRANT SELECT ON vaultboxes, public_certificates, vaultbox_usage TO encimap_imap;
+-- IMAP: a vaultbox's mailboxes and messages; APPEND encrypts, so public keys too.
+GRANT SELECT ON vaultboxes, public_certificates, vaultbox_usage, openpgp_keys TO encimap_imap;
 GRANT SELECT, INSERT, UPDATE, DELETE ON mailboxes, encrypted_emails TO encimap_imap;
 GRANT INSERT ON email_processing_logs TO encimap_imap;
 GRANT USAGE ON SEQUENCE mailbox_uidvalidity_seq TO encimap_imap;

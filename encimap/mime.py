@@ -1,4 +1,5 @@
-"""MIME on bytes: header/body split, CRLF canonicalisation, header protection, the outer message.
+"""MIME on bytes, shared by the S/MIME and OpenPGP engines: header/body split, CRLF
+canonicalisation, recognising encrypted mail, RFC 9788 header protection, base64 lines.
 
 The email package is deliberately not used on bodies: re-serialising alters bytes and is slow
 for large messages. Bodies are only ever canonicalised to CRLF line endings (RFC 8551 section
@@ -8,6 +9,7 @@ for large messages. Bodies are only ever canonicalised to CRLF line endings (RFC
 from __future__ import annotations
 
 import binascii
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,6 +41,9 @@ CLEAR_FIELDS = frozenset(
 TRACE_FIELDS = frozenset({b"return-path", b"received"})
 ENCRYPTED_SMIME_TYPES = frozenset({"enveloped-data", "authenveloped-data"})
 PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+# Inline OpenPGP (RFC 4880 section 6.2 armour in a plain body), stored as it is like PGP/MIME.
+INLINE_PGP_TYPES = frozenset({"text/plain", "application/pgp-encrypted", "application/pgp"})
+PGP_MESSAGE_ARMOR = b"-----BEGIN PGP MESSAGE-----"
 # DER of the ContentInfo contentType OIDs, to recognise an encrypted body without smime-type.
 ENVELOPED_OIDS_DER = (
     bytes.fromhex("06092a864886f70d010703"),  # id-envelopedData
@@ -95,6 +100,36 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class EncryptionResult:
+    """What the store keeps for one delivered message, whichever the encryption format.
+
+    `message` is the stored RFC 5322 message (outer headers + encrypted body, CRLF line
+    endings), or the input unchanged when `already_encrypted`. `subject_encrypted` is the
+    original Subject value (unfolded, still RFC 2047-encoded if it was) encrypted on its own to
+    the same keys, base64 (S/MIME: DER CMS; OpenPGP: a binary OpenPGP message); None without a
+    Subject or when the message was already encrypted. `algorithm` names the format, content
+    and key management, such as "aes256-cbc/rsa" or "openpgp/x25519"; None when already
+    encrypted. `recipient_fingerprints` are of the certificates or OpenPGP keys used.
+    """
+
+    message: bytes
+    already_encrypted: bool = False
+    subject_encrypted: str | None = None
+    algorithm: str | None = None
+    recipient_fingerprints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Protected:
+    """A message split for encryption with RFC 9788 header protection: the fields shown in
+    clear, and the plaintext of the encrypted part (protected header + canonical body)."""
+
+    outer: list[HeaderField]
+    plaintext: Content
+    subject: HeaderField | None
+
+
+@dataclass(frozen=True, slots=True)
 class Content:
     """Bytes to encrypt, made lazily: `pieces` (iterate once) concatenate to `length` bytes."""
 
@@ -135,10 +170,14 @@ def parse_content_type(value: bytes) -> tuple[str, dict[str, str]]:
 
 
 def is_encrypted(message: Message) -> bool:
-    """True for S/MIME enveloped or auth-enveloped data and for multipart/encrypted (PGP/MIME)."""
+    """True for S/MIME enveloped or auth-enveloped data, multipart/encrypted (PGP/MIME) and
+    inline OpenPGP (a single-part body that begins with an armoured PGP MESSAGE)."""
     media, parameters = message.content_type
     if media == "multipart/encrypted":
         return True
+    if media in INLINE_PGP_TYPES:
+        start = message.body_start
+        return message.raw[start : start + 1024].lstrip().startswith(PGP_MESSAGE_ARMOR)
     if media not in PKCS7_MIME_TYPES:
         return False
     smime_type = parameters.get("smime-type", "").lower()
@@ -156,6 +195,17 @@ def _starts_with_enveloped_content(head: bytes) -> bool:
     except binascii.Error:
         der = head
     return any(oid in der[:24] for oid in ENVELOPED_OIDS_DER)
+
+
+def protect(message: Message, *, hide_subject: bool) -> Protected:
+    """The clear outer fields and the plaintext to encrypt, the same for every format."""
+    outer = outer_fields(message, hide_subject=hide_subject)
+    inner_header = protected_header(message, outer)
+    body = canonical_body(message)
+    plaintext = Content(
+        itertools.chain([inner_header], body.pieces), len(inner_header) + body.length
+    )
+    return Protected(outer, plaintext, message.first(b"subject"))
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -263,18 +313,6 @@ def outer_fields(message: Message, *, hide_subject: bool) -> list[HeaderField]:
                 else field
             )
     return fields
-
-
-def smime_header(smime_type: str) -> bytes:
-    """The MIME fields of the outer message (RFC 8551 section 3.2)."""
-    return (
-        b"MIME-Version: 1.0\r\n"
-        b"Content-Type: application/pkcs7-mime; smime-type="
-        + smime_type.encode("ascii")
-        + b'; name="smime.p7m"\r\n'
-        b'Content-Disposition: attachment; filename="smime.p7m"\r\n'
-        b"Content-Transfer-Encoding: base64\r\n"
-    )
 
 
 def write_base64(chunks: Iterable[bytes], out: BinaryIO) -> None:

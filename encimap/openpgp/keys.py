@@ -1,0 +1,245 @@
+"""OpenPGP public keys of a vaultbox: parse, check, describe.
+
+A transferable public key (RFC 4880 section 11.1, ASCII-armoured or binary) is accepted for an
+address when it is not revoked or expired, has an encryption-capable subkey that is valid now
+(Sequoia's standard policy decides, signatures checked), carries a user ID with the address
+(unless mismatches are allowed) and uses no weak algorithm: RSA under 2048 bits, DSA or
+ElGamal anywhere in the key.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pysequoia
+from pysequoia.packet import PacketPile, PublicKeyAlgorithm, Tag
+
+from encimap.openpgp.errors import KeyRefused, NoUsableKey, reason
+
+MIN_RSA_BITS = 2048
+# By the algorithm's number (the binding's enum values are not hashable).
+_RSA = {
+    int(PublicKeyAlgorithm.RSAEncryptSign),
+    int(PublicKeyAlgorithm.RSAEncrypt),
+    int(PublicKeyAlgorithm.RSASign),
+}
+_WEAK = {
+    int(PublicKeyAlgorithm.DSA): "DSA",
+    int(PublicKeyAlgorithm.ElGamalEncrypt): "ElGamal",
+    int(PublicKeyAlgorithm.ElGamalEncryptSign): "ElGamal",
+}
+_ECC = {int(PublicKeyAlgorithm.ECDH), int(PublicKeyAlgorithm.ECDSA), int(PublicKeyAlgorithm.EdDSA)}
+# Curve OIDs (RFC 9580 section 9.2) as they appear in key packets, by short name.
+_CURVES = {
+    bytes.fromhex("2b060104019755010501"): "cv25519",
+    bytes.fromhex("2b06010401da470f01"): "ed25519",
+    bytes.fromhex("2a8648ce3d030107"): "nistp256",
+    bytes.fromhex("2b81040022"): "nistp384",
+    bytes.fromhex("2b81040023"): "nistp521",
+    bytes.fromhex("2b2403030208010107"): "brainpoolP256r1",
+    bytes.fromhex("2b240303020801010b"): "brainpoolP384r1",
+    bytes.fromhex("2b240303020801010d"): "brainpoolP512r1",
+}
+_KEY_TAGS = (Tag.PublicKey, Tag.PublicSubkey)
+_SECRET_TAGS = (Tag.SecretKey, Tag.SecretSubkey)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What an accepted key is, for the store, the CLI and the processing log."""
+
+    fingerprint: str  # primary key, upper-case hex as GnuPG prints it
+    user_ids: tuple[str, ...]
+    algorithm: str  # primary key, e.g. "ed25519" or "rsa3072"
+    encryption_algorithms: tuple[str, ...]  # of the subkeys mail is encrypted to, e.g. "cv25519"
+    created: datetime
+    expires: datetime | None
+
+
+def load_key(data: bytes | str) -> pysequoia.Cert:
+    """Exactly one public key from armoured or binary `data`; KeyRefused otherwise."""
+    raw = data.encode("ascii", "replace") if isinstance(data, str) else data
+    try:
+        certs = pysequoia.Cert.split_bytes(raw)
+    except Exception as exc:  # the binding raises plain exceptions with a Rust backtrace
+        raise KeyRefused(f"not an OpenPGP key: {reason(exc)}") from None
+    if len(certs) != 1:
+        raise KeyRefused(f"expected one OpenPGP key, found {len(certs)}")
+    cert = certs[0]
+    if any(packet.tag in _SECRET_TAGS for packet in PacketPile.from_bytes(raw)):
+        raise KeyRefused("contains secret key material: give the public key only (gpg --export)")
+    return cert
+
+
+def check_key(
+    data: bytes | str | pysequoia.Cert,
+    address: str,
+    *,
+    allow_address_mismatch: bool = False,
+    now: datetime | None = None,
+) -> tuple[pysequoia.Cert, KeyInfo]:
+    """Check that mail to `address` may be encrypted to this key; KeyRefused says why not."""
+    cert = data if isinstance(data, pysequoia.Cert) else load_key(data)
+    now = now or datetime.now(UTC)
+    keys = key_packets(cert)
+    for packet in keys:
+        _check_strength(packet)
+    try:
+        revoked, expires = cert.is_revoked, cert.expiration
+    except Exception as exc:  # Sequoia's policy refuses the primary key or its binding
+        raise KeyRefused(f"the key is refused: {reason(exc)}") from None
+    if revoked:
+        raise KeyRefused("the key is revoked")
+    if expires is not None and expires <= now:
+        raise KeyRefused(f"the key expired on {expires:%Y-%m-%d %H:%M} UTC")
+    user_ids = tuple(str(user_id) for user_id in cert.user_ids)
+    if not allow_address_mismatch and address.lower() not in {
+        found.lower() for found in map(user_id_address, user_ids) if found
+    }:
+        shown = ", ".join(user_ids) or "none"
+        raise KeyRefused(f"no user ID with the address {address} (user IDs: {shown})")
+    try:
+        used = encryption_subkeys(cert)
+    except NoUsableKey as exc:
+        raise KeyRefused(str(exc)) from None
+    algorithms = {packet.key_id: key_algorithm(packet) for packet in keys}
+    return cert, KeyInfo(
+        fingerprint=cert.fingerprint.upper(),
+        user_ids=user_ids,
+        algorithm=key_algorithm(keys[0]),
+        encryption_algorithms=tuple(algorithms.get(key_id, "unknown") for key_id in used),
+        created=keys[0].key_created or now,
+        expires=expires,
+    )
+
+
+def usable_keys(
+    keys: Iterable[bytes | str],
+    address: str,
+    *,
+    allow_address_mismatch: bool = False,
+    now: datetime | None = None,
+) -> list[pysequoia.Cert]:
+    """Those of `keys` that pass `check_key` for `address`, in order."""
+    found = []
+    for data in keys:
+        try:
+            cert, _info = check_key(
+                data, address, allow_address_mismatch=allow_address_mismatch, now=now
+            )
+        except KeyRefused:
+            continue
+        found.append(cert)
+    return found
+
+
+def usable(cert: pysequoia.Cert, now: datetime | None = None) -> bool:
+    """Whether mail can be encrypted to `cert` now (the checks that change with time)."""
+    now = now or datetime.now(UTC)
+    try:
+        revoked, expires = cert.is_revoked, cert.expiration
+    except Exception:  # refused by Sequoia's policy (which also changes with time)
+        return False
+    if revoked or (expires is not None and expires <= now):
+        return False
+    try:
+        encryption_subkeys(cert)
+    except NoUsableKey:
+        return False
+    return True
+
+
+def encryption_subkeys(cert: pysequoia.Cert) -> list[str]:
+    """Key IDs of the subkeys Sequoia encrypts to now (every valid encryption-capable one).
+
+    Found by encrypting nothing to the key, so it is exactly what delivery will do; raises
+    NoUsableKey when there is none.
+    """
+    try:
+        message = pysequoia.encrypt(b"", [cert], armor=False)
+    except Exception as exc:
+        raise NoUsableKey(f"no encryption-capable subkey valid now: {reason(exc)}") from None
+    return pkesk_key_ids(message)
+
+
+def pkesk_key_ids(message: bytes) -> list[str]:
+    """Recipient key IDs of the PKESK packets an OpenPGP message starts with, read from the
+    packet headers alone (RFC 9580 section 4.2), so a large message is not parsed."""
+    found, position = [], 0
+    while position < len(message):
+        first = message[position]
+        if not first & 0x40:  # Sequoia writes only the current (new) packet format
+            break
+        length_octet = message[position + 1]
+        if length_octet < 192:
+            header, length = 2, length_octet
+        elif length_octet < 224:
+            header, length = 3, ((length_octet - 192) << 8) + message[position + 2] + 192
+        elif length_octet == 255:
+            header, length = 6, int.from_bytes(message[position + 2 : position + 6], "big")
+        else:
+            break  # partial body length: the encrypted data, never a PKESK
+        if first & 0x3F != 1:
+            break
+        found.append(_pkesk_key_id(message[position + header : position + header + length]))
+        position += header + length
+    return found
+
+
+def user_id_address(user_id: str) -> str | None:
+    """The email address of a user ID ("Name <a@b>" or a bare "a@b")."""
+    _, found = email.utils.parseaddr(user_id)
+    return found if "@" in found else None
+
+
+def key_algorithm(packet: object) -> str:
+    """Short name of a key packet's algorithm: "rsa3072", "ed25519", "cv25519", "nistp256"..."""
+    algorithm = int(packet.key_algorithm)  # type: ignore[attr-defined]
+    material = _key_material(packet.body)  # type: ignore[attr-defined]
+    if algorithm in _RSA:
+        return f"rsa{_mpi_bits(material)}"
+    if algorithm in _WEAK:
+        return _WEAK[algorithm].lower()
+    if algorithm in _ECC:
+        oid = material[1 : 1 + material[0]] if material else b""
+        return _CURVES.get(oid, "ecc")
+    return repr(packet.key_algorithm).rsplit(".", 1)[-1].lower()  # type: ignore[attr-defined]
+
+
+def key_packets(cert: pysequoia.Cert) -> list[object]:
+    return [packet for packet in PacketPile.from_bytes(bytes(cert)) if packet.tag in _KEY_TAGS]
+
+
+def _check_strength(packet: object) -> None:
+    algorithm = int(packet.key_algorithm)  # type: ignore[attr-defined]
+    if algorithm in _WEAK:
+        raise KeyRefused(f"{_WEAK[algorithm]} keys are too weak (key {packet.key_id})")  # type: ignore[attr-defined]
+    if algorithm in _RSA:
+        bits = _mpi_bits(_key_material(packet.body))  # type: ignore[attr-defined]
+        if bits < MIN_RSA_BITS:
+            raise KeyRefused(
+                f"RSA-{bits} is too weak, at least {MIN_RSA_BITS} bits needed (key {packet.key_id})"  # type: ignore[attr-defined]
+            )
+
+
+def _key_material(body: bytes) -> bytes:
+    """The algorithm-specific part of a key packet body (RFC 9580 section 5.5.2)."""
+    if body[:1] == b"\x06":  # version, creation time, algorithm, 4-octet material length
+        return body[10:]
+    return body[6:]  # version 4: version, creation time, algorithm
+
+
+def _mpi_bits(material: bytes) -> int:
+    return int.from_bytes(material[:2], "big") if len(material) >= 2 else 0
+
+
+def _pkesk_key_id(body: bytes) -> str:
+    """The recipient key ID of a PKESK packet (version 3: octets 1-8; version 6: fingerprint)."""
+    if body[:1] == b"\x03":
+        return body[1:9].hex()
+    length = body[1]
+    fingerprint = body[3 : 2 + length]  # key version octet, then the fingerprint
+    return fingerprint[-8:].hex() if len(fingerprint) == 20 else fingerprint[:8].hex()
