@@ -191,20 +191,57 @@ class Selected:
         """Untagged responses for what changed since the last report.
 
         Everything is read before the session's view changes: a read that fails (the database
-        gone for a moment, as in a failover) leaves every pending change pending for the next
-        sync, and the sequence numbers the client knows stay right."""
+        gone for a moment, as in a failover) puts every change it took back as pending for the
+        next sync, and the sequence numbers the client knows stay right. The pending changes
+        are taken before the reads, so events that arrive while they run stay pending."""
         self.changed.clear()
         if not self.has_changes():
             return self._recent_update()
-        expunged, flagged = set(self._expunged), set(self._flags)
-        if self._resync:
+        new, resync = self._new, self._resync
+        expunged, flagged = self._expunged, self._flags
+        self._new = self._resync = False
+        self._expunged, self._flags = set(), set()
+        try:
+            read = await self._read(new or resync, resync, expunged, flagged)
+        except BaseException:
+            self._new, self._resync = self._new or new, self._resync or resync
+            self._expunged |= expunged
+            self._flags |= flagged
+            raise
+        new_rows, flag_rows, first_recent = read
+        lines: list[bytes] = []
+        if expunge_ok and expunged:
+            lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(expunged)))
+        else:
+            self._expunged |= expunged
+        if new_rows:
+            lines.extend(self.announce(f for row in new_rows for f in row["flags"]))
+            self.uids.extend(row["uid"] for row in new_rows)
+            self.highest_uid = new_rows[-1]["uid"]
+            lines.append(b"* %d EXISTS\r\n" % len(self.uids))
+            if first_recent is not None:
+                self.recent.update(row["uid"] for row in new_rows if row["uid"] >= first_recent)
+        lines.extend(self.announce(f for row in flag_rows for f in row["flags"]))
+        for row in flag_rows:
+            seq = self.seq_of(row["uid"])
+            if seq is not None:
+                flags = wire.flag_list(self.flags(row["uid"], row["flags"])).encode()
+                lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, row["uid"], flags))
+        return lines + self._recent_update()
+
+    async def _read(
+        self, new: bool, resync: bool, expunged: set[int], flagged: set[int]
+    ) -> tuple[list, list, int | None]:
+        """The database reads of a sync: (new rows, changed flags, first UID claimed as
+        \\Recent or None). A resync adds what it finds to `expunged` and `flagged`."""
+        if resync:
             rows = await messages.uids_and_flags(self.pool, self.mailbox.id)
             current = {row["uid"] for row in rows}
             expunged.update(uid for uid in self.uids if uid not in current)
             flagged.update(uid for uid in self.uids if uid in current)
         mailbox_id, after = self.mailbox.id, self.highest_uid
         new_rows = []
-        if self._new or self._resync:
+        if new:
             new_rows = await shared.read(
                 ("new", id(self.pool), mailbox_id, shared.generation(mailbox_id), after),
                 lambda: messages.uids_and_flags(self.pool, mailbox_id, after),
@@ -225,29 +262,7 @@ class Selected:
                 ("flags", id(self.pool), mailbox_id, shared.generation(mailbox_id), tuple(changed)),
                 lambda: messages.fetch_rows(self.pool, mailbox_id, changed, ["flags"]),
             )
-        # All read: report (a failed read above leaves every change pending).
-        self._resync = self._new = False
-        self._flags = set()
-        lines: list[bytes] = []
-        if expunge_ok and expunged:
-            self._expunged = set()
-            lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(expunged)))
-        else:
-            self._expunged = expunged
-        if new_rows:
-            lines.extend(self.announce(f for row in new_rows for f in row["flags"]))
-            self.uids.extend(row["uid"] for row in new_rows)
-            self.highest_uid = new_rows[-1]["uid"]
-            lines.append(b"* %d EXISTS\r\n" % len(self.uids))
-            if first_recent is not None:
-                self.recent.update(row["uid"] for row in new_rows if row["uid"] >= first_recent)
-        lines.extend(self.announce(f for row in flag_rows for f in row["flags"]))
-        for row in flag_rows:
-            seq = self.seq_of(row["uid"])
-            if seq is not None:
-                flags = wire.flag_list(self.flags(row["uid"], row["flags"])).encode()
-                lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, row["uid"], flags))
-        return lines + self._recent_update()
+        return new_rows, flag_rows, first_recent
 
     def _recent_update(self) -> list[bytes]:
         """RECENT again when the count differs from the last one sent (new mail, expunges)."""
