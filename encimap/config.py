@@ -222,6 +222,10 @@ class MetricsConfig:
 class WKDConfig:
     # Web Key Directory (plain HTTP, behind the domain's HTTPS proxy); "" turns it off.
     listen: str | list[str] = ""
+    # Connection limits (encimap.service.connlimits); 0 = none. Behind a proxy every request
+    # comes from the proxy's address: raise the per-IP limit to the proxy's share.
+    max_connections: int = 200
+    max_connections_per_ip: int = 50
 
 
 @dataclass(frozen=True)

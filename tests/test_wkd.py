@@ -121,3 +121,29 @@ async def test_unknown_inactive_and_malformed_get_404(databases, key) -> None:
     assert statuses == {"gone@wkd.test": 404, "nokey@wkd.test": 404, "unknown@wkd.test": 404}
     assert other_domain[0] == 404 and malformed[0] == 404
     assert posted[0] == 405
+
+
+async def test_connections_over_the_per_address_limit_are_closed_unanswered(databases) -> None:
+    """Idle connections from one address cannot take every descriptor: past the limit a new
+    one is closed at once, and a slot frees when one closes."""
+    port = free_port()
+    cfg = make_config(databases, wkd={"listen": f"127.0.0.1:{port}", "max_connections_per_ip": 2})
+    async with running_service(cfg, "wkd"):
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /.well-known/openpgpkey/policy HTTP/1.0\r\n\r\n")
+        try:
+            answer = await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:  # closed before our request was read
+            answer = b""
+        assert answer == b""  # closed unanswered
+        writer.close()
+        idle[0][1].close()
+        await asyncio.sleep(0.2)
+        status = await asyncio.to_thread(
+            fetch, port, "https://wkd.test/.well-known/openpgpkey/policy"
+        )
+        assert status[0] == 200
+        for _, held in idle[1:]:
+            held.close()

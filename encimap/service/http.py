@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from encimap.config import parse_listener
 from encimap.logs import get_logger
+from encimap.service.connlimits import ConnectionLimiter, peer_ip
 
 log = get_logger(__name__)
 
@@ -81,10 +82,14 @@ async def _serve_one(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     admit: Admit | None = None,
+    limiter: ConnectionLimiter | None = None,
 ) -> None:
     peer = writer.get_extra_info("peername")
     client_ip = peer[0] if isinstance(peer, tuple) else "local"
+    ticket = limiter.admit(peer_ip(peer)) if limiter is not None else None
     try:
+        if limiter is not None and ticket is None:
+            return
         if admit is not None and not admit(client_ip):
             return
         try:
@@ -104,17 +109,25 @@ async def _serve_one(
     except ConnectionError:
         pass
     finally:
+        if ticket is not None:
+            ticket.release()
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
 
 
-async def serve(spec: str, handler: Handler, admit: Admit | None = None) -> asyncio.Server:
-    """Serve `handler` on `spec`; a peer `admit` refuses is disconnected unanswered."""
+async def serve(
+    spec: str,
+    handler: Handler,
+    admit: Admit | None = None,
+    limiter: ConnectionLimiter | None = None,
+) -> asyncio.Server:
+    """Serve `handler` on `spec`; a peer `admit` refuses, or one over the `limiter`'s
+    connection limits, is disconnected unanswered."""
     host, port = parse_listener(spec)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_one(handler, reader, writer, admit)
+        await _serve_one(handler, reader, writer, admit, limiter)
 
     if host == "unix":
         return await asyncio.start_unix_server(on_connect, str(port), limit=MAX_HEAD_BYTES)

@@ -12,6 +12,7 @@ import asyncio
 from encimap import db, logs
 from encimap.config import listeners
 from encimap.service import Runtime
+from encimap.service.connlimits import ConnectionLimiter, Limits
 from encimap.service.http import Request, Response, serve
 from encimap.store import openpgp_keys
 from encimap.wkd import directory
@@ -61,6 +62,7 @@ async def start(runtime: Runtime) -> WebKeyDirectory:
         log.info("wkd.request", path=request.path, status=response.status, client=request.client_ip)
         return response
 
-    servers = [await serve(spec, handle) for spec in specs]
+    limiter = ConnectionLimiter("wkd", Limits.of(config.wkd))
+    servers = [await serve(spec, handle, limiter=limiter) for spec in specs]
     log.info("wkd.listening", listen=specs)
     return WebKeyDirectory(servers)
