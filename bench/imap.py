@@ -1,6 +1,11 @@
 """IMAP benchmark: encimap against Dovecot 2.3 on the same 1,000 S/MIME messages (~10 KB).
 
     python -m bench.imap [--messages 1000] [--runs 5]
+    python -m bench.imap --stress [--clients 10] [--seconds 60]
+
+`--stress` instead runs Dovecot's imaptest stress (`../shared/tools/imaptest`: random
+concurrent sessions, every reply checked) against both servers in turn, on the same setup,
+and prints each command type's average latency side by side with the error counts.
 
 One run starts a private PostgreSQL cluster, stores the messages through the insert path,
 serves them with `encimap serve imap` (a separate process, so its CPU can be measured) and with
@@ -35,7 +40,7 @@ from encimap.auth.passwords import hash_password
 from encimap.pgcluster import LocalCluster, free_port, prepare_databases
 from encimap.store import certificates, credentials, messages, vaultboxes
 from encimap.tls import write_self_signed
-from tests import dovecot_support
+from tests import dovecot_support, imaptest_support
 
 ADDRESS = "bench@example.test"
 PASSWORD = "bench-password"
@@ -189,6 +194,33 @@ def measure(target: Target, runs: int, count: int) -> dict[str, tuple[float, flo
     return results
 
 
+def stress(target: Target, clients: int, seconds: int) -> tuple[dict[str, float], int]:
+    """imaptest's stress run against `target`: (ms per command by type, error count)."""
+    output = subprocess.run(
+        imaptest_support.stress_command(
+            target.port, target.user, target.password, f"clients={clients}", f"secs={seconds}"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=False,
+    ).stdout
+    return imaptest_support.latencies(output), len(imaptest_support.errors(output))
+
+
+def print_stress(
+    results: dict[str, tuple[dict[str, float], int]], args: argparse.Namespace
+) -> None:
+    print(f"\nimaptest stress, {args.clients} clients, {args.seconds} s; ms per command")
+    theirs, ours = results["Dovecot"][0], results["encimap"][0]
+    print(f"{'command':<8} {'Dovecot':>8} {'encimap':>8} {'ratio':>6}")
+    for name, value in theirs.items():
+        mine = ours.get(name, float("nan"))
+        ratio = f"{mine / value:>5.1f}x" if value else "     -"
+        print(f"{name:<8} {value:>8.0f} {mine:>8.0f} {ratio}")
+    print(f"errors   {results['Dovecot'][1]:>8} {results['encimap'][1]:>8}")
+
+
 def wait_for_port(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -204,9 +236,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--stress", action="store_true", help="imaptest's stress run instead")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=60)
     args = parser.parse_args()
     if reason := dovecot_support.available():
         print(f"cannot run the Dovecot baseline: {reason}", file=sys.stderr)
+        return 1
+    if args.stress and (reason := imaptest_support.available()):
+        print(f"cannot run the stress mode: {reason}", file=sys.stderr)
         return 1
     base = Path(tempfile.mkdtemp(prefix="encimap-bench-"))
     cluster = LocalCluster(base / "pg")
@@ -240,7 +278,10 @@ def main() -> int:
             Target("Dovecot", dovecot.port, dovecot.user, dovecot.password, [master]),
             Target("encimap", port, username, PASSWORD, [server.pid, postmaster]),
         ]
-        results = {target.name: measure(target, args.runs, len(stored)) for target in targets}
+        if args.stress:
+            stressed = {t.name: stress(t, args.clients, args.seconds) for t in targets}
+        else:
+            results = {target.name: measure(target, args.runs, len(stored)) for target in targets}
     finally:
         if server is not None:
             server.terminate()
@@ -248,6 +289,9 @@ def main() -> int:
         if dovecot is not None:
             dovecot.stop()
         cluster.stop()
+    if args.stress:
+        print_stress(stressed, args)
+        return 0
     print(f"\nmedians of {args.runs} after a warm-up; wall ms (server CPU ms)")
     print(f"{'operation':<84} {'Dovecot':>16} {'encimap':>16} {'ratio':>6}")
     for name in results["Dovecot"]:

@@ -285,12 +285,11 @@ def protected_header(message: Message, outer: list[HeaderField]) -> bytes:
     `hp="cipher"` (RFC 9788) and `protected-headers="v1"` (read by Thunderbird), and one
     HP-Outer field per non-structural outer field records what was sent in clear.
     """
-    fields = [
-        _mark_protected(field) if field.name == b"content-type" else field.raw
-        for field in message.fields
-    ]
-    if message.first(b"content-type") is None:
-        fields.append(_mark_protected(DEFAULT_CONTENT_TYPE))
+    # The Content-Type with hp="cipher" goes first: a malformed line further down ends the
+    # header for strict parsers, and must not hide the protection from them.
+    content_type = message.first(b"content-type")
+    fields = [_mark_protected(content_type or DEFAULT_CONTENT_TYPE)]
+    fields.extend(field.raw for field in message.fields if field is not content_type)
     fields.extend(b"HP-Outer: " + field.raw for field in outer if field.name not in TRACE_FIELDS)
     return b"".join(fields) + CRLF
 

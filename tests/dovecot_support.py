@@ -54,6 +54,10 @@ mail_uid = {uid}
 mail_gid = {gid}
 first_valid_uid = 1
 mail_fsync = never
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {base}/passwd

@@ -165,6 +165,27 @@ MISSING_PARTS = _crlf(
 
 SMIME = smime_like(4000, seed=7)
 
+# Header shapes real mail has (from other projects' test data): raw Latin-1 display names,
+# repeated address fields, empty list elements, obs-phrase, comments inside addresses, a
+# Date with leading whitespace, invalid addresses.
+ODD_HEADERS = (
+    b"From: J\xf6rg M\xfcller <joerg@example.org>\r\n"
+    b"To: , a@example.org, b@example.org\r\n"
+    b"To: second-to@example.org\r\n"
+    b"Cc: Joe Q. Public <john.q.public@example.com>\r\n"
+    b"Cc: Mary Smith <@node.test:mary@example.net>, , jdoe@test  . example\r\n"
+    b"Bcc: <user-from (comment)@ (comment) domain.org>, not an address, @nolocal\r\n"
+    b'Reply-To: "Giant; \\"Big\\" Box" <sysservices@example.net>\r\n'
+    b"Subject: odd headers\r\n"
+    b"Date:   Mon, 25 Mar 2007 23:30:00 -0500\r\n"
+    b"Message-ID: <odd@example.org>\r\n"
+    b"\r\n"
+    b"body\r\n"
+)
+
+# What mailbox-import tools send over LMTP: the message still begins with its mbox line.
+MBOX_FROM_LINE = b"From sender@example.org Mon Jan  1 10:00:00 2024\r\n" + PLAIN
+
 CORPUS: dict[str, bytes] = {
     "plain": PLAIN,
     "alternative": ALTERNATIVE,
@@ -174,4 +195,6 @@ CORPUS: dict[str, bytes] = {
     "rfc2231": RFC2231,
     "missing_parts": MISSING_PARTS,
     "smime": SMIME,
+    "odd_headers": ODD_HEADERS,
+    "mbox_from_line": MBOX_FROM_LINE,
 }

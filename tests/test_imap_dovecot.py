@@ -29,6 +29,11 @@ ITEMS = (
     "BODY.PEEK[TEXT]",
     "BODY.PEEK[1]",
     "BODY.PEEK[1.MIME]",
+    "BODY.PEEK[1.HEADER]",
+    "BODY.PEEK[1.TEXT]",
+    "BODY.PEEK[4.HEADER]",
+    "BODY.PEEK[9]",
+    "BODY.PEEK[1.9]",
     "BODY.PEEK[HEADER.FIELDS (From Subject)]",
     "BODY.PEEK[HEADER.FIELDS.NOT (Subject)]",
 )
@@ -79,4 +84,6 @@ async def test_fetch_metadata_matches_dovecot(databases, tls_files, tls_ca, tmp_
         for (seq, item) in theirs
         if theirs[(seq, item)] != ours[(seq, item)]
     ]
+    for name, item, theirs_text, ours_text in differences:
+        print(f"== {name} {item}\n theirs: {theirs_text!r}\n ours:   {ours_text!r}")
     assert not differences, differences

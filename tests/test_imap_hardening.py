@@ -320,7 +320,9 @@ async def test_mailbox_names_and_counts_are_limited(databases, tls_files, tls_ca
         reply = (await raw.command("r", "RENAME d a/d"))[-1]
         assert reply.startswith(b"r NO [LIMIT]") and b"16 levels" in reply, reply
         listed = await raw.command("l", 'LIST "" "*"')
-        count = sum(1 for line in listed if line.startswith(b"* LIST"))
+        count = sum(  # parents that exist only as a path are listed \Noselect
+            1 for line in listed if line.startswith(b"* LIST") and b"\\Noselect" not in line
+        )
         for number in range(count, 12):
             assert (await create(b"f%d" % number)).startswith(b"c OK")
         reply = await create(b"one-more")

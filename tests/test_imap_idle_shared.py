@@ -50,6 +50,9 @@ async def test_one_query_per_change_for_all_idle_sessions(
             inserted = await store(databases, box, b"Subject: second\r\n\r\nbody\r\n")
             seen = await asyncio.gather(*(client.line() for client in clients))
             assert seen == [b"* 2 EXISTS\r\n"] * SESSIONS
+            # the new message is \Recent in exactly one session (RFC 3501 2.3.2)
+            recent = await asyncio.gather(*(_after_recent(client) for client in clients))
+            assert recent.count(True) == 1, recent
             conn = await databases.connect()
             try:
                 await messages.store_flags(
@@ -64,7 +67,10 @@ async def test_one_query_per_change_for_all_idle_sessions(
             finally:
                 await conn.close()
             seen = await asyncio.gather(*(client.line() for client in clients))
-            assert seen == [b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n"] * SESSIONS
+            assert [line.replace(b" \\Recent", b"") for line in seen] == [
+                b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n"
+            ] * SESSIONS
+            assert sum(b"\\Recent" in line for line in seen) == 1, seen
             for client in clients:
                 await client.send(b"DONE\r\n")
                 assert (await client.until("I"))[-1].startswith(b"I OK")
@@ -74,3 +80,14 @@ async def test_one_query_per_change_for_all_idle_sessions(
     # All sessions woke together and shared the reads (a straggler may ask once more).
     assert 1 <= queries["new"] <= 2, queries
     assert 1 <= queries["flags"] <= 2, queries
+
+
+async def _after_recent(client: RawClient) -> bool:
+    """Whether the session reports a RECENT count (the one that has the new message as
+    \\Recent does, right after EXISTS); reads that line if so."""
+    try:
+        line = await asyncio.wait_for(client.reader.readline(), 0.5)
+    except TimeoutError:
+        return False
+    assert line.startswith(b"* ") and line.endswith(b" RECENT\r\n"), line
+    return True

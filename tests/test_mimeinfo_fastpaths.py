@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from encimap import mimeinfo
+from encimap.mimeinfo import addresses, dates, strings
 
 TRICKY = [*'aZ09 -_.@<>,;:()[]"\\\t\r\n\x00\x7f\x80\xa0é\u2028', "=?utf-8?q?x?=", "  "]
 tricky_text = st.lists(st.sampled_from(TRICKY), max_size=25).map("".join)
@@ -26,20 +27,20 @@ header_bytes = st.lists(st.sampled_from(HEADER_PIECES), max_size=30).map(b"".joi
 @settings(max_examples=500)
 @given(any_text)
 def test_nstring_fast_path_equals_general_code(value):
-    assert mimeinfo.nstring(value) == mimeinfo._quoted_or_literal(value)
+    assert mimeinfo.nstring(value) == strings._quoted_or_literal(value)
 
 
 @settings(max_examples=500)
 @given(any_text)
 def test_human_string_fast_path_equals_general_code(value):
-    assert mimeinfo.human_string(value) == mimeinfo._cleaned_human_string(value)
+    assert mimeinfo.human_string(value) == strings._cleaned_human_string(value)
 
 
 def test_plain_values_take_the_fast_paths():
-    assert mimeinfo._QUOTABLE_AS_IS("<20240603.12345@bench.test>")
-    assert mimeinfo._HUMAN_AS_IS("Sender Person")
-    assert not mimeinfo._QUOTABLE_AS_IS('say "hi"')
-    assert not mimeinfo._HUMAN_AS_IS("two  spaces")
+    assert strings._QUOTABLE_AS_IS("<20240603.12345@bench.test>")
+    assert strings._HUMAN_AS_IS("Sender Person")
+    assert not strings._QUOTABLE_AS_IS('say "hi"')
+    assert not strings._HUMAN_AS_IS("two  spaces")
     assert mimeinfo.nstring("smime.p7m") == '"smime.p7m"'
     assert mimeinfo.human_string("Sender Person") == '"Sender Person"'
 
@@ -63,19 +64,31 @@ def test_split_header_finds_the_first_empty_line(data, start, length):
 
 
 def _fields_by_spec(block: bytes) -> list[tuple[str, str]]:
-    """A field runs from its `name:` at a line start to the next one; CR/LF removed."""
+    """A field runs from its `name:` at a line start to the next one, or to a line that is
+    not folded (no leading white space); CR/LF removed."""
     matches = list(re.finditer(rb"(?m)^([^:\s]+)[ \t]*:", block))
     ends = [match.start() for match in matches[1:]]
     ends.append(len(block))
     return [
         (
             match[1].decode("latin-1").lower(),
-            re.sub(rb"[\r\n]", b"", block[match.end() : end])
-            .lstrip(b" \t")
-            .decode("utf-8", "replace"),
+            strings.decode_raw(
+                re.sub(
+                    rb"[\r\n]", b"", re.split(rb"\n(?=[^ \t])", block[match.end() : end])[0]
+                ).lstrip(b" \t")
+            ),
         )
         for match, end in zip(matches, ends[: len(matches)], strict=True)
     ]
+
+
+def test_header_bytes_that_are_not_utf8_are_served_as_they_are():
+    text = strings.decode_raw(b"J\xf6rg \xc3\xa4 \x80\xbf\xc0\xff")
+    assert text.startswith("J") and "\u00e4" in text
+    assert strings.wire(text) == b"J\xf6rg \xc3\xa4 \x80\xbf\xc0\xff"
+    assert strings.literal(strings.decode_raw(b"J\xf6rg")) == "{4}\r\n" + strings.decode_raw(
+        b"J\xf6rg"
+    )
 
 
 @settings(max_examples=1000)
@@ -127,18 +140,18 @@ def damaged_lists(draw):
 @settings(max_examples=500)
 @given(plain_lists)
 def test_plain_address_lists_take_the_fast_path(value):
-    simple = mimeinfo._simple_addresses(value)
+    simple = addresses._simple_addresses(value)
     assert simple is not None
-    assert simple == mimeinfo._parse_address_list(value)
+    assert simple == addresses._parse_address_list(value)
 
 
 @settings(max_examples=1500)
 @given(st.one_of(damaged_lists(), tricky_text))
 def test_address_fast_path_equals_the_tokenizer_or_declines(value):
-    simple = mimeinfo._simple_addresses(value)
+    simple = addresses._simple_addresses(value)
     if simple is not None:
-        assert simple == mimeinfo._parse_address_list(value)
-    assert mimeinfo.parse_addresses(value) == mimeinfo._parse_address_list(value)
+        assert simple == addresses._parse_address_list(value)
+    assert mimeinfo.parse_addresses(value) == addresses._parse_address_list(value)
 
 
 def _date_by_stdlib(value: str) -> tuple[datetime, timedelta | None] | None:
@@ -178,19 +191,19 @@ other_dates = st.builds(
 @settings(max_examples=1000)
 @given(plain_dates)
 def test_plain_dates_take_the_fast_path_with_the_stdlib_result(value):
-    assert mimeinfo._PLAIN_DATE(value)
-    found = mimeinfo._date(value)
+    assert dates._PLAIN_DATE(value)
+    found = dates.parse_date(value)
     assert (found and (found, found.utcoffset())) == _date_by_stdlib(value)
 
 
 @settings(max_examples=1000)
 @given(other_dates | tricky_text)
 def test_other_dates_get_the_stdlib_result(value):
-    found = mimeinfo._date(value)
+    found = dates.parse_date(value)
     assert (found and (found, found.utcoffset())) == _date_by_stdlib(value)
 
 
 def test_common_dates_take_the_fast_path():
-    assert mimeinfo._PLAIN_DATE("Mon, 3 Jun 2024 10:00:00 +0000")
-    assert mimeinfo._PLAIN_DATE("3 Jun 2024 10:00:00 -0130")
-    assert mimeinfo._date("Mon, 3 Jun 2024 10:00:00 -0000").tzinfo is None
+    assert dates._PLAIN_DATE("Mon, 3 Jun 2024 10:00:00 +0000")
+    assert dates._PLAIN_DATE("3 Jun 2024 10:00:00 -0130")
+    assert dates.parse_date("Mon, 3 Jun 2024 10:00:00 -0000").tzinfo is None

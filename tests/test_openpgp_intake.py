@@ -140,7 +140,9 @@ async def test_every_tool_decrypts_the_stored_message(databases, keys, work, kin
         plain = decrypt(tool, stored, key, work)
         header, body = split_entity(plain)
         assert body == BODY, tool  # byte for byte, the leading dot un-stuffed
-        assert header.startswith(b"Return-Path: <alice@sender.test>\r\nReceived: from "), tool
+        # the Content-Type carrying hp="cipher" first, then the original fields in order
+        assert header.startswith(b"Content-Type: text/plain"), tool
+        assert b"\r\nReturn-Path: <alice@sender.test>\r\nReceived: from " in header, tool
         assert b"\r\nBcc: hidden@sender.test\r\n" in header, tool
         assert b"\r\nSubject: quarterly numbers\r\n" in header, tool
         assert b'hp="cipher"' in header, tool

@@ -44,10 +44,13 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> Identity:
 
 
 def expected_entity(raw: bytes) -> bytes:
-    """The original, CRLF everywhere, Content-Type marked: what the recipient must see."""
+    """The original, CRLF everywhere, Content-Type marked and first: what the recipient must
+    see."""
     canonical = crlf(raw)
     header, _, body = canonical.partition(b"\r\n\r\n")
-    return header + HP_MARK + b"\r\n" + _hp_outer(header) + b"\r\n" + body
+    others, _, content_type = header.rpartition(b"\r\n")  # generated last, moved first
+    fields = others + b"\r\n" if others else b""
+    return content_type + HP_MARK + b"\r\n" + fields + _hp_outer(header) + b"\r\n" + body
 
 
 def _hp_outer(header: bytes) -> bytes:

@@ -18,7 +18,7 @@ from encimap.config import Config
 from encimap.delivery import replies
 from encimap.delivery.replies import Reply
 from encimap.metrics import RECIPIENT_LOOKUPS
-from encimap.store import StoreError, events
+from encimap.store import StoreError, events, vaultboxes
 from encimap.store import recipients as store_recipients
 from encimap.store.vaultboxes import Vaultbox
 
@@ -262,13 +262,8 @@ async def resolve(
 
 
 def _over_quota(limits: dict[str, Any], used: store_recipients.Recipient) -> bool:
-    max_messages = _limit(limits, "max_messages")
-    max_bytes = _limit(limits, "max_bytes")
+    max_messages = vaultboxes.limit(limits, "max_messages")
+    max_bytes = vaultboxes.limit(limits, "max_bytes")
     return (max_messages is not None and used.messages >= max_messages) or (
         max_bytes is not None and used.bytes >= max_bytes
     )
-
-
-def _limit(limits: dict[str, Any], key: str) -> int | None:
-    value = limits.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

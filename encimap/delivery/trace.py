@@ -16,6 +16,9 @@ from encimap.mimeinfo import split_header
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")  # RFC 5322 2.2 field name, then a colon
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)")
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
+# The separator line of an mbox file (RFC 4155), which mailbox-import tools leave in front of
+# the message: not a header field, so it would otherwise end the header before it starts.
+_MBOX_FROM_LINE = re.compile(rb"From [^\r\n]*\r?\n")
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,17 @@ def message_id(raw: bytes) -> str | None:
 
 
 def prepare(raw: bytes, trace: Trace) -> Prepared:
-    """Add the trace fields (and a Message-ID if there is none) in front of `raw`.
+    """Add the trace fields (and a Message-ID if there is none) in front of `raw`, without
+    the mbox `From ` line an import tool may have left in front of it.
 
     The body hash is over the message as received, so a redelivery of the same bytes has the
     same hash, and a generated Message-ID is derived from it: a retried message without one
     gets the same ID again, which keeps duplicate detection working for it too.
     """
     digest = hashlib.sha256(raw).hexdigest()
+    mbox_line = _MBOX_FROM_LINE.match(raw)
+    if mbox_line is not None:
+        raw = raw[mbox_line.end() :]
     found = message_id(raw)
     added = [
         f"Return-Path: <{_clean(trace.sender)}>\r\n",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TypeVar
 
@@ -419,6 +419,11 @@ class SetKey:
     uid: bool
 
 
+@dataclass(frozen=True)
+class RecentKey:
+    """RECENT: the messages that are \\Recent in this session (NEW is RECENT UNSEEN)."""
+
+
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True),
     "DELETED": ("\\Deleted", True),
@@ -445,7 +450,7 @@ _DATE_KEYS = {
 class SearchProgram:
     key: object
     charset: str = "US-ASCII"
-    return_options: list[str] = field(default_factory=list)
+    return_options: list[str] | None = None  # RFC 4731 ESEARCH: RETURN (...) given
 
 
 class TooManyKeys(ParseError):
@@ -488,10 +493,14 @@ def _search_key(reader: Reader, depth: int) -> object:
     if 0x30 <= reader.peek() <= 0x39 or reader.peek() == 0x2A:
         return SetKey(reader.sequence_set(), uid=False)
     name = reader.atom().upper()
-    if name in ("ALL", "NEW", "OLD", "RECENT"):
-        return {"ALL": keys.All(), "NEW": keys.Nothing(), "RECENT": keys.Nothing()}.get(
-            name, keys.All()
-        )
+    if name == "ALL":
+        return keys.All()
+    if name == "RECENT":
+        return RecentKey()
+    if name == "OLD":
+        return keys.Not(RecentKey())
+    if name == "NEW":
+        return keys.And((RecentKey(), keys.Flag("\\Seen", False)))
     if name in _FLAG_KEYS:
         flag, present = _FLAG_KEYS[name]
         return keys.Flag(flag, present)

@@ -6,14 +6,20 @@ from __future__ import annotations
 import asyncio
 import bisect
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
 
 from encimap.imap import shared, wire
 from encimap.imap.parser import SequenceSet
-from encimap.store import events, flagsync, messages
+from encimap.store import events, flagsync, mailboxes, messages
 from encimap.store.mailboxes import Mailbox
+
+RECENT = "\\Recent"
+# (pool, mailbox id, UIDVALIDITY) -> the highest UID a session of this process has claimed
+# as \Recent (or seen claimed): later sessions need not ask the database for those again.
+_claimed: dict[tuple[int, int, int], int] = {}
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 class Selected:
@@ -33,6 +39,11 @@ class Selected:
         # index = sequence number - 1; 4 bytes per message (flagsync.packed_uids)
         self.uids: array = array("I")
         self.highest_uid = 0
+        # RFC 3501 2.3.2: the messages this session is the first to see (FLAGS \Recent,
+        # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none.
+        self.recent: set[int] = set()
+        self.recent_reported = 0  # the last RECENT count sent: sent again when it differs
+        self.keywords: set[str] = set()  # announced in FLAGS (RFC 3501 7.2.6)
         self.changed = asyncio.Event()  # wakes IDLE
         self._new = False
         self._flags: set[int] = set()
@@ -46,7 +57,35 @@ class Selected:
         summary = await flagsync.summary(self.pool, self.mailbox.id)
         self.uids = summary.uids
         self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
+        first = self.mailbox.first_recent_uid
+        if not self.readonly and self.uids and self.uids[-1] >= first:
+            first = await mailboxes.claim_recent(self.pool, self.mailbox.id, self.uids[-1])
+        self.recent = set(self.uids[bisect.bisect_left(self.uids, first) :])
+        self.recent_reported = len(self.recent)
+        self.keywords = set(summary.keywords)
         return summary
+
+    def flag_lines(self) -> list[bytes]:
+        """The FLAGS and PERMANENTFLAGS responses for the keywords known so far."""
+        flags = " ".join((*SYSTEM_FLAGS, *sorted(self.keywords)))
+        permanent = "()" if self.readonly else f"({flags} \\*)"
+        return [
+            f"* FLAGS ({flags})\r\n".encode(),
+            f"* OK [PERMANENTFLAGS {permanent}] Flags permitted.\r\n".encode(),
+        ]
+
+    def announce(self, flags: Iterable[str]) -> list[bytes]:
+        """FLAGS/PERMANENTFLAGS again when `flags` has keywords not announced yet: a client
+        must learn of a keyword before it appears in a FETCH response."""
+        new = {f for f in flags if not f.startswith("\\")} - self.keywords
+        if not new:
+            return []
+        self.keywords |= new
+        return self.flag_lines()
+
+    def flags(self, uid: int, flags: Sequence[str]) -> list[str]:
+        """A message's stored flags as this session sees them (with \\Recent)."""
+        return [*flags, RECENT] if uid in self.recent else list(flags)
 
     def close(self) -> None:
         self._unsubscribe()
@@ -145,30 +184,77 @@ class Selected:
                 del self.uids[seq - 1]
                 numbers.append(seq)
         self._flags.difference_update(uids)
+        self.recent.difference_update(uids)
         return numbers
 
     async def sync(self, *, expunge_ok: bool) -> list[bytes]:
         """Untagged responses for what changed since the last report.
 
         Everything is read before the session's view changes: a read that fails (the database
-        gone for a moment, as in a failover) leaves every pending change pending for the next
-        sync, and the sequence numbers the client knows stay right."""
+        gone for a moment, as in a failover) puts every change it took back as pending for the
+        next sync, and the sequence numbers the client knows stay right. The pending changes
+        are taken before the reads, so events that arrive while they run stay pending."""
         self.changed.clear()
         if not self.has_changes():
-            return []
-        expunged, flagged = set(self._expunged), set(self._flags)
-        if self._resync:
+            return self._recent_update()
+        new, resync = self._new, self._resync
+        expunged, flagged = self._expunged, self._flags
+        self._new = self._resync = False
+        self._expunged, self._flags = set(), set()
+        try:
+            read = await self._read(new or resync, resync, expunged, flagged)
+        except BaseException:
+            self._new, self._resync = self._new or new, self._resync or resync
+            self._expunged |= expunged
+            self._flags |= flagged
+            raise
+        new_rows, flag_rows, first_recent = read
+        lines: list[bytes] = []
+        if expunge_ok and expunged:
+            lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(expunged)))
+        else:
+            self._expunged |= expunged
+        if new_rows:
+            lines.extend(self.announce(f for row in new_rows for f in row["flags"]))
+            self.uids.extend(row["uid"] for row in new_rows)
+            self.highest_uid = new_rows[-1]["uid"]
+            lines.append(b"* %d EXISTS\r\n" % len(self.uids))
+            if first_recent is not None:
+                self.recent.update(row["uid"] for row in new_rows if row["uid"] >= first_recent)
+        lines.extend(self.announce(f for row in flag_rows for f in row["flags"]))
+        for row in flag_rows:
+            seq = self.seq_of(row["uid"])
+            if seq is not None:
+                flags = wire.flag_list(self.flags(row["uid"], row["flags"])).encode()
+                lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, row["uid"], flags))
+        return lines + self._recent_update()
+
+    async def _read(
+        self, new: bool, resync: bool, expunged: set[int], flagged: set[int]
+    ) -> tuple[list, list, int | None]:
+        """The database reads of a sync: (new rows, changed flags, first UID claimed as
+        \\Recent or None). A resync adds what it finds to `expunged` and `flagged`."""
+        if resync:
             rows = await messages.uids_and_flags(self.pool, self.mailbox.id)
             current = {row["uid"] for row in rows}
             expunged.update(uid for uid in self.uids if uid not in current)
             flagged.update(uid for uid in self.uids if uid in current)
         mailbox_id, after = self.mailbox.id, self.highest_uid
         new_rows = []
-        if self._new or self._resync:
+        if new:
             new_rows = await shared.read(
                 ("new", id(self.pool), mailbox_id, shared.generation(mailbox_id), after),
                 lambda: messages.uids_and_flags(self.pool, mailbox_id, after),
             )
+        first_recent = None
+        if new_rows and not self.readonly:
+            newest = new_rows[-1]["uid"]
+            claim_key = (id(self.pool), mailbox_id, self.mailbox.uidvalidity)
+            if newest > _claimed.get(claim_key, 0):
+                # the first session of this process to learn of the new mail tries to claim
+                # it; the others know another session has it (no UPDATE each)
+                first_recent = await mailboxes.claim_recent(self.pool, mailbox_id, newest)
+                _claimed[claim_key] = newest
         flag_rows = []
         if flagged:
             changed = sorted(flagged)
@@ -176,24 +262,11 @@ class Selected:
                 ("flags", id(self.pool), mailbox_id, shared.generation(mailbox_id), tuple(changed)),
                 lambda: messages.fetch_rows(self.pool, mailbox_id, changed, ["flags"]),
             )
-        # All read: report (a failed read above leaves every change pending).
-        self._resync = self._new = False
-        self._flags = set()
-        lines: list[bytes] = []
-        if expunge_ok and expunged:
-            self._expunged = set()
-            lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(expunged)))
-        else:
-            self._expunged = expunged
-        if new_rows:
-            self.uids.extend(row["uid"] for row in new_rows)
-            self.highest_uid = new_rows[-1]["uid"]
-            lines.append(b"* %d EXISTS\r\n" % len(self.uids))
-        for row in flag_rows:
-            seq = self.seq_of(row["uid"])
-            if seq is not None:
-                lines.append(
-                    b"* %d FETCH (UID %d FLAGS %s)\r\n"
-                    % (seq, row["uid"], wire.flag_list(row["flags"]).encode())
-                )
-        return lines
+        return new_rows, flag_rows, first_recent
+
+    def _recent_update(self) -> list[bytes]:
+        """RECENT again when the count differs from the last one sent (new mail, expunges)."""
+        if len(self.recent) == self.recent_reported:
+            return []
+        self.recent_reported = len(self.recent)
+        return [b"* %d RECENT\r\n" % self.recent_reported]

@@ -368,8 +368,10 @@ class Session:
             self.send(f"{tag} NO [SERVERBUG] Internal error\r\n".encode())
 
     async def after_command(self, *, expunge_ok: bool) -> None:
-        """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed)."""
+        """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
+        every change committed before the command ended, whatever the NOTIFY timing."""
         if self.selected is not None:
+            await self.server.listener.barrier()
             for line in await self.selected.sync(expunge_ok=expunge_ok):
                 self.send(line)
 

@@ -36,6 +36,7 @@ log = get_logger(__name__)
 CHANNEL = "encimap_mailbox"
 NEW, FLAGS, EXPUNGE, RESYNC = "new", "flags", "expunge", "resync"
 _MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
+_BARRIER_TIMEOUT = 5.0  # seconds a barrier waits for the LISTEN connection before giving up
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class Listener:
         self._connection: asyncpg.pool.PoolConnectionProxy | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
+        self._round: asyncio.Future[None] | None = None  # the next barrier() round trip
+        self._in_use = asyncio.Lock()  # one operation at a time on the LISTEN connection
+        self._barriers: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._connect()
@@ -128,6 +132,12 @@ class Listener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._barriers is not None:
+            self._barriers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._barriers
+        if self._round is not None and not self._round.done():
+            self._round.set_result(None)  # nothing more will be heard: do not wait for it
         await self._release()
 
     def subscribe(self, mailbox_id: int, subscriber: Subscriber) -> Callable[[], None]:
@@ -142,6 +152,42 @@ class Listener:
 
         return unsubscribe
 
+    async def barrier(self) -> None:
+        """Return once every notification committed before this call has been dispatched.
+
+        A commit signals the listening backend before the committer hears of it, and that
+        backend sends pending notifications before it answers a later query: so one round
+        trip on the LISTEN connection started after this call is enough. Concurrent callers
+        share the next round trip."""
+        if self._connection is None:
+            return
+        if self._round is None:
+            self._round = asyncio.get_running_loop().create_future()
+            if self._barriers is None or self._barriers.done():
+                self._barriers = asyncio.create_task(self._run_barriers(), name="events-barrier")
+        await asyncio.shield(self._round)
+
+    async def _run_barriers(self) -> None:
+        while self._round is not None:
+            waiting, self._round = self._round, None
+            try:
+                async with asyncio.timeout(_BARRIER_TIMEOUT), self._in_use:
+                    connection = self._connection
+                    if connection is not None:
+                        try:
+                            await connection.execute(f'LISTEN "{CHANNEL}"')  # a no-op round trip
+                        except (*DATABASE_ERRORS, asyncpg.InternalClientError):
+                            # notifications may have been lost with the connection: reconnect
+                            # and resynchronise every session (asyncpg does not always call
+                            # the termination listener when a query fails with the backend)
+                            self._lost.set()
+                await asyncio.sleep(0)  # let the notification callbacks queued before it run
+            except TimeoutError:
+                self._lost.set()  # an unanswered LISTEN connection is as good as lost
+            finally:
+                if not waiting.done():
+                    waiting.set_result(None)
+
     async def _connect(self) -> None:
         connection = await self._pool.acquire()
         await connection.add_listener(CHANNEL, self._on_notify)
@@ -152,8 +198,9 @@ class Listener:
     async def _release(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.remove_listener(CHANNEL, self._on_notify)
+            async with self._in_use:  # a barrier's round trip may still be on it
+                with contextlib.suppress(Exception):
+                    await connection.remove_listener(CHANNEL, self._on_notify)
             with contextlib.suppress(Exception):
                 await self._pool.release(connection)
 

@@ -12,7 +12,7 @@ from encimap.store.errors import Conflict, LimitReached, NotFound, StoreError
 from encimap.store.types import Executor
 
 DELIMITER = "/"
-_COLUMNS = "id, vaultbox_id, name, special_use, subscribed, uidvalidity, uid_next"
+_COLUMNS = "id, vaultbox_id, name, special_use, uidvalidity, uid_next, first_recent_uid"
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,9 @@ class Mailbox:
     vaultbox_id: uuid.UUID
     name: str
     special_use: str | None
-    subscribed: bool
     uidvalidity: int
     uid_next: int
+    first_recent_uid: int  # messages from this UID on are \Recent to no session yet
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,17 @@ async def rename_mailbox(db: Executor, vaultbox_id: uuid.UUID, old: str, new: st
     if not new or new == "INBOX" or new.startswith(old + DELIMITER):
         raise StoreError(f"cannot rename {old} to {new}")
     try:
+        # Subscriptions follow the folder and its children, in the same statement.
         status = await db.execute(
-            """UPDATE mailboxes
+            """WITH moved AS (
+                   DELETE FROM mailbox_subscriptions
+                    WHERE vaultbox_id = $1 AND (name = $2 OR name LIKE $4 ESCAPE '\\')
+                   RETURNING name),
+               added AS (
+                   INSERT INTO mailbox_subscriptions (vaultbox_id, name)
+                   SELECT $1, $3 || substr(name, length($2) + 1) FROM moved
+                   ON CONFLICT DO NOTHING)
+               UPDATE mailboxes
                   SET name = $3 || substr(name, length($2) + 1)
                 WHERE vaultbox_id = $1 AND (name = $2 OR name LIKE $4 ESCAPE '\\')""",
             vaultbox_id,
@@ -128,15 +137,59 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-async def set_subscribed(db: Executor, vaultbox_id: uuid.UUID, name: str, subscribed: bool) -> None:
+async def subscriptions(db: Executor, vaultbox_id: uuid.UUID) -> set[str]:
+    """The subscribed names (RFC 3501 6.3.6: also names whose mailbox is gone)."""
+    rows = await db.fetch(
+        "SELECT name FROM mailbox_subscriptions WHERE vaultbox_id = $1", vaultbox_id
+    )
+    return {row["name"] for row in rows}
+
+
+async def subscribe(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
+    """Subscribe to an existing mailbox (subscribing twice is fine)."""
     status = await db.execute(
-        "UPDATE mailboxes SET subscribed = $3 WHERE vaultbox_id = $1 AND name = $2",
+        """INSERT INTO mailbox_subscriptions (vaultbox_id, name)
+           SELECT vaultbox_id, name FROM mailboxes WHERE vaultbox_id = $1 AND name = $2
+           ON CONFLICT DO NOTHING""",
         vaultbox_id,
         canonical_name(name),
-        subscribed,
     )
-    if status.endswith(" 0"):
+    if status.endswith(" 0") and await find_mailbox(db, vaultbox_id, name) is None:
         raise NotFound(f"no mailbox {name}")
+
+
+async def unsubscribe(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
+    """Drop a subscription, whether or not the mailbox still exists."""
+    status = await db.execute(
+        "DELETE FROM mailbox_subscriptions WHERE vaultbox_id = $1 AND name = $2",
+        vaultbox_id,
+        canonical_name(name),
+    )
+    if status.endswith(" 0") and await find_mailbox(db, vaultbox_id, name) is None:
+        raise NotFound(f"not subscribed to {name}")
+
+
+async def claim_recent(db: Executor, mailbox_id: int, up_to_uid: int) -> int:
+    """Make the messages up to `up_to_uid` recent to the calling session if no session has
+    had them as recent yet; returns the first UID it got (those from it on are its recent)."""
+    row = await db.fetchrow(
+        """UPDATE mailboxes m SET first_recent_uid = $2 + 1
+             FROM (SELECT id, first_recent_uid FROM mailboxes WHERE id = $1 FOR UPDATE) old
+            WHERE m.id = old.id AND old.first_recent_uid <= $2
+           RETURNING old.first_recent_uid""",
+        mailbox_id,
+        up_to_uid,
+    )
+    return up_to_uid + 1 if row is None else row[0]
+
+
+async def count_recent(db: Executor, mailbox_id: int) -> int:
+    """Messages no session has had as recent yet (STATUS RECENT)."""
+    return await db.fetchval(
+        """SELECT count(*) FROM encrypted_emails e JOIN mailboxes m ON m.id = e.mailbox_id
+            WHERE e.mailbox_id = $1 AND e.uid >= m.first_recent_uid""",
+        mailbox_id,
+    )
 
 
 async def counts(db: Executor, mailbox_id: int) -> Counts:

@@ -106,7 +106,7 @@ def info_columns(info: mimeinfo.MessageInfo) -> dict[str, object]:
         "bodystructure": info.bodystructure,
         "bodystructure_basic": info.body,
         "mime_parts": json.dumps(
-            [[p.section, p.header_start, p.body_start, p.end] for p in info.parts]
+            [[p.section, p.header_start, p.body_start, p.end, int(p.message)] for p in info.parts]
         ),
         "sent_date": info.sent_date,
         "search_headers": json.dumps(info.search),
@@ -210,6 +210,20 @@ async def lock_mailboxes(
         await conn.fetchval(
             "SELECT encimap_lock_mailboxes($1, $2::bigint[])", vaultbox_id, sorted(set(mailbox_ids))
         )
+    )
+
+
+async def sort_rows(db: Executor, mailbox_id: int, uids: Sequence[int]) -> list[asyncpg.Record]:
+    """What SORT and THREAD order by: uid, internal_date, size_bytes and the outer header
+    bytes (the stored message up to its body, which is in clear above the S/MIME envelope)."""
+    return await db.fetch(
+        f"""SELECT uid, internal_date, size_bytes,
+                   substring({STORED_BYTES} FROM 1
+                             FOR coalesce((mime_parts->0->>2)::integer, 65536)) AS header
+              FROM encrypted_emails
+             WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])""",  # noqa: S608 - constant
+        mailbox_id,
+        list(uids),
     )
 
 

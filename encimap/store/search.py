@@ -131,7 +131,10 @@ class _Compiler:
         raise TypeError(f"not a search key: {key!r}")
 
     def _contains(self, expression: str, text: str) -> str:
-        return f"strpos(lower({expression}), lower({self.param(text, '::text')})) > 0"
+        # a missing field (NULL) does not contain anything, and NOT of that is true
+        return (
+            f"coalesce(strpos(lower({expression}), lower({self.param(text, '::text')})) > 0, false)"
+        )
 
 
 async def search(db: Executor, mailbox_id: int, key: Key, within: Sequence[int]) -> Sequence[int]:

@@ -122,3 +122,26 @@ async def vaultbox_by_id(db: Executor, vaultbox_id: uuid.UUID) -> Vaultbox:
     if row is None:
         raise NotFound(f"no vaultbox {vaultbox_id}")
     return vaultbox_from_row(row)
+
+
+def limit(limits: dict[str, Any], key: str) -> int | None:
+    """A numeric limit (`max_messages`, `max_bytes`, ...) of a vaultbox, None when unset."""
+    value = limits.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Usage:
+    messages: int
+    bytes: int
+
+
+async def usage(db: Executor, vaultbox_id: uuid.UUID) -> Usage:
+    """The messages a vaultbox stores and their stored size, over all its mailboxes (what
+    the `max_messages` / `max_bytes` limits count)."""
+    row = await db.fetchrow(
+        """SELECT count(*) AS messages, coalesce(sum(size_bytes), 0) AS bytes
+             FROM encrypted_emails WHERE vaultbox_id = $1""",
+        vaultbox_id,
+    )
+    return Usage(row["messages"], row["bytes"])

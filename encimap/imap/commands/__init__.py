@@ -32,7 +32,9 @@ COMMANDS: dict[str, Command] = {}
 
 _BASE = (
     "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-    "LIST-EXTENDED SPECIAL-USE"
+    "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE SORT SORT=DISPLAY ESORT "
+    "THREAD=REFERENCES THREAD=ORDEREDSUBJECT COMPRESS=DEFLATE "
+    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS"
 )
 
 
@@ -48,9 +50,11 @@ def command(
 
 
 def capabilities(session: Session) -> str:
+    # RFC 7889: the largest message APPEND takes (the literal limit)
+    base = f"{_BASE} APPENDLIMIT={session.config.max_literal_size}"
     if session.state is not State.NOT_AUTHENTICATED:
-        return _BASE
-    words = [_BASE]
+        return base
+    words = [base]
     if not session.tls:
         words.append("STARTTLS")
     if session.server.login_allowed(session):
@@ -64,9 +68,13 @@ def capabilities(session: Session) -> str:
 from encimap.imap.commands import (  # noqa: E402, F401
     append,
     auth,
+    compress,
     fetch,
     idle,
     mailbox,
+    quota,
     search,
+    sort,
     store,
+    thread,
 )

@@ -1,15 +1,17 @@
-"""APPEND (with UIDPLUS APPENDUID): clients save sent mail and drafts here. A message that is
-not already encrypted is encrypted first, as delivery does (S/MIME or PGP/MIME, per the
-vaultbox's keys and preference), so nothing in plaintext is stored; without a usable key the
-APPEND is refused."""
+"""APPEND (with UIDPLUS APPENDUID, and RFC 3502 MULTIAPPEND: several messages, stored all or
+none): clients save sent mail and drafts here. A message that is not already encrypted is
+encrypted first, as delivery does (S/MIME or PGP/MIME, per the vaultbox's keys and
+preference), so nothing in plaintext is stored; without a usable key the APPEND is refused."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime
 
 from encimap import encryption, openpgp, smime
-from encimap.imap.commands import AUTHENTICATED, command
+from encimap.imap import wire
+from encimap.imap.commands import AUTHENTICATED, command, quota
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.commands.store import normalize_flags
 from encimap.imap.parser import Reader
@@ -23,52 +25,76 @@ log = get_logger(__name__)
 _OFFLOAD_AT = 256 * 1024  # encrypt larger messages in a thread, off the event loop
 
 
+@dataclass
+class _Message:
+    data: bytes
+    flags: list[str]
+    internal_date: datetime | None
+
+
+def _messages(reader: Reader) -> list[_Message]:
+    """One or more `[(flags)] [date-time] literal` (RFC 3502 MULTIAPPEND: several)."""
+    found = []
+    while True:
+        flags: list[str] = []
+        internal_date: datetime | None = None
+        if reader.peek() == 0x28:
+            flags = normalize_flags(reader.flag_list())
+            reader.sp()
+        if reader.peek() == 0x22:
+            internal_date = reader.date_time()
+            reader.sp()
+        found.append(_Message(reader.literal(), flags, internal_date))
+        if reader.at_end():
+            return found
+        reader.sp()
+
+
 @command("APPEND", states=AUTHENTICATED)
 async def append(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.sp()
-    flags: list[str] = []
-    internal_date: datetime | None = None
-    if reader.peek() == 0x28:
-        flags = normalize_flags(reader.flag_list())
-        reader.sp()
-    if reader.peek() == 0x22:
-        internal_date = reader.date_time()
-        reader.sp()
-    data = reader.literal()
+    appended = _messages(reader)
     reader.end()
     pool = session.server.pool
     owner = vaultbox_id(session)
     mailbox = await mailboxes.find_mailbox(pool, owner, name)
     if mailbox is None:
         raise no("[TRYCREATE] Mailbox doesn't exist: " + name[:200])
-    if not data:
+    if not all(message.data for message in appended):
         raise no("Empty message")
-    stored = await _encrypted(session, data)
-    async with pool.acquire() as conn:
-        inserted = await messages.insert_message(
-            conn,
-            vaultbox_id=owner,
-            mailbox_id=mailbox.id,
-            body=stored.message,
-            flags=flags,
-            internal_date=internal_date,
-            subject_encrypted=stored.subject_encrypted,
-            encryption_method=stored.algorithm or "none",
-            certificate_fingerprints=stored.recipient_fingerprints,
-        )
+    stored = [await _encrypted(session, message.data) for message in appended]
+    if await quota.over_quota(session, len(stored), sum(len(r.message) for r in stored)):
+        raise no("[OVERQUOTA] The vaultbox is full")
+    async with pool.acquire() as conn, conn.transaction():  # all of them or none (RFC 3502)
+        inserted = [
+            await messages.insert_message(
+                conn,
+                vaultbox_id=owner,
+                mailbox_id=mailbox.id,
+                body=result.message,
+                flags=message.flags,
+                internal_date=message.internal_date,
+                subject_encrypted=result.subject_encrypted,
+                encryption_method=result.algorithm or "none",
+                certificate_fingerprints=result.recipient_fingerprints,
+            )
+            for message, result in zip(appended, stored, strict=True)
+        ]
     if session.selected is not None and session.selected.mailbox.id == mailbox.id:
         session.selected.expect_new()
-    log.info(
-        "imap.append",
-        session=session.id,
-        mailbox=mailbox.id,
-        uid=inserted.uid,
-        size=len(stored.message),
-        encrypted_here=not stored.already_encrypted,
-    )
-    return f"OK [APPENDUID {inserted.uidvalidity} {inserted.uid}] Append completed."
+    for row, result in zip(inserted, stored, strict=True):
+        log.info(
+            "imap.append",
+            session=session.id,
+            mailbox=mailbox.id,
+            uid=row.uid,
+            size=len(result.message),
+            encrypted_here=not result.already_encrypted,
+        )
+    uids = wire.ordered_sequence_set([row.uid for row in inserted])
+    return f"OK [APPENDUID {inserted[0].uidvalidity} {uids}] Append completed."
 
 
 async def _encrypted(session: Session, data: bytes) -> EncryptionResult:

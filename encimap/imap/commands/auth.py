@@ -28,6 +28,9 @@ async def noop(session: Session, _tag: str, reader: Reader) -> str:
 @command("LOGOUT", states=ANY)
 async def logout(session: Session, _tag: str, reader: Reader) -> str:
     reader.end()
+    if session.selected is not None:  # nothing may follow the BYE but the tagged OK
+        session.selected.close()
+        session.selected = None
     session.untagged("BYE Logging out")
     session.state = State.LOGOUT
     return "OK Logout completed."

@@ -103,7 +103,9 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             )
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
-    if all(item.name in _FLAG_SYNC and item.section is None for item in items):
+    if all(
+        item.name in _FLAG_SYNC and item.section is None for item in items
+    ) and selected.recent.isdisjoint(uids):  # \Recent is the session's, not in the database
         # A flag resync (`UID FETCH 1:* (UID FLAGS)`): rendered by PostgreSQL, no object
         # per message.
         runs = selected.runs(uids)
@@ -118,6 +120,11 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             seq = selected.seq_of(data["uid"])
             if seq is None:
                 continue
+            if "flags" in data:
+                for line in selected.announce(data["flags"]):  # keywords another session set
+                    session.send(line)
+                if data["uid"] in selected.recent:
+                    data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
             # Streamed piece by piece: a message body goes out in drained chunks, so no
             # response (BODY[] a thousand times over) is ever built whole in memory.
             session.send(b"* %d FETCH (" % seq)
@@ -196,8 +203,6 @@ def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
     name = item.name
     if item.section is not None:
         content = section_bytes(row, item.section)
-        if content is None:
-            return item.label().encode() + b" NIL", None
         if item.partial is not None:
             start, length = item.partial
             content = content[start : start + length]
@@ -211,22 +216,22 @@ def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % row["size_bytes"], None
     if name == "ENVELOPE":
-        return b"ENVELOPE " + row["envelope"].encode(), None
+        return b"ENVELOPE " + mimeinfo.wire(row["envelope"]), None
     if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + row["bodystructure"].encode(), None
+        return b"BODYSTRUCTURE " + mimeinfo.wire(row["bodystructure"]), None
     if name == "BODY":
-        return b"BODY " + row["bodystructure_basic"].encode(), None
+        return b"BODY " + mimeinfo.wire(row["bodystructure_basic"]), None
     if name == "RFC822":
         return _literal(b"RFC822", row["body_encrypted"])
     part = section_bytes(row, Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT"))
-    return _literal(name.encode(), part or b"")
+    return _literal(name.encode(), part)
 
 
 def _literal(label: bytes, content: bytes) -> tuple[bytes, bytes]:
     return b"%b {%d}\r\n" % (label, len(content)), content
 
 
-def section_bytes(row: dict[str, Any], section: Section) -> bytes | None:
+def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     """The bytes RFC 3501 6.4.5 names by a section, sliced from the stored message."""
     body: bytes = row["body_encrypted"]
     if section == Section():
@@ -234,13 +239,15 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes | None:
     parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
     key = ".".join(map(str, section.part))
     if key not in parts:
-        return None
-    header_start, body_start, end = parts[key]
+        return b""  # a part the message does not have: empty, as Dovecot answers
+    header_start, body_start, end = parts[key][:3]
     if section.text == "MIME":
         return body[header_start:body_start]
     if section.text == "":
         return body[body_start:end] if section.part else body
     if section.part:  # HEADER/TEXT of a message/rfc822 part: that message's own header
+        if not _is_message(parts, key):  # only a message/rfc822 part has a header of its
+            return b""  # own; Dovecot answers "" for other parts
         header_start = body_start
         _header_end, body_start = mimeinfo.split_header(body, header_start, end)
     if section.text == "TEXT":
@@ -251,10 +258,19 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes | None:
     return _header_fields(header, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
 
 
+def _is_message(parts: dict[str, list[int]], key: str) -> bool:
+    entry = parts[key]
+    if len(entry) > 3:
+        return bool(entry[3])
+    return f"{key}.1" in parts  # stored before parts were marked: the best guess
+
+
 def _header_fields(header: bytes, names: Sequence[str], *, exclude: bool) -> bytes:
     wanted = {name.lower().encode() for name in names}
     matches = list(_FIELD.finditer(header))
-    kept = []
+    # lines before the first field (an mbox "From " line): not a named field, so kept by
+    # HEADER.FIELDS.NOT, as Dovecot does
+    kept = [header[: matches[0].start() if matches else len(header)]] if exclude else []
     for index, match in enumerate(matches):
         end = matches[index + 1].start() if index + 1 < len(matches) else len(header)
         if (match[1].lower() in wanted) != exclude:

@@ -16,8 +16,6 @@ from encimap.imap.session import Reply, Session, State, no
 from encimap.store import Conflict, LimitReached, NotFound, StoreError, mailboxes, messages
 from encimap.store.mailboxes import DELIMITER, Mailbox
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-
 
 def vaultbox_id(session: Session) -> uuid.UUID:
     assert session.principal is not None and session.principal.vaultbox_id is not None
@@ -83,12 +81,10 @@ async def _select(session: Session, reader: Reader, *, readonly: bool) -> str:
         session_id=session.id,
     )
     summary = await selected.load()
-    flags = " ".join((*SYSTEM_FLAGS, *summary.keywords))
-    session.untagged(f"FLAGS ({flags})")
-    permanent = "()" if readonly else f"({flags} \\*)"
-    session.untagged(f"OK [PERMANENTFLAGS {permanent}] Flags permitted.")
+    for line in selected.flag_lines():
+        session.send(line)
     session.untagged(f"{len(selected)} EXISTS")
-    session.untagged("0 RECENT")
+    session.untagged(f"{len(selected.recent)} RECENT")
     first_unseen = (
         None if summary.first_unseen_uid is None else selected.seq_of(summary.first_unseen_uid)
     )
@@ -201,8 +197,9 @@ async def _subscribe(session: Session, reader: Reader, *, on: bool) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.end()
+    change = mailboxes.subscribe if on else mailboxes.unsubscribe
     with refusals(name):
-        await mailboxes.set_subscribed(session.server.pool, vaultbox_id(session), name, on)
+        await change(session.server.pool, vaultbox_id(session), name)
     return f"OK {'Subscribe' if on else 'Unsubscribe'} completed."
 
 
@@ -225,10 +222,36 @@ async def lsub_command(session: Session, _tag: str, reader: Reader) -> str:
     return await _list(session, reader, lsub=True)
 
 
+_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
+def _return_options(reader: Reader) -> tuple[list[str], list[str]]:
+    """LIST's RETURN options, and the items of RETURN (STATUS (...)) (RFC 5819)."""
+    status_items: list[str] = []
+
+    def option() -> str:
+        word = reader.atom().upper()
+        if word == "STATUS":
+            reader.sp()
+            status_items.extend(_status_items(reader))
+        return word
+
+    return reader.parenthesized(option), status_items
+
+
+def _parents(name: str) -> Iterator[str]:
+    """`a/b/c` -> `a`, `a/b`."""
+    pieces = name.split(DELIMITER)
+    for end in range(1, len(pieces)):
+        yield DELIMITER.join(pieces[:end])
+
+
 async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
     reader.sp()
-    selection = _options(reader) if not lsub and reader.peek() == 0x28 else []
-    if selection:
+    has_selection = not lsub and reader.peek() == 0x28
+    selection = _options(reader) if has_selection else []
+    if has_selection:
         reader.sp()
     reference = reader.mailbox() if reader.peek() != 0x22 else reader.quoted().decode()
     reader.sp()
@@ -237,42 +260,108 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
     else:
         patterns = [reader.list_mailbox()]
     returns: list[str] = []
+    status_items: list[str] = []
     if not reader.at_end():
         reader.sp()
         if not reader.accept(b"RETURN "):
             raise ParseError("expected RETURN")
-        returns = _options(reader)
+        returns, status_items = _return_options(reader)
     reader.end()
+    # RFC 5258 3: unknown options and RECURSIVEMATCH without another selection are BAD.
+    if any(o not in _SELECTION for o in selection) or any(o not in _RETURN for o in returns):
+        raise ParseError("unknown LIST option")
+    if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
+        raise ParseError("RECURSIVEMATCH needs another selection option")
     word = "LSUB" if lsub else "LIST"
     if patterns == [""]:
         session.untagged(f'{word} (\\Noselect) "{DELIMITER}" ""')
         return f"OK {word} completed."
-    everything = await mailboxes.list_mailboxes(session.server.pool, vaultbox_id(session))
-    names = {m.name for m in everything}
+    pool, owner = session.server.pool, vaultbox_id(session)
+    everything = {m.name: m for m in await mailboxes.list_mailboxes(pool, owner)}
+    subscribed = await mailboxes.subscriptions(pool, owner)
     matchers = [_pattern(reference, p) for p in patterns]
-    subscribed_only = lsub or "SUBSCRIBED" in selection
-    special_only = "SPECIAL-USE" in selection
-    for mailbox in everything:
-        if not any(m.match(mailbox.name) for m in matchers):
+
+    def matches(name: str) -> bool:
+        return any(m.match(name) for m in matchers)
+
+    def has_children(name: str) -> bool:
+        return any(n.startswith(name + DELIMITER) for n in everything)
+
+    if lsub:
+        listed: dict[str, list[str]] = {n: [] for n in subscribed if matches(n)}
+        # RFC 3501 6.3.9: a parent that matches "%" where only its child is subscribed
+        for name in subscribed - listed.keys():
+            for parent in _parents(name):
+                if parent not in listed and matches(parent):
+                    listed[parent] = ["\\Noselect"]
+        for name in sorted(listed):
+            session.untagged(f'LSUB ({" ".join(listed[name])}) "{DELIMITER}" {wire.astring(name)}')
+        return "OK LSUB completed."
+
+    show_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
+    show_children = "CHILDREN" in returns or not (selection or returns)
+    if "SUBSCRIBED" in selection:
+        candidates = set(subscribed)
+        if "RECURSIVEMATCH" in selection:
+            candidates |= {p for name in subscribed for p in _parents(name)}
+    else:  # with the parents that exist only as the path of a child (\Noselect)
+        candidates = set(everything) | {p for name in everything for p in _parents(name)}
+    for name in sorted(candidates):
+        if not matches(name):
             continue
-        if (subscribed_only and not mailbox.subscribed) or (
-            special_only and not mailbox.special_use
-        ):
+        mailbox = everything.get(name)
+        extra = ""
+        if "SUBSCRIBED" in selection and name not in subscribed:
+            # RECURSIVEMATCH: listed for subscribed descendants the patterns do not match
+            hidden = any(s.startswith(name + DELIMITER) and not matches(s) for s in subscribed)
+            if not hidden:
+                continue
+            extra = ' ("CHILDINFO" ("SUBSCRIBED"))'
+        if "SPECIAL-USE" in selection and (mailbox is None or not mailbox.special_use):
             continue
-        has_children = any(n.startswith(mailbox.name + DELIMITER) for n in names)
-        attributes = ["\\HasChildren" if has_children else "\\HasNoChildren"]
-        if mailbox.special_use and (not lsub):
+        attributes = []
+        if mailbox is None and has_children(name) and not (selection or returns):
+            attributes.append("\\Noselect")  # IMAP4rev1 clients know this one
+        elif mailbox is None:
+            attributes.append("\\NonExistent")  # RFC 5258: implies \Noselect
+        if show_children and (mailbox is not None or has_children(name)):
+            attributes.append("\\HasChildren" if has_children(name) else "\\HasNoChildren")
+        if mailbox is not None and mailbox.special_use:
             attributes.append(mailbox.special_use)
-        if mailbox.subscribed and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
+        if show_subscribed and name in subscribed:
             attributes.append("\\Subscribed")
-        session.untagged(
-            f'{word} ({" ".join(attributes)}) "{DELIMITER}" {wire.astring(mailbox.name)}'
-        )
+        session.untagged(f'LIST ({" ".join(attributes)}) "{DELIMITER}" {wire.astring(name)}{extra}')
+        if status_items and mailbox is not None:  # RFC 5819: after the mailbox's LIST
+            session.untagged(await _status_line(session, mailbox, status_items))
         await session.maybe_flush()
-    return f"OK {word} completed."
+    return "OK LIST completed."
 
 
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE")
+
+
+def _status_items(reader: Reader) -> list[str]:
+    items = _options(reader)
+    if not items or any(item not in _STATUS_ITEMS for item in items):
+        raise ParseError("unknown STATUS item")
+    return items
+
+
+async def _status_line(session: Session, mailbox: Mailbox, items: list[str]) -> str:
+    """The STATUS response for `items` of a mailbox (STATUS, LIST RETURN (STATUS ...))."""
+    counts = await mailboxes.counts(session.server.pool, mailbox.id)
+    values = {
+        "MESSAGES": counts.messages,
+        "RECENT": await mailboxes.count_recent(session.server.pool, mailbox.id)
+        if "RECENT" in items
+        else 0,
+        "UIDNEXT": mailbox.uid_next,
+        "UIDVALIDITY": mailbox.uidvalidity,
+        "UNSEEN": counts.unseen,
+        "SIZE": counts.size,
+    }
+    listed = " ".join(f"{item} {values[item]}" for item in items)
+    return f"STATUS {wire.astring(mailbox.name)} ({listed})"
 
 
 @command("STATUS", states=AUTHENTICATED)
@@ -280,22 +369,10 @@ async def status(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.sp()
-    items = _options(reader)
+    items = _status_items(reader)
     reader.end()
-    if not items or any(item not in _STATUS_ITEMS for item in items):
-        raise ParseError("unknown STATUS item")
     mailbox = await existing_mailbox(session, name)
-    counts = await mailboxes.counts(session.server.pool, mailbox.id)
-    values = {
-        "MESSAGES": counts.messages,
-        "RECENT": 0,
-        "UIDNEXT": mailbox.uid_next,
-        "UIDVALIDITY": mailbox.uidvalidity,
-        "UNSEEN": counts.unseen,
-        "SIZE": counts.size,
-    }
-    listed = " ".join(f"{item} {values[item]}" for item in items)
-    session.untagged(f"STATUS {wire.astring(mailbox.name)} ({listed})")
+    session.untagged(await _status_line(session, mailbox, items))
     return "OK Status completed."
 
 

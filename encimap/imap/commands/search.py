@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from encimap.imap.commands import SELECTED, command
-from encimap.imap.parser import Reader, SetKey, TooManyKeys, parse_search
+from encimap.imap.commands import SELECTED, command, esearch
+from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
 from encimap.imap.selected import Selected
-from encimap.imap.session import Session, bad, no
+from encimap.imap.session import Session, no
 from encimap.store import search as keys
 
 
@@ -15,6 +15,8 @@ def _resolve(node: object, selected: Selected) -> keys.Key:
         case SetKey(sequence, uid):
             found = selected.by_uid(sequence) if uid else selected.by_sequence(sequence)
             return keys.Uids(tuple(found))
+        case RecentKey():
+            return keys.Uids(tuple(sorted(selected.recent)))
         case keys.Not(inner):
             return keys.Not(_resolve(inner, selected))
         case keys.Or(left, right):
@@ -24,17 +26,30 @@ def _resolve(node: object, selected: Selected) -> keys.Key:
     return node  # type: ignore[return-value]
 
 
+async def matching_uids(session: Session, program_key: object) -> list[int]:
+    """UIDs of the selected mailbox's messages that a parsed search program matches."""
+    selected = session.selected
+    assert selected is not None
+    if not selected.uids:
+        return []
+    key = _resolve(program_key, selected)
+    # The session's view as one range: the stored UIDs between its first and last are exactly
+    # those it knows (UIDs only grow; newer messages are above its last), so this is exact.
+    view = range(selected.uids[0], selected.uids[-1] + 1)
+    return await keys.search(session.server.pool, selected.mailbox.id, key, view)
+
+
 @command("SEARCH", states=SELECTED, expunge_ok=False)
-async def search(session: Session, _tag: str, reader: Reader) -> str:
-    return await _search(session, reader, by_uid=False)
+async def search(session: Session, tag: str, reader: Reader) -> str:
+    return await _search(session, tag, reader, by_uid=False)
 
 
 @command("UID SEARCH", states=SELECTED)
-async def uid_search(session: Session, _tag: str, reader: Reader) -> str:
-    return await _search(session, reader, by_uid=True)
+async def uid_search(session: Session, tag: str, reader: Reader) -> str:
+    return await _search(session, tag, reader, by_uid=True)
 
 
-async def _search(session: Session, reader: Reader, *, by_uid: bool) -> str:
+async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> str:
     selected = session.selected
     assert selected is not None
     reader.sp()
@@ -43,19 +58,18 @@ async def _search(session: Session, reader: Reader, *, by_uid: bool) -> str:
         program = parse_search(reader, max_keys=limit)
     except TooManyKeys:
         raise no(f"[LIMIT] Too many search keys (at most {limit})") from None
-    if program.return_options:
-        raise bad("SEARCH RETURN (ESEARCH) is not supported")
-    if not selected.uids:
-        session.untagged("SEARCH")
-        return "OK Search completed."
-    key = _resolve(program.key, selected)
-    # The session's view as one range: the stored UIDs between its first and last are exactly
-    # those it knows (UIDs only grow; newer messages are above its last), so this is exact.
-    view = range(selected.uids[0], selected.uids[-1] + 1)
-    found = await keys.search(session.server.pool, selected.mailbox.id, key, view)
-    if by_uid:
-        numbers = found
+    options = None
+    if program.return_options is not None:
+        options = esearch.check_options(program.return_options)
+    numbers: list[int] = []
+    if selected.uids:
+        found = await matching_uids(session, program.key)
+        if by_uid:
+            numbers = found
+        else:
+            numbers = [seq for seq in map(selected.seq_of, found) if seq is not None]
+    if options is not None:
+        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
     else:
-        numbers = [seq for seq in map(selected.seq_of, found) if seq is not None]
-    session.untagged("SEARCH" + "".join(f" {n}" for n in numbers))
+        session.untagged("SEARCH" + "".join(f" {n}" for n in numbers))
     return "OK Search completed."

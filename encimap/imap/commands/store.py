@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from encimap.imap import wire
 from encimap.imap.commands import SELECTED, command
-from encimap.imap.commands.mailbox import SYSTEM_FLAGS, existing_mailbox, vaultbox_id
+from encimap.imap.commands.mailbox import existing_mailbox, vaultbox_id
 from encimap.imap.parser import ParseError, Reader
-from encimap.imap.selected import Selected
+from encimap.imap.selected import SYSTEM_FLAGS, Selected
 from encimap.imap.session import Session, bad, no
 from encimap.store import messages
 
@@ -79,6 +79,8 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
             flags=flags,
             origin=session.id,
         )
+    for line in selected.announce([*flags, *(f for _uid, current in rows for f in current)]):
+        session.send(line)
     if not silent:
         for uid, current in rows:
             seq = selected.seq_of(uid)
@@ -86,7 +88,7 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
                 uid_part = b" UID %d" % uid if by_uid else b""
                 session.send(
                     b"* %d FETCH (FLAGS %b%b)\r\n"
-                    % (seq, wire.flag_list(current).encode(), uid_part)
+                    % (seq, wire.flag_list(selected.flags(uid, current)).encode(), uid_part)
                 )
     return "OK Store completed."
 
@@ -123,8 +125,6 @@ async def _copy(session: Session, reader: Reader, *, by_uid: bool, move: bool) -
     verb = "Move" if move else "Copy"
     if not uids:
         return f"OK {verb} completed."
-    if move and target.id == selected.mailbox.id:
-        raise no("[CANNOT] Source and destination are the same mailbox")
     async with session.server.pool.acquire() as conn:
         uidvalidity, pairs = await messages.copy_messages(
             conn,

@@ -1,0 +1,173 @@
+"""SORT and UID SORT (RFC 5256), SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267 RETURN options)
+over what is in clear: the outer header fields, the arrival date and the stored size. The
+messages are chosen by SEARCH's program (commands/search.py); a Subject hidden by header
+protection sorts as its placeholder."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from email.header import decode_header, make_header
+from typing import Any
+
+from encimap import mimeinfo
+from encimap.imap.commands import SELECTED, command, esearch
+from encimap.imap.commands.search import matching_uids
+from encimap.imap.parser import ParseError, Reader, parse_search
+from encimap.imap.session import Session
+from encimap.mimeinfo.dates import parse_date
+from encimap.store import messages
+
+CRITERIA = frozenset(
+    {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+)
+
+
+@command("SORT", states=SELECTED, expunge_ok=False)
+async def sort(session: Session, tag: str, reader: Reader) -> str:
+    return await _sort(session, tag, reader, by_uid=False)
+
+
+@command("UID SORT", states=SELECTED)
+async def uid_sort(session: Session, tag: str, reader: Reader) -> str:
+    return await _sort(session, tag, reader, by_uid=True)
+
+
+def _criteria(reader: Reader) -> list[tuple[str, bool]]:
+    """(criterion, reversed) pairs from `(REVERSE FROM DATE ...)`."""
+    words = [word.upper() for word in reader.parenthesized(reader.atom)]
+    criteria, reverse = [], False
+    for word in words:
+        if word == "REVERSE":
+            reverse = True
+            continue
+        if word not in CRITERIA:
+            raise ParseError(f"unknown sort criterion {word[:20]}")
+        criteria.append((word, reverse))
+        reverse = False
+    if not criteria or reverse:
+        raise ParseError("empty sort criteria")
+    return criteria
+
+
+async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> str:
+    selected = session.selected
+    assert selected is not None
+    reader.sp()
+    options = None
+    if reader.accept(b"RETURN "):
+        options = esearch.check_options([o.upper() for o in reader.parenthesized(reader.atom)])
+        reader.sp()
+    criteria = _criteria(reader)
+    reader.sp()
+    charset = reader.astring().decode("ascii", "replace").upper()
+    if charset not in ("US-ASCII", "UTF-8"):
+        raise ParseError(f"[BADCHARSET (US-ASCII UTF-8)] unsupported charset {charset}")
+    reader.sp()
+    program = parse_search(reader)
+    found = await matching_uids(session, program.key)
+    rows = await messages.sort_rows(session.server.pool, selected.mailbox.id, found)
+    keyed = []
+    for row in rows:
+        seq = selected.seq_of(row["uid"])
+        if seq is not None:
+            keyed.append((MessageFields(row), seq, row["uid"]))
+    keyed.sort(key=lambda item: item[1])
+    for criterion, reverse in reversed(criteria):  # stable sorts, last criterion first
+        keyed.sort(key=lambda item, c=criterion: item[0].key(c), reverse=reverse)
+    # RFC 5256: ties are in sequence-number order; the sorts above keep it for equal keys
+    numbers = [uid if by_uid else seq for _fields, seq, uid in keyed]
+    if options is not None:
+        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
+    else:
+        session.untagged("SORT" + "".join(f" {n}" for n in numbers))
+    return "OK Sort completed."
+
+
+_SUBJECT_LEADER = re.compile(
+    r"^(?:\s*\[[^\[\]]*\]\s*)*\s*(?:re|fwd?)\s*(?:\[[^\[\]]*\])?\s*:", re.I
+)
+_SUBJECT_BLOB = re.compile(r"^\s*\[[^\[\]]*\]\s*")
+_SUBJECT_TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.I)
+
+
+def base_subject(subject: str) -> str:
+    """RFC 5256 2.1 base subject, upper-cased (compared case-insensitively)."""
+    return subject_info(subject)[0]
+
+
+def subject_info(subject: str) -> tuple[str, bool]:
+    """(base subject, whether it is a reply or forward): RFC 2047 decoded, without Re:/Fwd:
+    leaders, [blob]s, (fwd) trailers and [fwd: ...] wrappers (RFC 5256 2.1)."""
+    text = " ".join(_decoded(subject).split())
+    reply = False
+    while True:
+        before = text
+        trailer = _SUBJECT_TRAILER.sub("", text)
+        reply = reply or trailer != text
+        text = trailer
+        while True:
+            stripped = _SUBJECT_LEADER.sub("", text, count=1)
+            if stripped != text:
+                reply = True
+            else:
+                blob = _SUBJECT_BLOB.sub("", text, count=1)
+                stripped = blob if blob else text
+            if stripped == text:
+                break
+            text = stripped.strip()
+        if text[:5].lower() == "[fwd:" and text.endswith("]"):
+            text = text[5:-1].strip()
+            reply = True
+        if text == before:
+            return text.upper(), reply
+
+
+def _decoded(value: str) -> str:
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        return value
+
+
+class MessageFields:
+    """The sort keys of one message, computed from its outer header when first asked."""
+
+    def __init__(self, row: Any) -> None:
+        data: bytes = row["header"]
+        header_end, _ = mimeinfo.split_header(data, 0, len(data))
+        self.headers = mimeinfo.parse_headers(data, 0, header_end)
+        self.internal_date: datetime = row["internal_date"]
+        self.size: int = row["size_bytes"]
+
+    def _first_address(self, name: str) -> tuple[str | None, str, str | None] | None:
+        """(display name, mailbox, host) of the first address; a group's start counts, with
+        the group name as its mailbox (as Dovecot sorts it)."""
+        values = self.headers.all(name)
+        for display, _route, mailbox, host in mimeinfo.parse_addresses(", ".join(values)):
+            if mailbox is not None:
+                return display, mailbox, host
+        return None
+
+    def key(self, criterion: str) -> Any:
+        if criterion == "ARRIVAL":
+            return self.internal_date
+        if criterion == "SIZE":
+            return self.size
+        if criterion == "DATE":
+            sent = parse_date(self.headers.first("date"))
+            if sent is not None and sent.tzinfo is not None:
+                return sent
+            return self.internal_date
+        if criterion == "SUBJECT":
+            return base_subject(self.headers.first("subject") or "")
+        field = {"CC": "cc", "FROM": "from", "TO": "to"}.get(criterion)
+        if field is not None:  # RFC 5256: the addr-mailbox of the first address
+            first = self._first_address(field)
+            return "" if first is None else first[1].upper()
+        first = self._first_address("from" if criterion == "DISPLAYFROM" else "to")
+        if first is None:  # RFC 5957: the display name, else the addr-spec
+            return ""
+        display, mailbox, host = first
+        name = _decoded(display).strip() if display else ""
+        return (name or (mailbox if host is None else f"{mailbox}@{host}")).upper()

@@ -1,0 +1,255 @@
+"""THREAD and UID THREAD (RFC 5256): REFERENCES and ORDEREDSUBJECT over the clear outer header
+fields (Message-ID, References, In-Reply-To, Subject, Date). The messages are chosen by
+SEARCH's program (commands/search.py); the keys are SORT's (commands/sort.py)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from encimap.imap.commands import SELECTED, command
+from encimap.imap.commands.search import matching_uids
+from encimap.imap.commands.sort import MessageFields, base_subject, subject_info
+from encimap.imap.parser import ParseError, Reader, parse_search
+from encimap.imap.session import Session
+from encimap.store import messages
+
+ALGORITHMS = ("REFERENCES", "ORDEREDSUBJECT")
+_MESSAGE_ID = re.compile(r"<[^<>\s]*>")
+
+
+@command("THREAD", states=SELECTED, expunge_ok=False)
+async def thread(session: Session, _tag: str, reader: Reader) -> str:
+    return await _thread(session, reader, by_uid=False)
+
+
+@command("UID THREAD", states=SELECTED)
+async def uid_thread(session: Session, _tag: str, reader: Reader) -> str:
+    return await _thread(session, reader, by_uid=True)
+
+
+async def _thread(session: Session, reader: Reader, *, by_uid: bool) -> str:
+    selected = session.selected
+    assert selected is not None
+    reader.sp()
+    algorithm = reader.atom().upper()
+    if algorithm not in ALGORITHMS:
+        raise ParseError(f"unknown THREAD algorithm {algorithm[:20]}")
+    reader.sp()
+    charset = reader.astring().decode("ascii", "replace").upper()
+    if charset not in ("US-ASCII", "UTF-8"):
+        raise ParseError(f"[BADCHARSET (US-ASCII UTF-8)] unsupported charset {charset}")
+    reader.sp()
+    program = parse_search(reader)
+    found = await matching_uids(session, program.key)
+    rows = await messages.sort_rows(session.server.pool, selected.mailbox.id, found)
+    items = []
+    for row in rows:
+        seq = selected.seq_of(row["uid"])
+        if seq is not None:
+            items.append(_Message(row["uid"] if by_uid else seq, seq, MessageFields(row)))
+    items.sort(key=lambda item: item.seq)
+    if algorithm == "REFERENCES":
+        roots = references(items)
+    else:
+        roots = ordered_subject(items)
+    threads = "".join(f"({_inner(root)})" for root in roots)
+    session.untagged(f"THREAD {threads}" if threads else "THREAD")
+    return "OK Thread completed."
+
+
+@dataclass(eq=False)
+class _Message:
+    number: int  # as reported: sequence number or UID
+    seq: int
+    fields: MessageFields
+
+    @property
+    def date(self) -> datetime:
+        return self.fields.key("DATE")
+
+
+@dataclass(eq=False)
+class _Container:
+    message: _Message | None = None
+    parent: _Container | None = None
+    children: list[_Container] = field(default_factory=list)
+
+    def is_ancestor_of(self, other: _Container) -> bool:
+        node: _Container | None = other
+        while node is not None:
+            if node is self:
+                return True
+            node = node.parent
+        return False
+
+    def adopt(self, child: _Container) -> None:
+        if child.parent is not None:
+            child.parent.children.remove(child)
+        child.parent = self
+        self.children.append(child)
+
+    def orphan(self) -> None:
+        if self.parent is not None:
+            self.parent.children.remove(self)
+            self.parent = None
+
+    def sort_key(self) -> tuple[datetime, int]:
+        """A message's sent date; a dummy's is its first child's (children sorted first)."""
+        node = self
+        while node.message is None and node.children:
+            node = node.children[0]
+        assert node.message is not None
+        return node.message.date, node.message.seq
+
+
+def _ids(value: str | None) -> list[str]:
+    return _MESSAGE_ID.findall(value or "")
+
+
+def references(items: list[_Message]) -> list[_Container]:
+    """RFC 5256 4 REFERENCES, steps 1-6."""
+    table: dict[str, _Container] = {}
+    every: list[_Container] = []
+
+    def container_for(message_id: str | None) -> _Container:
+        found = table.get(message_id) if message_id else None
+        if found is None:
+            found = _Container()
+            every.append(found)
+            if message_id:
+                table[message_id] = found
+        return found
+
+    for item in items:
+        headers = item.fields.headers
+        own = _ids(headers.first("message-id"))[:1]
+        container = container_for(own[0] if own else None)
+        if container.message is not None:  # a duplicate Message-ID: a message of its own
+            container = container_for(None)
+        container.message = item
+        refs = _ids(" ".join(headers.all("references"))) or _ids(headers.first("in-reply-to"))[:1]
+        chain = [container_for(ref) for ref in refs]
+        for parent, child in itertools.pairwise(chain):
+            if child.parent is None and parent is not child and not child.is_ancestor_of(parent):
+                parent.adopt(child)
+        container.orphan()  # its parent is the last reference now, if that makes no loop
+        if chain and chain[-1] is not container and not container.is_ancestor_of(chain[-1]):
+            chain[-1].adopt(container)
+    roots = _pruned([c for c in every if c.parent is None], root=True)
+    for root in roots:
+        _sort_children(root)
+    roots.sort(key=_Container.sort_key)
+    roots = _merged_by_subject(roots)
+    for root in roots:
+        _sort_children(root)
+    return roots
+
+
+def _pruned(siblings: list[_Container], *, root: bool) -> list[_Container]:
+    """Step 3: dummies without children go; a dummy's children move up to its level (at the
+    root level only a single child)."""
+    result: list[_Container] = []
+    for container in siblings:
+        container.children = _pruned(container.children, root=False)
+        for child in container.children:
+            child.parent = container
+        if container.message is None:
+            if not container.children:
+                continue
+            if not root or len(container.children) == 1:
+                for child in container.children:
+                    child.parent = container.parent
+                result.extend(container.children)
+                continue
+        result.append(container)
+    return result
+
+
+def _sort_children(container: _Container) -> None:
+    for child in container.children:
+        _sort_children(child)
+    container.children.sort(key=_Container.sort_key)
+
+
+def _subject(container: _Container) -> tuple[str, bool]:
+    """(base subject, is a reply or forward) of the container's message or first child's."""
+    node = container if container.message is not None else container.children[0]
+    assert node.message is not None
+    return subject_info(node.message.fields.headers.first("subject") or "")
+
+
+def _merged_by_subject(roots: list[_Container]) -> list[_Container]:
+    """Step 5: threads whose base subjects are equal are gathered under one root."""
+    table: dict[str, _Container] = {}
+    for root in roots:
+        subject, reply = _subject(root)
+        if not subject:
+            continue
+        old = table.get(subject)
+        if (
+            old is None
+            or (old.message is not None and root.message is None)
+            or (_subject(old)[1] and not reply)
+        ):
+            table[subject] = root
+    result: list[_Container] = []
+    for root in roots:
+        subject, reply = _subject(root)
+        target = table.get(subject) if subject else None
+        if target is None or target is root:
+            result.append(root)
+            continue
+        if target.message is None and root.message is None:
+            for child in list(root.children):
+                target.adopt(child)
+        elif target.message is None:
+            target.adopt(root)
+        elif reply and not _subject(target)[1]:
+            target.adopt(root)
+        else:
+            dummy = _Container()
+            index = result.index(target) if target in result else None
+            dummy.adopt(target)
+            dummy.adopt(root)
+            table[subject] = dummy
+            if index is not None:
+                result[index] = dummy
+            else:
+                roots[roots.index(target)] = dummy
+    return result
+
+
+def ordered_subject(items: list[_Message]) -> list[_Container]:
+    """RFC 5256 3 ORDEREDSUBJECT: by base subject, then date; the first of each subject is
+    the parent of the others."""
+    groups: dict[str, list[_Message]] = {}
+    for item in sorted(items, key=lambda i: (_base(i), i.date, i.seq)):
+        groups.setdefault(_base(item), []).append(item)
+    roots = []
+    for members in groups.values():
+        root = _Container(members[0])
+        for member in members[1:]:
+            root.adopt(_Container(member))
+        roots.append(root)
+    roots.sort(key=_Container.sort_key)
+    return roots
+
+
+def _base(item: _Message) -> str:
+    return base_subject(item.fields.headers.first("subject") or "")
+
+
+def _inner(container: _Container) -> str:
+    """A thread's members inside its parentheses: `1 2 3`, `1 (2 4)(3)`, `(1)(2)`."""
+    parts: list[str] = []
+    if container.message is not None:
+        parts.append(str(container.message.number))
+    children = container.children
+    if container.message is not None and len(children) == 1:
+        parts.append(_inner(children[0]))
+    elif children:
+        parts.append("".join(f"({_inner(child)})" for child in children))
+    return " ".join(parts)

@@ -1,0 +1,208 @@
+"""BODYSTRUCTURE and BODY of a message and the byte offsets of its MIME parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from encimap.mimeinfo.content import (
+    Params,
+    _disposition,
+    _languages,
+    _params,
+    _raw,
+    _rendered_content_params,
+    param,
+    parse_content_value,
+)
+from encimap.mimeinfo.envelope import envelope
+from encimap.mimeinfo.headers import Headers, parse_headers, split_header
+from encimap.mimeinfo.strings import nstring
+
+MAX_DEPTH = 20  # nesting beyond this is served as an opaque part
+
+
+@dataclass(frozen=True)
+class Part:
+    """Offsets of one MIME part in the message bytes: header [header_start, body_start) and
+    body [body_start, end)."""
+
+    section: str
+    header_start: int
+    body_start: int
+    end: int
+    message: bool = False  # a message/rfc822 part: BODY[n.HEADER] / [n.TEXT] are its own
+
+
+def _message(
+    data: bytes, start: int, end: int, section: str, parts: list[Part], depth: int
+) -> tuple[Headers, int, str, str]:
+    """A message (the whole one or a message/rfc822 body): its headers, body offset and
+    structures. A body that is not multipart is its own section `<section>.1`, whose MIME
+    header (`<section>.1.MIME`) is the message's header, as Dovecot serves it."""
+    header_end, body_start = split_header(data, start, end)
+    headers = parse_headers(data, start, header_end)
+    known = len(parts)
+    extended, basic = _structure(data, headers, body_start, end, section, parts, depth, False)
+    if len(parts) == known or not extended.startswith("(("):
+        first = f"{section}.1" if section else "1"
+        parts.insert(known, Part(first, start, body_start, end))
+    return headers, body_start, extended, basic
+
+
+def _structure(
+    data: bytes,
+    headers: Headers,
+    body_start: int,
+    end: int,
+    section: str,
+    parts: list[Part],
+    depth: int,
+    digest_child: bool,
+) -> tuple[str, str]:
+    """(BODYSTRUCTURE, BODY) of the part whose headers are `headers`."""
+    content_type = headers.first("content-type")
+    if content_type is not None:
+        mime_type, params = parse_content_value(content_type)
+        params_text = _rendered_content_params(content_type)
+    else:
+        mime_type, params, params_text = "", (), "NIL"
+    main, _, sub = mime_type.partition("/")
+    if content_type is not None and mime_type and "/" not in mime_type:
+        # a type without a subtype is no type at all: Dovecot serves "" "" without parameters
+        main, sub, params, params_text = "", "", (), "NIL"
+    elif not main or not sub:
+        main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
+    if main.lower() == "message" and sub.lower() == "rfc822":
+        main, sub = "message", "rfc822"  # Dovecot writes this one type in lower case
+    is_text = main.lower() == "text"
+    if is_text and param(params, "charset") is None:
+        params = (*params, ("charset", "us-ascii"))
+        params_text = _params(params)
+    if main.lower() == "multipart" and depth < MAX_DEPTH:  # without a boundary: no parts
+        return _multipart(data, headers, body_start, end, section, parts, depth, sub, params)
+    ext_tail = " ".join(
+        (
+            _raw(headers, "content-md5"),
+            _disposition(headers.first("content-disposition")),
+            _languages(headers.first("content-language")),
+            _raw(headers, "content-location"),
+        )
+    )
+    encoding = headers.first("content-transfer-encoding")
+    encoding_token = parse_content_value(encoding)[0] if encoding else ""
+    fields = " ".join(
+        (
+            nstring(main),
+            nstring(sub) if sub or not main else ('"plain"' if is_text else '"unknown"'),
+            params_text,
+            _raw(headers, "content-id"),
+            _raw(headers, "content-description"),
+            nstring(encoding_token) if encoding_token else '"7bit"',
+            str(end - body_start),
+        )
+    )
+    if is_text:
+        lines = data.count(b"\n", body_start, end)  # counted only where it is sent: scans the body
+        basic = f"({fields} {lines})"
+        return f"({fields} {lines} {ext_tail})", basic
+    if main.lower() == "message" and sub.lower() == "rfc822" and depth < MAX_DEPTH:
+        for index in range(len(parts) - 1, -1, -1):
+            if parts[index].section == section:
+                part = parts[index]
+                parts[index] = Part(section, part.header_start, part.body_start, part.end, True)
+                break
+        inner, _, inner_ext, inner_basic = _message(
+            data, body_start, end, section, parts, depth + 1
+        )
+        env = envelope(inner)
+        lines = data.count(b"\n", body_start, end)
+        return (
+            f"({fields} {env} {inner_ext} {lines} {ext_tail})",
+            f"({fields} {env} {inner_basic} {lines})",
+        )
+    return f"({fields} {ext_tail})", f"({fields})"
+
+
+def _multipart(
+    data: bytes,
+    headers: Headers,
+    body_start: int,
+    end: int,
+    section: str,
+    parts: list[Part],
+    depth: int,
+    subtype: str,
+    params: Params,
+) -> tuple[str, str]:
+    boundary = param(params, "boundary")
+    spans = (
+        split_multipart(data, body_start, end, boundary.encode("utf-8", "replace"))
+        if boundary
+        else []
+    )
+    extended_children, basic_children = [], []
+    for number, (start, stop) in enumerate(spans, 1):
+        child_section = f"{section}.{number}" if section else str(number)
+        header_end, child_body = split_header(data, start, stop)
+        child_headers = parse_headers(data, start, header_end)
+        parts.append(Part(child_section, start, child_body, stop))
+        ext, basic = _structure(
+            data,
+            child_headers,
+            child_body,
+            stop,
+            child_section,
+            parts,
+            depth + 1,
+            subtype.lower() == "digest",
+        )
+        extended_children.append(ext)
+        basic_children.append(basic)
+    if not spans:
+        empty = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
+        extended_children, basic_children = [empty + " NIL NIL NIL NIL)"], [empty + ")"]
+    ext_tail = " ".join(
+        (
+            _params(params),
+            _disposition(headers.first("content-disposition")),
+            _languages(headers.first("content-language")),
+            _raw(headers, "content-location"),
+        )
+    )
+    sub = nstring(subtype) if subtype else '"x-unknown"'
+    return (
+        f"({''.join(extended_children)} {sub} {ext_tail})",
+        f"({''.join(basic_children)} {sub})",
+    )
+
+
+def split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """The [start, end) spans of a multipart body's parts (RFC 2046 5.1.1)."""
+    delimiter = b"--" + boundary
+    spans: list[tuple[int, int]] = []
+    part_start: int | None = None
+    position = start
+    while position < end:
+        if data.startswith(delimiter, position) and (position == start or data[position - 1] == 10):
+            line_end = data.find(b"\n", position, end)
+            line_end = end if line_end < 0 else line_end + 1
+            if part_start is not None:
+                stop = position
+                if stop > part_start and data[stop - 1] == 10:
+                    stop -= 1
+                    if stop > part_start and data[stop - 1] == 13:
+                        stop -= 1
+                spans.append((part_start, max(stop, part_start)))
+            closing = data.startswith(delimiter + b"--", position)
+            if closing:
+                return spans
+            part_start = line_end
+            position = line_end
+            continue
+        next_line = data.find(b"\n", position, end)
+        if next_line < 0:
+            break
+        position = next_line + 1
+    if part_start is not None:
+        spans.append((part_start, end))
+    return spans

@@ -1,0 +1,123 @@
+"""Content-* header fields: type and parameters (RFC 2045, RFC 2231), disposition, language,
+as BODYSTRUCTURE renders them."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from encimap.mimeinfo.headers import Headers
+from encimap.mimeinfo.strings import nstring
+from encimap.mimeinfo.tokens import _Tokens
+
+_MIME_SPECIALS = '()<>@,;:\\"/[]?='
+
+
+# Values up to this length are remembered: the Content-Type and Content-Disposition of what
+# the intake stores are the same few strings for every message.
+_CACHED_CONTENT_VALUE_LENGTH = 200
+
+Params = tuple[tuple[str, str], ...]
+_T = TypeVar("_T")
+
+
+def _cached_when_short(function: Callable[[str], _T]) -> Callable[[str], _T]:
+    """`function` (pure) remembered for values up to _CACHED_CONTENT_VALUE_LENGTH."""
+    cached = functools.lru_cache(maxsize=256)(function)
+
+    @functools.wraps(function)
+    def lookup(value: str) -> _T:
+        return cached(value) if len(value) <= _CACHED_CONTENT_VALUE_LENGTH else function(value)
+
+    return lookup
+
+
+@_cached_when_short
+def parse_content_value(value: str) -> tuple[str, Params]:
+    """`token; key=value; ...` into the token and its parameters (RFC 2231 joined)."""
+    tokens = _Tokens(value, _MIME_SPECIALS)
+    tokens.skip_cfws()
+    token = tokens.atom()
+    tokens.skip_cfws()
+    if tokens.peek() == "/":
+        tokens.pos += 1
+        tokens.skip_cfws()
+        token = f"{token}/{tokens.atom()}"
+    params: list[tuple[str, str]] = []
+    while True:
+        tokens.skip_cfws()
+        if tokens.peek() != ";":
+            break
+        tokens.pos += 1
+        tokens.skip_cfws()
+        key = tokens.atom()
+        tokens.skip_cfws()
+        if not key or tokens.peek() != "=":
+            break
+        tokens.pos += 1
+        tokens.skip_cfws()
+        if tokens.peek() == '"':
+            param_value = tokens.quoted()
+        else:
+            param_value = tokens.atom()
+        params.append((key, param_value))  # names as written: Dovecot serves them so
+    return token, tuple(_join_rfc2231(params))
+
+
+def param(params: Params, name: str) -> str | None:
+    """The value of parameter `name` (lower case; names compare case-insensitively)."""
+    return next((value for key, value in params if key.lower() == name), None)
+
+
+def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """RFC 2231 continuations `name*0`, `name*1*` joined into `name` or `name*`."""
+    plain: list[tuple[str, str]] = []
+    continued: dict[str, list[tuple[int, str, bool]]] = {}
+    for key, value in params:
+        match = re.fullmatch(r"(.+?)\*(\d+)(\*?)", key)
+        if match:
+            continued.setdefault(match[1], []).append((int(match[2]), value, bool(match[3])))
+        else:
+            plain.append((key, value))
+    for name, pieces in continued.items():
+        pieces.sort()
+        extended = pieces[0][2]
+        plain.append((name + ("*" if extended else ""), "".join(p[1] for p in pieces)))
+    return plain
+
+
+def _params(params: Params) -> str:
+    if not params:
+        return "NIL"
+    return "(" + " ".join(f"{nstring(k)} {nstring(v)}" for k, v in params) + ")"
+
+
+def _languages(value: str | None) -> str:
+    if value is None:
+        return "NIL"
+    tags = [t.strip() for t in value.split(",") if t.strip()]
+    return "(" + " ".join(nstring(t) for t in tags) + ")" if tags else "NIL"
+
+
+def _disposition(value: str | None) -> str:
+    return "NIL" if value is None else _rendered_disposition(value)
+
+
+@_cached_when_short
+def _rendered_disposition(value: str) -> str:
+    token, params = parse_content_value(value)
+    if not token:
+        return "NIL"
+    return f"({nstring(token)} {_params(params)})"
+
+
+@_cached_when_short
+def _rendered_content_params(value: str) -> str:
+    return _params(parse_content_value(value)[1])
+
+
+def _raw(headers: Headers, name: str) -> str:
+    value = headers.first(name)
+    return "NIL" if value is None else nstring(value)

@@ -1,0 +1,66 @@
+"""Header blocks: where a header ends and its fields (names lower-cased, values unfolded)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from encimap.mimeinfo.strings import decode_raw
+
+# The empty line ending a header: searched from its LF, a literal the regex engine can skip
+# to (a leading optional CR would make it try every position); a CR before it is added back.
+_HEADER_END = re.compile(rb"\n\r?\n")
+# A field name at a line start, found from the LF before it (a literal, as for _HEADER_END).
+_FIELD = re.compile(rb"\n([^:\s]+)[ \t]*:")
+# Inside a field's text: a line start that is not a fold (a line without a colon, which ends
+# the field, as in Dovecot, instead of being read as part of its value).
+_NOT_CONTINUED = re.compile(rb"\n(?=[^ \t])")
+
+
+@dataclass
+class Headers:
+    """The header fields of one part, in order, with values unfolded (CR/LF removed)."""
+
+    fields: list[tuple[str, str]]
+    # lower-case name -> value of its first field: describe() looks up ~24 names per message
+    _first: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._first = dict(reversed(self.fields))
+
+    def first(self, name: str) -> str | None:
+        return self._first.get(name.lower())
+
+    def all(self, name: str) -> list[str]:
+        """The values of every field called `name` (lower case), in order."""
+        return [value for key, value in self.fields if key == name]
+
+
+def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """(header end, body start): the body starts after the first empty line."""
+    if data.startswith(b"\r\n", start) and start + 2 <= end:
+        return start, start + 2
+    if data.startswith(b"\n", start) and start + 1 <= end:
+        return start, start + 1
+    match = _HEADER_END.search(data, start, end)
+    if match is None:
+        return end, end
+    header_end = match.start()
+    if header_end > start and data[header_end - 1] == 13:  # CR
+        header_end -= 1
+    return header_end, match.end()
+
+
+def parse_headers(data: bytes, start: int, end: int) -> Headers:
+    # [text before the first field, name, value, name, value, ...]; the LF put in front makes
+    # the first line start like the others.
+    pieces = _FIELD.split(b"\n" + data[start:end])
+    fields: list[tuple[str, str]] = []
+    for index in range(1, len(pieces), 2):
+        value = pieces[index + 1]
+        invalid = _NOT_CONTINUED.search(value)  # a line that is neither a field nor folded
+        if invalid is not None:
+            value = value[: invalid.start()]
+        value = value.replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
+        fields.append((pieces[index].decode("latin-1").lower(), decode_raw(value)))
+    return Headers(fields)

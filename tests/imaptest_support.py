@@ -1,0 +1,71 @@
+"""Dovecot's imaptest (`../shared/tools/imaptest` beside the repository, or IMAPTEST_DIR):
+where it is, and reading its stress output. Used by tests/test_imap_imaptest.py and by
+`python -m bench.imap --stress`."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tests.support import REPO
+
+IMAPTEST = Path(os.environ.get("IMAPTEST_DIR", REPO.parent / "shared" / "tools" / "imaptest"))
+LIBDOVECOT = Path("/usr/lib/dovecot/libdovecot.so.0")
+
+
+def available() -> str | None:
+    """None when imaptest can run here, else why not."""
+    if not IMAPTEST.is_dir() or not LIBDOVECOT.exists():
+        return f"imaptest needs {IMAPTEST} and {LIBDOVECOT} (Debian dovecot-core)"
+    return None
+
+
+def stress_command(port: int, user: str, password: str, *extra: str) -> list[str]:
+    return [
+        str(IMAPTEST / "imaptest"),
+        "host=127.0.0.1",
+        f"port={port}",
+        f"user={user}",
+        f"pass={password}",
+        f"mbox={IMAPTEST / 'stress.mbox'}",
+        *extra,
+    ]
+
+
+def errors(output: str) -> list[str]:
+    """imaptest's reports of a server reply that contradicts the state it tracks."""
+    return [
+        line
+        for line in output.splitlines()
+        if re.match(r"^(Error|Fatal):", line) and not line.startswith("Error: Raw backtrace")
+    ]
+
+
+def panicked(output: str) -> bool:
+    """imaptest hit one of its own assertions (its checkpoint mode does so now and then
+    against Dovecot too: client_update_plan, array_idx_modifiable_i)."""
+    return any(line.startswith("Panic:") for line in output.splitlines())
+
+
+def _table(output: str, after: str | None, row: str) -> dict[str, float]:
+    lines = output.splitlines()
+    if after is not None:
+        if after not in lines:
+            return {}
+        lines = lines[lines.index(after) + 1 :]
+    names = next((line.split() for line in lines if line.startswith("Logi")), [])
+    values = next((line for line in lines if re.fullmatch(row, line)), None)
+    if values is None:
+        return {}
+    return dict(zip(names, map(float, values.split()[: len(names)]), strict=False))
+
+
+def totals(output: str) -> dict[str, float]:
+    """The command counts of the final "Totals:" table, by column name (Logi, Sele, ...)."""
+    return _table(output, "Totals:", r"[\d ]+")
+
+
+def latencies(output: str) -> dict[str, float]:
+    """Average milliseconds per command over the run, by column name ("ms/cmd avg" row)."""
+    return _table(output, None, r"[\d ]+ms/cmd avg")
