@@ -191,7 +191,8 @@ def pending_migrations(database: Database, done: dict[int, str]) -> list[Migrati
         if known.get(version) != name:
             raise MigrationError(
                 f"{database}: schema_migrations records {version:03d}_{name}, which this "
-                "encimap does not have (a database made by another encimap release)"
+                "encimap does not have (a database made by a pre-release encimap: recreate it;"
+                " for the demo, `make clean`)"
             )
     return [m for m in available if m.version not in done]
 

@@ -336,3 +336,24 @@ async def test_the_services_login_runs_migrate_when_nothing_is_pending(
         "motorical: nothing to apply",
         "encimap: nothing to apply",
     ]
+
+
+async def test_a_database_of_a_pre_release_schema_is_refused_in_one_line(
+    tmp_path: Path, pg_cluster
+):
+    tag = uuid.uuid4().hex[:8]
+    dbs = await seeded_databases(pg_cluster, f"old_mot_{tag}", f"old_enc_{tag}")
+    conn = await dbs.connect()
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (component text, version integer, name text, "
+            "applied_at timestamptz DEFAULT now(), PRIMARY KEY (component, version))"
+        )
+        await conn.execute("INSERT INTO schema_migrations VALUES ('encimap', 1, 'schema')")
+    finally:
+        await conn.close()
+    cfg = write_config_file(tmp_path / "encimap.toml", dbs)
+    assert fails("db", "migrate", cfg=cfg) == (
+        "encimap: encimap: schema_migrations records 001_schema, which this encimap does not "
+        "have (a database made by a pre-release encimap: recreate it; for the demo, `make clean`)"
+    )

@@ -13,6 +13,7 @@ from encimap.auth.passwords import PasswordError
 from encimap.cli import admin, certs, dev, keys
 from encimap.cli.common import CommandError
 from encimap.db import DatabaseUnavailable
+from encimap.migrations import MigrationError
 from encimap.service import eventloop
 from encimap.store import StoreError
 from encimap.tls import TLSError
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         StoreError,
         PasswordError,
         DatabaseUnavailable,
+        MigrationError,
         config_module.ConfigError,
     ) as exc:
         print(f"encimap: {exc}", file=sys.stderr)
