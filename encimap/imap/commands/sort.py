@@ -51,8 +51,6 @@ def _criteria(reader: Reader) -> list[tuple[str, bool]]:
 
 
 async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> str:
-    selected = session.selected
-    assert selected is not None
     reader.sp()
     options = None
     if reader.accept(b"RETURN "):
@@ -60,6 +58,23 @@ async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> 
         reader.sp()
     criteria = _criteria(reader)
     reader.sp()
+    keyed = await matching_fields(session, reader)
+    for criterion, reverse in reversed(criteria):  # stable sorts, last criterion first
+        keyed.sort(key=lambda item, c=criterion: item[0].key(c), reverse=reverse)
+    # RFC 5256: ties are in sequence-number order; the sorts above keep it for equal keys
+    numbers = [uid if by_uid else seq for _fields, seq, uid in keyed]
+    if options is not None:
+        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
+    else:
+        session.untagged("SORT" + "".join(f" {n}" for n in numbers))
+    return "OK Sort completed."
+
+
+async def matching_fields(session: Session, reader: Reader) -> list[tuple[MessageFields, int, int]]:
+    """`charset search-criteria` (RFC 5256, shared by SORT and THREAD): the matching messages'
+    clear fields with their sequence number and UID, in sequence order."""
+    selected = session.selected
+    assert selected is not None
     charset = reader.astring().decode("ascii", "replace").upper()
     if charset not in ("US-ASCII", "UTF-8"):
         raise ParseError(f"[BADCHARSET (US-ASCII UTF-8)] unsupported charset {charset}")
@@ -73,15 +88,7 @@ async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> 
         if seq is not None:
             keyed.append((MessageFields(row), seq, row["uid"]))
     keyed.sort(key=lambda item: item[1])
-    for criterion, reverse in reversed(criteria):  # stable sorts, last criterion first
-        keyed.sort(key=lambda item, c=criterion: item[0].key(c), reverse=reverse)
-    # RFC 5256: ties are in sequence-number order; the sorts above keep it for equal keys
-    numbers = [uid if by_uid else seq for _fields, seq, uid in keyed]
-    if options is not None:
-        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
-    else:
-        session.untagged("SORT" + "".join(f" {n}" for n in numbers))
-    return "OK Sort completed."
+    return keyed
 
 
 _SUBJECT_LEADER = re.compile(

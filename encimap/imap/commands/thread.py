@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from encimap.imap.commands import SELECTED, command
-from encimap.imap.commands.search import matching_uids
-from encimap.imap.commands.sort import MessageFields, base_subject, subject_info
-from encimap.imap.parser import ParseError, Reader, parse_search
+from encimap.imap.commands.sort import (
+    MessageFields,
+    base_subject,
+    matching_fields,
+    subject_info,
+)
+from encimap.imap.parser import ParseError, Reader
 from encimap.imap.session import Session
-from encimap.store import messages
 
 ALGORITHMS = ("REFERENCES", "ORDEREDSUBJECT")
 _MESSAGE_ID = re.compile(r"<[^<>\s]*>")
@@ -31,26 +34,15 @@ async def uid_thread(session: Session, _tag: str, reader: Reader) -> str:
 
 
 async def _thread(session: Session, reader: Reader, *, by_uid: bool) -> str:
-    selected = session.selected
-    assert selected is not None
     reader.sp()
     algorithm = reader.atom().upper()
     if algorithm not in ALGORITHMS:
         raise ParseError(f"unknown THREAD algorithm {algorithm[:20]}")
     reader.sp()
-    charset = reader.astring().decode("ascii", "replace").upper()
-    if charset not in ("US-ASCII", "UTF-8"):
-        raise ParseError(f"[BADCHARSET (US-ASCII UTF-8)] unsupported charset {charset}")
-    reader.sp()
-    program = parse_search(reader)
-    found = await matching_uids(session, program.key)
-    rows = await messages.sort_rows(session.server.pool, selected.mailbox.id, found)
-    items = []
-    for row in rows:
-        seq = selected.seq_of(row["uid"])
-        if seq is not None:
-            items.append(_Message(row["uid"] if by_uid else seq, seq, MessageFields(row)))
-    items.sort(key=lambda item: item.seq)
+    items = [
+        _Message(uid if by_uid else seq, seq, fields)
+        for fields, seq, uid in await matching_fields(session, reader)
+    ]
     if algorithm == "REFERENCES":
         roots = references(items)
     else:
