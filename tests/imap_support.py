@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import imaplib
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from encimap import config as config_module
 from encimap import smime
 from encimap.pgcluster import free_port
 from encimap.store import messages
+from tests import dovecot_support
 from tests.intake_support import add_certificate
 from tests.service_support import running_service
 from tests.support import Databases, DemoVaultbox, make_config, make_vaultbox
@@ -188,3 +190,46 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError, ssl.SSLError):
             await self.writer.wait_closed()
+
+
+async def fetch_items(
+    client: RawClient, count: int, items: Sequence[str]
+) -> dict[tuple[int, str], bytes]:
+    """`FETCH seq (item)` for each message and item, one command each: the raw answers."""
+    found = {}
+    for seq in range(1, count + 1):
+        for item in items:
+            reply = await client.command("f", f"FETCH {seq} ({item})")
+            assert reply[-1].startswith(b"f OK"), reply
+            found[(seq, item)] = b"".join(reply[:-1])
+    return found
+
+
+async def fetch_from_both(
+    databases: Databases,
+    tls_files: tuple[Path, Path],
+    tls_ca: trustme.CA,
+    box: Box | DemoVaultbox,
+    stored: list[bytes],
+    items: Sequence[str],
+) -> tuple[dict[tuple[int, str], bytes], dict[tuple[int, str], bytes]]:
+    """The same FETCH items from Dovecot holding `stored` and from encimap, where `box`
+    holds the same messages in the same order, each after EXAMINE INBOX: (theirs, ours)."""
+    dovecot = dovecot_support.Dovecot(stored)
+    await asyncio.to_thread(dovecot.start)
+    try:
+        client = await RawClient.connect(dovecot.port)
+        await client.command("l", f"LOGIN {dovecot.user} {dovecot.password}")
+        await client.command("s", "EXAMINE INBOX")
+        theirs = await fetch_items(client, len(stored), items)
+        await client.close()
+    finally:
+        await asyncio.to_thread(dovecot.stop)
+    cfg = imap_config(databases, tls_files)
+    async with running_imap(cfg):
+        client = await RawClient.connect(ports(cfg)[1], tls_ca)
+        await client.login(box)
+        await client.command("s", "EXAMINE INBOX")
+        ours = await fetch_items(client, len(stored), items)
+        await client.close()
+    return theirs, ours

@@ -5,14 +5,13 @@ without Dovecot."""
 
 from __future__ import annotations
 
-import asyncio
 import sysconfig
 from pathlib import Path
 
 import pytest
 
 from tests import dovecot_support
-from tests.imap_support import RawClient, imap_config, make_box, ports, running_imap, store
+from tests.imap_support import fetch_from_both, make_box, store
 
 DATA = Path(sysconfig.get_paths()["stdlib"]) / "test" / "test_email" / "data"
 ITEMS = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
@@ -43,39 +42,14 @@ pytestmark = [
 ]
 
 
-async def _answers(client: RawClient, count: int) -> dict[tuple[int, str], bytes]:
-    found = {}
-    for seq in range(1, count + 1):
-        for item in ITEMS:
-            reply = await client.command("f", f"FETCH {seq} ({item})")
-            assert reply[-1].startswith(b"f OK"), reply
-            found[(seq, item)] = b"".join(reply[:-1])
-    return found
-
-
 async def test_real_messages_match_dovecot(databases, tls_files, tls_ca, tmp_path):
     corpus = _corpus()
     names = list(corpus)
     box = await make_box(databases, "corpus@example.test", tmp_path)
     for name in names:
         await store(databases, box, corpus[name])
-    dovecot = dovecot_support.Dovecot([corpus[name] for name in names])
-    await asyncio.to_thread(dovecot.start)
-    try:
-        theirs_client = await RawClient.connect(dovecot.port)
-        await theirs_client.command("l", f"LOGIN {dovecot.user} {dovecot.password}")
-        await theirs_client.command("s", "EXAMINE INBOX")
-        theirs = await _answers(theirs_client, len(names))
-        await theirs_client.close()
-    finally:
-        await asyncio.to_thread(dovecot.stop)
-    cfg = imap_config(databases, tls_files)
-    async with running_imap(cfg):
-        client = await RawClient.connect(ports(cfg)[1], tls_ca)
-        await client.login(box)
-        await client.command("s", "EXAMINE INBOX")
-        ours = await _answers(client, len(names))
-        await client.close()
+    stored = [corpus[name] for name in names]
+    theirs, ours = await fetch_from_both(databases, tls_files, tls_ca, box, stored, ITEMS)
     differing = {
         names[seq - 1] for (seq, item) in theirs if theirs[(seq, item)] != ours[(seq, item)]
     }

@@ -3,7 +3,6 @@ it), and the stored PGP/MIME message is described as Dovecot describes it."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import pysequoia
@@ -12,7 +11,14 @@ import pytest
 from encimap import openpgp
 from encimap.store import messages, openpgp_keys
 from tests import dovecot_support
-from tests.imap_support import RawClient, imap_config, plain_message, ports, running_imap
+from tests.imap_support import (
+    RawClient,
+    fetch_from_both,
+    imap_config,
+    plain_message,
+    ports,
+    running_imap,
+)
 from tests.openpgp_support import decrypt, make_key, stop_agent, tools_missing
 from tests.smime_support import split_entity
 from tests.support import Databases, make_vaultbox
@@ -75,33 +81,7 @@ async def test_pgp_mime_described_as_dovecot_does(databases, tls_files, tls_ca) 
             await messages.insert_message(conn, vaultbox_id=box.vaultbox.id, body=body)
     finally:
         await conn.close()
-    dovecot = dovecot_support.Dovecot(stored)
-    await asyncio.to_thread(dovecot.start)
-    try:
-        theirs_client = await RawClient.connect(dovecot.port)
-        await theirs_client.command("l", f"LOGIN {dovecot.user} {dovecot.password}")
-        await theirs_client.command("s", "EXAMINE INBOX")
-        theirs = await _responses(theirs_client, len(stored))
-        await theirs_client.close()
-    finally:
-        await asyncio.to_thread(dovecot.stop)
-    cfg = imap_config(databases, tls_files)
-    async with running_imap(cfg):
-        ours_client = await RawClient.connect(ports(cfg)[1], tls_ca)
-        await ours_client.login(box)
-        await ours_client.command("s", "EXAMINE INBOX")
-        ours = await _responses(ours_client, len(stored))
-        await ours_client.close()
+    theirs, ours = await fetch_from_both(databases, tls_files, tls_ca, box, stored, ITEMS)
     assert b'"encrypted"' in theirs[(1, "BODYSTRUCTURE")]
     differences = [(key, theirs[key], ours[key]) for key in theirs if theirs[key] != ours[key]]
     assert not differences, differences
-
-
-async def _responses(client: RawClient, count: int) -> dict[tuple[int, str], bytes]:
-    found = {}
-    for seq in range(1, count + 1):
-        for item in ITEMS:
-            reply = await client.command("f", f"FETCH {seq} ({item})")
-            assert reply[-1].startswith(b"f OK"), reply
-            found[(seq, item)] = b"".join(reply[:-1])
-    return found
