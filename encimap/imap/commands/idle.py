@@ -101,12 +101,10 @@ def _queue(session: Session) -> None:
 async def _report(first: Session, mailbox_id: int) -> None:
     """Report the queued sessions of the mailbox until none is left."""
     try:
-        while True:
+        while _due[mailbox_id]:
             # every change committed before the events is dispatched: one wait for all
             await first.server.listener.barrier()
             due = _due[mailbox_id]
-            if not due:
-                break
             _due[mailbox_id] = {}
             for session in due:
                 await _report_one(session)
