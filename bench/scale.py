@@ -1,10 +1,11 @@
 """Costs against the size of the data: IMAP at N = 1,000 / 10,000 / 100,000 messages in a
 database that also holds 10,000 other vaultboxes, beside Dovecot on the same bytes; IDLE
 wake-up of 1,000 and 10,000 sessions; RCPT with and without a quota at 100,000 messages; a
-login lookup at 100 and at 100,000 credentials.
+login lookup at 100 and at 100,000 credentials; LMTP intake to one vaultbox against intake
+round-robin to 10,000 vaultboxes.
 
     python -m bench.scale [--sizes 1000,10000,100000] [--rounds 5] [--no-dovecot] [--pause 0]
-                          [--idle 1000,10000]
+                          [--idle 1000,10000] [--intake-boxes 10000] [--intake-messages 2000]
 
 One run: a private PostgreSQL cluster; `--others` vaultboxes (three messages each); per N one
 vaultbox whose INBOX gets 200 real S/MIME messages through the insert path, copied through SQL up
@@ -16,6 +17,11 @@ on its next command otherwise). Plain IMAP on loopback (trusted network, LOGIN a
 IDLE: that many sessions IDLE on the smallest INBOX, one message is stored, and the time until
 each session read its EXISTS is taken (the clients on uvloop), with the server's RSS. RCPT and
 login are the store's lookups (`find_recipient`, `vaultbox_imap_login`) timed in-process.
+Intake: `--intake-boxes` + 1 vaultboxes, each with its own certificate, and `encimap serve
+intake` (defaults); rounds of `--intake-messages` 10 KB messages over 4 LMTP connections, one
+round to a single vaultbox, the next round-robin through the others, alternating `--rounds`
+times after a warm-up that delivers once to every address (its rate is shown too: the
+intake's first delivery to each, every lookup a cache miss).
 """
 
 from __future__ import annotations
@@ -313,6 +319,128 @@ async def idle_wakeup(url: str, port: int, username: str, sessions: int) -> dict
     return {"median": statistics.median(times), "max": max(times)}
 
 
+INTAKE_DOMAIN = "intake.test"
+
+
+async def make_recipients(url: str, count: int) -> list[str]:
+    """`count` vaultboxes at INTAKE_DOMAIN, each with its own certificate (EC: quick to make);
+    their addresses."""
+    conn = await asyncpg.connect(url)
+    addresses = []
+    try:
+        async with conn.transaction():
+            for n in range(count):
+                alias = f"rcpt{n}"
+                box = await store_vaultboxes.create_vaultbox(
+                    conn, user_id=uuid.uuid4(), alias=alias, domain=INTAKE_DOMAIN, name=None
+                )
+                address = f"{alias}@{INTAKE_DOMAIN}"
+                await certificates.add_generated_certificate(
+                    conn, vaultbox_id=box.id, address=address, ec=True
+                )
+                addresses.append(address)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return addresses
+
+
+async def lmtp_round(port: int, recipients: list[str], sessions: int, size: int) -> float:
+    """Deliver one message to each of `recipients` in turn over `sessions` LMTP connections;
+    messages per second."""
+    body = b"".join(b"%075d\r\n" % n for n in range(size // 77 + 1))
+    queue = iter(recipients)
+
+    async def one_session() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def reply() -> bytes:
+            while True:
+                line = await reader.readline()
+                if line[3:4] != b"-":
+                    return line
+
+        await reply()
+        writer.write(b"LHLO bench.test\r\n")
+        await reply()
+        for recipient in queue:
+            envelope = b"MAIL FROM:<sender@bench.test>\r\nRCPT TO:<%s>\r\nDATA\r\n"
+            writer.write(envelope % recipient.encode())
+            for _ in range(3):
+                line = await reply()
+            if not line.startswith(b"354"):
+                raise RuntimeError(f"DATA refused: {line!r}")
+            writer.write(
+                b"Subject: bench\r\nMessage-ID: <%s@bench.test>\r\n\r\n" % uuid.uuid4().hex.encode()
+                + body
+                + b".\r\n"
+            )
+            line = await reply()
+            if not line.startswith(b"250"):
+                raise RuntimeError(f"delivery refused: {line!r}")
+        writer.write(b"QUIT\r\n")
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_session() for _ in range(sessions)))
+    return len(recipients) / (time.perf_counter() - started)
+
+
+def intake_rates(
+    base: Path, urls: tuple[str, str], boxes: int, messages: int, rounds: int
+) -> dict[str, float]:
+    """LMTP delivery rate to one vaultbox and round-robin to `boxes` different ones, in
+    alternating rounds of `messages` (medians, messages per second)."""
+    addresses = asyncio.run(make_recipients(urls[1], boxes + 1))
+    single, spread = addresses[0], addresses[1:]
+    port = free_port()
+    server = serve(
+        base / "intake.toml",
+        "intake",
+        port,
+        f'[database]\nmotorical_url = "{urls[0]}"\nencimap_url = "{urls[1]}"\n'
+        f'[intake]\nlisten = "127.0.0.1:{port}"\nhostname = "bench.test"\n'
+        f'[metrics]\nintake = ""\n[log]\nlevel = "warning"\n',
+    )
+    try:
+        uvloop.run(lmtp_round(port, [single] * 200, 4, 10_240))  # warm-up
+        # every address once: the intake's first delivery to each (its caches fill up)
+        first = uvloop.run(lmtp_round(port, spread, 4, 10_240))
+        one: list[float] = []
+        many: list[float] = []
+        cursor = 0
+        for _ in range(rounds):
+            one.append(uvloop.run(lmtp_round(port, [single] * messages, 4, 10_240)))
+            chosen = [spread[(cursor + n) % len(spread)] for n in range(messages)]
+            cursor += messages
+            many.append(uvloop.run(lmtp_round(port, chosen, 4, 10_240)))
+    finally:
+        stop(server)
+    return {"one": statistics.median(one), "many": statistics.median(many), "first": first}
+
+
+def serve(config: Path, service: str, port: int, settings: str) -> subprocess.Popen:
+    """`encimap serve <service>` with `settings` as its configuration, once it listens."""
+    config.write_text(settings)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "encimap", "--config", str(config), "serve", service],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    wait_for_port(port)
+    return server
+
+
+def stop(server: subprocess.Popen) -> None:
+    """The server gone: asked to stop, killed if it has not within 10 s (it waits for the
+    sessions still open when asked)."""
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(10)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -328,6 +456,14 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--no-dovecot", action="store_true")
     parser.add_argument("--idle", default="1000", help="IDLE session counts, e.g. 1000,10000")
+    parser.add_argument(
+        "--intake-boxes",
+        type=int,
+        default=10_000,
+        help="vaultboxes the round-robin intake rounds deliver to (0: none)",
+    )
+    parser.add_argument("--intake-messages", type=int, default=2000,
+                        help="messages per intake round")  # fmt: skip
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     use_dovecot = not args.no_dovecot
@@ -348,20 +484,18 @@ def main() -> int:
         )
         cert, key = write_self_signed(base / "tls")
         port = free_port()
-        config = base / "encimap.toml"
-        config.write_text(
+        server = serve(
+            base / "encimap.toml",
+            "imap",
+            port,
             f'[database]\nmotorical_url = "{cluster.url("motorical_db")}"\n'
             f'encimap_url = "{url}"\n'
             f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
             f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
             f'trusted_networks = ["127.0.0.0/8"]\nmax_connections_per_user = 20000\n'
-            f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n'
+            f"max_connections = 20000\nmax_connections_per_ip = 20000\nmax_unauthenticated = 1000\n"
+            f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n',
         )
-        server = subprocess.Popen(
-            [sys.executable, "-m", "encimap", "--config", str(config), "serve", "imap"],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        )
-        wait_for_port(port)
         tables = {}
         for size in sizes:
             username, bodies = made[size]
@@ -385,10 +519,17 @@ def main() -> int:
             result["RSS per session KB"] = (result["server RSS MB"] - before) * 1024 / count
             wakeups[count] = result
         stored = asyncio.run(lookups(url, max(sizes)))
+        stop(server)
+        server = None
+        intake = None
+        if args.intake_boxes:
+            intake = intake_rates(
+                base, (cluster.url("motorical_db"), url), args.intake_boxes,
+                args.intake_messages, args.rounds,
+            )  # fmt: skip
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            stop(server)
         cluster.stop()
     print(f"\nIMAP, medians of {args.rounds} alternating rounds after a warm-up; ms")
     header = "".join(f" | N = {size:,}" for size in sizes)
@@ -413,6 +554,14 @@ def main() -> int:
     print("\nstore-level lookups, median ms")
     for name, value in stored.items():
         print(f"| {name} | {value:.3f} |")
+    if intake is not None:
+        print(
+            f"\nLMTP intake, 10 KB messages over 4 sessions, medians of {args.rounds} alternating"
+            f" rounds of {args.intake_messages}: one vaultbox {intake['one']:.0f} msg/s,"
+            f" round-robin to {args.intake_boxes:,} vaultboxes {intake['many']:.0f} msg/s"
+            f" ({intake['many'] / intake['one']:.2f}x; target >= 0.9x); the first delivery to"
+            f" each of them, before the rounds: {intake['first']:.0f} msg/s"
+        )
     return 0
 
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from encimap.store import messages
+from encimap.store import events, messages
 from tests.imap_support import RawClient, imap_config, make_box, ports, running_imap, store
 
 SESSIONS = 30
@@ -38,6 +38,15 @@ async def test_one_query_per_change_for_all_idle_sessions(
 
     monkeypatch.setattr(messages, "uids_and_flags", counting_new)
     monkeypatch.setattr(messages, "fetch_rows", counting_rows)
+    barriers = 0
+    real_barrier = events.Listener.barrier
+
+    async def counting_barrier(self):
+        nonlocal barriers
+        barriers += 1
+        return await real_barrier(self)
+
+    monkeypatch.setattr(events.Listener, "barrier", counting_barrier)
     _, tls_port = ports(cfg)
     async with running_imap(cfg):
         clients = [await RawClient.connect(tls_port, tls_ca) for _ in range(SESSIONS)]
@@ -47,6 +56,7 @@ async def test_one_query_per_change_for_all_idle_sessions(
                 await client.command("S", "SELECT INBOX")
                 await client.send(b"I IDLE\r\n")
                 assert (await client.line()).startswith(b"+ ")
+            barriers = 0
             inserted = await store(databases, box, b"Subject: second\r\n\r\nbody\r\n")
             seen = await asyncio.gather(*(client.line() for client in clients))
             assert seen == [b"* 2 EXISTS\r\n"] * SESSIONS
@@ -71,6 +81,9 @@ async def test_one_query_per_change_for_all_idle_sessions(
                 b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n"
             ] * SESSIONS
             assert sum(b"\\Recent" in line for line in seen) == 1, seen
+            # the idling sessions were reported together: one wait for the listener per
+            # change, not one per session
+            assert 2 <= barriers <= 4, barriers
             for client in clients:
                 await client.send(b"DONE\r\n")
                 assert (await client.until("I"))[-1].startswith(b"I OK")

@@ -45,6 +45,9 @@ class Selected:
         self.recent_reported = 0  # the last RECENT count sent: sent again when it differs
         self.keywords: set[str] = set()  # announced in FLAGS (RFC 3501 7.2.6)
         self.changed = asyncio.Event()  # wakes IDLE
+        # While set (an idling session), called instead of waking `changed`: the changes are
+        # then reported for the session without waking its task (encimap.imap.commands.idle).
+        self.waker: Callable[[], None] | None = None
         self._new = False
         self._flags: set[int] = set()
         self._expunged: set[int] = set()
@@ -164,7 +167,10 @@ class Selected:
             self._flags.update(event.uids)
         elif event.kind == events.EXPUNGE:
             self._expunged.update(event.uids)
-        self.changed.set()
+        if self.waker is not None:
+            self.waker()
+        else:
+            self.changed.set()
 
     def expect_new(self) -> None:
         """This session added messages here (APPEND, COPY): report them with its reply rather
@@ -243,7 +249,8 @@ class Selected:
         new_rows = []
         if new:
             new_rows = await shared.read(
-                ("new", id(self.pool), mailbox_id, shared.generation(mailbox_id), after),
+                mailbox_id,
+                ("new", id(self.pool), after),
                 lambda: messages.uids_and_flags(self.pool, mailbox_id, after),
             )
         first_recent = None
@@ -259,7 +266,8 @@ class Selected:
         if flagged:
             changed = sorted(flagged)
             flag_rows = await shared.read(
-                ("flags", id(self.pool), mailbox_id, shared.generation(mailbox_id), tuple(changed)),
+                mailbox_id,
+                ("flags", id(self.pool), tuple(changed)),
                 lambda: messages.fetch_rows(self.pool, mailbox_id, changed, ["flags"]),
             )
         return new_rows, flag_rows, first_recent

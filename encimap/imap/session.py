@@ -135,6 +135,18 @@ class Session:
             self._write(data)
         await self._drain()
 
+    def flush_now(self) -> bool:
+        """Write the queued output without waiting for the client to take it; False, with
+        nothing written, when the client is behind on reading (then `flush` must wait)."""
+        if self.writer.transport.get_write_buffer_size() >= _FLUSH_AT:
+            return False
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._buffered = 0
+            self._write(data)
+        return True
+
     async def maybe_flush(self) -> None:
         if self._buffered >= _FLUSH_AT:
             await self.flush()

@@ -1,6 +1,12 @@
 """IDLE (RFC 2177): report changes as they happen until the client sends DONE. Woken by the
 mailbox's NOTIFY events (see encimap.store.events), not by polling. A database failure does
-not end IDLE: what changed is reported once the database answers again."""
+not end IDLE: what changed is reported once the database answers again.
+
+The sessions idling on a mailbox are reported together: an event queues them, and one task
+per mailbox waits for the listener once, reads once (encimap.imap.shared) and writes each
+session's untagged responses straight to its connection, without waking the sessions' own
+tasks. A session whose report fails, or whose client is behind on reading, is woken instead
+and reports (and waits for its client) itself."""
 
 from __future__ import annotations
 
@@ -16,6 +22,11 @@ from encimap.logs import get_logger
 log = get_logger(__name__)
 # After a failed report (the database unreachable for a moment), IDLE tries again this soon.
 IDLE_RETRY_SECONDS = 1.0
+# mailbox id -> the idling sessions with changes to report (present while its task runs)
+_due: dict[int, dict[Session, None]] = {}
+_reporters: set[asyncio.Task[None]] = set()
+# session -> its report under way: IDLE does not end in the middle of one
+_reporting: dict[Session, asyncio.Future[None]] = {}
 
 
 @command("IDLE", states=AUTHENTICATED)
@@ -43,14 +54,21 @@ async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
     while True:
         waiters: set[asyncio.Future[object]] = {done}
         changed = None
-        if session.selected is not None:
-            changed = asyncio.ensure_future(session.selected.changed.wait())
+        selected = session.selected
+        if selected is not None:
+            changed = asyncio.ensure_future(selected.changed.wait())
             waiters.add(changed)
+            selected.waker = lambda: _queue(session)
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if selected is not None:
+                selected.waker = None
             if changed is not None and not changed.done():
                 changed.cancel()
+            under_way = _reporting.get(session)
+            if under_way is not None:
+                await asyncio.shield(under_way)
         if done.done():
             break
         try:
@@ -65,3 +83,50 @@ async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
                     IDLE_RETRY_SECONDS, session.selected.changed.set
                 )
         await session.flush()
+
+
+def _queue(session: Session) -> None:
+    """An event for the idling session: report it with the others of its mailbox."""
+    assert session.selected is not None
+    mailbox_id = session.selected.mailbox.id
+    due = _due.get(mailbox_id)
+    if due is None:
+        due = _due[mailbox_id] = {}
+        task = asyncio.get_running_loop().create_task(_report(session, mailbox_id))
+        _reporters.add(task)
+        task.add_done_callback(_reporters.discard)
+    due[session] = None
+
+
+async def _report(first: Session, mailbox_id: int) -> None:
+    """Report the queued sessions of the mailbox until none is left."""
+    try:
+        while _due[mailbox_id]:
+            # every change committed before the events is dispatched: one wait for all
+            await first.server.listener.barrier()
+            due = _due[mailbox_id]
+            _due[mailbox_id] = {}
+            for session in due:
+                await _report_one(session)
+    finally:
+        for session in _due.pop(mailbox_id, {}):
+            if session.selected is not None:
+                session.selected.changed.set()
+
+
+async def _report_one(session: Session) -> None:
+    selected = session.selected
+    if selected is None or selected.waker is None:
+        return  # IDLE ended: the session reports after its next command
+    under_way = asyncio.get_running_loop().create_future()
+    _reporting[session] = under_way
+    try:
+        for line in await selected.sync(expunge_ok=True):
+            session.send(line)
+        if not session.flush_now():
+            selected.changed.set()
+    except Exception:  # the session's own task reports it, and its errors
+        selected.changed.set()
+    finally:
+        del _reporting[session]
+        under_way.set_result(None)
