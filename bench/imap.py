@@ -65,24 +65,7 @@ async def prepare(cluster: LocalCluster, count: int) -> tuple[str, list[bytes]]:
     _, encimap_url = await prepare_databases(cluster, "motorical_db", "motorical_encrypted_imap")
     conn = await asyncpg.connect(encimap_url)
     try:
-        box = await vaultboxes.create_vaultbox(
-            conn,
-            user_id=uuid.uuid4(),
-            alias="bench",
-            domain="example.test",
-            name=None,
-        )
-        username = credentials.new_username("example.test")
-        await credentials.create_credential(
-            conn,
-            kind="imap",
-            vaultbox_id=box.id,
-            username=username,
-            password_hash=hash_password(PASSWORD, 10),
-        )
-        cert_pem, _key, _info = await certificates.add_generated_certificate(
-            conn, vaultbox_id=box.id, address=ADDRESS
-        )
+        box, username, cert_pem = await bench_mailbox(conn, ADDRESS)
         stored = [smime.encrypt_message(message(n, 7000), [cert_pem]).message for n in range(count)]
         for body in stored:
             await messages.insert_message(conn, vaultbox_id=box.id, body=body)
@@ -221,6 +204,51 @@ def print_stress(
     print(f"errors   {results['Dovecot'][1]:>8} {results['encimap'][1]:>8}")
 
 
+async def bench_mailbox(
+    conn: asyncpg.Connection, address: str
+) -> tuple[vaultboxes.Vaultbox, str, bytes]:
+    """A vaultbox at `address` with an IMAP login (PASSWORD) and a generated certificate:
+    (vaultbox, username, certificate PEM)."""
+    alias, _, domain = address.partition("@")
+    box = await vaultboxes.create_vaultbox(
+        conn, user_id=uuid.uuid4(), alias=alias, domain=domain, name=None
+    )
+    username = credentials.new_username(domain)
+    await credentials.create_credential(
+        conn,
+        kind="imap",
+        vaultbox_id=box.id,
+        username=username,
+        password_hash=hash_password(PASSWORD, 10),
+    )
+    pem, _key, _info = await certificates.add_generated_certificate(
+        conn, vaultbox_id=box.id, address=address
+    )
+    return box, username, pem
+
+
+def serve(config: Path, service: str, port: int, settings: str) -> subprocess.Popen:
+    """`encimap serve <service>` with `settings` as its configuration, once it listens."""
+    config.write_text(settings)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "encimap", "--config", str(config), "serve", service],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    wait_for_port(port)
+    return server
+
+
+def stop(server: subprocess.Popen) -> None:
+    """The server gone: asked to stop, killed if it has not within 10 s (it waits for the
+    sessions still open when asked)."""
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(10)
+
+
 def wait_for_port(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -256,20 +284,17 @@ def main() -> int:
         print(f"{len(stored)} S/MIME messages, median {statistics.median(sizes) / 1024:.1f} KB")
         cert, key = write_self_signed(base / "tls")
         port = free_port()
-        config = base / "encimap.toml"
-        config.write_text(
+        server = serve(
+            base / "encimap.toml",
+            "imap",
+            port,
             f'[database]\nmotorical_url = "{cluster.url("motorical_db")}"\n'
             f'encimap_url = "{cluster.url("motorical_encrypted_imap")}"\n'
             f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
             f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
             f'trusted_networks = ["127.0.0.0/8"]\nmax_connections_per_user = 100\n'
-            f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n'
+            f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n',
         )
-        server = subprocess.Popen(
-            [sys.executable, "-m", "encimap", "--config", str(config), "serve", "imap"],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        )
-        wait_for_port(port)
         dovecot = dovecot_support.Dovecot(stored)
         dovecot.start()
         master = int((dovecot.base / "run" / "master.pid").read_text())
@@ -284,8 +309,7 @@ def main() -> int:
             results = {target.name: measure(target, args.runs, len(stored)) for target in targets}
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            stop(server)
         if dovecot is not None:
             dovecot.stop()
         cluster.stop()

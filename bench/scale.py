@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import imaplib
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,16 +40,14 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from bench.imap import message, wait_for_port
+from bench.imap import PASSWORD, bench_mailbox, message, serve, stop
 from encimap import smime
-from encimap.auth.passwords import hash_password
 from encimap.pgcluster import LocalCluster, free_port, prepare_databases
-from encimap.store import certificates, credentials, logins, mailboxes, messages, recipients
+from encimap.store import certificates, logins, mailboxes, messages, recipients
 from encimap.store import vaultboxes as store_vaultboxes
 from encimap.tls import write_self_signed
 from tests import dovecot_support
 
-PASSWORD = "bench-password"
 UNIQUE = 200  # real deliveries per mailbox; the rest are SQL copies of them
 
 _COPY = """
@@ -88,21 +84,7 @@ async def fill(url: str, sizes: list[int], others: int) -> dict[int, tuple[str, 
     try:
         await conn.execute(_OTHERS.replace("$1::int", str(others)))
         for size in sizes:
-            alias = f"scale{size}"
-            box = await store_vaultboxes.create_vaultbox(
-                conn, user_id=uuid.uuid4(), alias=alias, domain="example.test", name=None
-            )
-            username = credentials.new_username("example.test")
-            await credentials.create_credential(
-                conn,
-                kind="imap",
-                vaultbox_id=box.id,
-                username=username,
-                password_hash=hash_password(PASSWORD, 10),
-            )
-            pem, _key, _info = await certificates.add_generated_certificate(
-                conn, vaultbox_id=box.id, address=f"{alias}@example.test"
-            )
+            box, username, pem = await bench_mailbox(conn, f"scale{size}@example.test")
             unique = [
                 smime.encrypt_message(message(n, 1000), [pem]).message
                 for n in range(min(UNIQUE, size))
@@ -417,28 +399,6 @@ def intake_rates(
     finally:
         stop(server)
     return {"one": statistics.median(one), "many": statistics.median(many), "first": first}
-
-
-def serve(config: Path, service: str, port: int, settings: str) -> subprocess.Popen:
-    """`encimap serve <service>` with `settings` as its configuration, once it listens."""
-    config.write_text(settings)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "encimap", "--config", str(config), "serve", service],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-    )
-    wait_for_port(port)
-    return server
-
-
-def stop(server: subprocess.Popen) -> None:
-    """The server gone: asked to stop, killed if it has not within 10 s (it waits for the
-    sessions still open when asked)."""
-    server.terminate()
-    try:
-        server.wait(10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait(10)
 
 
 def rss_mb(pid: int) -> float:
