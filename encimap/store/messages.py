@@ -56,7 +56,7 @@ COLUMNS = frozenset(
 # The stored bytes of a message: `body` for what encimap stored, the platform's TEXT column for
 # mail its old service stored (see sql/encimap/002_encimap_tables.sql). FETCH reads them under
 # the name `body_encrypted`.
-STORED_BYTES = "coalesce(body, convert_to(body_encrypted, 'UTF8'))"
+STORED_BYTES = "encimap_stored_bytes(body, body_encrypted)"  # repeatable/10_stored_bytes.sql
 _SELECTED = {"body_encrypted": f"{STORED_BYTES} AS body_encrypted"}
 # The messages of mailbox $1 with UIDs in the ranges $2, $3 (see encimap.store.uidsets).
 _IN_RANGES = uidsets.messages("{columns}", "$1", "$2", "$3")

@@ -36,8 +36,7 @@ BEGIN
         UPDATE encrypted_emails e
            SET mailbox_id = inbox.id,
                uid = inbox.uid_next + o.rank - 1,
-               size_bytes = coalesce(octet_length(coalesce(e.body,
-                                                           convert_to(e.body_encrypted, 'UTF8'))), 0),
+               size_bytes = coalesce(octet_length(encimap_stored_bytes(e.body, e.body_encrypted)), 0),
                internal_date = coalesce(e.internal_date, e.processed_at::timestamptz, now())
           FROM unnest(ids) WITH ORDINALITY AS o(id, rank)
          WHERE e.id = o.id;
