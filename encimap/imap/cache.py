@@ -16,6 +16,9 @@ from typing import Any
 _ENTRY_OVERHEAD = 512
 
 
+_CHANGING = ("flags", "modseq")  # never cached: another session may change them
+
+
 class MessageCache:
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
@@ -30,7 +33,7 @@ class MessageCache:
         return entry
 
     def put(self, mailbox_id: int, row: dict[str, Any]) -> None:
-        entry = {name: value for name, value in row.items() if name != "flags"}
+        entry = {name: value for name, value in row.items() if name not in _CHANGING}
         key = (mailbox_id, entry["uid"])
         old = self._entries.pop(key, None)
         if old is not None:

@@ -139,6 +139,18 @@ class Reader:
             raise ParseError("number out of range")
         return value
 
+    def mod_sequence(self) -> int:
+        """A mod-sequence value, 0 included (RFC 7162 mod-sequence-valzer: 63 bits)."""
+        start = self.pos
+        while self.pos < len(self.data) and 0x30 <= self.data[self.pos] <= 0x39:
+            self.pos += 1
+        if start == self.pos or self.pos - start > 19:
+            raise ParseError("expected a mod-sequence")
+        value = int(self.data[start : self.pos])
+        if value > 0x7FFFFFFFFFFFFFFF:
+            raise ParseError("mod-sequence out of range")
+        return value
+
     def nz_number(self) -> int:
         value = self.number()
         if value == 0:
@@ -343,6 +355,7 @@ _SIMPLE_ITEMS = {
     "RFC822.HEADER",
     "RFC822.TEXT",
     "BODY",
+    "MODSEQ",  # RFC 7162
 }
 _MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
@@ -529,6 +542,15 @@ def _search_key(reader: Reader, depth: int) -> object:
     if name == "UID":
         reader.sp()
         return SetKey(reader.sequence_set(), uid=True)
+    if name == "MODSEQ":  # RFC 7162 3.1.5; the entry name and type only narrow to a flag
+        reader.sp()
+        if reader.peek() == 0x22:
+            reader.quoted()
+            reader.sp()
+            if reader.atom().lower() not in ("priv", "shared", "all"):
+                raise ParseError("unknown MODSEQ entry type")
+            reader.sp()
+        return keys.Modseq(reader.mod_sequence())
     if name == "NOT":
         reader.sp()
         return keys.Not(_search_key(reader, depth + 1))

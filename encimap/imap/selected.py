@@ -44,6 +44,11 @@ class Selected:
         self.recent: set[int] = set()
         self.recent_reported = 0  # the last RECENT count sent: sent again when it differs
         self.keywords: set[str] = set()  # announced in FLAGS (RFC 3501 7.2.6)
+        # RFC 7162, as the session enabled them: MODSEQ in every FETCH response about a flag
+        # change, and VANISHED instead of EXPUNGE (encimap.imap.commands.condstore).
+        self.condstore = False
+        self.qresync = False
+        self.highest_modseq = 1  # as read at SELECT
         self.changed = asyncio.Event()  # wakes IDLE
         # While set (an idling session), called instead of waking `changed`: the changes are
         # then reported for the session without waking its task (encimap.imap.commands.idle).
@@ -66,6 +71,7 @@ class Selected:
         self.recent = set(self.uids[bisect.bisect_left(self.uids, first) :])
         self.recent_reported = len(self.recent)
         self.keywords = set(summary.keywords)
+        self.highest_modseq = summary.highest_modseq
         return summary
 
     def flag_lines(self) -> list[bytes]:
@@ -153,6 +159,32 @@ class Selected:
             for start, end in sequence.ranges
         )
 
+    def expunged(self, uids: Sequence[int]) -> list[bytes]:
+        """Forget expunged UIDs; the responses that report them: `* n EXPUNGE` each, or with
+        QRESYNC one `* VANISHED` (RFC 7162 3.2.10)."""
+        if not self.qresync:
+            return [b"* %d EXPUNGE\r\n" % seq for seq in self.forget(uids)]
+        known = [uid for uid in uids if self.seq_of(uid) is not None]
+        self.forget(known)
+        if not known:
+            return []
+        return [b"* VANISHED %s\r\n" % wire.ordered_sequence_set(known).encode()]
+
+    def fetch_flags(
+        self, uid: int, flags: Sequence[str] | None, modseq: int, *, uid_at: int | None
+    ) -> bytes:
+        """The FETCH response that reports a message's flags (None: only its MODSEQ), with
+        UID at position `uid_at` (0 or 1; None: without), and MODSEQ with CONDSTORE."""
+        seq = self.seq_of(uid)
+        items = []
+        if flags is not None:
+            items.append(b"FLAGS " + wire.flag_list(self.flags(uid, flags)).encode())
+        if uid_at is not None:
+            items.insert(uid_at, b"UID %d" % uid)
+        if self.condstore:
+            items.append(b"MODSEQ (%d)" % modseq)
+        return b"* %d FETCH (%b)\r\n" % (seq or 0, b" ".join(items))
+
     # -- changes --
     def _on_event(self, event: events.Event) -> None:
         shared.note(self.mailbox.id, event)
@@ -217,7 +249,7 @@ class Selected:
         new_rows, flag_rows, first_recent = read
         lines: list[bytes] = []
         if expunge_ok and expunged:
-            lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(expunged)))
+            lines.extend(self.expunged(sorted(expunged)))
         else:
             self._expunged |= expunged
         if new_rows:
@@ -229,10 +261,8 @@ class Selected:
                 self.recent.update(row["uid"] for row in new_rows if row["uid"] >= first_recent)
         lines.extend(self.announce(f for row in flag_rows for f in row["flags"]))
         for row in flag_rows:
-            seq = self.seq_of(row["uid"])
-            if seq is not None:
-                flags = wire.flag_list(self.flags(row["uid"], row["flags"])).encode()
-                lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, row["uid"], flags))
+            if self.seq_of(row["uid"]) is not None:
+                lines.append(self.fetch_flags(row["uid"], row["flags"], row["modseq"], uid_at=0))
         return lines + self._recent_update()
 
     async def _read(
@@ -268,7 +298,7 @@ class Selected:
             flag_rows = await shared.read(
                 mailbox_id,
                 ("flags", id(self.pool), tuple(changed)),
-                lambda: messages.fetch_rows(self.pool, mailbox_id, changed, ["flags"]),
+                lambda: messages.fetch_rows(self.pool, mailbox_id, changed, ["flags", "modseq"]),
             )
         return new_rows, flag_rows, first_recent
 

@@ -14,6 +14,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from encimap.store import modseqs
 from encimap.store.types import Executor
 
 
@@ -22,6 +23,7 @@ class Summary:
     uids: array  # array('I'), ascending
     keywords: list[str]  # flags other than the system flags (\...), sorted
     first_unseen_uid: int | None
+    highest_modseq: int  # HIGHESTMODSEQ (RFC 7162) as of the same snapshot as `uids`
 
 
 def packed_uids(data: bytes) -> array:
@@ -45,18 +47,25 @@ async def summary(db: Executor, mailbox_id: int) -> Summary:
         r"""SELECT array_send(ARRAY(SELECT uid FROM encrypted_emails WHERE mailbox_id = $1
                                      ORDER BY uid)) AS uids,
                    (SELECT keywords FROM mailboxes WHERE id = $1) AS keywords,
+                   (SELECT highest_modseq FROM mailboxes WHERE id = $1) AS highest_modseq,
                    (SELECT uid FROM encrypted_emails
                      WHERE mailbox_id = $1 AND NOT flags @> ARRAY['\Seen']
                      ORDER BY uid LIMIT 1) AS first_unseen""",
         mailbox_id,
     )
-    return Summary(packed_uids(row["uids"]), list(row["keywords"] or ()), row["first_unseen"])
+    return Summary(
+        packed_uids(row["uids"]),
+        list(row["keywords"] or ()),
+        row["first_unseen"],
+        row["highest_modseq"] or 1,
+    )
 
 
 # Response items FETCH (UID FLAGS) may name, rendered by PostgreSQL.
 _ITEM_SQL = {
     "UID": "'UID ' || e.uid",
     "FLAGS": "'FLAGS (' || array_to_string(e.flags, ' ') || ')'",
+    "MODSEQ": f"'MODSEQ (' || {modseqs.MODSEQ} || ')'",
 }
 
 
@@ -68,15 +77,17 @@ async def flag_responses(
 ) -> bytes:
     """`* n FETCH (UID u FLAGS (...))` lines, CRLF-terminated, for the messages in `runs`:
     (lowest UIDs, highest UIDs, sequence numbers of the lowest), each run naming consecutive
-    UIDs at consecutive sequence numbers; `items` is an ordering of UID and/or FLAGS. Messages
+    UIDs at consecutive sequence numbers; `items` is an ordering of UID, FLAGS and MODSEQ. Messages
     no longer stored are left out."""
     rendered = " || ' ' || ".join(_ITEM_SQL[item] for item in items)
+    # without MODSEQ the rows come from the index alone (its INCLUDE has the flags)
+    columns = "uid, flags, modseq" if "MODSEQ" in items else "uid, flags"
     data = await db.fetchval(
         f"""SELECT string_agg('* ' || (run.seq + e.uid - run.lo) || ' FETCH ('
                               || {rendered} || E')\\r\\n', '' ORDER BY e.uid)
               FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS run(lo, hi, seq)
              CROSS JOIN LATERAL (
-                   SELECT uid, flags FROM encrypted_emails
+                   SELECT {columns} FROM encrypted_emails
                     WHERE mailbox_id = $1 AND uid BETWEEN run.lo AND run.hi OFFSET 0) AS e""",  # noqa: S608
         mailbox_id,
         *runs,

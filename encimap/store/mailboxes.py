@@ -31,6 +31,7 @@ class Counts:
     messages: int
     unseen: int
     size: int
+    highest_modseq: int  # RFC 7162 HIGHESTMODSEQ
 
 
 def canonical_name(name: str) -> str:
@@ -196,8 +197,9 @@ async def counts(db: Executor, mailbox_id: int) -> Counts:
     """The mailbox's counters, kept at write time (sql/encimap/repeatable/
     35_message_counters.sql): one row read, whatever the mailbox holds."""
     row = await db.fetchrow(
-        "SELECT messages, unseen, bytes AS size FROM mailboxes WHERE id = $1", mailbox_id
+        "SELECT messages, unseen, bytes AS size, highest_modseq FROM mailboxes WHERE id = $1",
+        mailbox_id,
     )
     if row is None:
-        return Counts(0, 0, 0)
-    return Counts(row["messages"], row["unseen"], row["size"])
+        return Counts(0, 0, 0, 1)
+    return Counts(row["messages"], row["unseen"], row["size"], row["highest_modseq"])

@@ -31,7 +31,7 @@ from typing import Literal
 import asyncpg
 
 from encimap import mimeinfo
-from encimap.store import events, uidsets
+from encimap.store import events, modseqs, uidsets
 from encimap.store.errors import NotFound
 from encimap.store.types import Executor
 
@@ -51,13 +51,17 @@ COLUMNS = frozenset(
         "bodystructure_basic",
         "mime_parts",
         "body_encrypted",
+        "modseq",
     }
 )
 # The stored bytes of a message: `body` for what encimap stored, the platform's TEXT column for
 # mail its old service stored (see sql/encimap/002_encimap_tables.sql). FETCH reads them under
 # the name `body_encrypted`.
 STORED_BYTES = "encimap_stored_bytes(body, body_encrypted)"  # repeatable/10_stored_bytes.sql
-_SELECTED = {"body_encrypted": f"{STORED_BYTES} AS body_encrypted"}
+_SELECTED = {
+    "body_encrypted": f"{STORED_BYTES} AS body_encrypted",
+    "modseq": f"{modseqs.MODSEQ} AS modseq",
+}
 # The messages of mailbox $1 with UIDs in the ranges $2, $3 (see encimap.store.uidsets).
 _IN_RANGES = uidsets.messages("{columns}", "$1", "$2", "$3")
 # The same messages for an UPDATE or DELETE of `t`: their ctids collected once, then a TID
@@ -276,6 +280,12 @@ _FLAG_CHANGE = {
 }
 
 
+@dataclass(frozen=True)
+class Stored:
+    changed: list[tuple[int, list[str], int]]  # (uid, new flags, new modseq), UID order
+    modified: list[int]  # UIDs left alone: changed after UNCHANGEDSINCE (RFC 7162 3.1.3)
+
+
 async def store_flags(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     *,
@@ -285,28 +295,47 @@ async def store_flags(
     mode: FlagMode,
     flags: Sequence[str],
     origin: str,
-) -> list[tuple[int, list[str]]]:
-    """Change flags; returns (uid, new flags) of the messages whose flags changed.
+    unchanged_since: int | None = None,
+) -> Stored:
+    """Change flags; returns the messages whose flags changed, with their new flags and
+    mod-sequence, and those that failed the UNCHANGEDSINCE test (not changed) if one is given.
 
     Rows that already have the wanted flags are not written (nor reported, as Dovecot does),
-    so a repeated `STORE +FLAGS` costs no writes.
+    so a repeated `STORE +FLAGS` costs no writes. The test and the change happen under the
+    mailbox lock, so no other writer changes a message in between.
     """
     new_value, condition = _FLAG_CHANGE[mode]
+    modified: list[int] = []
     async with conn.transaction():
         await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
-        rows = await conn.fetch(
-            f"""UPDATE encrypted_emails t SET flags = {new_value}
-                 WHERE {_CHOSEN} AND {condition}
-                RETURNING t.uid, t.flags""",  # noqa: S608 - fixed SQL fragments only
-            mailbox_id,
-            *uidsets.ranges(uids),
-            sorted(set(flags)),
-        )
+        if unchanged_since is not None:
+            found = await conn.fetch(
+                f"""SELECT e.uid FROM {_IN_RANGES.format(columns="uid, modseq")}
+                     WHERE {modseqs.MODSEQ} > $4 ORDER BY e.uid""",  # noqa: S608 - fixed SQL
+                mailbox_id,
+                *uidsets.ranges(uids),
+                unchanged_since,
+            )
+            modified = [row["uid"] for row in found]
+            if modified:
+                gone = set(modified)
+                uids = [uid for uid in uids if uid not in gone]
+        rows = []
+        if uids:
+            rows = await conn.fetch(
+                f"""UPDATE encrypted_emails t SET flags = {new_value}
+                     WHERE {_CHOSEN} AND {condition}
+                    RETURNING t.uid, t.flags, t.modseq""",  # noqa: S608 - fixed SQL fragments only
+                mailbox_id,
+                *uidsets.ranges(uids),
+                sorted(set(flags)),
+            )
         if rows:
             await events.publish_change(
                 conn, vaultbox_id, mailbox_id, events.FLAGS, origin, [row["uid"] for row in rows]
             )
-    return sorted((row["uid"], list(row["flags"])) for row in rows)
+    changed = sorted((row["uid"], list(row["flags"]), row["modseq"]) for row in rows)
+    return Stored(changed, modified)
 
 
 async def expunge(

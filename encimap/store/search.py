@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
-from encimap.store import flagsync, uidsets
+from encimap.store import flagsync, modseqs, uidsets
 from encimap.store.types import Executor
 
 SEARCHABLE_HEADERS = ("from", "to", "cc", "bcc", "subject")
@@ -80,7 +80,14 @@ class Text:
     text: str
 
 
-Key = All | Nothing | Flag | Uids | Not | Or | And | Date | Size | Header | Text
+@dataclass(frozen=True)
+class Modseq:
+    """RFC 7162 3.1.5: messages whose mod-sequence is at least `modseq`."""
+
+    modseq: int
+
+
+Key = All | Nothing | Flag | Uids | Not | Or | And | Date | Size | Header | Text | Modseq
 
 
 class _Compiler:
@@ -123,6 +130,8 @@ class _Compiler:
                 if name not in SEARCHABLE_HEADERS:
                     return "false"
                 return self._contains(f"search_headers->>{self.param(name, '::text')}", text)
+            case Modseq(modseq):
+                return f"{modseqs.MODSEQ} >= {self.param(modseq, '::bigint')}"
             case Text(text):
                 fields = " || ' ' || ".join(
                     f"coalesce(search_headers->>'{name}', '')" for name in SEARCHABLE_HEADERS

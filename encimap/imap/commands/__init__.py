@@ -29,12 +29,14 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+# RFC 5161 ENABLE: capability name -> what enables it for a session (True if newly enabled).
+ENABLEABLE: dict[str, Callable[[Session], Awaitable[bool]]] = {}
 
 _BASE = (
     "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
     "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE SORT SORT=DISPLAY ESORT "
     "THREAD=REFERENCES THREAD=ORDEREDSUBJECT COMPRESS=DEFLATE "
-    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS"
+    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS CONDSTORE QRESYNC"
 )
 
 
@@ -69,6 +71,7 @@ from encimap.imap.commands import (  # noqa: E402, F401
     append,
     auth,
     compress,
+    condstore,
     fetch,
     idle,
     mailbox,

@@ -7,7 +7,14 @@ import asyncio
 import binascii
 
 from encimap.auth import AuthFailed, AuthUnavailable
-from encimap.imap.commands import ANY, AUTHENTICATED, NOT_AUTHENTICATED, capabilities, command
+from encimap.imap.commands import (
+    ANY,
+    AUTHENTICATED,
+    ENABLEABLE,
+    NOT_AUTHENTICATED,
+    capabilities,
+    command,
+)
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.session import AlreadyReplied, Disconnect, Session, State, bad, no
 
@@ -61,13 +68,15 @@ async def identify(session: Session, _tag: str, reader: Reader) -> str:
 
 @command("ENABLE", states=AUTHENTICATED)
 async def enable(session: Session, _tag: str, reader: Reader) -> str:
-    """RFC 5161; no extension we offer needs enabling, so nothing is enabled."""
-    reader.sp()
-    reader.atom()
+    """RFC 5161: ENABLED lists what this command enabled; unknown names are ignored."""
+    names = []
     while not reader.at_end():
         reader.sp()
-        reader.atom()
-    session.untagged("ENABLED")
+        names.append(reader.atom().upper())
+    if not names:
+        raise ParseError("ENABLE needs a capability")
+    enabled = [name for name in names if name in ENABLEABLE and await ENABLEABLE[name](session)]
+    session.untagged(" ".join(["ENABLED", *enabled]))
     return "OK ENABLE completed."
 
 

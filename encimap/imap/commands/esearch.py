@@ -17,8 +17,11 @@ def check_options(options: list[str]) -> list[str]:
     return options or ["ALL"]
 
 
-def response(tag: str, numbers: list[int], options: list[str], *, by_uid: bool) -> str:
-    """The untagged ESEARCH response (without "* ") for the matching numbers, ascending."""
+def response(
+    tag: str, numbers: list[int], options: list[str], *, by_uid: bool, modseq: int | None = None
+) -> str:
+    """The untagged ESEARCH response (without "* ") for the matching numbers, ascending;
+    `modseq` is RFC 7162's MODSEQ result of a search with a MODSEQ criterion."""
     parts = [f"ESEARCH (TAG {wire.quoted_or_literal(tag)})"]
     if by_uid:
         parts.append("UID")
@@ -30,4 +33,6 @@ def response(tag: str, numbers: list[int], options: list[str], *, by_uid: bool) 
         parts.append(f"ALL {wire.ordered_sequence_set(numbers)}")
     if "COUNT" in options:
         parts.append(f"COUNT {len(numbers)}")
+    if numbers and modseq is not None:
+        parts.append(f"MODSEQ {modseq}")
     return " ".join(parts)

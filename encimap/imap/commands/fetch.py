@@ -15,7 +15,7 @@ import asyncpg
 
 from encimap import mimeinfo
 from encimap.imap import wire
-from encimap.imap.commands import SELECTED, command
+from encimap.imap.commands import SELECTED, command, condstore
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.parser import FetchItem, Reader, Section, parse_fetch_items
 from encimap.imap.session import Session, bad
@@ -35,8 +35,9 @@ _COLUMNS_FOR = {
     "RFC822": ("body_encrypted",),
     "RFC822.HEADER": ("body_encrypted", "mime_parts", "id"),
     "RFC822.TEXT": ("body_encrypted", "mime_parts", "id"),
+    "MODSEQ": ("modseq",),
 }
-_FLAG_SYNC = frozenset({"UID", "FLAGS"})
+_FLAG_SYNC = frozenset({"UID", "FLAGS", "MODSEQ"})
 _DERIVED = ("envelope", "bodystructure", "bodystructure_basic", "mime_parts")
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
 
@@ -78,15 +79,19 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
     sequence = reader.sequence_set()
     reader.sp()
     items = parse_fetch_items(reader)
-    if not reader.at_end():  # RFC 7162 CHANGEDSINCE and other modifiers are not offered
-        raise bad("Unsupported FETCH modifiers")
-    if by_uid:
+    modifiers = condstore.fetch_modifiers(session, reader, by_uid=by_uid)
+    if by_uid and not any(item.name == "UID" for item in items):
+        items = [FetchItem("UID"), *items]
+    if not by_uid and not selected.is_sequence_valid(sequence):
+        raise bad("Invalid message sequence number")
+    if modifiers.changed_since is not None or any(item.name == "MODSEQ" for item in items):
+        await condstore.enable(session, condstore.CONDSTORE)
+    if modifiers.changed_since is not None:
+        items = condstore.with_modseq(items)
+        uids = await condstore.changed_uids(session, selected, sequence, modifiers, by_uid=by_uid)
+    elif by_uid:
         uids = selected.by_uid(sequence)
-        if not any(item.name == "UID" for item in items):
-            items = [FetchItem("UID"), *items]
     else:
-        if not selected.is_sequence_valid(sequence):
-            raise bad("Invalid message sequence number")
         uids = selected.by_sequence(sequence)
     if not uids:
         return "OK Fetch completed."
@@ -103,6 +108,8 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             )
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
+        if selected.condstore:  # a flag change reports its MODSEQ (RFC 7162 3.1)
+            items = condstore.with_modseq(items)
     if all(
         item.name in _FLAG_SYNC and item.section is None for item in items
     ) and selected.recent.isdisjoint(uids):  # \Recent is the session's, not in the database
@@ -163,13 +170,14 @@ async def _chunks(session: Session, uids: list[int], columns: set[str]) -> list[
 
 
 async def _rows(session: Session, uids: list[int], columns: set[str]) -> list[dict[str, Any]]:
-    """The rows of `uids` that still exist, from the cache where possible (never for flags)."""
+    """The rows of `uids` that still exist, from the cache where possible (never for flags or
+    mod-sequences)."""
     selected = session.selected
     assert selected is not None
     cache = session.server.cache
     mailbox_id = selected.mailbox.id
     found: dict[int, dict[str, Any]] = {}
-    if "flags" not in columns:
+    if not columns & {"flags", "modseq"}:
         for uid in uids:
             entry = cache.get(mailbox_id, uid, columns)
             if entry is not None:
@@ -215,6 +223,8 @@ def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
         return b"INTERNALDATE " + wire.internal_date(row["internal_date"]).encode(), None
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % row["size_bytes"], None
+    if name == "MODSEQ":
+        return b"MODSEQ (%d)" % row["modseq"], None
     if name == "ENVELOPE":
         return b"ENVELOPE " + mimeinfo.wire(row["envelope"]), None
     if name == "BODYSTRUCTURE":

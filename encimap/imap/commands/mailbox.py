@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 from encimap.imap import listmatch, names, wire
-from encimap.imap.commands import AUTHENTICATED, SELECTED, command
+from encimap.imap.commands import AUTHENTICATED, SELECTED, command, condstore
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import Selected
 from encimap.imap.session import Reply, Session, State, no
@@ -70,7 +70,9 @@ async def examine(session: Session, _tag: str, reader: Reader) -> str:
 async def _select(session: Session, reader: Reader, *, readonly: bool) -> str:
     reader.sp()
     name = reader.mailbox()
-    reader.end()
+    resync = condstore.select_params(session, reader)
+    if session.selected is not None:  # RFC 7162 3.2.11, as Dovecot sends it
+        session.untagged("OK [CLOSED] Previous mailbox closed.")
     unselect(session)
     mailbox = await existing_mailbox(session, name)
     selected = Selected(
@@ -92,6 +94,7 @@ async def _select(session: Session, reader: Reader, *, readonly: bool) -> str:
         session.untagged(f"OK [UNSEEN {first_unseen}] First unseen.")
     session.untagged(f"OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid")
     session.untagged(f"OK [UIDNEXT {selected.highest_uid + 1}] Predicted next UID")
+    await condstore.selected(session, selected, resync)
     session.selected = selected
     session.state = State.SELECTED
     mode = "READ-ONLY" if readonly else "READ-WRITE"
@@ -337,7 +340,7 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
     return "OK LIST completed."
 
 
-_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE")
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ")
 
 
 def _status_items(reader: Reader) -> list[str]:
@@ -359,6 +362,7 @@ async def _status_line(session: Session, mailbox: Mailbox, items: list[str]) -> 
         "UIDVALIDITY": mailbox.uidvalidity,
         "UNSEEN": counts.unseen,
         "SIZE": counts.size,
+        "HIGHESTMODSEQ": counts.highest_modseq,  # RFC 7162 3.1.6
     }
     listed = " ".join(f"{item} {values[item]}" for item in items)
     return f"STATUS {wire.astring(mailbox.name)} ({listed})"
@@ -372,6 +376,8 @@ async def status(session: Session, _tag: str, reader: Reader) -> str:
     items = _status_items(reader)
     reader.end()
     mailbox = await existing_mailbox(session, name)
+    if "HIGHESTMODSEQ" in items:
+        await condstore.enable(session, condstore.CONDSTORE)
     session.untagged(await _status_line(session, mailbox, items))
     return "OK Status completed."
 

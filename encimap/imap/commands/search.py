@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from encimap.imap.commands import SELECTED, command, esearch
+from encimap.imap.commands import SELECTED, command, condstore, esearch
 from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
 from encimap.imap.selected import Selected
 from encimap.imap.session import Session, no
@@ -62,14 +62,20 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
     if program.return_options is not None:
         options = esearch.check_options(program.return_options)
     numbers: list[int] = []
+    found: list[int] = []
     if selected.uids:
-        found = await matching_uids(session, program.key)
+        found = list(await matching_uids(session, program.key))
         if by_uid:
             numbers = found
         else:
             numbers = [seq for seq in map(selected.seq_of, found) if seq is not None]
+    modseq = None
+    if condstore.uses_modseq(program.key):  # RFC 7162 3.1.5
+        await condstore.enable(session, condstore.CONDSTORE)
+        modseq = await condstore.search_modseq(session, found, options)
     if options is not None:
-        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
+        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid, modseq=modseq))
     else:
-        session.untagged("SEARCH" + "".join(f" {n}" for n in numbers))
+        tail = f" (MODSEQ {modseq})" if modseq is not None else ""
+        session.untagged("SEARCH" + "".join(f" {n}" for n in numbers) + tail)
     return "OK Search completed."

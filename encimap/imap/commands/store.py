@@ -4,12 +4,12 @@ with their UID forms; COPYUID replies (UIDPLUS)."""
 from __future__ import annotations
 
 from encimap.imap import wire
-from encimap.imap.commands import SELECTED, command
+from encimap.imap.commands import SELECTED, command, condstore
 from encimap.imap.commands.mailbox import existing_mailbox, vaultbox_id
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import SYSTEM_FLAGS, Selected
 from encimap.imap.session import Session, bad, no
-from encimap.store import messages
+from encimap.store import messages, modseqs
 
 _SYSTEM = {f.lower(): f for f in SYSTEM_FLAGS}
 _MODES = {"FLAGS": "replace", "+FLAGS": "add", "-FLAGS": "remove"}
@@ -59,6 +59,7 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
     reader.sp()
     uids = target_uids(selected, reader, by_uid=by_uid)
     reader.sp()
+    unchanged_since = condstore.store_modifier(reader)
     action = reader.atom().upper()
     silent = action.endswith(".SILENT")
     mode = _MODES.get(action.removesuffix(".SILENT"))
@@ -67,10 +68,12 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
     reader.sp()
     flags = normalize_flags(reader.flag_list())
     reader.end()
+    if unchanged_since is not None:
+        await condstore.enable(session, condstore.CONDSTORE)
     if not uids:
         return "OK Store completed."
     async with session.server.pool.acquire() as conn:
-        rows = await messages.store_flags(
+        stored = await messages.store_flags(
             conn,
             vaultbox_id=vaultbox_id(session),
             mailbox_id=selected.mailbox.id,
@@ -78,18 +81,22 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
             mode=mode,  # type: ignore[arg-type]
             flags=flags,
             origin=session.id,
+            unchanged_since=unchanged_since,
         )
-    for line in selected.announce([*flags, *(f for _uid, current in rows for f in current)]):
+    changed = stored.changed
+    for line in selected.announce([*flags, *(f for _uid, current, _m in changed for f in current)]):
         session.send(line)
-    if not silent:
-        for uid, current in rows:
-            seq = selected.seq_of(uid)
-            if seq is not None:
-                uid_part = b" UID %d" % uid if by_uid else b""
-                session.send(
-                    b"* %d FETCH (FLAGS %b%b)\r\n"
-                    % (seq, wire.flag_list(selected.flags(uid, current)).encode(), uid_part)
-                )
+    for uid, current, modseq in changed:
+        if selected.seq_of(uid) is None:
+            continue
+        if not silent:
+            session.send(selected.fetch_flags(uid, current, modseq, uid_at=1 if by_uid else None))
+        elif selected.condstore:  # RFC 7162 3.1.3: .SILENT still reports the new MODSEQ
+            session.send(selected.fetch_flags(uid, None, modseq, uid_at=0 if by_uid else None))
+    if stored.modified:
+        numbers = stored.modified if by_uid else [selected.seq_of(u) for u in stored.modified]
+        modified = wire.ordered_sequence_set(sorted(n for n in numbers if n is not None))
+        return f"OK [MODIFIED {modified}] Conditional store failed."
     return "OK Store completed."
 
 
@@ -145,8 +152,8 @@ async def _copy(session: Session, reader: Reader, *, by_uid: bool, move: bool) -
     )
     if move:  # RFC 6851 4.3: COPYUID in an untagged OK, then the EXPUNGEs
         session.untagged(f"OK [{code}] Moved")
-        for seq in selected.forget([p[0] for p in pairs]):
-            session.send(b"* %d EXPUNGE\r\n" % seq)
+        for line in selected.expunged([p[0] for p in pairs]):
+            session.send(line)
         return f"OK {verb} completed."
     return f"OK [{code}] {verb} completed."
 
@@ -178,6 +185,9 @@ async def _expunge(session: Session, uids: list[int] | None) -> str:
             origin=session.id,
             uids=uids,
         )
-    for seq in selected.forget(gone):
-        session.send(b"* %d EXPUNGE\r\n" % seq)
+    for line in selected.expunged(gone):
+        session.send(line)
+    if selected.qresync:  # as Dovecot: the client learns the modseq its expunge took
+        highest = await modseqs.highest(session.server.pool, selected.mailbox.id)
+        return f"OK [HIGHESTMODSEQ {highest}] Expunge completed."
     return "OK Expunge completed."

@@ -18,7 +18,8 @@ $$;
 -- Start from nothing on every table of this database, then grant what each service needs.
 REVOKE ALL ON vaultboxes, vaultbox_smtp_credentials, imap_app_credentials, certificates,
               public_certificates, mailboxes, encrypted_emails, email_processing_logs,
-              send_counters, vaultbox_usage, openpgp_keys, mailbox_subscriptions
+              send_counters, vaultbox_usage, openpgp_keys, mailbox_subscriptions,
+              mailbox_vanished
     FROM encimap_auth, encimap_intake, encimap_imap;
 GRANT USAGE ON SCHEMA public TO encimap_auth, encimap_intake, encimap_imap;
 
@@ -49,6 +50,8 @@ GRANT SELECT ON vaultboxes, public_certificates, vaultbox_usage, openpgp_keys TO
 GRANT SELECT, INSERT, UPDATE, DELETE ON mailboxes, encrypted_emails TO encimap_imap;
 GRANT INSERT ON email_processing_logs TO encimap_imap;
 GRANT SELECT, INSERT, DELETE ON mailbox_subscriptions TO encimap_imap;
+-- VANISHED (QRESYNC); written only by the expunge trigger (repeatable/36_modseq.sql).
+GRANT SELECT ON mailbox_vanished TO encimap_imap;
 GRANT USAGE ON SEQUENCE mailbox_uidvalidity_seq TO encimap_imap;
 
 GRANT EXECUTE ON FUNCTION encimap_insert_message(uuid, bigint, text, bytea, text[],
