@@ -6,24 +6,26 @@
 -- HIGHESTMODSEQ n has seen every change numbered n or less. encimap's writers lock the mailbox
 -- before its messages (repeatable/35_message_counters.sql), so this adds no lock.
 
--- The transaction's mod-sequence for a mailbox (taken on first use, then remembered in a
--- transaction-local setting); NULL when the mailbox is gone.
+-- The transaction's mod-sequence for a mailbox; NULL when the mailbox is gone. Taken on first
+-- use and remembered in one transaction-local setting as '<mailbox>:<modseq>' (one setting,
+-- not one per mailbox: PostgreSQL keeps every custom setting name a backend ever used). A
+-- transaction that goes back to a mailbox after another takes a further one: still in order.
 CREATE OR REPLACE FUNCTION encimap_modseq(p_mailbox_id bigint) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
 AS $$
 DECLARE
-    setting text := 'encimap.modseq_' || p_mailbox_id;
-    known text := current_setting(setting, true);
+    known text := current_setting('encimap.modseq', true);
     taken bigint;
 BEGIN
-    IF known <> '' THEN  -- set in this transaction (a local setting reads '' after it ends)
-        RETURN known::bigint;
+    -- set in this transaction for this mailbox (a local setting reads '' after it ends)
+    IF known LIKE p_mailbox_id || ':%' THEN
+        RETURN split_part(known, ':', 2)::bigint;
     END IF;
     UPDATE mailboxes m SET highest_modseq = m.highest_modseq + 1
      WHERE m.id = p_mailbox_id
     RETURNING m.highest_modseq INTO taken;
     IF taken IS NOT NULL THEN
-        PERFORM set_config(setting, taken::text, true);
+        PERFORM set_config('encimap.modseq', p_mailbox_id || ':' || taken, true);
     END IF;
     RETURN taken;
 END
