@@ -11,6 +11,7 @@ import re
 import pytest
 
 from encimap.store import mailboxes
+from tests import dovecot_support, test_imap_protocol
 from tests.imap_support import (
     RawClient,
     imap_config,
@@ -219,17 +220,18 @@ async def test_unsolicited_updates_carry_modseq_and_vanished(databases, cfg, tls
 
         reply = await a.command("a", "STORE 2 +FLAGS (\\Flagged)")
         assert b"MODSEQ" not in reply[0]  # A enabled nothing
-        for client in (b, c):
-            reply = await client.command("n", "NOOP")
-            assert re.fullmatch(
-                rb"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)\r\n", reply[0]
-            ), reply
+        # as Dovecot: UID only once QRESYNC is enabled
+        reply = await b.command("n", "NOOP")
+        flagged = rb" MODSEQ \(\d+\) FLAGS \(\\Flagged\)\)\r\n"
+        assert re.fullmatch(rb"\* 2 FETCH \(UID 2" + flagged, reply[0])
+        reply = await c.command("n", "NOOP")
+        assert re.fullmatch(rb"\* 2 FETCH \(" + flagged[1:], reply[0])
         # IDLE reports it the same way
         await b.send(b"i IDLE\r\n")
         assert (await b.line()).startswith(b"+ ")
         await a.command("a", "STORE 3 +FLAGS.SILENT (\\Deleted)")
         assert re.fullmatch(
-            rb"\* 3 FETCH \(UID 3 FLAGS \(\\Deleted\) MODSEQ \(\d+\)\)\r\n", await b.line()
+            rb"\* 3 FETCH \(UID 3 MODSEQ \(\d+\) FLAGS \(\\Deleted\)\)\r\n", await b.line()
         )
         reply = await a.command("x", "EXPUNGE")
         assert reply[0] == b"* 3 EXPUNGE\r\n" and reply[-1] == b"x OK Expunge completed.\r\n"
@@ -283,19 +285,19 @@ async def test_modseq_increases_under_concurrent_writers(databases, cfg, tls_ca,
             seen: list[int] = []
             for round_ in range(12):
                 commands = [
-                    f"UID STORE 1:* +FLAGS (k{index})",
-                    f"UID STORE {round_ % 5 + 1}:* +FLAGS.SILENT (\\Deleted)",
+                    f"STORE 1:* +FLAGS.SILENT (k{index})",
+                    f"STORE {round_ % 5 + 1}:* +FLAGS.SILENT (\\Deleted)",
                     "UID EXPUNGE 1:*",
-                    f"UID STORE 1:* -FLAGS (k{index})",
+                    f"STORE 1:* -FLAGS.SILENT (k{index})",
                 ]
                 for command in commands:
                     reply = await client.command("w", command)
                     if not reply[-1].startswith(b"w OK"):
                         failures.append(reply[-1])
                     if "STORE" in command:
-                        # its own responses (FLAGS first), not those about other sessions'
-                        # changes (UID first)
-                        own = [line for line in reply if re.match(rb"\* \d+ FETCH \(FLAGS", line)]
+                        # its own responses (`FETCH (MODSEQ (m))` of .SILENT), not those about
+                        # other sessions' changes (with FLAGS)
+                        own = [line for line in reply if b"FETCH" in line and b"FLAGS" not in line]
                         stamps = {int(m[1]) for m in map(_MODSEQ.search, own) if m}
                         assert len(stamps) <= 1, reply  # one mod-sequence per transaction
                         seen.extend(stamps)
@@ -326,3 +328,69 @@ async def test_modseq_increases_under_concurrent_writers(databases, cfg, tls_ca,
         assert max(int(m[1]) for m in map(_MODSEQ.search, reply) if m) <= highest
         for client in clients:
             await client.close()
+
+
+def _modseqs_hidden(reply: list[bytes]) -> list[bytes]:
+    """The reply with every mod-sequence number as `n` (the two servers count differently)."""
+    return test_imap_protocol.normalised(
+        [re.sub(rb"((?:HIGHEST)?MODSEQ \(?)\d+", rb"\1n", line) for line in reply]
+    )
+
+
+@pytest.mark.skipif(
+    dovecot_support.available() is not None, reason=str(dovecot_support.available())
+)
+async def test_replies_match_dovecot(databases, tls_files, tls_ca, tmp_path):
+    """The same session against Dovecot and encimap: the same responses, item order included,
+    but for the mod-sequence numbers (each server's own values go into the commands)."""
+    messages = [_message(n) for n in range(1, 7)]
+    async with test_imap_protocol.servers(
+        databases, tls_files, tls_ca, tmp_path, "cdovecot@example.test", messages
+    ) as pair:
+        a, b = await pair.connect(), await pair.connect()
+        known: list[dict[str, int]] = []
+
+        async def same(index: int, command: str) -> list[list[bytes]]:
+            """`command` formatted with each server's values on each; the replies."""
+            replies = []
+            for client, values in zip(pair.clients[index], known or [{}, {}], strict=True):
+                replies.append(await client.command("t", command.format(**values)))
+            theirs, ours = replies
+            assert _modseqs_hidden(ours) == _modseqs_hidden(theirs), (command, theirs, ours)
+            return replies
+
+        for command in ("ENABLE QRESYNC", "SELECT INBOX"):
+            replies = await same(b, command)
+        known.extend(
+            {"v": _code(r, b"UIDVALIDITY"), "m": _code(r, b"HIGHESTMODSEQ")} for r in replies
+        )
+        for index, command in [
+            (b, "STORE 1 +FLAGS (\\Seen)"),
+            (b, "FETCH 2 (BODY[HEADER.FIELDS (SUBJECT)])"),
+            (b, "UNSELECT"),
+            (a, "ENABLE CONDSTORE"),
+            (a, "SELECT INBOX"),
+            (a, "FETCH 1:3 (MODSEQ)"),
+            (a, "UID STORE 3 +FLAGS (\\Flagged)"),
+            (a, "STORE 2 +FLAGS.SILENT (\\Answered)"),
+            (a, "STORE 4,5 +FLAGS.SILENT (\\Deleted)"),
+            (a, "UID EXPUNGE 4"),
+            (a, "SEARCH MODSEQ {m}"),
+            (b, "SELECT INBOX (QRESYNC ({v} {m} 1:6 (1:6 1:6)))"),
+            (b, "UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})"),
+            (b, "FETCH 1:* (FLAGS) (CHANGEDSINCE {m})"),
+            (b, "UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m} VANISHED)"),
+            (b, "UID SEARCH RETURN (ALL MIN) MODSEQ {m}"),
+            (b, "UID STORE 1:6 (UNCHANGEDSINCE {m}) +FLAGS.SILENT (\\Draft)"),
+            (a, "NOOP"),
+            (a, "EXPUNGE"),
+            (b, "NOOP"),
+            (b, "STORE 6 +FLAGS.SILENT (\\Deleted)"),
+            (b, "EXPUNGE"),
+            (b, "UID STORE 6 +FLAGS.SILENT (\\Deleted)"),
+            (b, "EXPUNGE"),
+            (a, "NOOP"),
+            (b, "EXAMINE INBOX (CONDSTORE)"),
+            (b, "ENABLE CONDSTORE QRESYNC"),
+        ]:
+            await same(index, command)

@@ -130,7 +130,8 @@ async def test_sessions_resynchronise_when_the_listen_connection_drops(
             )
             assert killed == 1
             reply = await _noop_until(client, b"EXPUNGE", timeout=5.0)
-            assert reply[0] == b"* 1 EXPUNGE\r\n", reply
+            # after the flags of the messages it still knows (a resync reports them all)
+            assert b"* 1 EXPUNGE\r\n" in reply, reply
             reply = await client.command("f", "FETCH 1:* (UID)")
             assert reply[:-1] == [b"* 1 FETCH (UID 2)\r\n"], reply
             await client.close()

@@ -12,7 +12,7 @@ import asyncpg
 
 from encimap.imap import shared, wire
 from encimap.imap.parser import SequenceSet
-from encimap.store import events, flagsync, mailboxes, messages
+from encimap.store import events, flagsync, mailboxes, messages, modseqs
 from encimap.store.mailboxes import Mailbox
 
 RECENT = "\\Recent"
@@ -49,6 +49,7 @@ class Selected:
         self.condstore = False
         self.qresync = False
         self.highest_modseq = 1  # as read at SELECT
+        self.report_highest = False  # VANISHED reported: HIGHESTMODSEQ in the tagged OK
         self.changed = asyncio.Event()  # wakes IDLE
         # While set (an idling session), called instead of waking `changed`: the changes are
         # then reported for the session without waking its task (encimap.imap.commands.idle).
@@ -173,17 +174,27 @@ class Selected:
     def fetch_flags(
         self, uid: int, flags: Sequence[str] | None, modseq: int, *, uid_at: int | None
     ) -> bytes:
-        """The FETCH response that reports a message's flags (None: only its MODSEQ), with
-        UID at position `uid_at` (0 or 1; None: without), and MODSEQ with CONDSTORE."""
-        seq = self.seq_of(uid)
+        """The FETCH response that reports a message's flags (None: only its MODSEQ). Without
+        CONDSTORE, UID at position `uid_at` (0 or 1; None: without); with it, as Dovecot
+        writes it, `UID u MODSEQ (m) FLAGS (...)`, UID also whenever QRESYNC is enabled."""
         items = []
         if flags is not None:
             items.append(b"FLAGS " + wire.flag_list(self.flags(uid, flags)).encode())
-        if uid_at is not None:
-            items.insert(uid_at, b"UID %d" % uid)
         if self.condstore:
-            items.append(b"MODSEQ (%d)" % modseq)
-        return b"* %d FETCH (%b)\r\n" % (seq or 0, b" ".join(items))
+            items.insert(0, b"MODSEQ (%d)" % modseq)
+            if uid_at is not None or self.qresync:
+                items.insert(0, b"UID %d" % uid)
+        elif uid_at is not None:
+            items.insert(uid_at, b"UID %d" % uid)
+        return b"* %d FETCH (%b)\r\n" % (self.seq_of(uid) or 0, b" ".join(items))
+
+    async def with_highest_modseq(self, result: str) -> str:
+        """A tagged `OK text` as `OK [HIGHESTMODSEQ n] text` (unless it has a code already)."""
+        self.report_highest = False
+        if not result.startswith("OK ") or result.startswith("OK ["):
+            return result
+        highest = await modseqs.highest(self.pool, self.mailbox.id)
+        return f"OK [HIGHESTMODSEQ {highest}] {result[3:]}"
 
     # -- changes --
     def _on_event(self, event: events.Event) -> None:
@@ -247,9 +258,19 @@ class Selected:
             self._flags |= flagged
             raise
         new_rows, flag_rows, first_recent = read
-        lines: list[bytes] = []
+        # Flag changes first, numbered as the client still numbers them, then expunges, then
+        # new mail: Dovecot's order.
+        lines: list[bytes] = list(self.announce(f for row in flag_rows for f in row["flags"]))
+        for row in flag_rows:
+            if self.seq_of(row["uid"]) is not None:
+                # UID as before CONDSTORE; with it as Dovecot sends it (UID only with QRESYNC)
+                uid, uid_at = row["uid"], None if self.condstore else 0
+                lines.append(self.fetch_flags(uid, row["flags"], row["modseq"], uid_at=uid_at))
         if expunge_ok and expunged:
-            lines.extend(self.expunged(sorted(expunged)))
+            vanished = self.expunged(sorted(expunged))
+            lines.extend(vanished)
+            # as Dovecot: the tagged OK then carries the new HIGHESTMODSEQ (QRESYNC)
+            self.report_highest = self.report_highest or (self.qresync and bool(vanished))
         else:
             self._expunged |= expunged
         if new_rows:
@@ -259,10 +280,6 @@ class Selected:
             lines.append(b"* %d EXISTS\r\n" % len(self.uids))
             if first_recent is not None:
                 self.recent.update(row["uid"] for row in new_rows if row["uid"] >= first_recent)
-        lines.extend(self.announce(f for row in flag_rows for f in row["flags"]))
-        for row in flag_rows:
-            if self.seq_of(row["uid"]) is not None:
-                lines.append(self.fetch_flags(row["uid"], row["flags"], row["modseq"], uid_at=0))
         return lines + self._recent_update()
 
     async def _read(

@@ -360,6 +360,8 @@ class Session:
             except parser.ParseError as exc:
                 raise bad(f"Error in arguments: {exc}") from None
             await self.after_command(expunge_ok=command.expunge_ok)
+            if self.selected is not None and self.selected.report_highest:
+                result = await self.selected.with_highest_modseq(result)
             self.send(f"{tag} {result}\r\n".encode())
         except AlreadyReplied:
             pass

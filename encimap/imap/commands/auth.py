@@ -68,14 +68,17 @@ async def identify(session: Session, _tag: str, reader: Reader) -> str:
 
 @command("ENABLE", states=AUTHENTICATED)
 async def enable(session: Session, _tag: str, reader: Reader) -> str:
-    """RFC 5161: ENABLED lists what this command enabled; unknown names are ignored."""
+    """RFC 5161: ENABLED lists the names this server enables (also those enabled before, as
+    Dovecot lists them); unknown names are ignored."""
     names = []
     while not reader.at_end():
         reader.sp()
         names.append(reader.atom().upper())
     if not names:
         raise ParseError("ENABLE needs a capability")
-    enabled = [name for name in names if name in ENABLEABLE and await ENABLEABLE[name](session)]
+    enabled = [name for name in names if name in ENABLEABLE]
+    for name in enabled:
+        await ENABLEABLE[name](session)
     session.untagged(" ".join(["ENABLED", *enabled]))
     return "OK ENABLE completed."
 

@@ -126,8 +126,13 @@ async def selected(session: Session, selected: Selected, resync: Resync | None) 
     rows = await modseqs.changed_since(session.server.pool, selected.mailbox.id, resync.modseq)
     for row in rows:
         uid = row["uid"]
-        if selected.seq_of(uid) is not None and known(uid):
-            session.send(selected.fetch_flags(uid, row["flags"], row["modseq"], uid_at=0))
+        seq = selected.seq_of(uid)
+        if seq is not None and known(uid):
+            flags = wire.flag_list(selected.flags(uid, row["flags"])).encode()
+            # the items of `UID FETCH (UID FLAGS) (CHANGEDSINCE m)`, in that order, as Dovecot
+            session.send(
+                b"* %d FETCH (UID %d FLAGS %b MODSEQ (%d))\r\n" % (seq, uid, flags, row["modseq"])
+            )
             await session.maybe_flush()
 
 
@@ -220,7 +225,7 @@ async def changed_uids(
 
 
 def with_modseq(items: list[FetchItem]) -> list[FetchItem]:
-    """CHANGEDSINCE, or a flag change with CONDSTORE enabled, reports MODSEQ too."""
+    """CHANGEDSINCE reports MODSEQ too (after the items asked for, as Dovecot does)."""
     if any(item.name == "MODSEQ" for item in items):
         return items
     return [*items, FetchItem("MODSEQ")]

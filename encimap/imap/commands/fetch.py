@@ -95,9 +95,10 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
         uids = selected.by_sequence(sequence)
     if not uids:
         return "OK Fetch completed."
+    seen: list[tuple[int, list[str], int]] = []
     if sets_seen(items) and not selected.readonly:
         async with session.server.pool.acquire() as conn:
-            await messages.store_flags(
+            stored = await messages.store_flags(
                 conn,
                 vaultbox_id=vaultbox_id(session),
                 mailbox_id=selected.mailbox.id,
@@ -106,10 +107,11 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
                 flags=["\\Seen"],
                 origin=session.id,
             )
+        seen = stored.changed
         if not any(item.name == "FLAGS" for item in items):
-            items = [*items, FetchItem("FLAGS")]
-        if selected.condstore:  # a flag change reports its MODSEQ (RFC 7162 3.1)
-            items = condstore.with_modseq(items)
+            # first (after a leading UID), where Dovecot puts it
+            at = 1 if items[0].name == "UID" else 0
+            items = [*items[:at], FetchItem("FLAGS"), *items[at:]]
     if all(
         item.name in _FLAG_SYNC and item.section is None for item in items
     ) and selected.recent.isdisjoint(uids):  # \Recent is the session's, not in the database
@@ -144,6 +146,10 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
                     await session.maybe_flush()
             session.send(b")\r\n")
             await session.maybe_flush()
+    if selected.condstore:  # the new MODSEQ of messages it set \Seen on, as Dovecot sends it
+        for uid, _flags, modseq in seen:
+            if selected.seq_of(uid) is not None:
+                session.send(selected.fetch_flags(uid, None, modseq, uid_at=0 if by_uid else None))
     return "OK Fetch completed."
 
 

@@ -9,7 +9,7 @@ from encimap.imap.commands.mailbox import existing_mailbox, vaultbox_id
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import SYSTEM_FLAGS, Selected
 from encimap.imap.session import Session, bad, no
-from encimap.store import messages, modseqs
+from encimap.store import messages
 
 _SYSTEM = {f.lower(): f for f in SYSTEM_FLAGS}
 _MODES = {"FLAGS": "replace", "+FLAGS": "add", "-FLAGS": "remove"}
@@ -187,7 +187,6 @@ async def _expunge(session: Session, uids: list[int] | None) -> str:
         )
     for line in selected.expunged(gone):
         session.send(line)
-    if selected.qresync:  # as Dovecot: the client learns the modseq its expunge took
-        highest = await modseqs.highest(session.server.pool, selected.mailbox.id)
-        return f"OK [HIGHESTMODSEQ {highest}] Expunge completed."
+    # as Dovecot: with QRESYNC the client learns the modseq its expunge took
+    selected.report_highest = selected.report_highest or (selected.qresync and bool(gone))
     return "OK Expunge completed."
