@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from encimap.store import mailboxes
+from encimap.store import mailboxes, messages, modseqs
 from tests import dovecot_support, test_imap_protocol
 from tests.imap_support import (
     RawClient,
@@ -343,9 +343,9 @@ def _modseqs_hidden(reply: list[bytes]) -> list[bytes]:
 async def test_replies_match_dovecot(databases, tls_files, tls_ca, tmp_path):
     """The same session against Dovecot and encimap: the same responses, item order included,
     but for the mod-sequence numbers (each server's own values go into the commands)."""
-    messages = [_message(n) for n in range(1, 7)]
+    bodies = [_message(n) for n in range(1, 7)]
     async with test_imap_protocol.servers(
-        databases, tls_files, tls_ca, tmp_path, "cdovecot@example.test", messages
+        databases, tls_files, tls_ca, tmp_path, "cdovecot@example.test", bodies
     ) as pair:
         a, b = await pair.connect(), await pair.connect()
         known: list[dict[str, int]] = []
@@ -394,3 +394,53 @@ async def test_replies_match_dovecot(databases, tls_files, tls_ca, tmp_path):
             (b, "ENABLE CONDSTORE QRESYNC"),
         ]:
             await same(index, command)
+
+
+async def test_vanished_stays_bounded_and_complete(databases, tmp_path):
+    """200 expunges, one message each: the mailbox keeps at most 129 rows of expunged UIDs, and
+    what vanished after any mod-sequence is always reported (merged rows may add earlier ones,
+    never lose any)."""
+    box = await make_box(databases, "vanished@example.test", tmp_path)
+    conn = await databases.connect()
+    try:
+        inbox = await mailboxes.find_mailbox(conn, box.id, "INBOX")
+        await conn.execute(
+            """INSERT INTO encrypted_emails (vaultbox_id, mailbox_id, uid, message_id, sender,
+                                             recipient, body, size_bytes)
+               SELECT $1, $2, g, 'm', 's', 'r', '\\x00', 1 FROM generate_series(1, 400) g""",
+            box.id,
+            inbox.id,
+        )
+        await conn.execute("UPDATE mailboxes SET uid_next = 401 WHERE id = $1", inbox.id)
+        stamps = {}  # UID -> the mod-sequence of its expunge
+        for uid in range(2, 402, 2):
+            await messages.store_flags(
+                conn,
+                vaultbox_id=box.id,
+                mailbox_id=inbox.id,
+                uids=[uid],
+                mode="add",
+                flags=["\\Deleted"],
+                origin="test",
+            )
+            gone = await messages.expunge(
+                conn, vaultbox_id=box.id, mailbox_id=inbox.id, origin="test", uids=[uid]
+            )
+            assert gone == [uid]
+            stamps[uid] = await modseqs.highest(conn, inbox.id)
+        rows = await conn.fetchval(
+            "SELECT count(*) FROM mailbox_vanished WHERE mailbox_id = $1", inbox.id
+        )
+        assert rows <= 129
+        for since in (0, stamps[100], stamps[300], stamps[398], stamps[400]):
+            reported = {
+                uid
+                for low, high in await modseqs.vanished_since(conn, inbox.id, since)
+                for uid in range(low, high + 1)
+            }
+            exact = {uid for uid, stamp in stamps.items() if stamp > since}
+            assert exact <= reported <= set(stamps), since
+        # the newest expunges are exact
+        assert await modseqs.vanished_since(conn, inbox.id, stamps[398]) == [(400, 400)]
+    finally:
+        await conn.close()

@@ -122,7 +122,7 @@ async def selected(session: Session, selected: Selected, resync: Resync | None) 
     if resync is None or resync.uidvalidity != selected.mailbox.uidvalidity:
         return
     known = _uid_filter(selected, resync.known_uids)
-    await _vanished_earlier(session, selected, resync.modseq, known)
+    await _vanished_earlier(session, selected, resync.modseq, resync.known_uids)
     rows = await modseqs.changed_since(session.server.pool, selected.mailbox.id, resync.modseq)
     for row in rows:
         uid = row["uid"]
@@ -144,17 +144,34 @@ def _uid_filter(selected: Selected, uid_set: SequenceSet | None) -> Callable[[in
 
 
 async def _vanished_earlier(
-    session: Session, selected: Selected, modseq: int, wanted: Callable[[int], bool]
+    session: Session, selected: Selected, modseq: int, uid_set: SequenceSet | None
 ) -> None:
     """`* VANISHED (EARLIER) uids`: what was expunged after `modseq`, among the UIDs the
-    client may know (below UIDNEXT, and `wanted`)."""
-    ranges = await modseqs.vanished_since(session.server.pool, selected.mailbox.id, modseq)
-    gone: list[int] = []
-    for low, high in ranges:
-        high = min(high, selected.highest_uid)
-        gone.extend(uid for uid in range(low, high + 1) if wanted(uid))
-    if gone:
-        session.untagged(f"VANISHED (EARLIER) {wire.ordered_sequence_set(gone)}")
+    client may know (below UIDNEXT, and in `uid_set` if given); computed on ranges, so a
+    large expunge costs no more than a small one."""
+    gone = await modseqs.vanished_since(session.server.pool, selected.mailbox.id, modseq)
+    wanted = [(1, selected.highest_uid)]
+    if uid_set is not None:
+        wanted = _merged(uid_set.resolve(max(selected.highest_uid, 1)))
+    found = []
+    for low, high in gone:
+        for want_low, want_high in wanted:
+            if max(low, want_low) <= min(high, want_high):
+                found.append((max(low, want_low), min(high, want_high)))
+    if found:
+        text = ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in _merged(found))
+        session.untagged(f"VANISHED (EARLIER) {text}")
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges sorted, with overlapping and adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 # -- FETCH (3.1.4, 3.2.6) --
@@ -206,9 +223,7 @@ async def changed_uids(
     first."""
     assert modifiers.changed_since is not None
     if modifiers.vanished:
-        await _vanished_earlier(
-            session, selected, modifiers.changed_since, _uid_filter(selected, sequence)
-        )
+        await _vanished_earlier(session, selected, modifiers.changed_since, sequence)
     rows = await modseqs.changed_since(
         session.server.pool, selected.mailbox.id, modifiers.changed_since
     )
