@@ -50,6 +50,7 @@ class Selected:
         self.qresync = False
         self.highest_modseq = 1  # as read at SELECT
         self.report_highest = False  # VANISHED reported: HIGHESTMODSEQ in the tagged OK
+        self._highest_before_sync: int | None = None
         self.changed = asyncio.Event()  # wakes IDLE
         # While set (an idling session), called instead of waking `changed`: the changes are
         # then reported for the session without waking its task (encimap.imap.commands.idle).
@@ -188,12 +189,23 @@ class Selected:
             items.insert(uid_at, b"UID %d" % uid)
         return b"* %d FETCH (%b)\r\n" % (self.seq_of(uid) or 0, b" ".join(items))
 
-    async def with_highest_modseq(self, result: str) -> str:
-        """A tagged `OK text` as `OK [HIGHESTMODSEQ n] text` (unless it has a code already)."""
+    async def before_sync(self) -> None:
+        """With QRESYNC, when the tagged OK may carry HIGHESTMODSEQ: read it before the
+        changes are gathered (the listener barrier, then `sync`), so every change numbered
+        up to it is among those reported; read later, it could name a change committed in
+        between that this session has not reported yet, which a client that disconnects
+        then would never learn of."""
+        self._highest_before_sync = None
+        if self.qresync:  # expunges may be announced during the barrier: read it anyway
+            self._highest_before_sync = await modseqs.highest(self.pool, self.mailbox.id)
+
+    def with_highest_modseq(self, result: str) -> str:
+        """A tagged `OK text` as `OK [HIGHESTMODSEQ n] text` (unless it has a code already),
+        as Dovecot answers after reporting VANISHED; n as read by `before_sync`."""
         self.report_highest = False
-        if not result.startswith("OK ") or result.startswith("OK ["):
+        highest, self._highest_before_sync = self._highest_before_sync, None
+        if highest is None or not result.startswith("OK ") or result.startswith("OK ["):
             return result
-        highest = await modseqs.highest(self.pool, self.mailbox.id)
         return f"OK [HIGHESTMODSEQ {highest}] {result[3:]}"
 
     # -- changes --

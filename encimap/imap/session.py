@@ -361,7 +361,7 @@ class Session:
                 raise bad(f"Error in arguments: {exc}") from None
             await self.after_command(expunge_ok=command.expunge_ok)
             if self.selected is not None and self.selected.report_highest:
-                result = await self.selected.with_highest_modseq(result)
+                result = self.selected.with_highest_modseq(result)
             self.send(f"{tag} {result}\r\n".encode())
         except AlreadyReplied:
             pass
@@ -385,6 +385,7 @@ class Session:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
         every change committed before the command ended, whatever the NOTIFY timing."""
         if self.selected is not None:
+            await self.selected.before_sync()
             await self.server.listener.barrier()
             for line in await self.selected.sync(expunge_ok=expunge_ok):
                 self.send(line)

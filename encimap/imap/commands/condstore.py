@@ -27,7 +27,8 @@ CONDSTORE, QRESYNC = "CONDSTORE", "QRESYNC"
 
 async def enable(session: Session, name: str) -> bool:
     """Enable CONDSTORE or QRESYNC (which implies CONDSTORE); whether `name` was newly
-    enabled. A selected mailbox learns its HIGHESTMODSEQ at once, as Dovecot sends it."""
+    enabled. With a mailbox selected the client learns a HIGHESTMODSEQ at once, as Dovecot
+    sends it."""
     if name in session.enabled:
         return False
     if name == QRESYNC:
@@ -37,8 +38,9 @@ async def enable(session: Session, name: str) -> bool:
     if selected is not None:
         apply(session, selected)
         if name == CONDSTORE:
-            highest = await modseqs.highest(session.server.pool, selected.mailbox.id)
-            session.untagged(f"OK [HIGHESTMODSEQ {highest}] Highest")
+            # SELECT's value: the client has seen every change up to it; a newer one may
+            # name a change not reported to this session yet (the next sync reports it)
+            session.untagged(f"OK [HIGHESTMODSEQ {selected.highest_modseq}] Highest")
     return True
 
 
