@@ -46,6 +46,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class SequenceSet:
     ranges: tuple[Range, ...]
+    # RFC 5182 "$": the session's saved search result (whatever the ranges say)
+    saved: bool = False
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Ranges with "*" replaced by `largest`, each as (low, high)."""
@@ -219,6 +221,11 @@ class Reader:
 
     # -- structures --
     def sequence_set(self) -> SequenceSet:
+        if self.peek() == 0x24:  # RFC 5182 seq-last-command: "$" alone, never in a list
+            self.pos += 1
+            if self.peek() in (0x2C, 0x3A):
+                raise ParseError("$ cannot be combined with other numbers")
+            return SequenceSet((), saved=True)
         ranges: list[Range] = []
         while True:
             start = self._seq_number()
@@ -490,7 +497,7 @@ def _search_key(reader: Reader, depth: int) -> object:
             found.append(_search_key(reader, depth + 1))
         reader.pos += 1
         return found[0] if len(found) == 1 else keys.And(tuple(found))
-    if 0x30 <= reader.peek() <= 0x39 or reader.peek() == 0x2A:
+    if 0x30 <= reader.peek() <= 0x39 or reader.peek() in (0x2A, 0x24):
         return SetKey(reader.sequence_set(), uid=False)
     name = reader.atom().upper()
     if name == "ALL":

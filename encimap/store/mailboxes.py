@@ -192,6 +192,15 @@ async def count_recent(db: Executor, mailbox_id: int) -> int:
     )
 
 
+async def count_deleted(db: Executor, mailbox_id: int) -> int:
+    """Messages flagged \\Deleted (STATUS DELETED, RFC 9051 6.3.11)."""
+    return await db.fetchval(
+        r"""SELECT count(*) FROM encrypted_emails
+             WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted']""",
+        mailbox_id,
+    )
+
+
 async def counts(db: Executor, mailbox_id: int) -> Counts:
     """The mailbox's counters, kept at write time (sql/encimap/repeatable/
     35_message_counters.sql): one row read, whatever the mailbox holds."""
