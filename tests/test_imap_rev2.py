@@ -45,6 +45,10 @@ def _ok(reply: list[bytes]) -> list[bytes]:
     return reply[:-1]
 
 
+def _names(reply: list[bytes]) -> set[bytes]:
+    return {line.rstrip(b"\r\n").split(b'"/" ', 1)[1] for line in reply}
+
+
 def _bad(reply: list[bytes]) -> None:
     assert reply[-1].split(b" ")[1] == b"BAD", reply
 
@@ -311,4 +315,35 @@ async def test_uid_commands_answer_with_uid_and_literals(databases, tls_files, t
             await client.send(b"a APPEND INBOX {%d+}\r\n%b\r\n" % (len(body), body))
             reply = await client.until("a")
             assert reply[-1].startswith(b"a OK [APPENDUID "), reply
+            await client.close()
+
+
+async def test_mailbox_names_are_utf8_in_rev2(databases, tls_files, tls_ca, tmp_path):
+    """RFC 9051 5.1: a rev2 client names mailboxes in UTF-8, a rev1 client in modified
+    UTF-7; both name the same mailboxes."""
+    box = await make_box(databases, "utf8names@example.test", tmp_path)
+    cfg = imap_config(databases, tls_files)
+    async with running_imap(cfg):
+        rev1 = await RawClient.connect(ports(cfg)[1], tls_ca)
+        rev2 = await RawClient.connect(ports(cfg)[1], tls_ca)
+        for client in (rev1, rev2):
+            await client.login(box)
+        await _enable_rev2(rev2)
+        _ok(await rev2.command("c", 'CREATE "Entwürfe/A&B"'))
+        _ok(await rev1.command("c", "CREATE &ZeVnLIqe-"))
+        listed = _names(_ok(await rev1.command("l", 'LIST "" *')))
+        assert {b"Entw&APw-rfe", b"Entw&APw-rfe/A&-B", b"&ZeVnLIqe-"} <= listed, listed
+        listed = _names(_ok(await rev2.command("l", 'LIST "" *')))
+        expected = {'"Entwürfe"'.encode(), '"Entwürfe/A&B"'.encode(), '"日本語"'.encode()}
+        assert expected <= listed, listed
+        reply = _ok(await rev2.command("s", 'STATUS "日本語" (MESSAGES)'))
+        assert reply == ['* STATUS "日本語" (MESSAGES 0)\r\n'.encode()], reply
+        reply = _ok(await rev2.command("s", 'SELECT "Entwürfe/A&B"'))
+        assert reply[0] == b'* LIST () "/" "Entw\xc3\xbcrfe/A&B"\r\n', reply
+        # the rev1 spelling is just text to a rev2 client: another name
+        reply = await rev2.command("s", "STATUS &ZeVnLIqe- (MESSAGES)")
+        assert reply[-1].startswith(b"s NO [NONEXISTENT]"), reply
+        reply = _ok(await rev1.command("s", "STATUS Entw&APw-rfe/A&-B (MESSAGES)"))
+        assert reply == [b"* STATUS Entw&APw-rfe/A&-B (MESSAGES 0)\r\n"], reply
+        for client in (rev1, rev2):
             await client.close()

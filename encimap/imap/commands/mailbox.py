@@ -8,7 +8,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 
-from encimap.imap import listmatch, names, wire
+from encimap.imap import listmatch, names
 from encimap.imap.commands import AUTHENTICATED, SELECTED, command, rev2
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import Selected
@@ -263,7 +263,11 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
     selection = _options(reader) if has_selection else []
     if has_selection:
         reader.sp()
-    reference = reader.mailbox() if reader.peek() != 0x22 else reader.quoted().decode()
+    reference = (
+        reader.mailbox()
+        if reader.peek() != 0x22
+        else reader.stored_name(reader.quoted().decode("utf-8", "replace"))
+    )
     reader.sp()
     if reader.peek() == 0x28:
         patterns = reader.parenthesized(reader.list_mailbox)
@@ -305,7 +309,9 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
                 if parent not in listed and matches(parent):
                     listed[parent] = ["\\Noselect"]
         for name in sorted(listed):
-            session.untagged(f'LSUB ({" ".join(listed[name])}) "{DELIMITER}" {wire.astring(name)}')
+            session.untagged(
+                f'LSUB ({" ".join(listed[name])}) "{DELIMITER}" {rev2.wire_name(session, name)}'
+            )
         return "OK LSUB completed."
 
     show_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
@@ -340,7 +346,9 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
             attributes.append(mailbox.special_use)
         if show_subscribed and name in subscribed:
             attributes.append("\\Subscribed")
-        session.untagged(f'LIST ({" ".join(attributes)}) "{DELIMITER}" {wire.astring(name)}{extra}')
+        session.untagged(
+            f'LIST ({" ".join(attributes)}) "{DELIMITER}" {rev2.wire_name(session, name)}{extra}'
+        )
         if status_items and mailbox is not None:  # RFC 5819: after the mailbox's LIST
             session.untagged(await _status_line(session, mailbox, status_items))
         await session.maybe_flush()
@@ -375,7 +383,7 @@ async def _status_line(session: Session, mailbox: Mailbox, items: list[str]) -> 
         else 0,
     }
     listed = " ".join(f"{item} {values[item]}" for item in items)
-    return f"STATUS {wire.astring(mailbox.name)} ({listed})"
+    return f"STATUS {rev2.wire_name(session, mailbox.name)} ({listed})"
 
 
 @command("STATUS", states=AUTHENTICATED)

@@ -23,7 +23,9 @@ STATUS=SIZE, and non-synchronizing literals (LITERAL+, a superset of rev2's LITE
 
 from __future__ import annotations
 
-from encimap.imap import wire
+import contextlib
+
+from encimap.imap import names, wire
 from encimap.imap.commands import enableable
 from encimap.imap.parser import ParseError, RecentKey
 from encimap.imap.session import Session, State
@@ -41,7 +43,23 @@ def active(session: Session) -> bool:
 @enableable(NAME)
 def enable(session: Session) -> bool:
     """RFC 9051 6.3.1: before any mailbox is selected; later the rev1 view stays."""
-    return session.state is State.AUTHENTICATED
+    if session.state is not State.AUTHENTICATED:
+        return False
+    session.utf8_names = True
+    return True
+
+
+def wire_name(session: Session, name: str, *, quoted: bool = False) -> str:
+    """A stored (modified UTF-7) mailbox name as the session's client reads it: itself for
+    rev1, its UTF-8 text for rev2 (RFC 9051 5.1: a quoted string may hold UTF-8 there).
+    `quoted`: never as an atom."""
+    text = name
+    if session.utf8_names:
+        with contextlib.suppress(ValueError):  # one stored before names were checked stays
+            text = names.decode(name)
+    if session.utf8_names and not text.isascii():
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return wire.quoted_or_literal(text) if quoted else wire.astring(text)
 
 
 def check_search_key(session: Session, key: object) -> None:
@@ -72,11 +90,14 @@ def placeholder_attribute(session: Session) -> str:
     return "\\NonExistent" if active(session) else "\\Noselect"
 
 
-def list_line(name: str, attributes: list[str], *, given: str | None = None) -> str:
+def list_line(session: Session, name: str, attributes: list[str], *, given: str = "") -> str:
     """An untagged LIST response (without "* "), with OLDNAME when `given` differs."""
-    line = f'LIST ({" ".join(attributes)}) "{DELIMITER}" {wire.astring(name)}'
-    if given is not None and given != name:
-        line += f' ("OLDNAME" ({wire.quoted_or_literal(given)}))'
+    line = f'LIST ({" ".join(attributes)}) "{DELIMITER}" {wire_name(session, name)}'
+    if given and given != name:
+        old = wire_name(session, given)
+        line += (
+            f' ("OLDNAME" ({old if old.startswith(("{", chr(34))) else chr(34) + old + chr(34)}))'
+        )
     return line
 
 
@@ -90,17 +111,19 @@ def closed(session: Session) -> None:
 def select_responses(session: Session, mailbox: Mailbox, given: str) -> None:
     """What rev2's SELECT/EXAMINE sends besides FLAGS, EXISTS and the UID codes."""
     attributes = [mailbox.special_use] if mailbox.special_use else []
-    session.untagged(list_line(mailbox.name, attributes, given=given))
+    session.untagged(list_line(session, mailbox.name, attributes, given=given))
 
 
 def renamed(session: Session, old: str, new: str) -> None:
     """RFC 9051 6.3.6: the new name, with the old one as OLDNAME."""
     if active(session):
-        session.untagged(list_line(canonical_name(new.rstrip(DELIMITER)), [], given=old))
+        session.untagged(list_line(session, canonical_name(new.rstrip(DELIMITER)), [], given=old))
 
 
 def normalized(session: Session, given: str, name: str, *, deleted: bool) -> None:
     """CREATE/DELETE of a name the server normalized (INBOX's case, a trailing
     delimiter): the name acted on, with the one given as OLDNAME (6.3.4, 6.3.5)."""
     if active(session) and name != given:
-        session.untagged(list_line(name, ["\\NonExistent"] if deleted else [], given=given))
+        session.untagged(
+            list_line(session, name, ["\\NonExistent"] if deleted else [], given=given)
+        )
