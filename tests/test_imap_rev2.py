@@ -7,12 +7,15 @@ offers SEARCHRES but not IMAP4rev2)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import imaplib
+from collections.abc import AsyncIterator
 
 import pytest
 
 from tests import dovecot_support
 from tests.imap_support import (
+    Box,
     RawClient,
     imap_config,
     login,
@@ -33,6 +36,25 @@ def _message(number: int) -> bytes:
         f"From: a{number}@example.org\r\nSubject: message {number}\r\n"
         f"Message-ID: <r{number}@example.org>\r\n\r\nbody {number}\r\n"
     ).encode()
+
+
+@contextlib.asynccontextmanager
+async def _both_modes(
+    databases, tls_files, tls_ca, box: Box
+) -> AsyncIterator[tuple[RawClient, RawClient]]:
+    """The server running, with two sessions of `box`: one in rev1, one that enabled rev2."""
+    cfg = imap_config(databases, tls_files)
+    async with running_imap(cfg):
+        rev1 = await RawClient.connect(ports(cfg)[1], tls_ca)
+        rev2 = await RawClient.connect(ports(cfg)[1], tls_ca)
+        for client in (rev1, rev2):
+            await client.login(box)
+        await _enable_rev2(rev2)
+        try:
+            yield rev1, rev2
+        finally:
+            for client in (rev1, rev2):
+                await client.close()
 
 
 async def _enable_rev2(client: RawClient) -> None:
@@ -82,6 +104,9 @@ async def test_searchres_matches_dovecot(databases, tls_files, tls_ca, tmp_path)
         await pair.same(c, "FETCH 1:* (FLAGS)")
         await pair.same(c, "COPY $ saved")
         await pair.same(c, "UID COPY $ saved")
+        await pair.same(c, "SORT (REVERSE SUBJECT) UTF-8 $")
+        await pair.same(c, "UID SORT (SUBJECT) UTF-8 OR $ 1")
+        await pair.same(c, "SEARCH RETURN (COUNT ALL) $")
         # SAVE with MIN/MAX only keeps those (RFC 5182 2.4); with ALL, everything matched
         await pair.same(c, "SEARCH RETURN (SAVE MIN) FLAGGED")
         await pair.same(c, "FETCH $ (UID)")
@@ -111,6 +136,12 @@ async def test_searchres_matches_dovecot(databases, tls_files, tls_ca, tmp_path)
         # (servers may send MOVE's EXPUNGEs in any order: compared by what remains)
         _theirs, ours = await pair.both(c, "MOVE $ saved")
         assert ours[0].startswith(b"* OK [COPYUID ") and ours[1] == b"* 3 EXPUNGE\r\n", ours
+        await pair.same(c, "FETCH 1:* (UID FLAGS)")
+        await pair.same(c, "SEARCH RETURN (SAVE) 1")
+        await pair.same(c, "STORE $ +FLAGS.SILENT (\\Deleted)")
+        await pair.same(c, "STORE 2 +FLAGS.SILENT (\\Deleted)")
+        reply = await pair.same(c, "UID EXPUNGE $")
+        assert reply[0] == b"* 1 EXPUNGE\r\n", reply
         await pair.same(c, "FETCH 1:* (UID FLAGS)")
         # a new SELECT forgets it
         await pair.same(c, "SEARCH RETURN (SAVE) ALL")
@@ -161,11 +192,7 @@ async def test_recent_in_rev1_only(databases, tls_files, tls_ca, tmp_path):
     box = await make_box(databases, "recent2@example.test", tmp_path)
     for number in range(1, 4):
         await store(databases, box, _message(number), flags=("\\Deleted",) if number == 2 else ())
-    cfg = imap_config(databases, tls_files)
-    async with running_imap(cfg):
-        rev2 = await RawClient.connect(ports(cfg)[1], tls_ca)
-        await rev2.login(box)
-        await _enable_rev2(rev2)
+    async with _both_modes(databases, tls_files, tls_ca, box) as (rev1, rev2):
         reply = _ok(await rev2.command("s", "SELECT INBOX"))
         assert not any(b"RECENT" in line or b"[UNSEEN" in line for line in reply), reply
         assert b'* LIST () "/" INBOX\r\n' in reply and b"* 3 EXISTS\r\n" in reply, reply
@@ -185,9 +212,7 @@ async def test_recent_in_rev1_only(databases, tls_files, tls_ca, tmp_path):
         await store(databases, box, _message(4))
         reply = _ok(await rev2.command("n", "NOOP"))
         assert reply == [b"* 4 EXISTS\r\n"], reply
-
-        rev1 = await RawClient.connect(ports(cfg)[1], tls_ca)
-        await rev1.login(box)
+        # the rev1 session, which selected nothing yet, gets every message as recent
         _bad(await rev1.command("d", "STATUS INBOX (DELETED)"))
         assert b"RECENT 4" in _ok(await rev1.command("r", "STATUS INBOX (RECENT)"))[0]
         reply = _ok(await rev1.command("s", "SELECT INBOX"))
@@ -197,8 +222,6 @@ async def test_recent_in_rev1_only(databases, tls_files, tls_ca, tmp_path):
         assert reply == [b"* 1 FETCH (FLAGS (\\Recent))\r\n"], reply
         reply = _ok(await rev1.command("r", "SEARCH NEW"))
         assert reply == [b"* SEARCH 1 2 3 4\r\n"], reply
-        for client in (rev1, rev2):
-            await client.close()
 
 
 async def test_search_answers_esearch_in_rev2(databases, tls_files, tls_ca, tmp_path):
@@ -242,13 +265,7 @@ async def test_search_answers_esearch_in_rev2(databases, tls_files, tls_ca, tmp_
 
 async def test_list_select_and_rename_in_rev2(databases, tls_files, tls_ca, tmp_path):
     box = await make_box(databases, "list2@example.test", tmp_path)
-    cfg = imap_config(databases, tls_files)
-    async with running_imap(cfg):
-        rev1 = await RawClient.connect(ports(cfg)[1], tls_ca)
-        rev2 = await RawClient.connect(ports(cfg)[1], tls_ca)
-        for client in (rev1, rev2):
-            await client.login(box)
-        await _enable_rev2(rev2)
+    async with _both_modes(databases, tls_files, tls_ca, box) as (rev1, rev2):
         _ok(await rev1.command("c", "CREATE p/child"))
         for command in ("CREATE gone", "SUBSCRIBE gone", "DELETE gone"):
             _ok(await rev1.command("c", command))
@@ -286,8 +303,6 @@ async def test_list_select_and_rename_in_rev2(databases, tls_files, tls_ca, tmp_
         _ok(await rev1.command("s", "SELECT INBOX"))
         reply = _ok(await rev1.command("s", "SELECT other"))
         assert not any(b"CLOSED" in line or b"* LIST" in line for line in reply), reply
-        for client in (rev1, rev2):
-            await client.close()
 
 
 async def test_uid_commands_answer_with_uid_and_literals(databases, tls_files, tls_ca, tmp_path):
@@ -322,13 +337,7 @@ async def test_mailbox_names_are_utf8_in_rev2(databases, tls_files, tls_ca, tmp_
     """RFC 9051 5.1: a rev2 client names mailboxes in UTF-8, a rev1 client in modified
     UTF-7; both name the same mailboxes."""
     box = await make_box(databases, "utf8names@example.test", tmp_path)
-    cfg = imap_config(databases, tls_files)
-    async with running_imap(cfg):
-        rev1 = await RawClient.connect(ports(cfg)[1], tls_ca)
-        rev2 = await RawClient.connect(ports(cfg)[1], tls_ca)
-        for client in (rev1, rev2):
-            await client.login(box)
-        await _enable_rev2(rev2)
+    async with _both_modes(databases, tls_files, tls_ca, box) as (rev1, rev2):
         _ok(await rev2.command("c", 'CREATE "Entwürfe/A&B"'))
         _ok(await rev1.command("c", "CREATE &ZeVnLIqe-"))
         listed = _names(_ok(await rev1.command("l", 'LIST "" *')))
@@ -345,5 +354,3 @@ async def test_mailbox_names_are_utf8_in_rev2(databases, tls_files, tls_ca, tmp_
         assert reply[-1].startswith(b"s NO [NONEXISTENT]"), reply
         reply = _ok(await rev1.command("s", "STATUS Entw&APw-rfe/A&-B (MESSAGES)"))
         assert reply == [b"* STATUS Entw&APw-rfe/A&-B (MESSAGES 0)\r\n"], reply
-        for client in (rev1, rev2):
-            await client.close()
