@@ -222,6 +222,13 @@ async def test_recent_in_rev1_only(databases, tls_files, tls_ca, tmp_path):
         assert reply == [b"* 1 FETCH (FLAGS (\\Recent))\r\n"], reply
         reply = _ok(await rev1.command("r", "SEARCH NEW"))
         assert reply == [b"* SEARCH 1 2 3 4\r\n"], reply
+        # IDLE in rev2: new mail is announced by EXISTS alone
+        await rev2.send(b"i IDLE\r\n")
+        assert (await rev2.line()).startswith(b"+ ")
+        await store(databases, box, _message(5))
+        assert await rev2.line() == b"* 5 EXISTS\r\n"
+        await rev2.send(b"DONE\r\n")
+        assert await rev2.until("i") == [b"i OK Idle completed.\r\n"]
 
 
 async def test_search_answers_esearch_in_rev2(databases, tls_files, tls_ca, tmp_path):
