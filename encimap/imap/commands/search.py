@@ -4,16 +4,9 @@ results (commands/esearch.py) and SEARCHRES's SAVE (commands/searchres.py)."""
 from __future__ import annotations
 
 from encimap.imap.commands import SELECTED, command, esearch, rev2, searchres
-from encimap.imap.parser import (
-    ParseError,
-    Reader,
-    RecentKey,
-    SetKey,
-    TooManyKeys,
-    parse_search,
-)
+from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
 from encimap.imap.selected import Selected
-from encimap.imap.session import Reply, Session, no
+from encimap.imap.session import Session, no
 from encimap.store import search as keys
 
 
@@ -61,7 +54,7 @@ async def uid_search(session: Session, tag: str, reader: Reader) -> str:
 async def _saving(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> str:
     try:
         return await _search(session, tag, reader, by_uid=by_uid)
-    except (Reply, ParseError):
+    except Exception:  # NO, BAD or a database failure alike (RFC 5182 2.1)
         if searchres.saving(reader.data):
             searchres.forget(session.selected)
         raise
