@@ -145,8 +145,7 @@ async def create(session: Session, _tag: str, reader: Reader) -> str:
         await mailboxes.create_mailbox(
             session.server.pool, vaultbox_id(session), name, max_count=settings.max_mailboxes
         )
-    created = mailboxes.canonical_name(name.rstrip(DELIMITER))
-    rev2.normalized(session, name, created, deleted=False)
+    rev2.normalized(session, name, mailboxes.new_name(name), deleted=False)
     return "OK Create completed."
 
 
@@ -186,7 +185,7 @@ async def _check_rename(session: Session, old: str, new: str) -> None:
         "max_depth": settings.max_mailbox_depth,
     }
     names.check_new(new, **limits)
-    old, new = mailboxes.canonical_name(old), mailboxes.canonical_name(new.rstrip(DELIMITER))
+    old, new = mailboxes.canonical_name(old), mailboxes.new_name(new)
     prefix = old + DELIMITER
     for mailbox in await mailboxes.list_mailboxes(session.server.pool, vaultbox_id(session)):
         if mailbox.name.startswith(prefix):

@@ -30,7 +30,7 @@ from encimap.imap.commands import enableable
 from encimap.imap.parser import ParseError, RecentKey
 from encimap.imap.session import Session, State
 from encimap.store import search as keys
-from encimap.store.mailboxes import DELIMITER, Mailbox, canonical_name
+from encimap.store.mailboxes import DELIMITER, Mailbox, new_name
 
 NAME = "IMAP4rev2"
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE")
@@ -117,7 +117,7 @@ def select_responses(session: Session, mailbox: Mailbox, given: str) -> None:
 def renamed(session: Session, old: str, new: str) -> None:
     """RFC 9051 6.3.6: the new name, with the old one as OLDNAME."""
     if active(session):
-        session.untagged(list_line(session, canonical_name(new.rstrip(DELIMITER)), [], given=old))
+        session.untagged(list_line(session, new_name(new), [], given=old))
 
 
 def normalized(session: Session, given: str, name: str, *, deleted: bool) -> None:
