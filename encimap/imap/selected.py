@@ -31,6 +31,7 @@ class Selected:
         *,
         readonly: bool,
         session_id: str,
+        recent: bool = True,
     ) -> None:
         self.pool = pool
         self.mailbox = mailbox
@@ -40,10 +41,15 @@ class Selected:
         self.uids: array = array("I")
         self.highest_uid = 0
         # RFC 3501 2.3.2: the messages this session is the first to see (FLAGS \Recent,
-        # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none.
+        # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none, nor
+        # does one without `recent` (IMAP4rev2 has no \Recent: RFC 9051 appendix E).
+        self.has_recent = recent
+        self.claims_recent = recent and not readonly
         self.recent: set[int] = set()
         self.recent_reported = 0  # the last RECENT count sent: sent again when it differs
         self.keywords: set[str] = set()  # announced in FLAGS (RFC 3501 7.2.6)
+        # RFC 5182: the UIDs of the last SEARCH RETURN (SAVE), "$"; empty until one ran
+        self.saved: list[int] = []
         self.changed = asyncio.Event()  # wakes IDLE
         # While set (an idling session), called instead of waking `changed`: the changes are
         # then reported for the session without waking its task (encimap.imap.commands.idle).
@@ -61,9 +67,10 @@ class Selected:
         self.uids = summary.uids
         self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
         first = self.mailbox.first_recent_uid
-        if not self.readonly and self.uids and self.uids[-1] >= first:
+        if self.claims_recent and self.uids and self.uids[-1] >= first:
             first = await mailboxes.claim_recent(self.pool, self.mailbox.id, self.uids[-1])
-        self.recent = set(self.uids[bisect.bisect_left(self.uids, first) :])
+        if self.has_recent:
+            self.recent = set(self.uids[bisect.bisect_left(self.uids, first) :])
         self.recent_reported = len(self.recent)
         self.keywords = set(summary.keywords)
         return summary
@@ -106,6 +113,8 @@ class Selected:
 
     def by_sequence(self, sequence: SequenceSet) -> list[int]:
         """UIDs of the messages a sequence-number set names (an empty mailbox names none)."""
+        if sequence.saved:
+            return list(self.saved)
         if not self.uids:
             return []
         chosen: set[int] = set()
@@ -117,6 +126,8 @@ class Selected:
 
     def by_uid(self, sequence: SequenceSet) -> list[int]:
         """Existing UIDs within a UID set ("*" is the highest UID in the mailbox)."""
+        if sequence.saved:
+            return list(self.saved)
         if not self.uids:
             return []
         chosen: list[int] = []
@@ -147,8 +158,8 @@ class Selected:
 
     def is_sequence_valid(self, sequence: SequenceSet) -> bool:
         """Numbers beyond the last message are an error; a range ending in "*" never is
-        (`FETCH 1:*` in an empty mailbox names nothing)."""
-        return all(
+        (`FETCH 1:*` in an empty mailbox names nothing), nor is "$" (RFC 5182)."""
+        return sequence.saved or all(
             None in (start, end) or max(start, end) <= len(self.uids)  # type: ignore[type-var]
             for start, end in sequence.ranges
         )
@@ -191,6 +202,9 @@ class Selected:
                 numbers.append(seq)
         self._flags.difference_update(uids)
         self.recent.difference_update(uids)
+        if self.saved:  # RFC 5182 2.1: an expunged message leaves the saved result
+            gone = set(uids)
+            self.saved = [uid for uid in self.saved if uid not in gone]
         return numbers
 
     async def sync(self, *, expunge_ok: bool) -> list[bytes]:
@@ -254,7 +268,7 @@ class Selected:
                 lambda: messages.uids_and_flags(self.pool, mailbox_id, after),
             )
         first_recent = None
-        if new_rows and not self.readonly:
+        if new_rows and self.claims_recent:
             newest = new_rows[-1]["uid"]
             claim_key = (id(self.pool), mailbox_id, self.mailbox.uidvalidity)
             if newest > _claimed.get(claim_key, 0):

@@ -29,12 +29,15 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+# ENABLE (RFC 5161): upper-case name -> (name as announced, a function that turns the
+# extension on for the session and says whether it did)
+ENABLERS: dict[str, tuple[str, Callable[[Session], bool]]] = {}
 
 _BASE = (
-    "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
+    "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
     "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE SORT SORT=DISPLAY ESORT "
     "THREAD=REFERENCES THREAD=ORDEREDSUBJECT COMPRESS=DEFLATE "
-    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS"
+    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS SEARCHRES"
 )
 
 
@@ -45,6 +48,16 @@ def command(
         for name in names:
             COMMANDS[name] = Command(handler, states, expunge_ok)
         return handler
+
+    return register
+
+
+def enableable(name: str) -> Callable[[Callable[[Session], bool]], Callable[[Session], bool]]:
+    """Register what `ENABLE name` does (a module per extension, as for commands)."""
+
+    def register(enabler: Callable[[Session], bool]) -> Callable[[Session], bool]:
+        ENABLERS[name.upper()] = (name, enabler)
+        return enabler
 
     return register
 
@@ -73,6 +86,7 @@ from encimap.imap.commands import (  # noqa: E402, F401
     idle,
     mailbox,
     quota,
+    rev2,
     search,
     sort,
     store,
