@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from encimap.imap.commands import SELECTED, command, esearch
+from encimap.imap.commands import SELECTED, command, context
 from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
 from encimap.imap.selected import Selected
 from encimap.imap.session import Session, no
@@ -26,13 +26,19 @@ def _resolve(node: object, selected: Selected) -> keys.Key:
     return node  # type: ignore[return-value]
 
 
+def resolve(session: Session, program_key: object) -> keys.Key:
+    """The program with its sequence sets and RECENT as the UIDs they name now."""
+    assert session.selected is not None
+    return _resolve(program_key, session.selected)
+
+
 async def matching_uids(session: Session, program_key: object) -> list[int]:
     """UIDs of the selected mailbox's messages that a parsed search program matches."""
     selected = session.selected
     assert selected is not None
     if not selected.uids:
         return []
-    key = _resolve(program_key, selected)
+    key = resolve(session, program_key)
     # The session's view as one range: the stored UIDs between its first and last are exactly
     # those it knows (UIDs only grow; newer messages are above its last), so this is exact.
     view = range(selected.uids[0], selected.uids[-1] + 1)
@@ -60,8 +66,11 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
         raise no(f"[LIMIT] Too many search keys (at most {limit})") from None
     options = None
     if program.return_options is not None:
-        options = esearch.check_options(program.return_options)
+        options = context.return_options(program.return_options)
+        if options.update:
+            context.check_tag(session, tag)
     numbers: list[int] = []
+    found: list[int] = []
     if selected.uids:
         found = await matching_uids(session, program.key)
         if by_uid:
@@ -69,7 +78,10 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
         else:
             numbers = [seq for seq in map(selected.seq_of, found) if seq is not None]
     if options is not None:
-        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
+        session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
+        if options.update:
+            key = resolve(session, program.key)
+            context.start(session, tag, key, found, by_uid=by_uid)
     else:
         session.untagged("SEARCH" + "".join(f" {n}" for n in numbers))
     return "OK Search completed."

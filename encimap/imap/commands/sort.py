@@ -5,15 +5,17 @@ protection sorts as its placeholder."""
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from email.header import decode_header, make_header
 from typing import Any
 
 from encimap import mimeinfo
-from encimap.imap.commands import SELECTED, command, esearch
-from encimap.imap.commands.search import matching_uids
-from encimap.imap.parser import ParseError, Reader, parse_search
+from encimap.imap.commands import SELECTED, command, context
+from encimap.imap.commands.search import matching_uids, resolve
+from encimap.imap.parser import ParseError, Reader, SearchProgram, parse_search
 from encimap.imap.session import Session
 from encimap.mimeinfo.dates import parse_date
 from encimap.store import messages
@@ -54,32 +56,87 @@ async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> 
     reader.sp()
     options = None
     if reader.accept(b"RETURN "):
-        options = esearch.check_options([o.upper() for o in reader.parenthesized(reader.atom)])
+        options = context.return_options([o.upper() for o in reader.parenthesized(reader.atom)])
         reader.sp()
     criteria = _criteria(reader)
     reader.sp()
-    keyed = await matching_fields(session, reader)
-    for criterion, reverse in reversed(criteria):  # stable sorts, last criterion first
-        keyed.sort(key=lambda item, c=criterion: item[0].key(c), reverse=reverse)
-    # RFC 5256: ties are in sequence-number order; the sorts above keep it for equal keys
+    program = sort_program(reader)
+    if options is not None and options.update:
+        context.check_tag(session, tag)
+    keyed = await program_fields(session, program)
+    order = {uid: sort_key(fields, criteria, uid) for fields, _seq, uid in keyed}
+    keyed.sort(key=lambda item: order[item[2]])
     numbers = [uid if by_uid else seq for _fields, seq, uid in keyed]
     if options is not None:
-        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
+        session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
+        if options.update:
+            key = resolve(session, program.key)
+            sorter = functools.partial(_sort_keys, session, criteria)
+            context.start(session, tag, key, order, by_uid=by_uid, sort_keys=order, sorter=sorter)
     else:
         session.untagged("SORT" + "".join(f" {n}" for n in numbers))
     return "OK Sort completed."
 
 
+def sort_key(fields: MessageFields, criteria: list[tuple[str, bool]], uid: int) -> tuple:
+    """What a message sorts by: each criterion's key (reversed ones descending), then its UID:
+    RFC 5256 puts ties in sequence-number order, which is UID order."""
+    return (
+        *(_Descending(fields.key(c)) if reverse else fields.key(c) for c, reverse in criteria),
+        uid,
+    )
+
+
+async def _sort_keys(
+    session: Session, criteria: list[tuple[str, bool]], uids: Sequence[int]
+) -> dict[int, tuple]:
+    """The sort keys of the messages (those still stored) for a SORT kept current."""
+    selected = session.selected
+    assert selected is not None
+    rows = await messages.sort_rows(session.server.pool, selected.mailbox.id, uids)
+    return {row["uid"]: sort_key(MessageFields(row), criteria, row["uid"]) for row in rows}
+
+
+@functools.total_ordering
+class _Descending:
+    """A sort key compared the other way round (REVERSE)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.value == other.value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return other.value < self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 async def matching_fields(session: Session, reader: Reader) -> list[tuple[MessageFields, int, int]]:
     """`charset search-criteria` (RFC 5256, shared by SORT and THREAD): the matching messages'
     clear fields with their sequence number and UID, in sequence order."""
-    selected = session.selected
-    assert selected is not None
+    return await program_fields(session, sort_program(reader))
+
+
+def sort_program(reader: Reader) -> SearchProgram:
+    """`charset search-criteria` (RFC 5256)."""
     charset = reader.astring().decode("ascii", "replace").upper()
     if charset not in ("US-ASCII", "UTF-8"):
         raise ParseError(f"[BADCHARSET (US-ASCII UTF-8)] unsupported charset {charset}")
     reader.sp()
-    program = parse_search(reader)
+    return parse_search(reader)
+
+
+async def program_fields(
+    session: Session, program: SearchProgram
+) -> list[tuple[MessageFields, int, int]]:
+    """The messages the program matches: their clear fields with their sequence number and
+    UID, in sequence order."""
+    selected = session.selected
+    assert selected is not None
     found = await matching_uids(session, program.key)
     rows = await messages.sort_rows(session.server.pool, selected.mailbox.id, found)
     keyed = []
