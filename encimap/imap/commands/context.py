@@ -115,13 +115,13 @@ def partial_results(numbers: list[int], window: tuple[int, int]) -> list[int]:
 
 def response(tag: str, numbers: list[int], options: ReturnOptions, *, by_uid: bool) -> str:
     """The ESEARCH response (without "* ") for the results, in their order."""
-    text = esearch.response(tag, numbers, options.plain, by_uid=by_uid)
+    partial = ""
     if options.partial is not None:
         low, high = options.partial
         found = partial_results(numbers, options.partial)
         chosen = wire.ordered_sequence_set(found) if found else "NIL"
-        text += f" PARTIAL ({low}:{high} {chosen})"
-    return text
+        partial = f"PARTIAL ({low}:{high} {chosen})"
+    return esearch.response(tag, numbers, options.plain, by_uid=by_uid, partial=partial)
 
 
 def start(

@@ -78,10 +78,10 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
         else:
             numbers = [seq for seq in map(selected.seq_of, found) if seq is not None]
     if options is not None:
-        session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
-        if options.update:
+        if options.update:  # a refusal (NOUPDATE) comes before the results
             key = resolve(session, program.key)
             context.start(session, tag, key, found, by_uid=by_uid)
+        session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
     else:
         session.untagged("SEARCH" + "".join(f" {n}" for n in numbers))
     return "OK Search completed."

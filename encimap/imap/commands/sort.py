@@ -68,11 +68,11 @@ async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> 
     keyed.sort(key=lambda item: order[item[2]])
     numbers = [uid if by_uid else seq for _fields, seq, uid in keyed]
     if options is not None:
-        session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
-        if options.update:
+        if options.update:  # a refusal (NOUPDATE) comes before the results
             key = resolve(session, program.key)
             sorter = functools.partial(_sort_keys, session, criteria)
             context.start(session, tag, key, order, by_uid=by_uid, sort_keys=order, sorter=sorter)
+        session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
     else:
         session.untagged("SORT" + "".join(f" {n}" for n in numbers))
     return "OK Sort completed."
