@@ -220,7 +220,9 @@ async def test_updates_arrive_during_idle(databases, cfg, tls_ca, tmp_path):
             await client.close()
 
 
-async def test_cancelupdate_and_the_limit_of_kept_results(databases, cfg, tls_ca, tmp_path):
+async def test_cancelupdate_and_the_limit_of_kept_results(
+    databases, cfg, tls_ca, tmp_path, monkeypatch
+):
     box = await make_box(databases, "limit@example.test", tmp_path)
     await store_mail(databases, box, 3)
     limit = context.MAX_UPDATE_CONTEXTS
@@ -239,6 +241,8 @@ async def test_cancelupdate_and_the_limit_of_kept_results(databases, cfg, tls_ca
             b'* ESEARCH (TAG "over") COUNT 0\r\n',
             b"over OK Search completed.\r\n",
         ]
+        reply = await watcher.command("sorted", "SORT RETURN (UPDATE) (SIZE) UTF-8 ALL")
+        assert reply[0].startswith(b'* NO [NOUPDATE "sorted"] '), reply
         # a tag already kept is BAD (RFC 5267 4.3)
         reply = await watcher.command("c1", "UID SEARCH RETURN (UPDATE) ALL")
         assert len(reply) == 1 and reply[0].startswith(b"c1 BAD "), reply
@@ -254,8 +258,12 @@ async def test_cancelupdate_and_the_limit_of_kept_results(databases, cfg, tls_ca
         lines = await _noop_until(watcher, b"ESEARCH")
         tags = [re.search(rb'TAG "([^"]+)"', line)[1] for line in _esearch(lines)]
         assert tags == [f"c{number}".encode() for number in range(3, limit + 1)], lines
-        # room again for one more
-        reply = await watcher.command("c9", "SEARCH RETURN (UPDATE) FLAGGED")
+        # room again for one more, but not for more sorted messages than allowed
+        monkeypatch.setattr(context, "MAX_KEPT_SORTED", 2)
+        reply = await watcher.command("big", "SORT RETURN (UPDATE) (SIZE) UTF-8 ALL")
+        assert reply[0] == b'* NO [NOUPDATE "big"] At most 2 sorted messages are kept current\r\n'
+        assert reply[1:] == [b'* ESEARCH (TAG "big")\r\n', b"big OK Sort completed.\r\n"]
+        reply = await watcher.command("c9", "SORT RETURN (UPDATE) (SIZE) UTF-8 FLAGGED")
         assert not any(b"NOUPDATE" in line for line in reply), reply
 
         # a new SELECT ends every kept result

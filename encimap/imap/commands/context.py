@@ -11,7 +11,8 @@ CANCELUPDATE: the session's view reports every message it learns of, whose flags
 that is expunged (encimap.imap.selected), and only those messages are searched again, never the
 whole mailbox. Sequence sets and RECENT in the search program name the messages they named when
 the command ran. A session holds at most `MAX_UPDATE_CONTEXTS` of them; beyond that the command
-still answers, with an untagged `NO [NOUPDATE "tag"]` (RFC 5267 4.3.1).
+still answers, with an untagged `NO [NOUPDATE "tag"]` (RFC 5267 4.3.1); so does a SORT whose
+result would make the session keep more than `MAX_KEPT_SORTED` sorted messages.
 
 SEARCH updates give context position 0 and sets in mailbox order (RFC 5267 4.3.3); SORT updates
 give the positions in the sorted result: removals from the last position back, then additions
@@ -42,6 +43,9 @@ log = get_logger(__name__)
 # holds its result (4 bytes per message for SEARCH, the sort keys for SORT) and costs one
 # query per change of the mailbox.
 MAX_UPDATE_CONTEXTS = 5
+# Messages the session's SORT contexts may keep in all: a sort key takes about 330 bytes
+# (10,000 messages sorted by SUBJECT REVERSE DATE: 3.3 MB), so at most about 16 MB.
+MAX_KEPT_SORTED = 50_000
 
 _RANGE = re.compile(r"(-?)([1-9][0-9]{0,9}):(-?)([1-9][0-9]{0,9})")
 # sort keys of some messages by UID (given by SORT, which knows its criteria)
@@ -139,11 +143,13 @@ def start(
     selected = session.selected
     assert selected is not None
     contexts = _contexts(session, selected)
+    refusal = None
     if len(contexts.kept) >= MAX_UPDATE_CONTEXTS:
-        quoted = wire.quoted_or_literal(tag)
-        session.untagged(
-            f"NO [NOUPDATE {quoted}] At most {MAX_UPDATE_CONTEXTS} searches are kept current"
-        )
+        refusal = f"At most {MAX_UPDATE_CONTEXTS} searches are kept current"
+    elif sort_keys is not None and contexts.sorted() + len(sort_keys) > MAX_KEPT_SORTED:
+        refusal = f"At most {MAX_KEPT_SORTED} sorted messages are kept current"
+    if refusal is not None:
+        session.untagged(f"NO [NOUPDATE {wire.quoted_or_literal(tag)}] {refusal}")
         return
     result: _Result
     if sort_keys is None:
@@ -283,6 +289,11 @@ class Contexts:
         self.selected = selected
         self.kept: dict[str, _Context] = {}
         self.pending: set[int] = set()  # UIDs to search again
+
+    def sorted(self) -> int:
+        """How many messages the SORT contexts keep."""
+        results = [context.result for context in self.kept.values()]
+        return sum(len(result.by_uid) for result in results if isinstance(result, _SortResult))
 
     def changed(self, uids: Iterable[int]) -> None:
         if self.kept:

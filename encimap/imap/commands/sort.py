@@ -82,7 +82,7 @@ def sort_key(fields: MessageFields, criteria: list[tuple[str, bool]], uid: int) 
     """What a message sorts by: each criterion's key (reversed ones descending), then its UID:
     RFC 5256 puts ties in sequence-number order, which is UID order."""
     return (
-        *(_Descending(fields.key(c)) if reverse else fields.key(c) for c, reverse in criteria),
+        *(_descending(fields.key(c)) if reverse else fields.key(c) for c, reverse in criteria),
         uid,
     )
 
@@ -97,22 +97,15 @@ async def _sort_keys(
     return {row["uid"]: sort_key(MessageFields(row), criteria, row["uid"]) for row in rows}
 
 
-@functools.total_ordering
-class _Descending:
-    """A sort key compared the other way round (REVERSE)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.value == other.value
-
-    def __lt__(self, other: _Descending) -> bool:
-        return other.value < self.value
-
-    __hash__ = None  # type: ignore[assignment]
+def _descending(value: Any) -> Any:
+    """A key that orders the other way round (REVERSE), compared by Python's own code: numbers
+    and times negated; a string as its negated code points and a final 1, so that "ab" comes
+    before "a" as it comes after it ascending."""
+    if isinstance(value, str):
+        return (*(-ord(char) for char in value), 1)
+    if isinstance(value, datetime):
+        return -value.timestamp()
+    return -value
 
 
 async def matching_fields(session: Session, reader: Reader) -> list[tuple[MessageFields, int, int]]:
