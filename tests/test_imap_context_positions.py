@@ -4,6 +4,8 @@ server's, whatever messages come and go; PARTIAL windows pick the positions aske
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +16,7 @@ from encimap.imap.commands.context import (
     partial_results,
     return_options,
 )
+from encimap.imap.commands.sort import _descending
 
 
 def _apply_removals(client: list[int], pairs: list[tuple[int, list[int]]]) -> None:
@@ -80,3 +83,20 @@ def test_partial_windows():
     assert return_options(["CONTEXT"]).plain == ["ALL"]
     assert return_options(["UPDATE"]).plain == [] and return_options(["UPDATE"]).update
     assert return_options(["COUNT", "PARTIAL", "-1:-5"]).partial == (-1, -5)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(st.text(max_size=6), st.text(max_size=6)),
+        st.tuples(st.integers(), st.integers()),
+        st.tuples(
+            st.datetimes(timezones=st.just(UTC)),
+            st.datetimes(timezones=st.just(UTC)),
+        ),
+    )
+)
+def test_reversed_sort_keys_order_the_other_way_round(pair):
+    first, second = pair
+    assert (first < second) == (_descending(first) > _descending(second))
+    assert (first == second) == (_descending(first) == _descending(second))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email.header import decode_header, make_header
 from typing import Any
 
@@ -20,6 +20,7 @@ from encimap.imap.session import Session
 from encimap.mimeinfo.dates import parse_date
 from encimap.store import messages
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CRITERIA = frozenset(
     {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
 )
@@ -103,8 +104,8 @@ def _descending(value: Any) -> Any:
     before "a" as it comes after it ascending."""
     if isinstance(value, str):
         return (*(-ord(char) for char in value), 1)
-    if isinstance(value, datetime):
-        return -value.timestamp()
+    if isinstance(value, datetime):  # microseconds since the epoch: exact, unlike a float
+        return -((value - _EPOCH) // timedelta(microseconds=1))
     return -value
 
 
