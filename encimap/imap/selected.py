@@ -7,6 +7,7 @@ import asyncio
 import bisect
 from array import array
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import asyncpg
 
@@ -20,6 +21,20 @@ RECENT = "\\Recent"
 # as \Recent (or seen claimed): later sessions need not ask the database for those again.
 _claimed: dict[tuple[int, int, int], int] = {}
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+class Observer(Protocol):
+    """Told of every message of the view that arrives, changes flags or goes (the SEARCH and
+    SORT results kept current, encimap.imap.commands.context)."""
+
+    def changed(self, uids: Iterable[int]) -> None: ...
+
+    def expunging(self, uids: Sequence[int]) -> None:
+        """Before the EXPUNGE responses, while the sequence numbers are still the client's."""
+
+    async def report(self) -> list[bytes]:
+        """Untagged responses for what changed, after those of `sync` (EXISTS first)."""
+        ...
 
 
 class Selected:
@@ -54,6 +69,7 @@ class Selected:
         # While set (an idling session), called instead of waking `changed`: the changes are
         # then reported for the session without waking its task (encimap.imap.commands.idle).
         self.waker: Callable[[], None] | None = None
+        self.observer: Observer | None = None
         self._new = False
         self._flags: set[int] = set()
         self._expunged: set[int] = set()
@@ -173,6 +189,8 @@ class Selected:
         elif event.kind == events.RESYNC or event.uids is None:
             self._resync = True
         elif event.origin == self.session_id:
+            if self.observer is not None and event.kind == events.FLAGS:
+                self.observer.changed(event.uids)
             return
         elif event.kind == events.FLAGS:
             self._flags.update(event.uids)
@@ -194,6 +212,8 @@ class Selected:
     def forget(self, uids: Sequence[int]) -> list[int]:
         """Drop expunged UIDs from the map; their sequence numbers as reported (RFC 3501 7.4.1:
         each EXPUNGE renumbers the later messages at once)."""
+        if self.observer is not None:
+            self.observer.expunging(uids)
         numbers = []
         for uid in sorted(uids):
             seq = self.seq_of(uid)
@@ -208,7 +228,14 @@ class Selected:
         return numbers
 
     async def sync(self, *, expunge_ok: bool) -> list[bytes]:
-        """Untagged responses for what changed since the last report.
+        """Untagged responses for what changed since the last report, the observer's last."""
+        lines = await self._sync(expunge_ok=expunge_ok)
+        if self.observer is not None:
+            lines += await self.observer.report()
+        return lines
+
+    async def _sync(self, *, expunge_ok: bool) -> list[bytes]:
+        """The view's own untagged responses for what changed since the last report.
 
         Everything is read before the session's view changes: a read that fails (the database
         gone for a moment, as in a failover) puts every change it took back as pending for the
@@ -229,6 +256,8 @@ class Selected:
             self._flags |= flagged
             raise
         new_rows, flag_rows, first_recent = read
+        if self.observer is not None:
+            self.observer.changed(row["uid"] for rows in (new_rows, flag_rows) for row in rows)
         lines: list[bytes] = []
         if expunge_ok and expunged:
             lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(expunged)))

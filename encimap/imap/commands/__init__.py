@@ -36,6 +36,7 @@ ENABLERS: dict[str, tuple[str, Callable[[Session], bool]]] = {}
 _BASE = (
     "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
     "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE SORT SORT=DISPLAY ESORT "
+    "CONTEXT=SEARCH CONTEXT=SORT "
     "THREAD=REFERENCES THREAD=ORDEREDSUBJECT COMPRESS=DEFLATE "
     "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS SEARCHRES"
 )
@@ -82,6 +83,7 @@ from encimap.imap.commands import (  # noqa: E402, F401
     append,
     auth,
     compress,
+    context,
     fetch,
     idle,
     mailbox,
