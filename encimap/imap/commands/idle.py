@@ -92,6 +92,8 @@ async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
 
 async def _sync(session: Session) -> list[bytes]:
     assert session.selected is not None
+    if session.notify is not None:  # with NOTIFY's FETCH of new messages
+        return await session.notify.report_selected(session, expunge_ok=True)
     return await session.selected.sync(expunge_ok=True)
 
 

@@ -242,10 +242,10 @@ async def notify(session: Session, _tag: str, reader: Reader) -> str:
         groups=[g for g in groups if g.filter not in _SELECTED],
     )
     _drop(session)
-    watch = await _Watch.join(session, setting)
+    await _Watch.join(session, setting)
     session.notify = setting
     if status:
-        await _initial_status(session, setting, watch)
+        await _initial_status(session, setting)
     return "OK NOTIFY completed."
 
 
@@ -332,13 +332,18 @@ def status_items(wanted: frozenset[str]) -> list[str]:
     return items
 
 
-async def _initial_status(session: Session, setting: Notify, watch: _Watch) -> None:
-    """NOTIFY SET STATUS: the STATUS of every mailbox with message events (RFC 5465 3.1)."""
+async def _initial_status(session: Session, setting: Notify) -> None:
+    """NOTIFY SET STATUS: the STATUS of every mailbox with message events (RFC 5465 3.1),
+    read now (the watch's copy may not have this session's last CREATE yet)."""
+    pool, owner = session.server.pool, vaultbox_id(session)
+    subscribed = set()
+    if any(group.filter == "SUBSCRIBED" for group in setting.groups):
+        subscribed = await mailboxes.subscriptions(pool, owner)
     selected_id = session.selected.mailbox.id if session.selected is not None else None
-    for mailbox in watch.mailboxes.values():
+    for mailbox in await mailboxes.list_mailboxes(pool, owner):
         if mailbox.id == selected_id:
             continue
-        items = status_items(setting.events_for(mailbox.name, watch.subscribed) & _MESSAGE_EVENTS)
+        items = status_items(setting.events_for(mailbox.name, subscribed) & _MESSAGE_EVENTS)
         if items:
             session.untagged(await mailbox_commands._status_line(session, mailbox, items))
             await session.maybe_flush()
