@@ -326,3 +326,69 @@ async def test_imaptest_notify_script(databases, tls_files, tmp_path):
     assert process.returncode == 0, text
     assert "1 test groups: 0 failed, 0 skipped" in text, text
     assert "extensions: 0/7 individual commands failed" in text, text
+
+
+async def _held_during_a_command(databases, port, tls_ca, box) -> tuple[list[bytes], RawClient]:
+    """The watcher is inside APPEND (waiting for its literal) while Work and Other get mail:
+    the APPEND's responses, and the watcher."""
+    watcher = await _session(port, tls_ca, box)
+    observer = await _session(port, tls_ca, box)
+    for name in ("Work", "Other"):
+        await observer.command("c", f"CREATE {name}")
+    for client in (watcher, observer):
+        reply = await client.command("n", "NOTIFY SET (personal (MessageNew MessageExpunge))")
+        assert reply[-1].startswith(b"n OK"), reply
+    message = encrypt_for(box, plain_message(5))
+    await watcher.send(b"a APPEND Sent {%d}\r\n" % len(message))
+    assert (await watcher.line()).startswith(b"+ ")
+    for name in ("Work", "Other"):
+        await store(databases, box, encrypt_for(box, plain_message(1)), mailbox=name)
+    # the watch reports its sessions in the order they joined: the observer is told last
+    seen = {(await _unsolicited(observer, b"STATUS"))[-1].split(b" (")[0] for _ in range(2)}
+    assert seen == {b"* STATUS Work", b"* STATUS Other"}, seen
+    await observer.close()
+    await watcher.send(message + b"\r\n")
+    return await watcher.until("a"), watcher
+
+
+async def test_held_during_a_command_and_sent_before_its_reply(databases, cfg, tls_ca, tmp_path):
+    box = await make_box(databases, "held@example.test", tmp_path)
+    _, port = ports(cfg)
+    async with running_imap(cfg):
+        reply, watcher = await _held_during_a_command(databases, port, tls_ca, box)
+        assert [line.split(b" (")[0] for line in reply[:-1]] == [
+            b"* STATUS Work",
+            b"* STATUS Other",
+        ], reply
+        assert reply[-1].startswith(b"a OK [APPENDUID"), reply
+        await watcher.close()
+
+
+async def test_overflow_stops_notifications(databases, cfg, tls_ca, tmp_path, monkeypatch):
+    monkeypatch.setattr(notify, "_MAX_PENDING", 1)
+    box = await make_box(databases, "overflow@example.test", tmp_path)
+    _, port = ports(cfg)
+    async with running_imap(cfg):
+        reply, watcher = await _held_during_a_command(databases, port, tls_ca, box)
+        assert reply[0] == b"* OK [NOTIFICATIONOVERFLOW] Notifications stopped\r\n", reply
+        assert len(reply) == 2 and reply[-1].startswith(b"a OK"), reply
+        await store(databases, box, encrypt_for(box, plain_message(2)), mailbox="Work")
+        await _nothing_more(watcher)
+        await watcher.close()
+
+
+async def test_status_during_idle(databases, cfg, tls_ca, tmp_path):
+    box = await make_box(databases, "idle-notify@example.test", tmp_path)
+    _, port = ports(cfg)
+    async with running_imap(cfg):
+        watcher = await _session(port, tls_ca, box)
+        await watcher.command("s", "SELECT Sent")
+        await watcher.command("n", "NOTIFY SET (inboxes (MessageNew MessageExpunge))")
+        await watcher.send(b"i IDLE\r\n")
+        assert (await watcher.line()).startswith(b"+ ")
+        await store(databases, box, encrypt_for(box, plain_message(1)))
+        lines = await _unsolicited(watcher, b"STATUS")
+        assert lines[-1].startswith(b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2"), lines
+        await watcher.send(b"DONE\r\n")
+        assert (await watcher.until("i"))[-1].startswith(b"i OK"), lines
+        await watcher.close()
