@@ -328,9 +328,11 @@ async def test_imaptest_notify_script(databases, tls_files, tmp_path):
     assert "extensions: 0/7 individual commands failed" in text, text
 
 
-async def _held_during_a_command(databases, port, tls_ca, box) -> tuple[list[bytes], RawClient]:
+async def _held_during_a_command(
+    databases, port, tls_ca, box, tail: bytes = b""
+) -> tuple[list[bytes], RawClient]:
     """The watcher is inside APPEND (waiting for its literal) while Work and Other get mail:
-    the APPEND's responses, and the watcher."""
+    the APPEND's responses, and the watcher. `tail` follows the literal."""
     watcher = await _session(port, tls_ca, box)
     observer = await _session(port, tls_ca, box)
     for name in ("Work", "Other"):
@@ -347,7 +349,7 @@ async def _held_during_a_command(databases, port, tls_ca, box) -> tuple[list[byt
     seen = {(await _unsolicited(observer, b"STATUS"))[-1].split(b" (")[0] for _ in range(2)}
     assert seen == {b"* STATUS Work", b"* STATUS Other"}, seen
     await observer.close()
-    await watcher.send(message + b"\r\n")
+    await watcher.send(message + tail + b"\r\n")
     return await watcher.until("a"), watcher
 
 
@@ -361,6 +363,17 @@ async def test_held_during_a_command_and_sent_before_its_reply(databases, cfg, t
             b"* STATUS Other",
         ], reply
         assert reply[-1].startswith(b"a OK [APPENDUID"), reply
+        await watcher.close()
+
+
+async def test_held_during_a_bad_command_and_sent_after_it(databases, cfg, tls_ca, tmp_path):
+    box = await make_box(databases, "held-bad@example.test", tmp_path)
+    _, port = ports(cfg)
+    async with running_imap(cfg):
+        reply, watcher = await _held_during_a_command(databases, port, tls_ca, box, b" junk")
+        assert len(reply) == 1 and reply[0].startswith(b"a BAD"), reply
+        seen = {(await watcher.line()).split(b" (")[0] for _ in range(2)}
+        assert seen == {b"* STATUS Work", b"* STATUS Other"}, seen
         await watcher.close()
 
 

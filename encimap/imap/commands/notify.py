@@ -142,7 +142,12 @@ class Notify:
 
     # -- the selected mailbox --
     def wait_start(self, session: Session) -> None:
-        """The session waits for its next command: report its selected mailbox at once."""
+        """The session waits for its next command: what was held for it goes out (after a
+        command answered BAD nothing was), and its selected mailbox is reported at once."""
+        if self.pending:
+            for line in self.take_pending():
+                session.send(line)
+            session.flush_now()
         selected = session.selected
         group = self.selected
         if selected is None or group is None or not group.events or self.overflowed:
