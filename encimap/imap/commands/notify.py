@@ -357,7 +357,7 @@ async def _initial_status(session: Session, setting: Notify) -> None:
 # -- the shared watch of a vaultbox --
 class _Watch:
     """The NOTIFY sessions of one vaultbox, its events not reported yet and the mailbox list
-    and subscriptions they were last reported against."""
+    and subscriptions as of the last NAMES event (what name changes are reported against)."""
 
     _all: dict[str, _Watch] = {}
 
@@ -446,10 +446,13 @@ class _Watch:
     async def _report(self, changed: dict[int, set[str]], names: bool, origins: set[str]) -> None:
         pool = self.server.pool
         before, subscribed_before = self.mailboxes, self.subscribed
-        listing = await mailboxes.list_mailboxes(pool, self.owner)
-        subscribed = await mailboxes.subscriptions(pool, self.owner) if names else self.subscribed
-        self.mailboxes, self.subscribed = {m.id: m for m in listing}, subscribed
-        name_lines = _name_changes(before, self.mailboxes, subscribed_before, subscribed)
+        current = {m.id: m for m in await mailboxes.list_mailboxes(pool, self.owner)}
+        subscribed = self.subscribed
+        name_lines: list[tuple[str, str, bytes]] = []
+        if names:  # diffed only then: a change read before its NAMES event tells no origin
+            subscribed = await mailboxes.subscriptions(pool, self.owner)
+            name_lines = _name_changes(before, current, subscribed_before, subscribed)
+            self.mailboxes, self.subscribed = current, subscribed
         lines: dict[tuple[int, tuple[str, ...]], bytes] = {}  # one STATUS read each
         for session in list(self.sessions):
             setting = session.notify
@@ -457,7 +460,7 @@ class _Watch:
                 continue
             selected_id = session.selected.mailbox.id if session.selected is not None else None
             for mailbox_id, kinds in changed.items():
-                mailbox = self.mailboxes.get(mailbox_id)
+                mailbox = current.get(mailbox_id)
                 if mailbox is None or mailbox_id == selected_id:
                     continue
                 wanted = setting.events_for(mailbox.name, subscribed) & _MESSAGE_EVENTS
