@@ -31,8 +31,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     ),
     "catenate": "CATENATE (RFC 4469) not offered (docs/imap.md)",
     "catenate-multiappend": "CATENATE (RFC 4469) not offered (docs/imap.md)",
-    "notify": "NOTIFY (RFC 5465) and QRESYNC (RFC 7162) not offered (docs/imap.md)",
-    "search-partial": "CONTEXT=SEARCH (RFC 5267) not offered (docs/imap.md)",
 }
 
 pytestmark = pytest.mark.skipif(

@@ -95,6 +95,7 @@ class Session:
         self.principal: Principal | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
+        self.utf8_names = False  # mailbox names in UTF-8 (IMAP4rev2), not modified UTF-7
         self._out: list[bytes] = []
         self._buffered = 0
         self.started = time.monotonic()
@@ -104,6 +105,13 @@ class Session:
         self._task: asyncio.Task[Any] | None = None
         self._ending: Disconnect | None = None  # set by end()
         self._interruptible = False  # waiting for the client between commands (or in IDLE)
+        # NOTIFY's notification set (encimap.imap.commands.notify.Notify) while one is set
+        self.notify: Any = None
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for the client, no command half-answered: untagged responses may go out."""
+        return self._interruptible
 
     # -- output --
     def send(self, data: bytes) -> None:
@@ -228,8 +236,15 @@ class Session:
         `command_timeout` of it (a client trickling literals is cut off)."""
         pieces: list[bytes] = []
         total = 0
-        with self.waiting_for_client():
-            line = await self.read_line()
+        notify = self.notify
+        if notify is not None:
+            notify.wait_start(self)
+        try:
+            with self.waiting_for_client():
+                line = await self.read_line()
+        finally:
+            if notify is not None:
+                await notify.wait_end(self)
         self._command_deadline = self._budget(self.config.command_timeout)
         try:
             while True:
@@ -350,6 +365,7 @@ class Session:
                 tag, name, reader = parser.parse_head(raw)
             except parser.ParseError:
                 raise bad("Error in IMAP command received by server") from None
+            reader.utf8_names = self.utf8_names
             command = commands.get(name)
             if command is None:
                 raise bad(f"Unknown command {name[:40]}")
@@ -384,13 +400,24 @@ class Session:
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
         every change committed before the command ended, whatever the NOTIFY timing."""
+        notify = self.notify
         if self.selected is not None:
             await self.selected.before_sync()
             await self.server.listener.barrier()
-            for line in await self.selected.sync(expunge_ok=expunge_ok):
+            if notify is not None:
+                lines = await notify.report_selected(self, expunge_ok=expunge_ok)
+            else:
+                lines = await self.selected.sync(expunge_ok=expunge_ok)
+            for line in lines:
+                self.send(line)
+        if notify is not None:
+            for line in notify.take_pending():
                 self.send(line)
 
     async def close(self) -> None:
+        if self.notify is not None:
+            self.notify.stop(self)
+            self.notify = None
         if self.selected is not None:
             self.selected.close()
             self.selected = None

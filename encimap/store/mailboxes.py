@@ -1,5 +1,7 @@
 """IMAP folders of a vaultbox (`mailboxes`): names use "/" as the hierarchy delimiter and
-INBOX is matched case-insensitively (RFC 3501 5.1)."""
+INBOX is matched case-insensitively (RFC 3501 5.1). Creating, deleting and renaming a folder
+and changing a subscription publish a NAMES event (encimap.store.events) once committed;
+`origin` names the session that made the change."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from encimap.store import events
 from encimap.store.errors import Conflict, LimitReached, NotFound, StoreError
 from encimap.store.types import Executor
 
@@ -42,6 +45,12 @@ def canonical_name(name: str) -> str:
     return name
 
 
+def new_name(name: str) -> str:
+    """The name CREATE (or RENAME's target) makes: canonical, without a trailing
+    delimiter (RFC 3501 6.3.3: "foo/" declares the intent to create "foo/bar" later)."""
+    return canonical_name(name.rstrip(DELIMITER))
+
+
 def _mailbox(row: asyncpg.Record) -> Mailbox:
     return Mailbox(**dict(row))
 
@@ -64,11 +73,11 @@ async def find_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailb
 
 
 async def create_mailbox(
-    db: Executor, vaultbox_id: uuid.UUID, name: str, *, max_count: int = 0
+    db: Executor, vaultbox_id: uuid.UUID, name: str, *, max_count: int = 0, origin: str = ""
 ) -> Mailbox:
     """Create a folder; `max_count` (0: none) caps the folders of the vaultbox (concurrent
     creates may pass it by the number of sessions racing)."""
-    name = canonical_name(name.rstrip(DELIMITER))
+    name = new_name(name)
     if not name or DELIMITER * 2 in name or name.startswith(DELIMITER):
         raise StoreError(f"{name!r} is not a valid mailbox name")
     try:
@@ -86,10 +95,13 @@ async def create_mailbox(
         raise Conflict(f"mailbox {name} already exists") from None
     if row is None:
         raise LimitReached(f"at most {max_count} mailboxes per vaultbox")
+    await events.publish_names(db, vaultbox_id, origin)
     return _mailbox(row)
 
 
-async def delete_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
+async def delete_mailbox(
+    db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin: str = ""
+) -> None:
     """Delete a folder and its messages (its children stay). INBOX cannot be deleted."""
     name = canonical_name(name)
     if name == "INBOX":
@@ -99,12 +111,15 @@ async def delete_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Non
     )
     if status.endswith(" 0"):
         raise NotFound(f"no mailbox {name}")
+    await events.publish_names(db, vaultbox_id, origin)
 
 
-async def rename_mailbox(db: Executor, vaultbox_id: uuid.UUID, old: str, new: str) -> None:
+async def rename_mailbox(
+    db: Executor, vaultbox_id: uuid.UUID, old: str, new: str, *, origin: str = ""
+) -> None:
     """Rename a folder and its children. UIDVALIDITY and UIDs stay (RFC 3501 6.3.5 allows it,
     Dovecot does the same): the messages are unchanged, so clients keep their caches."""
-    old, new = canonical_name(old), canonical_name(new.rstrip(DELIMITER))
+    old, new = canonical_name(old), new_name(new)
     if old == "INBOX":
         raise StoreError("renaming INBOX is not supported")
     if not new or new == "INBOX" or new.startswith(old + DELIMITER):
@@ -132,6 +147,7 @@ async def rename_mailbox(db: Executor, vaultbox_id: uuid.UUID, old: str, new: st
         raise Conflict(f"mailbox {new} already exists") from None
     if status.endswith(" 0"):
         raise NotFound(f"no mailbox {old}")
+    await events.publish_names(db, vaultbox_id, origin)
 
 
 def _like_prefix(prefix: str) -> str:
@@ -146,7 +162,7 @@ async def subscriptions(db: Executor, vaultbox_id: uuid.UUID) -> set[str]:
     return {row["name"] for row in rows}
 
 
-async def subscribe(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
+async def subscribe(db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin: str = "") -> None:
     """Subscribe to an existing mailbox (subscribing twice is fine)."""
     status = await db.execute(
         """INSERT INTO mailbox_subscriptions (vaultbox_id, name)
@@ -155,19 +171,25 @@ async def subscribe(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
         vaultbox_id,
         canonical_name(name),
     )
-    if status.endswith(" 0") and await find_mailbox(db, vaultbox_id, name) is None:
-        raise NotFound(f"no mailbox {name}")
+    if status.endswith(" 0"):
+        if await find_mailbox(db, vaultbox_id, name) is None:
+            raise NotFound(f"no mailbox {name}")
+        return  # subscribed already: nothing changed
+    await events.publish_names(db, vaultbox_id, origin)
 
 
-async def unsubscribe(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
+async def unsubscribe(db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin: str = "") -> None:
     """Drop a subscription, whether or not the mailbox still exists."""
     status = await db.execute(
         "DELETE FROM mailbox_subscriptions WHERE vaultbox_id = $1 AND name = $2",
         vaultbox_id,
         canonical_name(name),
     )
-    if status.endswith(" 0") and await find_mailbox(db, vaultbox_id, name) is None:
-        raise NotFound(f"not subscribed to {name}")
+    if status.endswith(" 0"):
+        if await find_mailbox(db, vaultbox_id, name) is None:
+            raise NotFound(f"not subscribed to {name}")
+        return
+    await events.publish_names(db, vaultbox_id, origin)
 
 
 async def claim_recent(db: Executor, mailbox_id: int, up_to_uid: int) -> int:
@@ -189,6 +211,15 @@ async def count_recent(db: Executor, mailbox_id: int) -> int:
     return await db.fetchval(
         """SELECT count(*) FROM encrypted_emails e JOIN mailboxes m ON m.id = e.mailbox_id
             WHERE e.mailbox_id = $1 AND e.uid >= m.first_recent_uid""",
+        mailbox_id,
+    )
+
+
+async def count_deleted(db: Executor, mailbox_id: int) -> int:
+    """Messages flagged \\Deleted (STATUS DELETED, RFC 9051 6.3.11)."""
+    return await db.fetchval(
+        r"""SELECT count(*) FROM encrypted_emails
+             WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted']""",
         mailbox_id,
     )
 

@@ -29,14 +29,16 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
-# RFC 5161 ENABLE: capability name -> what enables it for a session (True if newly enabled).
-ENABLEABLE: dict[str, Callable[[Session], Awaitable[bool]]] = {}
+# ENABLE (RFC 5161): upper-case name -> (name as announced, a function that turns the
+# extension on for the session and says whether it did)
+ENABLERS: dict[str, tuple[str, Callable[[Session], bool]]] = {}
 
 _BASE = (
-    "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
+    "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
     "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE SORT SORT=DISPLAY ESORT "
+    "CONTEXT=SEARCH CONTEXT=SORT "
     "THREAD=REFERENCES THREAD=ORDEREDSUBJECT COMPRESS=DEFLATE "
-    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS CONDSTORE QRESYNC"
+    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS SEARCHRES NOTIFY CONDSTORE QRESYNC"
 )
 
 
@@ -47,6 +49,16 @@ def command(
         for name in names:
             COMMANDS[name] = Command(handler, states, expunge_ok)
         return handler
+
+    return register
+
+
+def enableable(name: str) -> Callable[[Callable[[Session], bool]], Callable[[Session], bool]]:
+    """Register what `ENABLE name` does (a module per extension, as for commands)."""
+
+    def register(enabler: Callable[[Session], bool]) -> Callable[[Session], bool]:
+        ENABLERS[name.upper()] = (name, enabler)
+        return enabler
 
     return register
 
@@ -72,10 +84,13 @@ from encimap.imap.commands import (  # noqa: E402, F401
     auth,
     compress,
     condstore,
+    context,
     fetch,
     idle,
     mailbox,
+    notify,
     quota,
+    rev2,
     search,
     sort,
     store,

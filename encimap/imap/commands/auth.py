@@ -10,7 +10,7 @@ from encimap.auth import AuthFailed, AuthUnavailable
 from encimap.imap.commands import (
     ANY,
     AUTHENTICATED,
-    ENABLEABLE,
+    ENABLERS,
     NOT_AUTHENTICATED,
     capabilities,
     command,
@@ -68,18 +68,20 @@ async def identify(session: Session, _tag: str, reader: Reader) -> str:
 
 @command("ENABLE", states=AUTHENTICATED)
 async def enable(session: Session, _tag: str, reader: Reader) -> str:
-    """RFC 5161: ENABLED lists the names this server enables (also those enabled before, as
-    Dovecot lists them); unknown names are ignored."""
-    names = []
+    """RFC 5161: ENABLED lists what this command turned on (unknown names are ignored, as
+    are names already enabled)."""
+    reader.sp()
+    names = [reader.atom()]
     while not reader.at_end():
         reader.sp()
-        names.append(reader.atom().upper())
-    if not names:
-        raise ParseError("ENABLE needs a capability")
-    enabled = [name for name in names if name in ENABLEABLE]
-    for name in enabled:
-        await ENABLEABLE[name](session)
-    session.untagged(" ".join(["ENABLED", *enabled]))
+        names.append(reader.atom())
+    turned_on = []
+    for word in names:
+        name, enabler = ENABLERS.get(word.upper(), (word, None))
+        if enabler is not None and name not in session.enabled and enabler(session):
+            session.enabled.add(name)
+            turned_on.append(name)
+    session.untagged(" ".join(["ENABLED", *turned_on]))
     return "OK ENABLE completed."
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from encimap.imap import wire
-from encimap.imap.commands import ENABLEABLE
+from encimap.imap.commands import enableable
 from encimap.imap.parser import FetchItem, ParseError, Reader, SequenceSet
 from encimap.imap.selected import Selected
 from encimap.imap.session import Session, bad
@@ -25,14 +25,14 @@ from encimap.store import search as keys
 CONDSTORE, QRESYNC = "CONDSTORE", "QRESYNC"
 
 
-async def enable(session: Session, name: str) -> bool:
+def enable(session: Session, name: str) -> bool:
     """Enable CONDSTORE or QRESYNC (which implies CONDSTORE); whether `name` was newly
     enabled. With a mailbox selected the client learns a HIGHESTMODSEQ at once, as Dovecot
     sends it."""
     if name in session.enabled:
         return False
     if name == QRESYNC:
-        await enable(session, CONDSTORE)
+        enable(session, CONDSTORE)
     session.enabled.add(name)
     selected = session.selected
     if selected is not None:
@@ -44,8 +44,14 @@ async def enable(session: Session, name: str) -> bool:
     return True
 
 
-ENABLEABLE[CONDSTORE] = lambda session: enable(session, CONDSTORE)
-ENABLEABLE[QRESYNC] = lambda session: enable(session, QRESYNC)
+@enableable(CONDSTORE)
+def _enable_condstore(session: Session) -> bool:
+    return enable(session, CONDSTORE)
+
+
+@enableable(QRESYNC)
+def _enable_qresync(session: Session) -> bool:
+    return enable(session, QRESYNC)
 
 
 def apply(session: Session, selected: Selected) -> None:

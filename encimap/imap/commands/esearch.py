@@ -18,9 +18,16 @@ def check_options(options: list[str]) -> list[str]:
 
 
 def response(
-    tag: str, numbers: list[int], options: list[str], *, by_uid: bool, modseq: int | None = None
+    tag: str,
+    numbers: list[int],
+    options: list[str],
+    *,
+    by_uid: bool,
+    partial: str = "",
+    modseq: int | None = None,
 ) -> str:
     """The untagged ESEARCH response (without "* ") for the matching numbers, ascending;
+    `partial` is the PARTIAL return data (commands/context.py), before COUNT as Dovecot;
     `modseq` is RFC 7162's MODSEQ result of a search with a MODSEQ criterion."""
     parts = [f"ESEARCH (TAG {wire.quoted_or_literal(tag)})"]
     if by_uid:
@@ -31,6 +38,8 @@ def response(
         parts.append(f"MAX {numbers[-1]}")
     if numbers and "ALL" in options:
         parts.append(f"ALL {wire.ordered_sequence_set(numbers)}")
+    if partial:
+        parts.append(partial)
     if "COUNT" in options:
         parts.append(f"COUNT {len(numbers)}")
     if numbers and modseq is not None:

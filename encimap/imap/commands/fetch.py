@@ -85,7 +85,7 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
     if not by_uid and not selected.is_sequence_valid(sequence):
         raise bad("Invalid message sequence number")
     if modifiers.changed_since is not None or any(item.name == "MODSEQ" for item in items):
-        await condstore.enable(session, condstore.CONDSTORE)
+        condstore.enable(session, condstore.CONDSTORE)
     if modifiers.changed_since is not None:
         items = condstore.with_modseq(items)
         uids = await condstore.changed_uids(session, selected, sequence, modifiers, by_uid=by_uid)
@@ -109,9 +109,7 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             )
         seen = stored.changed
         if not any(item.name == "FLAGS" for item in items):
-            # first (after a leading UID), where Dovecot puts it
-            at = 1 if items[0].name == "UID" else 0
-            items = [*items[:at], FetchItem("FLAGS"), *items[at:]]
+            items = [*items, FetchItem("FLAGS")]
     if all(
         item.name in _FLAG_SYNC and item.section is None for item in items
     ) and selected.recent.isdisjoint(uids):  # \Recent is the session's, not in the database

@@ -69,7 +69,7 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
     flags = normalize_flags(reader.flag_list())
     reader.end()
     if unchanged_since is not None:
-        await condstore.enable(session, condstore.CONDSTORE)
+        condstore.enable(session, condstore.CONDSTORE)
     if not uids:
         return "OK Store completed."
     async with session.server.pool.acquire() as conn:
