@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -40,13 +40,19 @@ _FLAG_SYNC = frozenset({"UID", "FLAGS"})
 _DERIVED = ("envelope", "bodystructure", "bodystructure_basic", "mime_parts")
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
 
+# Items that other modules render (BINARY, BINARY.SIZE: commands/binary.py): name -> a
+# function of (item, row) giving the response text and, for a literal, its content. It may
+# raise a `Reply` (NO) before anything of that message's response is sent.
+Renderer = Callable[[FetchItem, dict[str, Any]], tuple[bytes, bytes | None]]
+RENDERERS: dict[str, Renderer] = {}
+
 
 def columns_for(items: Sequence[FetchItem]) -> set[str]:
     columns: set[str] = set()
     for item in items:
         if item.section is not None:
             columns.add("body_encrypted")
-            if item.section != Section():
+            if item.section != Section() or item.name != "BODY":
                 columns.update(("mime_parts", "id"))
         else:
             columns.update(_COLUMNS_FOR[item.name])
@@ -54,9 +60,11 @@ def columns_for(items: Sequence[FetchItem]) -> set[str]:
 
 
 def sets_seen(items: Sequence[FetchItem]) -> bool:
-    """RFC 3501 6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
+    """RFC 3501 6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen; so does
+    BINARY[...] (RFC 3516 4.1), not BINARY.SIZE."""
     return any(
-        (item.section is not None and not item.peek) or item.name in ("RFC822", "RFC822.TEXT")
+        (item.section is not None and not item.peek and item.name != "BINARY.SIZE")
+        or item.name in ("RFC822", "RFC822.TEXT")
         for item in items
     )
 
@@ -125,11 +133,12 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
                     session.send(line)
                 if data["uid"] in selected.recent:
                     data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
-            # Streamed piece by piece: a message body goes out in drained chunks, so no
-            # response (BODY[] a thousand times over) is ever built whole in memory.
+            # Rendered first (an item may fail: BINARY of an unknown encoding), then streamed
+            # piece by piece: a message body goes out in drained chunks, so no response
+            # (BODY[] a thousand times over) is ever built whole in memory.
+            rendered = [_render(item, data) for item in items]
             session.send(b"* %d FETCH (" % seq)
-            for index, item in enumerate(items):
-                head, content = _render(item, data)
+            for index, (head, content) in enumerate(rendered):
                 session.send(head if not index else b" " + head)
                 if content is not None:
                     await session.send_large(content)
@@ -178,13 +187,15 @@ async def _rows(session: Session, uids: list[int], columns: set[str]) -> list[di
     if missing:
         pool = session.server.pool
         for row in await messages.fetch_rows(pool, mailbox_id, missing, columns):
-            data = await _complete(pool, row, columns)
+            data = await complete_row(pool, row, columns)
             cache.put(mailbox_id, data)
             found[data["uid"]] = data
     return [found[uid] for uid in uids if uid in found]
 
 
-async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) -> dict[str, Any]:
+async def complete_row(
+    pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]
+) -> dict[str, Any]:
     """The row as a dict; ENVELOPE/BODYSTRUCTURE computed and stored if the row lacks them
     (messages stored before they existed)."""
     data = dict(row)
@@ -201,12 +212,10 @@ async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) 
 def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
     """The item's response text, and for a literal its content (sent on its own)."""
     name = item.name
+    if name in RENDERERS:
+        return RENDERERS[name](item, row)
     if item.section is not None:
-        content = section_bytes(row, item.section)
-        if item.partial is not None:
-            start, length = item.partial
-            content = content[start : start + length]
-        return _literal(item.label().encode(), content)
+        return literal(item.label().encode(), partial(item, section_bytes(row, item.section)))
     if name == "UID":
         return b"UID %d" % row["uid"], None
     if name == "FLAGS":
@@ -222,13 +231,22 @@ def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
     if name == "BODY":
         return b"BODY " + mimeinfo.wire(row["bodystructure_basic"]), None
     if name == "RFC822":
-        return _literal(b"RFC822", row["body_encrypted"])
+        return literal(b"RFC822", row["body_encrypted"])
     part = section_bytes(row, Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT"))
-    return _literal(name.encode(), part)
+    return literal(name.encode(), part)
 
 
-def _literal(label: bytes, content: bytes) -> tuple[bytes, bytes]:
-    return b"%b {%d}\r\n" % (label, len(content)), content
+def partial(item: FetchItem, content: bytes) -> bytes:
+    """The `<start.length>` slice an item asks for, or all of `content`."""
+    if item.partial is None:
+        return content
+    start, length = item.partial
+    return content[start : start + length]
+
+
+def literal(label: bytes, content: bytes, *, binary: bool = False) -> tuple[bytes, bytes]:
+    """`label {n}` (with `binary`, a literal8 `~{n}`, RFC 3516) and the content."""
+    return b"%b %b{%d}\r\n" % (label, b"~" if binary else b"", len(content)), content
 
 
 def section_bytes(row: dict[str, Any], section: Section) -> bytes:
@@ -246,7 +264,7 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     if section.text == "":
         return body[body_start:end] if section.part else body
     if section.part:  # HEADER/TEXT of a message/rfc822 part: that message's own header
-        if not _is_message(parts, key):  # only a message/rfc822 part has a header of its
+        if not is_message(parts, key):  # only a message/rfc822 part has a header of its
             return b""  # own; Dovecot answers "" for other parts
         header_start = body_start
         _header_end, body_start = mimeinfo.split_header(body, header_start, end)
@@ -258,7 +276,7 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     return _header_fields(header, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
 
 
-def _is_message(parts: dict[str, list[int]], key: str) -> bool:
+def is_message(parts: dict[str, list[int]], key: str) -> bool:
     entry = parts[key]
     if len(entry) > 3:
         return bool(entry[3])
