@@ -210,13 +210,15 @@ def _encrypted_catenate_scripts(box) -> dict[str, bytes]:
 
 
 async def _run_scripts(port: int, user: str, password: str, scripts: dict[str, Path]) -> dict:
-    """name -> (passed, imaptest's report) for each script run against the server."""
+    """name -> (passed, imaptest's report) for each script run against the server (a
+    relative path is one of tests-cipher's)."""
     results = {}
     for name, path in scripts.items():
         process = await asyncio.create_subprocess_exec(
             *imaptest_support.script_command(port, user, password, path),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            cwd=IMAPTEST / "tests-cipher",
         )
         output, errors = await process.communicate()
         text = output.decode(errors="replace")
@@ -248,3 +250,25 @@ async def test_catenate_scripts_with_encrypted_messages(databases, cfg, tmp_path
             await asyncio.to_thread(dovecot.stop)
         failed = {name: report[-3000:] for name, (passed, report) in theirs.items() if not passed}
         assert not failed, failed
+
+
+@pytest.mark.skipif(dovecot_support.available() is not None, reason="no Dovecot oracle")
+async def test_binary_fetch_scripts_answer_as_dovecot(databases, cfg, tmp_path):
+    """imaptest's fetch-binary scripts on the S/MIME corpus fail on both servers (the parts
+    they read are inside the envelope), with the same replies: imaptest's report of every
+    reply it got is byte for byte Dovecot's."""
+    box = await make_box(databases, "binary-script@example.test", tmp_path)
+    names = ("fetch-binary-mime", "fetch-binary-mime-base64", "fetch-binary-mime-qp")
+    scripts = {name: Path("./" + name) for name in names}
+    port, _ = ports(cfg)
+    async with running_imap(cfg):
+        ours = await _run_scripts(port, box.username, box.password, scripts)
+    dovecot = dovecot_support.Dovecot([])
+    await asyncio.to_thread(dovecot.start)
+    try:
+        theirs = await _run_scripts(dovecot.port, dovecot.user, dovecot.password, scripts)
+    finally:
+        await asyncio.to_thread(dovecot.stop)
+    for name in names:
+        assert "BINARY" in theirs[name][1], theirs[name][1]  # the replies are in the report
+        assert ours[name] == theirs[name], name

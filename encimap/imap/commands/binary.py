@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import binascii
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from encimap.imap.commands.fetch import RENDERERS, is_message, literal, partial
+from encimap.imap.commands.fetch import RENDERERS, Renderer, is_message, literal, partial
 from encimap.imap.parser import FetchItem, Section
 from encimap.imap.session import no
 from encimap.mimeinfo.headers import parse_headers
@@ -41,40 +42,72 @@ def _binary_size(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, None]:
     return b"%b %d" % (item.label().encode(), len(decoded(row, item.section))), None
 
 
-RENDERERS["BINARY"] = _binary
-RENDERERS["BINARY.SIZE"] = _binary_size
+def _check(item: FetchItem, row: dict[str, Any]) -> None:
+    assert item.section is not None
+    _plan(row, item.section)
+
+
+RENDERERS["BINARY"] = Renderer(_binary, _check)
+RENDERERS["BINARY.SIZE"] = Renderer(_binary_size, _check)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where a section is in the stored message, and its leaf parts that need decoding."""
+
+    start: int
+    end: int
+    leaves: list[tuple[int, int, int, str]]  # header start, body start, end, encoding
+    leaf: bool  # the section is one leaf part: its decoded body only
+
+
+def _plan(row: dict[str, Any], section: Section) -> _Plan | None:
+    """None for a part the message does not have; NO [UNKNOWN-CTE] for an encoding that
+    cannot be undone."""
+    body: bytes = row["body_encrypted"]
+    parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
+    key = ".".join(map(str, section.part))
+    if key not in parts:
+        return None
+    if key and _is_leaf(parts, key):
+        header_start, body_start, end = parts[key][:3]
+        encoding = _checked(_encoding(body, header_start, body_start))
+        return _Plan(body_start, end, [(header_start, body_start, end, encoding)], True)
+    start, end = (0, len(body)) if not key else parts[key][1:3]
+    prefix = f"{key}." if key else ""
+    leaves = []
+    position = start
+    for header_start, body_start, part_end in sorted(
+        parts[name][:3] for name in parts if name.startswith(prefix) and _is_leaf(parts, name)
+    ):
+        if header_start < position:  # a part that begins before the section: not inside it
+            continue
+        encoding = _checked(_encoding(body, header_start, body_start))
+        if encoding not in _IDENTITY:
+            leaves.append((header_start, body_start, part_end, encoding))
+            position = part_end
+    return _Plan(start, end, leaves, False)
 
 
 def decoded(row: dict[str, Any], section: Section) -> bytes:
     """The section of the stored message with every leaf part in it decoded: a leaf part's
     body, or a message or multipart with its leaves' bodies decoded and their headers
     saying `binary`."""
-    body: bytes = row["body_encrypted"]
-    parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
-    key = ".".join(map(str, section.part))
-    if key not in parts:
+    plan = _plan(row, section)
+    if plan is None:
         return b""
-    if key and _is_leaf(parts, key):
-        header_start, body_start, end = parts[key][:3]
-        return decode(_encoding(body, header_start, body_start), body[body_start:end])
-    start, end = (0, len(body)) if not key else parts[key][1:3]
-    prefix = f"{key}." if key else ""
+    body: bytes = row["body_encrypted"]
+    if plan.leaf:
+        _header_start, body_start, end, encoding = plan.leaves[0]
+        return decode(encoding, body[body_start:end])
     pieces = []
-    position = start
-    leaves = sorted(
-        (parts[name][:3] for name in parts if name.startswith(prefix) and _is_leaf(parts, name)),
-    )
-    for header_start, body_start, part_end in leaves:
-        if header_start < position:  # a part that begins before the section: not inside it
-            continue
-        encoding = _encoding(body, header_start, body_start)
-        if encoding in _IDENTITY:
-            continue
+    position = plan.start
+    for header_start, body_start, part_end, encoding in plan.leaves:
         pieces.append(body[position:header_start])
         pieces.append(_CTE_FIELD.sub(_binary_field, body[header_start:body_start], count=1))
         pieces.append(decode(encoding, body[body_start:part_end]))
         position = part_end
-    pieces.append(body[position:end])
+    pieces.append(body[position : plan.end])
     return b"".join(pieces)
 
 
@@ -93,9 +126,15 @@ def _encoding(body: bytes, header_start: int, body_start: int) -> str:
     return (match[1] if match else "").lower() or "7bit"
 
 
+def _checked(encoding: str) -> str:
+    if encoding in _IDENTITY or encoding in ("base64", "quoted-printable"):
+        return encoding
+    raise no(f"[UNKNOWN-CTE] Unknown Content-Transfer-Encoding {encoding[:40]}")
+
+
 def decode(encoding: str, data: bytes) -> bytes:
     """`data` with Content-Transfer-Encoding `encoding` undone (RFC 2045 6)."""
-    if encoding in _IDENTITY:
+    if _checked(encoding) in _IDENTITY:
         return data
     if encoding == "base64":
         # lenient, as mail readers are: what is not in the alphabet is skipped, padding
@@ -104,9 +143,7 @@ def decode(encoding: str, data: bytes) -> bytes:
         if len(text) % 4 == 1:
             text = text[:-1]
         return binascii.a2b_base64(text + b"=" * (-len(text) % 4))
-    if encoding == "quoted-printable":
-        return _quoted_printable(data)
-    raise no(f"[UNKNOWN-CTE] Unknown Content-Transfer-Encoding {encoding[:40]}")
+    return _quoted_printable(data)
 
 
 def _quoted_printable(data: bytes) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -40,10 +41,18 @@ _FLAG_SYNC = frozenset({"UID", "FLAGS"})
 _DERIVED = ("envelope", "bodystructure", "bodystructure_basic", "mime_parts")
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
 
-# Items that other modules render (BINARY, BINARY.SIZE: commands/binary.py): name -> a
-# function of (item, row) giving the response text and, for a literal, its content. It may
-# raise a `Reply` (NO) before anything of that message's response is sent.
-Renderer = Callable[[FetchItem, dict[str, Any]], tuple[bytes, bytes | None]]
+
+@dataclass(frozen=True)
+class Renderer:
+    """An item another module renders (BINARY, BINARY.SIZE: commands/binary.py)."""
+
+    # (item, row) -> the response text and, for a literal, its content
+    render: Callable[[FetchItem, dict[str, Any]], tuple[bytes, bytes | None]]
+    # (item, row) -> None, or raises a `Reply` (NO): called for every item before anything
+    # of the message's response is sent, cheaply (the items are rendered one at a time)
+    check: Callable[[FetchItem, dict[str, Any]], None]
+
+
 RENDERERS: dict[str, Renderer] = {}
 
 
@@ -133,12 +142,14 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
                     session.send(line)
                 if data["uid"] in selected.recent:
                     data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
-            # Rendered first (an item may fail: BINARY of an unknown encoding), then streamed
-            # piece by piece: a message body goes out in drained chunks, so no response
-            # (BODY[] a thousand times over) is ever built whole in memory.
-            rendered = [_render(item, data) for item in items]
+            for item in items:  # an item that cannot be served fails before the response
+                if item.name in RENDERERS:
+                    RENDERERS[item.name].check(item, data)
+            # Streamed piece by piece: a message body goes out in drained chunks, so no
+            # response (BODY[] a thousand times over) is ever built whole in memory.
             session.send(b"* %d FETCH (" % seq)
-            for index, (head, content) in enumerate(rendered):
+            for index, item in enumerate(items):
+                head, content = _render(item, data)
                 session.send(head if not index else b" " + head)
                 if content is not None:
                     await session.send_large(content)
@@ -213,7 +224,7 @@ def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
     """The item's response text, and for a literal its content (sent on its own)."""
     name = item.name
     if name in RENDERERS:
-        return RENDERERS[name](item, row)
+        return RENDERERS[name].render(item, row)
     if item.section is not None:
         return literal(item.label().encode(), partial(item, section_bytes(row, item.section)))
     if name == "UID":
