@@ -5,8 +5,10 @@ again with `openssl cms`, bad URLs, limits, and Dovecot as the oracle for BINARY
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
+import tracemalloc
 
 import pytest
 
@@ -19,6 +21,7 @@ from tests.imap_support import (
     make_box,
     plain_message,
     ports,
+    read_fetch_streaming,
     running_imap,
     store,
 )
@@ -306,3 +309,56 @@ async def test_capabilities_name_binary_and_catenate(databases, cfg, tls_ca, tmp
         reply = await client.command("c", "CAPABILITY")
         assert {b"BINARY", b"CATENATE"} <= set(reply[0].split()), reply
         await client.close()
+
+
+async def test_catenate_counts_against_the_quota(databases, cfg, tls_ca, tmp_path):
+    box = await make_box(databases, "catenate-quota@example.test", tmp_path)
+    source = encrypt_for(box, plain_message(1, size=1000))
+    inserted = await store(databases, box, source)
+    conn = await databases.connect()
+    try:
+        await conn.execute(
+            "UPDATE vaultboxes SET limits = $2::jsonb WHERE id = $1",
+            box.id,
+            json.dumps({"max_bytes": 3 * len(source) + 100}),
+        )
+    finally:
+        await conn.close()
+    url = f"/INBOX/;UID={inserted.uid}"
+    async with running_imap(cfg):
+        client = await _session(cfg, box, tls_ca)
+        reply = await _append(client, "a", f'Drafts CATENATE (URL "{url}")')
+        assert reply[-1].startswith(b"a OK"), reply
+        reply = await _append(client, "b", f'Drafts CATENATE (URL "{url}" TEXT ', b"x\r\n", ")")
+        assert reply[-1].startswith(b"b OK"), reply  # the header says encrypted: as it is
+        reply = await _append(client, "c", f'Drafts CATENATE (URL "{url}")')
+        assert reply[-1].startswith(b"c NO [OVERQUOTA]"), reply
+        await client.close()
+    assert len((await _stored(databases, box))["Drafts"]) == 2
+
+
+async def test_repeated_binary_items_are_streamed(databases, cfg, tls_ca, tmp_path):
+    """Each BINARY item is decoded when its turn comes and sent in drained chunks: the
+    process holds about one decoded part at a time, not the whole response."""
+    box = await make_box(databases, "binary-stream@example.test", tmp_path)
+    stored = encrypt_for(box, plain_message(1, size=1_000_000))
+    await store(databases, box, stored)
+    der = _smime_der(stored)
+    peaks = {}
+    async with running_imap(cfg):
+        client = await _session(cfg, box, tls_ca)
+        await client.command("s", "SELECT INBOX")
+        await client.command("w", "FETCH 1 BINARY.SIZE[1]")  # the message is read and cached
+        for repeat in (4, 40):
+            tracemalloc.start()
+            try:
+                items = b" ".join([b"BINARY.PEEK[1]"] * repeat)
+                await client.send(b"f FETCH 1 (" + items + b")\r\n")
+                literals, received = await read_fetch_streaming(client, "f", der)
+                _, peaks[repeat] = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert literals == repeat and received > repeat * len(der)
+        await client.close()
+    # ten times the items (32 MB of response) hold no more at the peak than a part or two
+    assert peaks[40] < peaks[4] + 2 * len(der), (peaks, len(der))

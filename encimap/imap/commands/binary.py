@@ -13,6 +13,7 @@ encoding other than 7bit, 8bit, binary, base64 and quoted-printable answers
 from __future__ import annotations
 
 import binascii
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -137,8 +138,11 @@ def decode(encoding: str, data: bytes) -> bytes:
     if _checked(encoding) in _IDENTITY:
         return data
     if encoding == "base64":
-        # lenient, as mail readers are: what is not in the alphabet is skipped, padding
-        # added where it is missing, a dangling sixth of a byte dropped
+        # lenient, as mail readers are: what is not in the alphabet is skipped (line ends
+        # too, without a copy), padding added where it is missing, a dangling sixth of a
+        # byte dropped
+        with contextlib.suppress(binascii.Error):
+            return binascii.a2b_base64(data)
         text = _BASE64_NOISE.sub(b"", data.split(b"=", 1)[0])
         if len(text) % 4 == 1:
             text = text[:-1]
