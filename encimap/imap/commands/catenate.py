@@ -19,7 +19,7 @@ from encimap.imap import names
 from encimap.imap.commands.fetch import complete_row, section_bytes
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.parser import ParseError, Reader, Section, parse_section
-from encimap.imap.session import Session, no
+from encimap.imap.session import Reply, Session, no
 from encimap.store import mailboxes, messages
 
 _URL = re.compile(
@@ -77,7 +77,7 @@ async def assemble(session: Session, parts: list[Part], limit: int) -> bytes:
     return b"".join(pieces)
 
 
-def _bad_url(url: str) -> Exception:
+def _bad_url(url: str) -> Reply:
     shown = "".join(c for c in url[:200] if c.isprintable() and c not in '"\\]')
     return no(f'[BADURL "{shown}"] CATENATE URL does not name a stored message part')
 
