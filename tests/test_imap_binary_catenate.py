@@ -293,6 +293,11 @@ async def test_catenate_bad_urls_and_limits(databases, tls_files, tls_ca, tmp_pa
         assert 3000 < len(source) <= 6000
         reply = await _append(client, "z", f'Drafts CATENATE (URL "{valid}" URL "{valid}")')
         assert reply[-1].startswith(b"z NO [TOOBIG]"), reply
+        # each message is within the limit, not both together (MULTIAPPEND)
+        reply = await _append(
+            client, "y", f'Drafts CATENATE (URL "{valid}") CATENATE (URL "{valid}")'
+        )
+        assert reply[-1].startswith(b"y NO [TOOBIG]"), reply
         for syntax in ("CATENATE ()", "CATENATE (URL)", 'CATENATE (FILE "x")', "CATENATE"):
             reply = await _append(client, "x", f"Drafts {syntax}")
             assert reply[-1].startswith(b"x BAD"), (syntax, reply)

@@ -71,10 +71,15 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     parts = sum(len(message.parts or ()) for message in appended)
     if parts > session.config.max_catenate_parts:
         raise no(f"[LIMIT] More than {session.config.max_catenate_parts} CATENATE parts")
+    # the messages of one APPEND in all, assembled ones included, are bounded like its
+    # literals (the session reads at most max_literal_size of them)
+    budget = session.config.max_literal_size - sum(
+        len(message.data) for message in appended if message.parts is None
+    )
     for message in appended:
         if message.parts is not None:
-            limit = session.config.max_literal_size  # APPENDLIMIT applies to the whole
-            message.data = await catenate.assemble(session, message.parts, limit)
+            message.data = await catenate.assemble(session, message.parts, budget)
+            budget -= len(message.data)
     if not all(message.data for message in appended):
         raise no("Empty message")
     stored = [await _encrypted(session, message.data) for message in appended]

@@ -6,7 +6,8 @@ also as `imap://user@host/...` (the logged-in user only) or relative to the sele
 (`;UID=n...`). Sections are those of the stored, encrypted message (`fetch.section_bytes`).
 The assembled message then takes APPEND's path (encrypted unless it already is). A URL that
 does not resolve answers `NO [BADURL "url"]`, more parts than `imap.max_catenate_parts`
-`NO [LIMIT]`, an assembled message over `imap.max_literal_size` `NO [TOOBIG]`.
+`NO [LIMIT]`, assembled messages over `imap.max_literal_size` (all of one APPEND
+together, as its literals) `NO [TOOBIG]`.
 """
 
 from __future__ import annotations
@@ -65,14 +66,15 @@ def parse(reader: Reader) -> list[Part]:
 
 
 async def assemble(session: Session, parts: list[Part], limit: int) -> bytes:
-    """The message the parts make, at most `limit` bytes (else NO [TOOBIG])."""
+    """The message the parts make, at most `limit` bytes (else NO [TOOBIG]: the limit is
+    `imap.max_literal_size` for all messages of the APPEND)."""
     pieces: list[bytes] = []
     total = 0
     for part in parts:
         data = part.data if isinstance(part, Text) else await _resolve(session, part.url)
         total += len(data)
         if total > limit:
-            raise no(f"[TOOBIG] The assembled message is larger than {limit} bytes")
+            raise no("[TOOBIG] The messages of this APPEND are too large in all")
         pieces.append(data)
     return b"".join(pieces)
 
