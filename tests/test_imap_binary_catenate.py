@@ -13,6 +13,7 @@ import tracemalloc
 import pytest
 
 from tests import dovecot_support
+from tests.imap_corpus import CORPUS
 from tests.imap_support import (
     RawClient,
     encrypt_for,
@@ -166,6 +167,33 @@ async def test_binary_equals_dovecot_on_stored_envelopes(databases, tls_files, t
     ]
     theirs, ours = await fetch_from_both(databases, tls_files, tls_ca, box, stored, items)
     assert ours == theirs
+
+
+@pytest.mark.skipif(dovecot_support.available() is not None, reason="no Dovecot oracle")
+async def test_binary_equals_dovecot_on_mime_structures(databases, tls_files, tls_ca, tmp_path):
+    """Multipart, nested message/rfc822, base64 and quoted-printable leaves (the corpus the
+    ENVELOPE/BODYSTRUCTURE tests use), stored as they are."""
+    box = await make_box(databases, "oracle-structures@example.test", tmp_path)
+    stored = list(CORPUS.values())
+    for body in stored:
+        await store(databases, box, body)
+    items = [
+        "BINARY.PEEK[]",
+        "BINARY.SIZE[]",
+        "BINARY.PEEK[1]",
+        "BINARY.SIZE[1]",
+        "BINARY.PEEK[2]",
+        "BINARY.SIZE[2]",
+        "BINARY.PEEK[2.1]",
+        "BINARY.PEEK[2.2]",
+        "BINARY.PEEK[3]",
+        "BINARY.PEEK[1]<3.20>",
+        "BODY.PEEK[2.1]",
+        "BODY.PEEK[1.1]",
+    ]
+    theirs, ours = await fetch_from_both(databases, tls_files, tls_ca, box, stored, items)
+    different = {key: (theirs[key], ours[key]) for key in theirs if theirs[key] != ours[key]}
+    assert not different, different
 
 
 async def test_literal8_append_is_stored_encrypted(databases, cfg, tls_ca, tmp_path):

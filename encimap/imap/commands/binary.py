@@ -18,7 +18,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from encimap.imap.commands.fetch import RENDERERS, Renderer, is_message, literal, partial
+from encimap.imap.commands.fetch import (
+    RENDERERS,
+    Renderer,
+    is_message,
+    literal,
+    part_key,
+    partial,
+)
 from encimap.imap.parser import FetchItem, Section
 from encimap.imap.session import no
 from encimap.mimeinfo.headers import parse_headers
@@ -32,15 +39,13 @@ _BASE64_NOISE = re.compile(rb"[^A-Za-z0-9+/]")
 
 def _binary(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes]:
     assert item.section is not None
-    content = decoded(row, item.section)
-    # literal8 when the part holds a NUL (RFC 3516 4.2 requires it), for any slice of it,
-    # as Dovecot decides
-    return literal(item.label().encode(), partial(item, content), binary=b"\x00" in content)
+    content, binary = decoded(row, item.section)
+    return literal(item.label().encode(), partial(item, content), binary=binary)
 
 
 def _binary_size(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, None]:
     assert item.section is not None
-    return b"%b %d" % (item.label().encode(), len(decoded(row, item.section))), None
+    return b"%b %d" % (item.label().encode(), len(decoded(row, item.section)[0])), None
 
 
 def _check(item: FetchItem, row: dict[str, Any]) -> None:
@@ -67,7 +72,7 @@ def _plan(row: dict[str, Any], section: Section) -> _Plan | None:
     cannot be undone."""
     body: bytes = row["body_encrypted"]
     parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
-    key = ".".join(map(str, section.part))
+    key = part_key(parts, section)
     if key not in parts:
         return None
     if key and _is_leaf(parts, key):
@@ -90,31 +95,46 @@ def _plan(row: dict[str, Any], section: Section) -> _Plan | None:
     return _Plan(start, end, leaves, False)
 
 
-def decoded(row: dict[str, Any], section: Section) -> bytes:
+def decoded(row: dict[str, Any], section: Section) -> tuple[bytes, bool]:
     """The section of the stored message with every leaf part in it decoded: a leaf part's
     body, or a message or multipart with its leaves' bodies decoded and their headers
-    saying `binary`."""
+    saying `binary`; and whether what was decoded holds NUL or 8-bit bytes (then it goes
+    out as a literal8, whatever slice is asked for: RFC 3516 4.2 requires it for NUL,
+    Dovecot does it for both)."""
     plan = _plan(row, section)
     if plan is None:
-        return b""
+        return b"", False
     body: bytes = row["body_encrypted"]
     if plan.leaf:
         _header_start, body_start, end, encoding = plan.leaves[0]
-        return decode(encoding, body[body_start:end])
+        content = decode(encoding, body[body_start:end])
+        return content, encoding not in _IDENTITY and _eight_bit(content)
     pieces = []
+    binary = False
     position = plan.start
     for header_start, body_start, part_end, encoding in plan.leaves:
         pieces.append(body[position:header_start])
-        pieces.append(_CTE_FIELD.sub(_binary_field, body[header_start:body_start], count=1))
-        pieces.append(decode(encoding, body[body_start:part_end]))
+        pieces.append(_binary_header(body[header_start:body_start]))
+        content = decode(encoding, body[body_start:part_end])
+        binary = binary or _eight_bit(content)
+        pieces.append(content)
         position = part_end
     pieces.append(body[position : plan.end])
-    return b"".join(pieces)
+    return b"".join(pieces), binary
 
 
-def _binary_field(match: re.Match[bytes]) -> bytes:
-    ending = b"\r\n" if match[0].endswith(b"\r\n") else b"\n"
-    return b"Content-Transfer-Encoding: binary" + ending
+def _eight_bit(data: bytes) -> bool:
+    return not data.isascii() or b"\x00" in data
+
+
+def _binary_header(header: bytes) -> bytes:
+    """A decoded part's header: its Content-Transfer-Encoding fields dropped and
+    `Content-Transfer-Encoding: binary` added as the last field, as Dovecot writes it."""
+    ending = b"\r\n" if header.endswith(b"\r\n") else b"\n"
+    kept = _CTE_FIELD.sub(b"", header)
+    if kept == ending or kept.endswith(ending * 2):
+        kept = kept[: -len(ending)]  # the empty line that ends the header
+    return kept + b"Content-Transfer-Encoding: binary" + ending + ending
 
 
 def _is_leaf(parts: dict[str, list[int]], key: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
 from encimap.imap import names
-from encimap.imap.commands.fetch import complete_row, section_bytes
+from encimap.imap.commands.fetch import complete_row, part_key, section_bytes
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.parser import ParseError, Reader, Section, parse_section
 from encimap.imap.session import Reply, Session, no
@@ -120,8 +120,8 @@ async def _resolve(session: Session, url: str) -> bytes:
             section = parse_section(unquote_to_bytes(match["section"]))
         except ParseError:
             raise _bad_url(url) from None
-        parts = {entry[0] for entry in row["mime_parts"]}
-        if ".".join(map(str, section.part)) not in parts:
+        parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
+        if part_key(parts, section) not in parts:
             raise _bad_url(url)
     data = section_bytes(row, section)
     if match["start"] is not None:

@@ -266,7 +266,7 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     if section == Section():
         return body
     parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
-    key = ".".join(map(str, section.part))
+    key = part_key(parts, section)
     if key not in parts:
         return b""  # a part the message does not have: empty, as Dovecot answers
     header_start, body_start, end = parts[key][:3]
@@ -285,6 +285,22 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     if section.text == "HEADER":
         return header
     return _header_fields(header, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
+
+
+def part_key(parts: dict[str, list[int]], section: Section) -> str:
+    """The key in `parts` of the part a section names (not in `parts` when the message has
+    no such part). `N.1` of a part N of a multipart that is neither multipart nor a
+    message is N itself (RFC 3501 6.4.5: such a part has only part 1), as Dovecot reads
+    it; part 1 of a single-part (sub)message is already its body and has no `1.1`."""
+    key = ".".join(map(str, section.part))
+    if key in parts or not key.endswith(".1"):
+        return key
+    parent = key[:-2]
+    if parent not in parts or is_message(parts, parent):
+        return key
+    enclosing = parent.rpartition(".")[0]
+    message_start = parts[enclosing][1] if enclosing else 0
+    return key if parts[parent][0] == message_start else parent
 
 
 def is_message(parts: dict[str, list[int]], key: str) -> bool:
