@@ -264,8 +264,16 @@ async def test_catenate_text_and_urls(databases, cfg, tls_ca, tmp_path):
             plain_message(8),
         )
         assert re.match(rb"b OK \[APPENDUID \d+ 1:3\]", reply[-1]), reply
+        # with BINARY, a TEXT part may be a literal8 (NUL and all)
+        binary_header = b"From: me@example.org\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        text8 = b"~{%d+}\r\n" % len(binary_header + BINARY_PART) + binary_header + BINARY_PART
+        reply = await client.command("c", b"APPEND Junk CATENATE (TEXT " + text8 + b")")
+        assert reply[-1].startswith(b"c OK [APPENDUID"), reply
         await client.close()
     stored = await _stored(databases, box)
+    [junk] = stored["Junk"]
+    assert BINARY_PART not in junk["body"]
+    assert openssl_decrypt(junk["body"], box.key_path).endswith(b"\r\n\r\n" + BINARY_PART)
     [drafts] = stored["Drafts"]
     copy, second, third = stored["Sent"]
     opened = openssl_decrypt(drafts["body"], box.key_path)
