@@ -108,7 +108,15 @@ async def test_binary_fetch_decodes_the_stored_smime_part(databases, cfg, tls_ca
             reply = await client.command("x", f"FETCH 1 {bad}")
             assert reply[-1].startswith(b"x BAD"), (bad, reply)
         await client.close()
-    # what the client decrypts: the DER that BINARY[1] gives is the CMS structure openssl opens
+    # BINARY[1] is the CMS structure openssl reads from the S/MIME message, byte for byte
+    structure = subprocess.run(
+        ["openssl", "cms", "-cmsout", "-inform", "SMIME", "-outform", "DER"],
+        input=stored,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert structure == der
+    # and what the client decrypts from it is what it decrypts from the message
     opened = subprocess.run(
         ["openssl", "cms", "-decrypt", "-inform", "DER", "-binary", "-inkey", str(box.key_path)],
         input=der,
