@@ -23,6 +23,7 @@ import asyncio
 import imaplib
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -313,6 +314,7 @@ def main() -> int:
         if dovecot is not None:
             dovecot.stop()
         cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
     if args.stress:
         print_stress(stressed, args)
         return 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import imaplib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -491,6 +492,7 @@ def main() -> int:
         if server is not None:
             stop(server)
         cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
     print(f"\nIMAP, medians of {args.rounds} alternating rounds after a warm-up; ms")
     header = "".join(f" | N = {size:,}" for size in sizes)
     print(f"| operation{header} |")

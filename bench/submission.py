@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import smtplib
 import socket
@@ -241,6 +242,7 @@ async def main(total: int, repeat: int, event_loop: str) -> None:
         report(sent, rounds)
     finally:
         cluster.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from encimap.smime.certificates import PREPARED_CERTIFICATES
+
 ENV_CONFIG = "ENCIMAP_CONFIG"
 ENV_MOTORICAL_URL = "MOTORICAL_DATABASE_URL"
 ENV_ENCIMAP_URL = "ENCIMAP_DATABASE_URL"
@@ -100,7 +102,7 @@ class IntakeConfig:
     recipient_cache_seconds: float = 60.0
     # Addresses (and parsed certificates) kept by those caches; the least recently used go
     # first. Above the number of vaultboxes that receive mail, every repeat RCPT is a hit.
-    recipient_cache_size: int = 16384
+    recipient_cache_size: int = PREPARED_CERTIFICATES
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def pg_cluster() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _create_migrated(cluster: LocalCluster, tag: str) -> Databases:

@@ -23,6 +23,7 @@ from tests.imap_support import (
     store_mail,
 )
 from tests.intake_support import LMTPClient, port_of, running_intake
+from tests.service_support import running_service
 from tests.support import make_config
 
 
@@ -136,3 +137,27 @@ async def test_sessions_resynchronise_when_the_listen_connection_drops(
             await client.close()
     finally:
         await conn.close()
+
+
+async def test_shutdown_says_bye_to_every_session_without_waiting_for_the_drain_timeout(
+    databases, cfg, tls_ca, tmp_path
+):
+    """On SIGTERM (the stop event), a session before login, one idling and one selected each
+    get `* BYE [UNAVAILABLE]` and are closed; the service does not sit out its drain timeout
+    (600 s here; running_service waits 30 s for the stop)."""
+    box = await make_box(databases, "down@example.test", tmp_path)
+    await store_mail(databases, box, 1)
+    _, tls_port = ports(cfg)
+    async with running_service(cfg, "imap", drain_timeout=600) as stop:
+        anonymous, idling, selected = [await RawClient.connect(tls_port, tls_ca) for _ in "aix"]
+        for client in (idling, selected):
+            await client.login(box)
+            await client.command("S", "SELECT INBOX")
+        await idling.send(b"I IDLE\r\n")
+        assert (await idling.line()).startswith(b"+ ")
+        stop.set()
+        for client in (anonymous, idling, selected):
+            rest = await asyncio.wait_for(client.reader.read(), 20)
+            assert rest.startswith(b"* BYE [UNAVAILABLE] "), rest
+            assert rest.endswith(b"\r\n") and rest.count(b"\r\n") == 1, rest
+            await client.close()

@@ -40,7 +40,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     ),
     "esearch-condstore": "CONDSTORE (RFC 7162) needs a modseq per message (docs/imap.md)",
     "notify": "NOTIFY (RFC 5465) and QRESYNC (RFC 7162) not offered (docs/imap.md)",
-    "search-partial": "CONTEXT=SEARCH (RFC 5267) not offered (docs/imap.md)",
 }
 
 pytestmark = pytest.mark.skipif(

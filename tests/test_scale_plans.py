@@ -285,6 +285,16 @@ async def test_status_reads_no_message(conn: asyncpg.Connection):
     assert counts.unseen == MESSAGES - MESSAGES // 3
 
 
+async def test_status_deleted_reads_the_deleted_messages_only(conn: asyncpg.Connection):
+    """STATUS DELETED (IMAP4rev2) counts through EXPUNGE's partial index: the 67 messages
+    flagged \\Deleted are read, not the mailbox's 100,000."""
+    inbox = await _inbox(conn, "a2")
+    deleted = len([g for g in range(1000, MESSAGES + 1, 1000) if g % 3])
+    assert await mailboxes.count_deleted(conn, inbox.id) == deleted
+    read = await _read_by(conn, lambda: mailboxes.count_deleted(conn, inbox.id))
+    assert read <= 2 * deleted, read
+
+
 def test_fixture_sizes(big: Databases) -> None:
     async def sizes() -> tuple[int, int, int]:
         conn = await big.connect()

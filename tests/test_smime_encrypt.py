@@ -9,6 +9,7 @@ import re
 
 import pytest
 from asn1crypto import cms
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from encimap.smime import (
@@ -17,6 +18,8 @@ from encimap.smime import (
     Profile,
     encrypt_message,
 )
+from encimap.smime import cms as smime_cms
+from encimap.smime.certificates import PREPARED_CERTIFICATES, generate_certificate
 from tests.smime_support import (
     Identity,
     crlf,
@@ -351,3 +354,21 @@ def test_weak_certificate_is_refused_even_unchecked(identities) -> None:
 def test_unknown_profile_names_the_valid_ones(identities) -> None:
     with pytest.raises(ValueError, match="aes256-cbc, aes128-cbc, rsa-oaep, aes256-gcm"):
         encrypt_message(PLAIN, [identities["rsa-2048"].pem], "des3")
+
+
+def test_certificates_of_as_many_recipients_as_the_intake_caches_are_parsed_once() -> None:
+    """Mail round-robin to more vaultboxes than a small cache holds does not parse each
+    certificate again per message: a second pass over 1,500 certificates parses none."""
+    count = 1_500
+    assert count < PREPARED_CERTIFICATES
+    certificates = [
+        x509.load_pem_x509_certificate(generate_certificate(f"r{n}@x.test", ec=True)[0])
+        for n in range(count)
+    ]
+    message = b"Subject: s\r\nFrom: a@x.test\r\n\r\nbody\r\n"
+    for certificate in certificates:
+        encrypt_message(message, [certificate], Profile.AES256_CBC, hide_subject=True)
+    parsed = smime_cms._recipient.cache_info().misses
+    for certificate in certificates:
+        encrypt_message(message, [certificate], Profile.AES256_CBC, hide_subject=True)
+    assert smime_cms._recipient.cache_info().misses == parsed

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TypeVar
 
+from encimap.imap import names
 from encimap.store import search as keys
 
 
@@ -52,6 +53,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class SequenceSet:
     ranges: tuple[Range, ...]
+    # RFC 5182 "$": the session's saved search result (whatever the ranges say)
+    saved: bool = False
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Ranges with "*" replaced by `largest`, each as (low, high)."""
@@ -70,6 +73,9 @@ class Reader:
         self.data = data
         self.pos = 0
         self.keys_left = 0  # search keys still allowed (parse_search sets it)
+        # IMAP4rev2 (RFC 9051 5.1): mailbox names on the wire are UTF-8; they are kept (and
+        # compared) in the modified UTF-7 form that IMAP4rev1 uses
+        self.utf8_names = False
 
     # -- basics --
     def at_end(self) -> bool:
@@ -212,21 +218,30 @@ class Reader:
         name = self.text_astring()
         if not name or any(ord(c) < 0x20 for c in name):
             raise ParseError("invalid mailbox name")
-        return name
+        return self.stored_name(name)
+
+    def stored_name(self, name: str) -> str:
+        """A mailbox name or pattern as the client sent it, in the stored form."""
+        return names.encode(name) if self.utf8_names else name
 
     def list_mailbox(self) -> str:
         """A LIST pattern: like an astring but `%` and `*` are allowed unquoted."""
         if self.peek() in (0x22, 0x7B):
-            return self.text_astring()
+            return self.stored_name(self.text_astring())
         start = self.pos
         while self.pos < len(self.data) and (
             self.data[self.pos] not in _ATOM_SPECIALS or self.data[self.pos] in b"%*]"
         ):
             self.pos += 1
-        return self.data[start : self.pos].decode("utf-8", "replace")
+        return self.stored_name(self.data[start : self.pos].decode("utf-8", "replace"))
 
     # -- structures --
     def sequence_set(self) -> SequenceSet:
+        if self.peek() == 0x24:  # RFC 5182 seq-last-command: "$" alone, never in a list
+            self.pos += 1
+            if self.peek() in (0x2C, 0x3A):
+                raise ParseError("$ cannot be combined with other numbers")
+            return SequenceSet((), saved=True)
         ranges: list[Range] = []
         while True:
             start = self._seq_number()
@@ -525,7 +540,7 @@ def _search_key(reader: Reader, depth: int) -> object:
             found.append(_search_key(reader, depth + 1))
         reader.pos += 1
         return found[0] if len(found) == 1 else keys.And(tuple(found))
-    if 0x30 <= reader.peek() <= 0x39 or reader.peek() == 0x2A:
+    if 0x30 <= reader.peek() <= 0x39 or reader.peek() in (0x2A, 0x24):
         return SetKey(reader.sequence_set(), uid=False)
     name = reader.atom().upper()
     if name == "ALL":

@@ -7,6 +7,7 @@ import asyncio
 import bisect
 from array import array
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import asyncpg
 
@@ -22,6 +23,20 @@ _claimed: dict[tuple[int, int, int], int] = {}
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
+class Observer(Protocol):
+    """Told of every message of the view that arrives, changes flags or goes (the SEARCH and
+    SORT results kept current, encimap.imap.commands.context)."""
+
+    def changed(self, uids: Iterable[int]) -> None: ...
+
+    def expunging(self, uids: Sequence[int]) -> None:
+        """Before the EXPUNGE responses, while the sequence numbers are still the client's."""
+
+    async def report(self) -> list[bytes]:
+        """Untagged responses for what changed, after those of `sync` (EXISTS first)."""
+        ...
+
+
 class Selected:
     def __init__(
         self,
@@ -31,6 +46,7 @@ class Selected:
         *,
         readonly: bool,
         session_id: str,
+        recent: bool = True,
     ) -> None:
         self.pool = pool
         self.mailbox = mailbox
@@ -40,14 +56,20 @@ class Selected:
         self.uids: array = array("I")
         self.highest_uid = 0
         # RFC 3501 2.3.2: the messages this session is the first to see (FLAGS \Recent,
-        # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none.
+        # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none, nor
+        # does one without `recent` (IMAP4rev2 has no \Recent: RFC 9051 appendix E).
+        self.has_recent = recent
+        self.claims_recent = recent and not readonly
         self.recent: set[int] = set()
         self.recent_reported = 0  # the last RECENT count sent: sent again when it differs
         self.keywords: set[str] = set()  # announced in FLAGS (RFC 3501 7.2.6)
+        # RFC 5182: the UIDs of the last SEARCH RETURN (SAVE), "$"; empty until one ran
+        self.saved: list[int] = []
         self.changed = asyncio.Event()  # wakes IDLE
         # While set (an idling session), called instead of waking `changed`: the changes are
         # then reported for the session without waking its task (encimap.imap.commands.idle).
         self.waker: Callable[[], None] | None = None
+        self.observer: Observer | None = None
         self._new = False
         self._flags: set[int] = set()
         self._expunged: set[int] = set()
@@ -61,9 +83,10 @@ class Selected:
         self.uids = summary.uids
         self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
         first = self.mailbox.first_recent_uid
-        if not self.readonly and self.uids and self.uids[-1] >= first:
+        if self.claims_recent and self.uids and self.uids[-1] >= first:
             first = await mailboxes.claim_recent(self.pool, self.mailbox.id, self.uids[-1])
-        self.recent = set(self.uids[bisect.bisect_left(self.uids, first) :])
+        if self.has_recent:
+            self.recent = set(self.uids[bisect.bisect_left(self.uids, first) :])
         self.recent_reported = len(self.recent)
         self.keywords = set(summary.keywords)
         return summary
@@ -106,6 +129,8 @@ class Selected:
 
     def by_sequence(self, sequence: SequenceSet) -> list[int]:
         """UIDs of the messages a sequence-number set names (an empty mailbox names none)."""
+        if sequence.saved:
+            return list(self.saved)
         if not self.uids:
             return []
         chosen: set[int] = set()
@@ -117,6 +142,8 @@ class Selected:
 
     def by_uid(self, sequence: SequenceSet) -> list[int]:
         """Existing UIDs within a UID set ("*" is the highest UID in the mailbox)."""
+        if sequence.saved:
+            return list(self.saved)
         if not self.uids:
             return []
         chosen: list[int] = []
@@ -147,8 +174,8 @@ class Selected:
 
     def is_sequence_valid(self, sequence: SequenceSet) -> bool:
         """Numbers beyond the last message are an error; a range ending in "*" never is
-        (`FETCH 1:*` in an empty mailbox names nothing)."""
-        return all(
+        (`FETCH 1:*` in an empty mailbox names nothing), nor is "$" (RFC 5182)."""
+        return sequence.saved or all(
             None in (start, end) or max(start, end) <= len(self.uids)  # type: ignore[type-var]
             for start, end in sequence.ranges
         )
@@ -162,6 +189,8 @@ class Selected:
         elif event.kind == events.RESYNC or event.uids is None:
             self._resync = True
         elif event.origin == self.session_id:
+            if self.observer is not None and event.kind == events.FLAGS:
+                self.observer.changed(event.uids)
             return
         elif event.kind == events.FLAGS:
             self._flags.update(event.uids)
@@ -183,6 +212,8 @@ class Selected:
     def forget(self, uids: Sequence[int]) -> list[int]:
         """Drop expunged UIDs from the map; their sequence numbers as reported (RFC 3501 7.4.1:
         each EXPUNGE renumbers the later messages at once)."""
+        if self.observer is not None:
+            self.observer.expunging(uids)
         numbers = []
         for uid in sorted(uids):
             seq = self.seq_of(uid)
@@ -191,10 +222,20 @@ class Selected:
                 numbers.append(seq)
         self._flags.difference_update(uids)
         self.recent.difference_update(uids)
+        if self.saved:  # RFC 5182 2.1: an expunged message leaves the saved result
+            gone = set(uids)
+            self.saved = [uid for uid in self.saved if uid not in gone]
         return numbers
 
     async def sync(self, *, expunge_ok: bool) -> list[bytes]:
-        """Untagged responses for what changed since the last report.
+        """Untagged responses for what changed since the last report, the observer's last."""
+        lines = await self._sync(expunge_ok=expunge_ok)
+        if self.observer is not None:
+            lines += await self.observer.report()
+        return lines
+
+    async def _sync(self, *, expunge_ok: bool) -> list[bytes]:
+        """The view's own untagged responses for what changed since the last report.
 
         Everything is read before the session's view changes: a read that fails (the database
         gone for a moment, as in a failover) puts every change it took back as pending for the
@@ -215,6 +256,8 @@ class Selected:
             self._flags |= flagged
             raise
         new_rows, flag_rows, first_recent = read
+        if self.observer is not None:
+            self.observer.changed(row["uid"] for rows in (new_rows, flag_rows) for row in rows)
         lines: list[bytes] = []
         if expunge_ok and expunged:
             lines.extend(b"* %d EXPUNGE\r\n" % seq for seq in self.forget(sorted(expunged)))
@@ -254,7 +297,7 @@ class Selected:
                 lambda: messages.uids_and_flags(self.pool, mailbox_id, after),
             )
         first_recent = None
-        if new_rows and not self.readonly:
+        if new_rows and self.claims_recent:
             newest = new_rows[-1]["uid"]
             claim_key = (id(self.pool), mailbox_id, self.mailbox.uidvalidity)
             if newest > _claimed.get(claim_key, 0):

@@ -55,6 +55,7 @@ class Server:
         self._per_user: Counter[str] = Counter()
         self.limiter = ConnectionLimiter("imap", Limits.of(config.imap))
         self._tickets: dict[str, Ticket] = {}  # session id -> its place in the limits
+        self._open: dict[str, Session] = {}  # session id -> every session, logged in or not
         self._counted: dict[str, Session] = {}  # session id -> logged-in session
         self._rechecks: set[asyncio.Task[None]] = set()
         self._changes: dict[str, float] = {}  # NOTIFY payload -> loop time last heard
@@ -124,6 +125,7 @@ class Server:
             _bye(writer, _TOO_MANY)
             return
         self._tickets[session.id] = ticket
+        self._open[session.id] = session
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
@@ -138,6 +140,7 @@ class Server:
             IMAP_SESSIONS.labels("open").dec()
             ticket.release()
             del self._tickets[session.id]
+            del self._open[session.id]
 
     # -- policy --
     def login_allowed(self, session: Session) -> bool:
@@ -219,14 +222,18 @@ class Server:
 
     # -- component --
     async def close(self) -> None:
+        """Stop listening and end every session: at once where it waits for the client or
+        idles, after its command where one is running; the drain waits for those."""
         self._unhook()
         for server in self.servers:
             server.close()
-        for server in self.servers:
-            await server.wait_closed()
+        for session in list(self._open.values()):
+            session.end("BYE [UNAVAILABLE] Server shutting down", "shutdown")
 
     async def drain(self, timeout: float) -> None:
         await self.sessions.drain(timeout)
+        for server in self.servers:
+            await server.wait_closed()
 
     def reload(self) -> None:
         """TLS material is reloaded by the runtime; new handshakes pick it up."""

@@ -95,6 +95,7 @@ class Session:
         self.principal: Principal | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
+        self.utf8_names = False  # mailbox names in UTF-8 (IMAP4rev2), not modified UTF-7
         self._out: list[bytes] = []
         self._buffered = 0
         self.started = time.monotonic()
@@ -355,6 +356,7 @@ class Session:
                 tag, name, reader = parser.parse_head(raw)
             except parser.ParseError:
                 raise bad("Error in IMAP command received by server") from None
+            reader.utf8_names = self.utf8_names
             command = commands.get(name)
             if command is None:
                 raise bad(f"Unknown command {name[:40]}")

@@ -41,6 +41,12 @@ def canonical_name(name: str) -> str:
     return name
 
 
+def new_name(name: str) -> str:
+    """The name CREATE (or RENAME's target) makes: canonical, without a trailing
+    delimiter (RFC 3501 6.3.3: "foo/" declares the intent to create "foo/bar" later)."""
+    return canonical_name(name.rstrip(DELIMITER))
+
+
 def _mailbox(row: asyncpg.Record) -> Mailbox:
     return Mailbox(**dict(row))
 
@@ -67,7 +73,7 @@ async def create_mailbox(
 ) -> Mailbox:
     """Create a folder; `max_count` (0: none) caps the folders of the vaultbox (concurrent
     creates may pass it by the number of sessions racing)."""
-    name = canonical_name(name.rstrip(DELIMITER))
+    name = new_name(name)
     if not name or DELIMITER * 2 in name or name.startswith(DELIMITER):
         raise StoreError(f"{name!r} is not a valid mailbox name")
     try:
@@ -103,7 +109,7 @@ async def delete_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Non
 async def rename_mailbox(db: Executor, vaultbox_id: uuid.UUID, old: str, new: str) -> None:
     """Rename a folder and its children. UIDVALIDITY and UIDs stay (RFC 3501 6.3.5 allows it,
     Dovecot does the same): the messages are unchanged, so clients keep their caches."""
-    old, new = canonical_name(old), canonical_name(new.rstrip(DELIMITER))
+    old, new = canonical_name(old), new_name(new)
     if old == "INBOX":
         raise StoreError("renaming INBOX is not supported")
     if not new or new == "INBOX" or new.startswith(old + DELIMITER):
@@ -188,6 +194,15 @@ async def count_recent(db: Executor, mailbox_id: int) -> int:
     return await db.fetchval(
         """SELECT count(*) FROM encrypted_emails e JOIN mailboxes m ON m.id = e.mailbox_id
             WHERE e.mailbox_id = $1 AND e.uid >= m.first_recent_uid""",
+        mailbox_id,
+    )
+
+
+async def count_deleted(db: Executor, mailbox_id: int) -> int:
+    """Messages flagged \\Deleted (STATUS DELETED, RFC 9051 6.3.11)."""
+    return await db.fetchval(
+        r"""SELECT count(*) FROM encrypted_emails
+             WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted']""",
         mailbox_id,
     )
 

@@ -29,12 +29,16 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+# ENABLE (RFC 5161): upper-case name -> (name as announced, a function that turns the
+# extension on for the session and says whether it did)
+ENABLERS: dict[str, tuple[str, Callable[[Session], bool]]] = {}
 
 _BASE = (
-    "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
+    "IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
     "LIST-EXTENDED SPECIAL-USE ESEARCH MULTIAPPEND STATUS=SIZE SORT SORT=DISPLAY ESORT "
+    "CONTEXT=SEARCH CONTEXT=SORT "
     "THREAD=REFERENCES THREAD=ORDEREDSUBJECT COMPRESS=DEFLATE "
-    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS BINARY CATENATE"
+    "QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE LIST-STATUS SEARCHRES BINARY CATENATE"
 )
 
 
@@ -45,6 +49,16 @@ def command(
         for name in names:
             COMMANDS[name] = Command(handler, states, expunge_ok)
         return handler
+
+    return register
+
+
+def enableable(name: str) -> Callable[[Callable[[Session], bool]], Callable[[Session], bool]]:
+    """Register what `ENABLE name` does (a module per extension, as for commands)."""
+
+    def register(enabler: Callable[[Session], bool]) -> Callable[[Session], bool]:
+        ENABLERS[name.upper()] = (name, enabler)
+        return enabler
 
     return register
 
@@ -70,10 +84,12 @@ from encimap.imap.commands import (  # noqa: E402, F401
     auth,
     binary,
     compress,
+    context,
     fetch,
     idle,
     mailbox,
     quota,
+    rev2,
     search,
     sort,
     store,

@@ -7,7 +7,14 @@ import asyncio
 import binascii
 
 from encimap.auth import AuthFailed, AuthUnavailable
-from encimap.imap.commands import ANY, AUTHENTICATED, NOT_AUTHENTICATED, capabilities, command
+from encimap.imap.commands import (
+    ANY,
+    AUTHENTICATED,
+    ENABLERS,
+    NOT_AUTHENTICATED,
+    capabilities,
+    command,
+)
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.session import AlreadyReplied, Disconnect, Session, State, bad, no
 
@@ -61,13 +68,20 @@ async def identify(session: Session, _tag: str, reader: Reader) -> str:
 
 @command("ENABLE", states=AUTHENTICATED)
 async def enable(session: Session, _tag: str, reader: Reader) -> str:
-    """RFC 5161; no extension we offer needs enabling, so nothing is enabled."""
+    """RFC 5161: ENABLED lists what this command turned on (unknown names are ignored, as
+    are names already enabled)."""
     reader.sp()
-    reader.atom()
+    names = [reader.atom()]
     while not reader.at_end():
         reader.sp()
-        reader.atom()
-    session.untagged("ENABLED")
+        names.append(reader.atom())
+    turned_on = []
+    for word in names:
+        name, enabler = ENABLERS.get(word.upper(), (word, None))
+        if enabler is not None and name not in session.enabled and enabler(session):
+            session.enabled.add(name)
+            turned_on.append(name)
+    session.untagged(" ".join(["ENABLED", *turned_on]))
     return "OK ENABLE completed."
 
 

@@ -17,8 +17,11 @@ def check_options(options: list[str]) -> list[str]:
     return options or ["ALL"]
 
 
-def response(tag: str, numbers: list[int], options: list[str], *, by_uid: bool) -> str:
-    """The untagged ESEARCH response (without "* ") for the matching numbers, ascending."""
+def response(
+    tag: str, numbers: list[int], options: list[str], *, by_uid: bool, partial: str = ""
+) -> str:
+    """The untagged ESEARCH response (without "* ") for the matching numbers, ascending;
+    `partial` is the PARTIAL return data (commands/context.py), before COUNT as Dovecot."""
     parts = [f"ESEARCH (TAG {wire.quoted_or_literal(tag)})"]
     if by_uid:
         parts.append("UID")
@@ -28,6 +31,8 @@ def response(tag: str, numbers: list[int], options: list[str], *, by_uid: bool) 
         parts.append(f"MAX {numbers[-1]}")
     if numbers and "ALL" in options:
         parts.append(f"ALL {wire.ordered_sequence_set(numbers)}")
+    if partial:
+        parts.append(partial)
     if "COUNT" in options:
         parts.append(f"COUNT {len(numbers)}")
     return " ".join(parts)

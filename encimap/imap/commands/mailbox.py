@@ -8,8 +8,8 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 
-from encimap.imap import listmatch, names, wire
-from encimap.imap.commands import AUTHENTICATED, SELECTED, command
+from encimap.imap import listmatch, names
+from encimap.imap.commands import AUTHENTICATED, SELECTED, command, rev2
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import Selected
 from encimap.imap.session import Reply, Session, State, no
@@ -71,25 +71,32 @@ async def _select(session: Session, reader: Reader, *, readonly: bool) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.end()
-    unselect(session)
+    if session.selected is not None:
+        unselect(session)
+        rev2.closed(session)
     mailbox = await existing_mailbox(session, name)
+    rev2_mode = rev2.active(session)
     selected = Selected(
         session.server.pool,
         session.server.listener,
         mailbox,
         readonly=readonly,
         session_id=session.id,
+        recent=not rev2_mode,
     )
     summary = await selected.load()
+    if rev2_mode:
+        rev2.select_responses(session, mailbox, name)
     for line in selected.flag_lines():
         session.send(line)
     session.untagged(f"{len(selected)} EXISTS")
-    session.untagged(f"{len(selected.recent)} RECENT")
     first_unseen = (
         None if summary.first_unseen_uid is None else selected.seq_of(summary.first_unseen_uid)
     )
-    if first_unseen is not None:
-        session.untagged(f"OK [UNSEEN {first_unseen}] First unseen.")
+    if not rev2_mode:  # RFC 9051 appendix E: neither RECENT nor UNSEEN in rev2
+        session.untagged(f"{len(selected.recent)} RECENT")
+        if first_unseen is not None:
+            session.untagged(f"OK [UNSEEN {first_unseen}] First unseen.")
     session.untagged(f"OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid")
     session.untagged(f"OK [UIDNEXT {selected.highest_uid + 1}] Predicted next UID")
     session.selected = selected
@@ -138,6 +145,7 @@ async def create(session: Session, _tag: str, reader: Reader) -> str:
         await mailboxes.create_mailbox(
             session.server.pool, vaultbox_id(session), name, max_count=settings.max_mailboxes
         )
+    rev2.normalized(session, name, mailboxes.new_name(name), deleted=False)
     return "OK Create completed."
 
 
@@ -146,12 +154,12 @@ async def delete(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.end()
-    if session.selected is not None and session.selected.mailbox.name == mailboxes.canonical_name(
-        name
-    ):
+    canonical = mailboxes.canonical_name(name)
+    if session.selected is not None and session.selected.mailbox.name == canonical:
         unselect(session)
     with refusals(name):
         await mailboxes.delete_mailbox(session.server.pool, vaultbox_id(session), name)
+    rev2.normalized(session, name, canonical, deleted=True)
     return "OK Delete completed."
 
 
@@ -165,6 +173,7 @@ async def rename(session: Session, _tag: str, reader: Reader) -> str:
     with refusals(old):
         await _check_rename(session, old, new)
         await mailboxes.rename_mailbox(session.server.pool, vaultbox_id(session), old, new)
+    rev2.renamed(session, old, new)
     return "OK Rename completed."
 
 
@@ -176,7 +185,7 @@ async def _check_rename(session: Session, old: str, new: str) -> None:
         "max_depth": settings.max_mailbox_depth,
     }
     names.check_new(new, **limits)
-    old, new = mailboxes.canonical_name(old), mailboxes.canonical_name(new.rstrip(DELIMITER))
+    old, new = mailboxes.canonical_name(old), mailboxes.new_name(new)
     prefix = old + DELIMITER
     for mailbox in await mailboxes.list_mailboxes(session.server.pool, vaultbox_id(session)):
         if mailbox.name.startswith(prefix):
@@ -226,7 +235,7 @@ _SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
 _RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
 
 
-def _return_options(reader: Reader) -> tuple[list[str], list[str]]:
+def _return_options(session: Session, reader: Reader) -> tuple[list[str], list[str]]:
     """LIST's RETURN options, and the items of RETURN (STATUS (...)) (RFC 5819)."""
     status_items: list[str] = []
 
@@ -234,7 +243,7 @@ def _return_options(reader: Reader) -> tuple[list[str], list[str]]:
         word = reader.atom().upper()
         if word == "STATUS":
             reader.sp()
-            status_items.extend(_status_items(reader))
+            status_items.extend(_status_items(session, reader))
         return word
 
     return reader.parenthesized(option), status_items
@@ -253,7 +262,11 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
     selection = _options(reader) if has_selection else []
     if has_selection:
         reader.sp()
-    reference = reader.mailbox() if reader.peek() != 0x22 else reader.quoted().decode()
+    reference = (
+        reader.mailbox()
+        if reader.peek() != 0x22
+        else reader.stored_name(reader.quoted().decode("utf-8", "replace"))
+    )
     reader.sp()
     if reader.peek() == 0x28:
         patterns = reader.parenthesized(reader.list_mailbox)
@@ -265,7 +278,7 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
         reader.sp()
         if not reader.accept(b"RETURN "):
             raise ParseError("expected RETURN")
-        returns, status_items = _return_options(reader)
+        returns, status_items = _return_options(session, reader)
     reader.end()
     # RFC 5258 3: unknown options and RECURSIVEMATCH without another selection are BAD.
     if any(o not in _SELECTION for o in selection) or any(o not in _RETURN for o in returns):
@@ -295,7 +308,9 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
                 if parent not in listed and matches(parent):
                     listed[parent] = ["\\Noselect"]
         for name in sorted(listed):
-            session.untagged(f'LSUB ({" ".join(listed[name])}) "{DELIMITER}" {wire.astring(name)}')
+            session.untagged(
+                f'LSUB ({" ".join(listed[name])}) "{DELIMITER}" {rev2.wire_name(session, name)}'
+            )
         return "OK LSUB completed."
 
     show_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
@@ -321,7 +336,7 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
             continue
         attributes = []
         if mailbox is None and has_children(name) and not (selection or returns):
-            attributes.append("\\Noselect")  # IMAP4rev1 clients know this one
+            attributes.append(rev2.placeholder_attribute(session))  # rev1 knows \Noselect
         elif mailbox is None:
             attributes.append("\\NonExistent")  # RFC 5258: implies \Noselect
         if show_children and (mailbox is not None or has_children(name)):
@@ -330,7 +345,9 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
             attributes.append(mailbox.special_use)
         if show_subscribed and name in subscribed:
             attributes.append("\\Subscribed")
-        session.untagged(f'LIST ({" ".join(attributes)}) "{DELIMITER}" {wire.astring(name)}{extra}')
+        session.untagged(
+            f'LIST ({" ".join(attributes)}) "{DELIMITER}" {rev2.wire_name(session, name)}{extra}'
+        )
         if status_items and mailbox is not None:  # RFC 5819: after the mailbox's LIST
             session.untagged(await _status_line(session, mailbox, status_items))
         await session.maybe_flush()
@@ -340,9 +357,10 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE")
 
 
-def _status_items(reader: Reader) -> list[str]:
+def _status_items(session: Session, reader: Reader) -> list[str]:
     items = _options(reader)
-    if not items or any(item not in _STATUS_ITEMS for item in items):
+    known = rev2.status_items(session, _STATUS_ITEMS)
+    if not items or any(item not in known for item in items):
         raise ParseError("unknown STATUS item")
     return items
 
@@ -359,9 +377,12 @@ async def _status_line(session: Session, mailbox: Mailbox, items: list[str]) -> 
         "UIDVALIDITY": mailbox.uidvalidity,
         "UNSEEN": counts.unseen,
         "SIZE": counts.size,
+        "DELETED": await mailboxes.count_deleted(session.server.pool, mailbox.id)
+        if "DELETED" in items
+        else 0,
     }
     listed = " ".join(f"{item} {values[item]}" for item in items)
-    return f"STATUS {wire.astring(mailbox.name)} ({listed})"
+    return f"STATUS {rev2.wire_name(session, mailbox.name)} ({listed})"
 
 
 @command("STATUS", states=AUTHENTICATED)
@@ -369,7 +390,7 @@ async def status(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.sp()
-    items = _status_items(reader)
+    items = _status_items(session, reader)
     reader.end()
     mailbox = await existing_mailbox(session, name)
     session.untagged(await _status_line(session, mailbox, items))

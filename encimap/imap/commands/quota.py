@@ -5,8 +5,7 @@ delivery is refused beyond them."""
 
 from __future__ import annotations
 
-from encimap.imap import wire
-from encimap.imap.commands import AUTHENTICATED, command
+from encimap.imap.commands import AUTHENTICATED, command, rev2
 from encimap.imap.commands.mailbox import existing_mailbox, vaultbox_id
 from encimap.imap.parser import Reader
 from encimap.imap.session import Session, no
@@ -54,7 +53,7 @@ async def getquotaroot(session: Session, _tag: str, reader: Reader) -> str:
     mailbox = await existing_mailbox(session, name)
     resources = await _resources(session)
     roots = f' "{ROOT}"' if resources else ""
-    session.untagged(f"QUOTAROOT {wire.astring(mailbox.name)}{roots}")
+    session.untagged(f"QUOTAROOT {rev2.wire_name(session, mailbox.name)}{roots}")
     if resources:
         session.untagged(f'QUOTA "{ROOT}" ({" ".join(resources)})')
     return "OK Getquotaroot completed."

@@ -1,8 +1,9 @@
-"""SEARCH and UID SEARCH over the clear metadata (see encimap.store.search)."""
+"""SEARCH and UID SEARCH over the clear metadata (see encimap.store.search), with ESEARCH
+results (commands/esearch.py) and SEARCHRES's SAVE (commands/searchres.py)."""
 
 from __future__ import annotations
 
-from encimap.imap.commands import SELECTED, command, esearch
+from encimap.imap.commands import SELECTED, command, context, rev2, searchres
 from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
 from encimap.imap.selected import Selected
 from encimap.imap.session import Session, no
@@ -26,13 +27,20 @@ def _resolve(node: object, selected: Selected) -> keys.Key:
     return node  # type: ignore[return-value]
 
 
+def resolve(session: Session, program_key: object) -> keys.Key:
+    """The program with its sequence sets and RECENT as the UIDs they name now."""
+    assert session.selected is not None
+    return _resolve(program_key, session.selected)
+
+
 async def matching_uids(session: Session, program_key: object) -> list[int]:
     """UIDs of the selected mailbox's messages that a parsed search program matches."""
     selected = session.selected
     assert selected is not None
+    rev2.check_search_key(session, program_key)
     if not selected.uids:
         return []
-    key = _resolve(program_key, selected)
+    key = resolve(session, program_key)
     # The session's view as one range: the stored UIDs between its first and last are exactly
     # those it knows (UIDs only grow; newer messages are above its last), so this is exact.
     view = range(selected.uids[0], selected.uids[-1] + 1)
@@ -41,12 +49,21 @@ async def matching_uids(session: Session, program_key: object) -> list[int]:
 
 @command("SEARCH", states=SELECTED, expunge_ok=False)
 async def search(session: Session, tag: str, reader: Reader) -> str:
-    return await _search(session, tag, reader, by_uid=False)
+    return await _saving(session, tag, reader, by_uid=False)
 
 
 @command("UID SEARCH", states=SELECTED)
 async def uid_search(session: Session, tag: str, reader: Reader) -> str:
-    return await _search(session, tag, reader, by_uid=True)
+    return await _saving(session, tag, reader, by_uid=True)
+
+
+async def _saving(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> str:
+    try:
+        return await _search(session, tag, reader, by_uid=by_uid)
+    except Exception:  # NO, BAD or a database failure alike (RFC 5182 2.1)
+        if searchres.saving(reader.data):
+            searchres.forget(session.selected)
+        raise
 
 
 async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> str:
@@ -58,18 +75,24 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
         program = parse_search(reader, max_keys=limit)
     except TooManyKeys:
         raise no(f"[LIMIT] Too many search keys (at most {limit})") from None
-    options = None
+    save = False
+    options: context.ReturnOptions | None = None
     if program.return_options is not None:
-        options = esearch.check_options(program.return_options)
-    numbers: list[int] = []
-    if selected.uids:
-        found = await matching_uids(session, program.key)
-        if by_uid:
-            numbers = found
-        else:
-            numbers = [seq for seq in map(selected.seq_of, found) if seq is not None]
+        rest, save = searchres.split(program.return_options)
+        if rest or not save:  # SAVE alone answers with no result (RFC 5182 2.1)
+            options = context.return_options(rest)
+            if options.update:
+                context.check_tag(session, tag)
+    elif rev2.active(session):  # RFC 9051 6.4.4: no RETURN is RETURN (ALL)
+        options = context.ReturnOptions(plain=["ALL"])
+    found = await matching_uids(session, program.key)
+    if save:
+        searchres.save(selected, found, options.plain if options else [])
+    numbers = found if by_uid else [seq for seq in map(selected.seq_of, found) if seq is not None]
     if options is not None:
-        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
-    else:
+        if options.update:  # a refusal (NOUPDATE) comes before the results
+            context.start(session, tag, resolve(session, program.key), found, by_uid=by_uid)
+        session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
+    elif program.return_options is None:
         session.untagged("SEARCH" + "".join(f" {n}" for n in numbers))
     return "OK Search completed."

@@ -5,19 +5,22 @@ protection sorts as its placeholder."""
 
 from __future__ import annotations
 
+import functools
 import re
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from email.header import decode_header, make_header
 from typing import Any
 
 from encimap import mimeinfo
-from encimap.imap.commands import SELECTED, command, esearch
-from encimap.imap.commands.search import matching_uids
-from encimap.imap.parser import ParseError, Reader, parse_search
+from encimap.imap.commands import SELECTED, command, context
+from encimap.imap.commands.search import matching_uids, resolve
+from encimap.imap.parser import ParseError, Reader, SearchProgram, parse_search
 from encimap.imap.session import Session
 from encimap.mimeinfo.dates import parse_date
 from encimap.store import messages
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CRITERIA = frozenset(
     {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
 )
@@ -54,32 +57,80 @@ async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> 
     reader.sp()
     options = None
     if reader.accept(b"RETURN "):
-        options = esearch.check_options([o.upper() for o in reader.parenthesized(reader.atom)])
+        options = context.return_options([o.upper() for o in reader.parenthesized(reader.atom)])
         reader.sp()
     criteria = _criteria(reader)
     reader.sp()
-    keyed = await matching_fields(session, reader)
-    for criterion, reverse in reversed(criteria):  # stable sorts, last criterion first
-        keyed.sort(key=lambda item, c=criterion: item[0].key(c), reverse=reverse)
-    # RFC 5256: ties are in sequence-number order; the sorts above keep it for equal keys
+    program = sort_program(reader)
+    if options is not None and options.update:
+        context.check_tag(session, tag)
+    keyed = await program_fields(session, program)
+    order = {uid: sort_key(fields, criteria, uid) for fields, _seq, uid in keyed}
+    keyed.sort(key=lambda item: order[item[2]])
     numbers = [uid if by_uid else seq for _fields, seq, uid in keyed]
     if options is not None:
-        session.untagged(esearch.response(tag, numbers, options, by_uid=by_uid))
+        if options.update:  # a refusal (NOUPDATE) comes before the results
+            key = resolve(session, program.key)
+            sorter = functools.partial(_sort_keys, session, criteria)
+            context.start(session, tag, key, order, by_uid=by_uid, sort_keys=order, sorter=sorter)
+        session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
     else:
         session.untagged("SORT" + "".join(f" {n}" for n in numbers))
     return "OK Sort completed."
 
 
+def sort_key(fields: MessageFields, criteria: list[tuple[str, bool]], uid: int) -> tuple:
+    """What a message sorts by: each criterion's key (reversed ones descending), then its UID:
+    RFC 5256 puts ties in sequence-number order, which is UID order."""
+    return (
+        *(_descending(fields.key(c)) if reverse else fields.key(c) for c, reverse in criteria),
+        uid,
+    )
+
+
+async def _sort_keys(
+    session: Session, criteria: list[tuple[str, bool]], uids: Sequence[int]
+) -> dict[int, tuple]:
+    """The sort keys of the messages (those still stored) for a SORT kept current."""
+    selected = session.selected
+    assert selected is not None
+    rows = await messages.sort_rows(session.server.pool, selected.mailbox.id, uids)
+    return {row["uid"]: sort_key(MessageFields(row), criteria, row["uid"]) for row in rows}
+
+
+def _descending(value: Any) -> Any:
+    """A key that orders the other way round (REVERSE), compared by Python's own code: numbers
+    and times negated; a string as its negated code points and a final 1, so that "ab" comes
+    before "a" as it comes after it ascending."""
+    if isinstance(value, str):
+        return (*(-ord(char) for char in value), 1)
+    if isinstance(value, datetime):  # microseconds since the epoch: exact, unlike a float
+        return -((value - _EPOCH) // timedelta(microseconds=1))
+    return -value
+
+
 async def matching_fields(session: Session, reader: Reader) -> list[tuple[MessageFields, int, int]]:
     """`charset search-criteria` (RFC 5256, shared by SORT and THREAD): the matching messages'
     clear fields with their sequence number and UID, in sequence order."""
-    selected = session.selected
-    assert selected is not None
+    return await program_fields(session, sort_program(reader))
+
+
+def sort_program(reader: Reader) -> SearchProgram:
+    """`charset search-criteria` (RFC 5256)."""
     charset = reader.astring().decode("ascii", "replace").upper()
     if charset not in ("US-ASCII", "UTF-8"):
         raise ParseError(f"[BADCHARSET (US-ASCII UTF-8)] unsupported charset {charset}")
     reader.sp()
-    program = parse_search(reader)
+    return parse_search(reader)
+
+
+async def program_fields(
+    session: Session, program: SearchProgram
+) -> list[tuple[MessageFields, int, int]]:
+    """The messages the program matches: their clear fields with their sequence number and
+    UID, in sequence order."""
+    selected = session.selected
+    assert selected is not None
     found = await matching_uids(session, program.key)
     rows = await messages.sort_rows(session.server.pool, selected.mailbox.id, found)
     keyed = []
