@@ -206,6 +206,19 @@ class Selected:
         than when the NOTIFY comes back."""
         self._new = True
 
+    def pending_kinds(self) -> set[str]:
+        """The kinds of the changes not reported yet (events.NEW, FLAGS, EXPUNGE, RESYNC)."""
+        kinds = set()
+        for kind, pending in (
+            (events.NEW, self._new),
+            (events.RESYNC, self._resync),
+            (events.FLAGS, self._flags),
+            (events.EXPUNGE, self._expunged),
+        ):
+            if pending:
+                kinds.add(kind)
+        return kinds
+
     def has_changes(self) -> bool:
         return self._new or self._resync or bool(self._flags) or bool(self._expunged)
 

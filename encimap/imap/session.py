@@ -105,6 +105,13 @@ class Session:
         self._task: asyncio.Task[Any] | None = None
         self._ending: Disconnect | None = None  # set by end()
         self._interruptible = False  # waiting for the client between commands (or in IDLE)
+        # NOTIFY's notification set (encimap.imap.commands.notify.Notify) while one is set
+        self.notify: Any = None
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for the client, no command half-answered: untagged responses may go out."""
+        return self._interruptible
 
     # -- output --
     def send(self, data: bytes) -> None:
@@ -231,8 +238,15 @@ class Session:
         pieces: list[bytes] = []
         total = 0
         stray_nul = False
-        with self.waiting_for_client():
-            line = await self.read_line()
+        notify = self.notify
+        if notify is not None:
+            notify.wait_start(self)
+        try:
+            with self.waiting_for_client():
+                line = await self.read_line()
+        finally:
+            if notify is not None:
+                await notify.wait_end(self)
         self._command_deadline = self._budget(self.config.command_timeout)
         try:
             while True:
@@ -389,12 +403,23 @@ class Session:
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
         every change committed before the command ended, whatever the NOTIFY timing."""
+        notify = self.notify
         if self.selected is not None:
             await self.server.listener.barrier()
-            for line in await self.selected.sync(expunge_ok=expunge_ok):
+            if notify is not None:
+                lines = await notify.report_selected(self, expunge_ok=expunge_ok)
+            else:
+                lines = await self.selected.sync(expunge_ok=expunge_ok)
+            for line in lines:
+                self.send(line)
+        if notify is not None:
+            for line in notify.take_pending():
                 self.send(line)
 
     async def close(self) -> None:
+        if self.notify is not None:
+            self.notify.stop(self)
+            self.notify = None
         if self.selected is not None:
             self.selected.close()
             self.selected = None

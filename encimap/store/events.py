@@ -8,9 +8,12 @@ Payloads (sent inside the changing transaction, so they arrive only after commit
   changed / messages removed; `<uids>` is a range list such as `1-5,9`, or `*` ("resync",
   when the list would not fit in a NOTIFY payload). `<origin>` names the session that made
   the change so it can skip its own echo.
+- `<vaultbox_id>:0:names:<origin>:`: the vaultbox's mailboxes (names) or subscriptions
+  changed; readers re-read them (IMAP NOTIFY's MailboxName and SubscriptionChange).
 
 One `Listener` per process holds one connection and fans events out to subscribers by
-mailbox; if that connection drops, every subscriber gets a resync event.
+mailbox, or by vaultbox for every mailbox of it (IMAP NOTIFY); if that connection drops,
+every subscriber gets a resync event.
 
 `Watch` is the LISTEN loop that caches built on notifications share (the auth engine's on
 `encimap_auth`, the intake's recipient lookups on `encimap_recipients`): it tells its owner
@@ -35,6 +38,7 @@ log = get_logger(__name__)
 
 CHANNEL = "encimap_mailbox"
 NEW, FLAGS, EXPUNGE, RESYNC = "new", "flags", "expunge", "resync"
+NAMES = "names"  # mailboxes created, deleted or renamed, or subscriptions changed
 _MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
 _BARRIER_TIMEOUT = 5.0  # seconds a barrier waits for the LISTEN connection before giving up
 
@@ -46,6 +50,7 @@ class Event:
     uid: int = 0  # NEW: the highest new UID
     uids: frozenset[int] | None = None  # FLAGS/EXPUNGE; None means "unknown: resync"
     origin: str = ""
+    vaultbox_id: str = ""
 
 
 def encode_ranges(uids: Iterable[int]) -> str:
@@ -92,14 +97,20 @@ async def publish_change(
     )
 
 
+async def publish_names(db: Executor, vaultbox_id: uuid.UUID, origin: str = "") -> None:
+    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{vaultbox_id}:0:{NAMES}:{origin}:")
+
+
 def parse(payload: str) -> Event | None:
     parts = payload.split(":")
     try:
         if len(parts) == 3:
-            return Event(NEW, int(parts[1]), uid=int(parts[2]))
+            return Event(NEW, int(parts[1]), uid=int(parts[2]), vaultbox_id=parts[0])
         if len(parts) == 5 and parts[2] in (FLAGS, EXPUNGE):
             uids = None if parts[4] == "*" else decode_ranges(parts[4])
-            return Event(parts[2], int(parts[1]), uids=uids, origin=parts[3])
+            return Event(parts[2], int(parts[1]), uids=uids, origin=parts[3], vaultbox_id=parts[0])
+        if len(parts) == 5 and parts[2] == NAMES:
+            return Event(NAMES, 0, origin=parts[3], vaultbox_id=parts[0])
     except ValueError:
         pass
     log.warning("events.bad_payload", payload=payload[:200])
@@ -116,6 +127,7 @@ class Listener:
         self._pool = pool
         self._retry_delay = retry_delay
         self._subscribers: dict[int, set[Subscriber]] = {}
+        self._vaultboxes: dict[str, set[Subscriber]] = {}
         self._connection: asyncpg.pool.PoolConnectionProxy | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
@@ -149,6 +161,19 @@ class Listener:
                 group.discard(subscriber)
                 if not group:
                     del self._subscribers[mailbox_id]
+
+        return unsubscribe
+
+    def subscribe_vaultbox(self, vaultbox_id: str, subscriber: Subscriber) -> Callable[[], None]:
+        """Every event of the vaultbox's mailboxes, and its NAMES events."""
+        self._vaultboxes.setdefault(vaultbox_id, set()).add(subscriber)
+
+        def unsubscribe() -> None:
+            group = self._vaultboxes.get(vaultbox_id)
+            if group is not None:
+                group.discard(subscriber)
+                if not group:
+                    del self._vaultboxes[vaultbox_id]
 
         return unsubscribe
 
@@ -217,6 +242,8 @@ class Listener:
                     await asyncio.sleep(self._retry_delay)
             for mailbox_id in list(self._subscribers):
                 self._dispatch(Event(RESYNC, mailbox_id))
+            for vaultbox_id in list(self._vaultboxes):
+                self._dispatch(Event(RESYNC, 0, vaultbox_id=vaultbox_id))
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         event = parse(payload)
@@ -224,7 +251,10 @@ class Listener:
             self._dispatch(event)
 
     def _dispatch(self, event: Event) -> None:
-        for subscriber in list(self._subscribers.get(event.mailbox_id, ())):
+        if event.mailbox_id:
+            for subscriber in list(self._subscribers.get(event.mailbox_id, ())):
+                subscriber(event)
+        for subscriber in list(self._vaultboxes.get(event.vaultbox_id, ())):
             subscriber(event)
 
 

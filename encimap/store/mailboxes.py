@@ -1,5 +1,7 @@
 """IMAP folders of a vaultbox (`mailboxes`): names use "/" as the hierarchy delimiter and
-INBOX is matched case-insensitively (RFC 3501 5.1)."""
+INBOX is matched case-insensitively (RFC 3501 5.1). Creating, deleting and renaming a folder
+and changing a subscription publish a NAMES event (encimap.store.events) once committed;
+`origin` names the session that made the change."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from encimap.store import events
 from encimap.store.errors import Conflict, LimitReached, NotFound, StoreError
 from encimap.store.types import Executor
 
@@ -69,7 +72,7 @@ async def find_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailb
 
 
 async def create_mailbox(
-    db: Executor, vaultbox_id: uuid.UUID, name: str, *, max_count: int = 0
+    db: Executor, vaultbox_id: uuid.UUID, name: str, *, max_count: int = 0, origin: str = ""
 ) -> Mailbox:
     """Create a folder; `max_count` (0: none) caps the folders of the vaultbox (concurrent
     creates may pass it by the number of sessions racing)."""
@@ -91,10 +94,13 @@ async def create_mailbox(
         raise Conflict(f"mailbox {name} already exists") from None
     if row is None:
         raise LimitReached(f"at most {max_count} mailboxes per vaultbox")
+    await events.publish_names(db, vaultbox_id, origin)
     return _mailbox(row)
 
 
-async def delete_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
+async def delete_mailbox(
+    db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin: str = ""
+) -> None:
     """Delete a folder and its messages (its children stay). INBOX cannot be deleted."""
     name = canonical_name(name)
     if name == "INBOX":
@@ -104,9 +110,12 @@ async def delete_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Non
     )
     if status.endswith(" 0"):
         raise NotFound(f"no mailbox {name}")
+    await events.publish_names(db, vaultbox_id, origin)
 
 
-async def rename_mailbox(db: Executor, vaultbox_id: uuid.UUID, old: str, new: str) -> None:
+async def rename_mailbox(
+    db: Executor, vaultbox_id: uuid.UUID, old: str, new: str, *, origin: str = ""
+) -> None:
     """Rename a folder and its children. UIDVALIDITY and UIDs stay (RFC 3501 6.3.5 allows it,
     Dovecot does the same): the messages are unchanged, so clients keep their caches."""
     old, new = canonical_name(old), new_name(new)
@@ -137,6 +146,7 @@ async def rename_mailbox(db: Executor, vaultbox_id: uuid.UUID, old: str, new: st
         raise Conflict(f"mailbox {new} already exists") from None
     if status.endswith(" 0"):
         raise NotFound(f"no mailbox {old}")
+    await events.publish_names(db, vaultbox_id, origin)
 
 
 def _like_prefix(prefix: str) -> str:
@@ -151,7 +161,7 @@ async def subscriptions(db: Executor, vaultbox_id: uuid.UUID) -> set[str]:
     return {row["name"] for row in rows}
 
 
-async def subscribe(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
+async def subscribe(db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin: str = "") -> None:
     """Subscribe to an existing mailbox (subscribing twice is fine)."""
     status = await db.execute(
         """INSERT INTO mailbox_subscriptions (vaultbox_id, name)
@@ -160,19 +170,25 @@ async def subscribe(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
         vaultbox_id,
         canonical_name(name),
     )
-    if status.endswith(" 0") and await find_mailbox(db, vaultbox_id, name) is None:
-        raise NotFound(f"no mailbox {name}")
+    if status.endswith(" 0"):
+        if await find_mailbox(db, vaultbox_id, name) is None:
+            raise NotFound(f"no mailbox {name}")
+        return  # subscribed already: nothing changed
+    await events.publish_names(db, vaultbox_id, origin)
 
 
-async def unsubscribe(db: Executor, vaultbox_id: uuid.UUID, name: str) -> None:
+async def unsubscribe(db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin: str = "") -> None:
     """Drop a subscription, whether or not the mailbox still exists."""
     status = await db.execute(
         "DELETE FROM mailbox_subscriptions WHERE vaultbox_id = $1 AND name = $2",
         vaultbox_id,
         canonical_name(name),
     )
-    if status.endswith(" 0") and await find_mailbox(db, vaultbox_id, name) is None:
-        raise NotFound(f"not subscribed to {name}")
+    if status.endswith(" 0"):
+        if await find_mailbox(db, vaultbox_id, name) is None:
+            raise NotFound(f"not subscribed to {name}")
+        return
+    await events.publish_names(db, vaultbox_id, origin)
 
 
 async def claim_recent(db: Executor, mailbox_id: int, up_to_uid: int) -> int:

@@ -6,12 +6,16 @@ The sessions idling on a mailbox are reported together: an event queues them, an
 per mailbox waits for the listener once, reads once (encimap.imap.shared) and writes each
 session's untagged responses straight to its connection, without waking the sessions' own
 tasks. A session whose report fails, or whose client is behind on reading, is woken instead
-and reports (and waits for its client) itself."""
+and reports (and waits for its client) itself.
+
+NOTIFY (encimap.imap.commands.notify) reports the selected mailbox of a session waiting for
+its next command the same way (`queue`, `settle`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from encimap.db import DATABASE_ERRORS
 from encimap.imap.commands import AUTHENTICATED, command
@@ -22,8 +26,11 @@ from encimap.logs import get_logger
 log = get_logger(__name__)
 # After a failed report (the database unreachable for a moment), IDLE tries again this soon.
 IDLE_RETRY_SECONDS = 1.0
-# mailbox id -> the idling sessions with changes to report (present while its task runs)
-_due: dict[int, dict[Session, None]] = {}
+# The untagged responses that report a session's selected mailbox (Selected.sync and more).
+Report = Callable[[Session], Awaitable[list[bytes]]]
+# mailbox id -> the idling sessions with changes to report, and how (present while its
+# task runs)
+_due: dict[int, dict[Session, Report]] = {}
 _reporters: set[asyncio.Task[None]] = set()
 # session -> its report under way: IDLE does not end in the middle of one
 _reporting: dict[Session, asyncio.Future[None]] = {}
@@ -58,7 +65,7 @@ async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
         if selected is not None:
             changed = asyncio.ensure_future(selected.changed.wait())
             waiters.add(changed)
-            selected.waker = lambda: _queue(session)
+            selected.waker = lambda: queue(session, _sync)
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -66,9 +73,7 @@ async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
                 selected.waker = None
             if changed is not None and not changed.done():
                 changed.cancel()
-            under_way = _reporting.get(session)
-            if under_way is not None:
-                await asyncio.shield(under_way)
+            await settle(session)
         if done.done():
             break
         try:
@@ -85,8 +90,22 @@ async def _wait(session: Session, done: asyncio.Future[bytes]) -> None:
         await session.flush()
 
 
-def _queue(session: Session) -> None:
-    """An event for the idling session: report it with the others of its mailbox."""
+async def _sync(session: Session) -> list[bytes]:
+    assert session.selected is not None
+    if session.notify is not None:  # with NOTIFY's FETCH of new messages
+        return await session.notify.report_selected(session, expunge_ok=True)
+    return await session.selected.sync(expunge_ok=True)
+
+
+async def settle(session: Session) -> None:
+    """Wait for the report of the session under way, if any (its waker already removed)."""
+    under_way = _reporting.get(session)
+    if under_way is not None:
+        await asyncio.shield(under_way)
+
+
+def queue(session: Session, report: Report) -> None:
+    """An event for the waiting session: report it with the others of its mailbox."""
     assert session.selected is not None
     mailbox_id = session.selected.mailbox.id
     due = _due.get(mailbox_id)
@@ -95,7 +114,7 @@ def _queue(session: Session) -> None:
         task = asyncio.get_running_loop().create_task(_report(session, mailbox_id))
         _reporters.add(task)
         task.add_done_callback(_reporters.discard)
-    due[session] = None
+    due[session] = report
 
 
 async def _report(first: Session, mailbox_id: int) -> None:
@@ -106,22 +125,22 @@ async def _report(first: Session, mailbox_id: int) -> None:
             await first.server.listener.barrier()
             due = _due[mailbox_id]
             _due[mailbox_id] = {}
-            for session in due:
-                await _report_one(session)
+            for session, report in due.items():
+                await _report_one(session, report)
     finally:
         for session in _due.pop(mailbox_id, {}):
             if session.selected is not None:
                 session.selected.changed.set()
 
 
-async def _report_one(session: Session) -> None:
+async def _report_one(session: Session, report: Report) -> None:
     selected = session.selected
     if selected is None or selected.waker is None:
-        return  # IDLE ended: the session reports after its next command
+        return  # the wait ended: the session reports after its next command
     under_way = asyncio.get_running_loop().create_future()
     _reporting[session] = under_way
     try:
-        for line in await selected.sync(expunge_ok=True):
+        for line in await report(session):
             session.send(line)
         if not session.flush_now():
             selected.changed.set()

@@ -143,7 +143,11 @@ async def create(session: Session, _tag: str, reader: Reader) -> str:
             max_depth=settings.max_mailbox_depth,
         )
         await mailboxes.create_mailbox(
-            session.server.pool, vaultbox_id(session), name, max_count=settings.max_mailboxes
+            session.server.pool,
+            vaultbox_id(session),
+            name,
+            max_count=settings.max_mailboxes,
+            origin=session.id,
         )
     rev2.normalized(session, name, mailboxes.new_name(name), deleted=False)
     return "OK Create completed."
@@ -158,7 +162,9 @@ async def delete(session: Session, _tag: str, reader: Reader) -> str:
     if session.selected is not None and session.selected.mailbox.name == canonical:
         unselect(session)
     with refusals(name):
-        await mailboxes.delete_mailbox(session.server.pool, vaultbox_id(session), name)
+        await mailboxes.delete_mailbox(
+            session.server.pool, vaultbox_id(session), name, origin=session.id
+        )
     rev2.normalized(session, name, canonical, deleted=True)
     return "OK Delete completed."
 
@@ -172,7 +178,9 @@ async def rename(session: Session, _tag: str, reader: Reader) -> str:
     reader.end()
     with refusals(old):
         await _check_rename(session, old, new)
-        await mailboxes.rename_mailbox(session.server.pool, vaultbox_id(session), old, new)
+        await mailboxes.rename_mailbox(
+            session.server.pool, vaultbox_id(session), old, new, origin=session.id
+        )
     rev2.renamed(session, old, new)
     return "OK Rename completed."
 
@@ -208,7 +216,7 @@ async def _subscribe(session: Session, reader: Reader, *, on: bool) -> str:
     reader.end()
     change = mailboxes.subscribe if on else mailboxes.unsubscribe
     with refusals(name):
-        await change(session.server.pool, vaultbox_id(session), name)
+        await change(session.server.pool, vaultbox_id(session), name, origin=session.id)
     return f"OK {'Subscribe' if on else 'Unsubscribe'} completed."
 
 
