@@ -181,6 +181,9 @@ class IMAPConfig:
     # Keys in one SEARCH program (each costs one or two query parameters; PostgreSQL takes
     # at most 32,767 per statement). More is answered NO [LIMIT].
     max_search_keys: int = 1000
+    # Parts (TEXT and URL) of the CATENATE messages of one APPEND (RFC 4469): each URL is a
+    # read of a stored message. More is answered NO [LIMIT].
+    max_catenate_parts: int = 100
     trusted_networks: list[str] = field(default_factory=list)
     # Connection limits (encimap.service.connlimits); 0 = none.
     max_connections: int = 2000
@@ -376,7 +379,12 @@ def _check_imap(section: IMAPConfig) -> None:
     for name in ("idle_timeout", "login_timeout", "command_timeout"):
         if getattr(section, name) <= 0:
             raise ConfigError(f"imap.{name}: must be positive, got {getattr(section, name)!r}")
-    for name in ("max_mailbox_name_length", "max_mailbox_depth", "max_mailboxes"):
+    for name in (
+        "max_mailbox_name_length",
+        "max_mailbox_depth",
+        "max_mailboxes",
+        "max_catenate_parts",
+    ):
         if getattr(section, name) < 1:
             raise ConfigError(f"imap.{name}: must be at least 1, got {getattr(section, name)}")
     if not 1 <= section.max_search_keys <= 10_000:

@@ -233,3 +233,29 @@ async def fetch_from_both(
         ours = await fetch_items(client, len(stored), items)
         await client.close()
     return theirs, ours
+
+
+async def read_fetch_streaming(raw: RawClient, tag: str, expected: bytes) -> tuple[int, int]:
+    """Read a FETCH response without keeping it: (literals seen, bytes received). Every
+    literal must equal `expected`."""
+    literals = received = 0
+    while True:
+        line = await raw.line()
+        assert line, "connection closed"
+        received += len(line)
+        if line.startswith(tag.encode() + b" "):
+            assert line.startswith(tag.encode() + b" OK"), line
+            return literals, received
+        while line.rstrip(b"\r\n").endswith(b"}"):
+            text = line.rstrip(b"\r\n")
+            size = int(text[text.rindex(b"{") + 1 : -1])
+            assert size == len(expected)
+            offset = 0
+            while offset < size:
+                chunk = await asyncio.wait_for(raw.reader.read(min(65536, size - offset)), 10)
+                assert chunk and chunk == expected[offset : offset + len(chunk)]
+                offset += len(chunk)
+            received += size
+            literals += 1
+            line = await raw.line()  # the rest of the response line after the literal
+            received += len(line)

@@ -69,3 +69,41 @@ def totals(output: str) -> dict[str, float]:
 def latencies(output: str) -> dict[str, float]:
     """Average milliseconds per command over the run, by column name ("ms/cmd avg" row)."""
     return _table(output, None, r"[\d ]+ms/cmd avg")
+
+
+def script_command(port: int, user: str, password: str, script: Path) -> list[str]:
+    """imaptest running one scripted test (its mailbox files are looked up beside it)."""
+    return [
+        str(IMAPTEST / "imaptest"),
+        "host=127.0.0.1",
+        f"port={port}",
+        f"user={user}",
+        f"pass={password}",
+        f"test={script}",
+    ]
+
+
+def script_passed(output: str, errors_text: str) -> bool:
+    """Whether a scripted run's every command got the reply the script expects."""
+    return "1 test groups: 0 failed" in output and "*** Test" not in errors_text
+
+
+_BLOCK = re.compile(rb"\{\{\{\n(.*?)\n\}\}\}", re.DOTALL)
+
+
+def with_literals(script: bytes, replacements: dict[bytes, bytes]) -> bytes:
+    """`script` with the `{{{ ... }}}` literals whose text is a key replaced by its value
+    (texts as written in scripts: LF line ends, which imaptest sends as CRLF). Every key
+    must occur."""
+    unused = set(replacements)
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        text = match[1]
+        if text not in replacements:
+            return match[0]
+        unused.discard(text)
+        return b"{{{\n" + replacements[text] + b"\n}}}"
+
+    changed = _BLOCK.sub(replace, script)
+    assert not unused, f"literals not in the script: {unused!r}"
+    return changed

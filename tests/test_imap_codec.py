@@ -49,6 +49,37 @@ def test_fetch_items_and_search_programs():
     )
 
 
+def test_binary_items_literal8_and_url_sections():
+    items = parser.parse_fetch_items(
+        parser.Reader(b"(BINARY.PEEK[1]<0.7> BINARY[2.1] BINARY.SIZE[] BINARY.SIZE[3])")
+    )
+    assert [item.label() for item in items] == [
+        "BINARY[1]<0>",
+        "BINARY[2.1]",
+        "BINARY.SIZE[]",
+        "BINARY.SIZE[3]",
+    ]
+    assert items[0].peek and not items[1].peek and items[0].partial == (0, 7)
+    for bad in (b"BINARY[1.MIME]", b"BINARY[TEXT]", b"BINARY.SIZE[1]<0.1>", b"BINARY"):
+        reader = parser.Reader(b"(UID " + bad + b")")
+        with pytest.raises(parser.ParseError):
+            parser.parse_fetch_items(reader)
+    assert parser.announces_literal8(b"a APPEND x ~{5}")
+    assert parser.announces_literal8(b"a APPEND x ~{5+}")
+    assert not parser.announces_literal8(b"a APPEND x {5}")
+    assert parser.literal_announcement(b"a APPEND x ~{5+}") == (5, False)
+    assert parser.Reader(b"~{2}\r\n\x00\x01").literal(binary=True) == b"\x00\x01"
+    with pytest.raises(parser.ParseError):  # a literal8 only where binary data may be
+        parser.Reader(b"~{2}\r\n\x00\x01").string()
+    assert parser.parse_section(b"HEADER.FIELDS (From)") == parser.Section(
+        (), "HEADER.FIELDS", ("FROM",)
+    )
+    assert parser.parse_section(b"1.2") == parser.Section((1, 2))
+    for bad in (b"0", b"NOSUCH", b"HEADER]x"):
+        with pytest.raises(parser.ParseError):
+            parser.parse_section(bad)
+
+
 def test_wire_forms():
     assert wire.ordered_sequence_set([7, 8, 2]) == "7:8,2"
     assert wire.astring("INBOX") == "INBOX"

@@ -21,6 +21,7 @@ from tests.imap_support import (
     make_box,
     plain_message,
     ports,
+    read_fetch_streaming,
     running_imap,
     store,
 )
@@ -213,32 +214,6 @@ async def test_database_outage_answers_unavailable_and_keeps_the_session(
         await idling.close()
 
 
-async def _read_fetch_streaming(raw: RawClient, tag: str, expected: bytes) -> tuple[int, int]:
-    """Read a FETCH response without keeping it: (literals seen, bytes received). Every
-    literal must equal `expected`."""
-    literals = received = 0
-    while True:
-        line = await raw.line()
-        assert line, "connection closed"
-        received += len(line)
-        if line.startswith(tag.encode() + b" "):
-            assert line.startswith(tag.encode() + b" OK"), line
-            return literals, received
-        while line.rstrip(b"\r\n").endswith(b"}"):
-            text = line.rstrip(b"\r\n")
-            size = int(text[text.rindex(b"{") + 1 : -1])
-            assert size == len(expected)
-            offset = 0
-            while offset < size:
-                chunk = await asyncio.wait_for(raw.reader.read(min(65536, size - offset)), 10)
-                assert chunk and chunk == expected[offset : offset + len(chunk)]
-                offset += len(chunk)
-            received += size
-            literals += 1
-            line = await raw.line()  # the rest of the response line after the literal
-            received += len(line)
-
-
 async def test_fetch_responses_are_streamed_not_built_in_memory(databases, cfg, tls_ca, tmp_path):
     box = await make_box(databases, "stream@example.test", tmp_path)
     body = encrypt_for(box, plain_message(1, size=90_000))
@@ -254,7 +229,7 @@ async def test_fetch_responses_are_streamed_not_built_in_memory(databases, cfg, 
         tracemalloc.start()
         try:
             await raw.send(b"f FETCH 1 (" + b" ".join([b"BODY.PEEK[]"] * repeat) + b")\r\n")
-            literals, received = await _read_fetch_streaming(raw, "f", body)
+            literals, received = await read_fetch_streaming(raw, "f", body)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

@@ -25,6 +25,7 @@ class ParseError(Exception):
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x20)) | {0x7F}
 _ASTRING_EXTRA = frozenset(b"]")
 _LITERAL = re.compile(rb"\{(\d{1,19})(\+?)\}\r\n")
+_LITERAL8 = re.compile(rb"~\{(\d{1,19})(\+?)\}\r\n")  # RFC 3516 4.2: may carry NUL
 _MONTHS = ("jan feb mar apr may jun jul aug sep oct nov dec").split()
 _DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
 _DATETIME = re.compile(
@@ -38,6 +39,11 @@ def literal_announcement(line: bytes) -> tuple[int, bool] | None:
     if match is None:
         return None
     return int(match[1]), not match[2]
+
+
+def announces_literal8(line: bytes) -> bool:
+    """Whether the line (without CRLF) ends in a literal8 announcement `~{n}` / `~{n+}`."""
+    return re.search(rb"~\{\d{1,19}\+?\}$", line) is not None
 
 
 Range = tuple[int | None, int | None]  # None stands for "*"
@@ -183,8 +189,10 @@ class Reader:
             out.append(byte)
         raise ParseError("unterminated quoted string")
 
-    def literal(self) -> bytes:
-        match = _LITERAL.match(self.data, self.pos)
+    def literal(self, *, binary: bool = False) -> bytes:
+        """A literal; with `binary` also a literal8 (RFC 3516: APPEND data, CATENATE TEXT)."""
+        pattern = _LITERAL8 if binary and self.peek() == 0x7E else _LITERAL
+        match = pattern.match(self.data, self.pos)
         if match is None:
             raise ParseError("bad literal")
         size = int(match[1])
@@ -345,7 +353,9 @@ class Section:
 
 @dataclass(frozen=True)
 class FetchItem:
-    name: str  # UID, FLAGS, ..., BODY (section fetch when section is not None), RFC822...
+    # UID, FLAGS, ..., BODY (section fetch when section is not None), RFC822..., and with
+    # a section BINARY / BINARY.SIZE (RFC 3516)
+    name: str
     section: Section | None = None
     partial: tuple[int, int] | None = None
     peek: bool = False
@@ -353,7 +363,7 @@ class FetchItem:
     def label(self) -> str:
         if self.section is None:
             return self.name
-        label = f"BODY[{self.section.label()}]"
+        label = f"{self.name}[{self.section.label()}]"
         if self.partial is not None:
             label += f"<{self.partial[0]}>"
         return label
@@ -393,17 +403,42 @@ def _fetch_item(reader: Reader) -> FetchItem:
     name = reader._run(stop=frozenset(b"[<")).decode("ascii", "replace").upper()
     if name in ("BODY", "BODY.PEEK") and reader.peek() == 0x5B:
         section = _section(reader)
-        partial = None
-        if reader.peek() == 0x3C:
-            reader.pos += 1
-            start = reader.number()
-            reader.expect(b".")
-            partial = (start, reader.nz_number())
-            reader.expect(b">")
-        return FetchItem("BODY", section, partial, peek=name == "BODY.PEEK")
+        return FetchItem("BODY", section, _partial(reader), peek=name == "BODY.PEEK")
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):
+        section = _binary_section(reader)
+        if name == "BINARY.SIZE":
+            return FetchItem(name, section)
+        return FetchItem("BINARY", section, _partial(reader), peek=name == "BINARY.PEEK")
     if name not in _SIMPLE_ITEMS:
         raise ParseError(f"unknown FETCH item {name or '?'}")
     return FetchItem(name)
+
+
+def _partial(reader: Reader) -> tuple[int, int] | None:
+    if reader.peek() != 0x3C:
+        return None
+    reader.pos += 1
+    start = reader.number()
+    reader.expect(b".")
+    partial = (start, reader.nz_number())
+    reader.expect(b">")
+    return partial
+
+
+def _binary_section(reader: Reader) -> Section:
+    """RFC 3516 section-binary: `[` [part numbers] `]`, no HEADER/TEXT/MIME."""
+    section = _section(reader)
+    if section.text:
+        raise ParseError("BINARY takes only part numbers")
+    return section
+
+
+def parse_section(text: bytes) -> Section:
+    """A section-spec on its own (as in an IMAP URL's `;SECTION=`)."""
+    reader = Reader(b"[" + text + b"]")
+    section = _section(reader)
+    reader.end()
+    return section
 
 
 def _section(reader: Reader) -> Section:

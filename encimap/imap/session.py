@@ -230,12 +230,14 @@ class Session:
             return self.config.max_literal_before_login
         return self.config.max_literal_size
 
-    async def read_command(self) -> bytes:
-        """A whole command with its literals, as `parser` expects it. The first line may
+    async def read_command(self) -> tuple[bytes, bool]:
+        """A whole command with its literals, as `parser` expects it, and whether a NUL came
+        outside a literal8 (RFC 3516 4.2: only a literal8 may carry one). The first line may
         take the idle timeout; the rest of the command must arrive within
         `command_timeout` of it (a client trickling literals is cut off)."""
         pieces: list[bytes] = []
         total = 0
+        stray_nul = False
         notify = self.notify
         if notify is not None:
             notify.wait_start(self)
@@ -250,9 +252,10 @@ class Session:
             while True:
                 pieces.append(line)
                 total += len(line)
+                stray_nul = stray_nul or b"\x00" in line
                 announced = parser.literal_announcement(line)
                 if announced is None:
-                    return b"".join(pieces)
+                    return b"".join(pieces), stray_nul
                 size, synchronizing = announced
                 limit = self.literal_limit()
                 if size > limit or total + size > limit:
@@ -269,6 +272,8 @@ class Session:
                     self.send(b"+ Ready for literal data\r\n")
                     await self.flush()
                 data = await self._read_exactly(size)
+                if not parser.announces_literal8(line):
+                    stray_nul = stray_nul or b"\x00" in data
                 pieces.append(b"\r\n" + data)
                 total += size
                 line = await self.read_line(self._command_deadline)
@@ -356,10 +361,10 @@ class Session:
     async def _one_command(self, commands: dict[str, Any]) -> None:
         tag = "*"
         try:
-            raw = await self.read_command()
+            raw, stray_nul = await self.read_command()
             self.commands += 1
             tag = parser.guess_tag(raw)
-            if b"\x00" in raw:
+            if stray_nul:
                 raise bad("NUL byte in command")
             try:
                 tag, name, reader = parser.parse_head(raw)

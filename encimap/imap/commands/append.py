@@ -1,5 +1,6 @@
-"""APPEND (with UIDPLUS APPENDUID, and RFC 3502 MULTIAPPEND: several messages, stored all or
-none): clients save sent mail and drafts here. A message that is not already encrypted is
+"""APPEND (with UIDPLUS APPENDUID, RFC 3502 MULTIAPPEND: several messages, stored all or
+none; RFC 3516 literal8 data; RFC 4469 CATENATE, in `catenate.py`): clients save sent mail
+and drafts here. A message that is not already encrypted is
 encrypted first, as delivery does (S/MIME or PGP/MIME, per the vaultbox's keys and
 preference), so nothing in plaintext is stored; without a usable key the APPEND is refused."""
 
@@ -11,7 +12,7 @@ from datetime import datetime
 
 from encimap import encryption, openpgp, smime
 from encimap.imap import wire
-from encimap.imap.commands import AUTHENTICATED, command, quota
+from encimap.imap.commands import AUTHENTICATED, catenate, command, quota
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.commands.store import normalize_flags
 from encimap.imap.parser import Reader
@@ -27,13 +28,15 @@ _OFFLOAD_AT = 256 * 1024  # encrypt larger messages in a thread, off the event l
 
 @dataclass
 class _Message:
-    data: bytes
     flags: list[str]
     internal_date: datetime | None
+    data: bytes = b""
+    parts: list[catenate.Part] | None = None  # CATENATE: assembled after the parse
 
 
 def _messages(reader: Reader) -> list[_Message]:
-    """One or more `[(flags)] [date-time] literal` (RFC 3502 MULTIAPPEND: several)."""
+    """One or more `[(flags)] [date-time] (literal / literal8 / CATENATE (...))` (RFC 3502
+    MULTIAPPEND: several)."""
     found = []
     while True:
         flags: list[str] = []
@@ -44,7 +47,10 @@ def _messages(reader: Reader) -> list[_Message]:
         if reader.peek() == 0x22:
             internal_date = reader.date_time()
             reader.sp()
-        found.append(_Message(reader.literal(), flags, internal_date))
+        if reader.accept(b"CATENATE "):
+            found.append(_Message(flags, internal_date, parts=catenate.parse(reader)))
+        else:
+            found.append(_Message(flags, internal_date, reader.literal(binary=True)))
         if reader.at_end():
             return found
         reader.sp()
@@ -62,6 +68,18 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     mailbox = await mailboxes.find_mailbox(pool, owner, name)
     if mailbox is None:
         raise no("[TRYCREATE] Mailbox doesn't exist: " + name[:200])
+    parts = sum(len(message.parts or ()) for message in appended)
+    if parts > session.config.max_catenate_parts:
+        raise no(f"[LIMIT] More than {session.config.max_catenate_parts} CATENATE parts")
+    # the messages of one APPEND in all, assembled ones included, are bounded like its
+    # literals (the session reads at most max_literal_size of them)
+    budget = session.config.max_literal_size - sum(
+        len(message.data) for message in appended if message.parts is None
+    )
+    for message in appended:
+        if message.parts is not None:
+            message.data = await catenate.assemble(session, message.parts, budget)
+            budget -= len(message.data)
     if not all(message.data for message in appended):
         raise no("Empty message")
     stored = [await _encrypted(session, message.data) for message in appended]

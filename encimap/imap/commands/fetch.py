@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -42,12 +43,26 @@ _DERIVED = ("envelope", "bodystructure", "bodystructure_basic", "mime_parts")
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.MULTILINE)
 
 
+@dataclass(frozen=True)
+class Renderer:
+    """An item another module renders (BINARY, BINARY.SIZE: commands/binary.py)."""
+
+    # (item, row) -> the response text and, for a literal, its content
+    render: Callable[[FetchItem, dict[str, Any]], tuple[bytes, bytes | None]]
+    # (item, row) -> None, or raises a `Reply` (NO): called for every item before anything
+    # of the message's response is sent, cheaply (the items are rendered one at a time)
+    check: Callable[[FetchItem, dict[str, Any]], None]
+
+
+RENDERERS: dict[str, Renderer] = {}
+
+
 def columns_for(items: Sequence[FetchItem]) -> set[str]:
     columns: set[str] = set()
     for item in items:
         if item.section is not None:
             columns.add("body_encrypted")
-            if item.section != Section():
+            if item.section != Section() or item.name != "BODY":
                 columns.update(("mime_parts", "id"))
         else:
             columns.update(_COLUMNS_FOR[item.name])
@@ -55,9 +70,11 @@ def columns_for(items: Sequence[FetchItem]) -> set[str]:
 
 
 def sets_seen(items: Sequence[FetchItem]) -> bool:
-    """RFC 3501 6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
+    """RFC 3501 6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen; so does
+    BINARY[...] (RFC 3516 4.1), not BINARY.SIZE."""
     return any(
-        (item.section is not None and not item.peek) or item.name in ("RFC822", "RFC822.TEXT")
+        (item.section is not None and not item.peek and item.name != "BINARY.SIZE")
+        or item.name in ("RFC822", "RFC822.TEXT")
         for item in items
     )
 
@@ -132,6 +149,9 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
                     session.send(line)
                 if data["uid"] in selected.recent:
                     data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
+            for item in items:  # an item that cannot be served fails before the response
+                if item.name in RENDERERS:
+                    RENDERERS[item.name].check(item, data)
             # Streamed piece by piece: a message body goes out in drained chunks, so no
             # response (BODY[] a thousand times over) is ever built whole in memory.
             session.send(b"* %d FETCH (" % seq)
@@ -190,13 +210,15 @@ async def _rows(session: Session, uids: list[int], columns: set[str]) -> list[di
     if missing:
         pool = session.server.pool
         for row in await messages.fetch_rows(pool, mailbox_id, missing, columns):
-            data = await _complete(pool, row, columns)
+            data = await complete_row(pool, row, columns)
             cache.put(mailbox_id, data)
             found[data["uid"]] = data
     return [found[uid] for uid in uids if uid in found]
 
 
-async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) -> dict[str, Any]:
+async def complete_row(
+    pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]
+) -> dict[str, Any]:
     """The row as a dict; ENVELOPE/BODYSTRUCTURE computed and stored if the row lacks them
     (messages stored before they existed)."""
     data = dict(row)
@@ -213,12 +235,10 @@ async def _complete(pool: asyncpg.Pool, row: asyncpg.Record, columns: set[str]) 
 def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
     """The item's response text, and for a literal its content (sent on its own)."""
     name = item.name
+    if name in RENDERERS:
+        return RENDERERS[name].render(item, row)
     if item.section is not None:
-        content = section_bytes(row, item.section)
-        if item.partial is not None:
-            start, length = item.partial
-            content = content[start : start + length]
-        return _literal(item.label().encode(), content)
+        return literal(item.label().encode(), partial(item, section_bytes(row, item.section)))
     if name == "UID":
         return b"UID %d" % row["uid"], None
     if name == "FLAGS":
@@ -236,13 +256,22 @@ def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
     if name == "BODY":
         return b"BODY " + mimeinfo.wire(row["bodystructure_basic"]), None
     if name == "RFC822":
-        return _literal(b"RFC822", row["body_encrypted"])
+        return literal(b"RFC822", row["body_encrypted"])
     part = section_bytes(row, Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT"))
-    return _literal(name.encode(), part)
+    return literal(name.encode(), part)
 
 
-def _literal(label: bytes, content: bytes) -> tuple[bytes, bytes]:
-    return b"%b {%d}\r\n" % (label, len(content)), content
+def partial(item: FetchItem, content: bytes) -> bytes:
+    """The `<start.length>` slice an item asks for, or all of `content`."""
+    if item.partial is None:
+        return content
+    start, length = item.partial
+    return content[start : start + length]
+
+
+def literal(label: bytes, content: bytes, *, binary: bool = False) -> tuple[bytes, bytes]:
+    """`label {n}` (with `binary`, a literal8 `~{n}`, RFC 3516) and the content."""
+    return b"%b %b{%d}\r\n" % (label, b"~" if binary else b"", len(content)), content
 
 
 def section_bytes(row: dict[str, Any], section: Section) -> bytes:
@@ -251,7 +280,7 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     if section == Section():
         return body
     parts = {entry[0]: entry[1:] for entry in row["mime_parts"]}
-    key = ".".join(map(str, section.part))
+    key = part_key(parts, section)
     if key not in parts:
         return b""  # a part the message does not have: empty, as Dovecot answers
     header_start, body_start, end = parts[key][:3]
@@ -260,7 +289,7 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     if section.text == "":
         return body[body_start:end] if section.part else body
     if section.part:  # HEADER/TEXT of a message/rfc822 part: that message's own header
-        if not _is_message(parts, key):  # only a message/rfc822 part has a header of its
+        if not is_message(parts, key):  # only a message/rfc822 part has a header of its
             return b""  # own; Dovecot answers "" for other parts
         header_start = body_start
         _header_end, body_start = mimeinfo.split_header(body, header_start, end)
@@ -272,7 +301,23 @@ def section_bytes(row: dict[str, Any], section: Section) -> bytes:
     return _header_fields(header, section.fields, exclude=section.text == "HEADER.FIELDS.NOT")
 
 
-def _is_message(parts: dict[str, list[int]], key: str) -> bool:
+def part_key(parts: dict[str, list[int]], section: Section) -> str:
+    """The key in `parts` of the part a section names (not in `parts` when the message has
+    no such part). `N.1` of a part N of a multipart that is neither multipart nor a
+    message is N itself (RFC 3501 6.4.5: such a part has only part 1), as Dovecot reads
+    it; part 1 of a single-part (sub)message is already its body and has no `1.1`."""
+    key = ".".join(map(str, section.part))
+    if key in parts or not key.endswith(".1"):
+        return key
+    parent = key[:-2]
+    if parent not in parts or is_message(parts, parent):
+        return key
+    enclosing = parent.rpartition(".")[0]
+    message_start = parts[enclosing][1] if enclosing else 0
+    return key if parts[parent][0] == message_start else parent
+
+
+def is_message(parts: dict[str, list[int]], key: str) -> bool:
     entry = parts[key]
     if len(entry) > 3:
         return bool(entry[3])
