@@ -35,7 +35,6 @@ log = get_logger(__name__)
 
 CHANNEL = "encimap_mailbox"
 NEW, FLAGS, EXPUNGE, RESYNC = "new", "flags", "expunge", "resync"
-_MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
 _BARRIER_TIMEOUT = 5.0  # seconds a barrier waits for the LISTEN connection before giving up
 
 
@@ -46,22 +45,6 @@ class Event:
     uid: int = 0  # NEW: the highest new UID
     uids: frozenset[int] | None = None  # FLAGS/EXPUNGE; None means "unknown: resync"
     origin: str = ""
-
-
-def encode_ranges(uids: Iterable[int]) -> str:
-    ordered = sorted(set(uids))
-    ranges: list[str] = []
-    start = prev = None
-    for uid in ordered:
-        if prev is not None and uid == prev + 1:
-            prev = uid
-            continue
-        if start is not None:
-            ranges.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = uid
-    if start is not None:
-        ranges.append(str(start) if start == prev else f"{start}-{prev}")
-    return ",".join(ranges)
 
 
 def decode_ranges(text: str) -> frozenset[int]:
@@ -84,11 +67,15 @@ async def publish_change(
     origin: str,
     uids: Iterable[int],
 ) -> None:
-    ranges = encode_ranges(uids)
-    if len(ranges) > _MAX_PAYLOAD:
-        ranges = "*"
+    """NOTIFY a flag change or expunge (`encimap_publish_change`, sql/encimap/repeatable/
+    36_mailbox_events.sql, which STORE and EXPUNGE call from the statement that writes)."""
     await db.execute(
-        "SELECT pg_notify($1, $2)", CHANNEL, f"{vaultbox_id}:{mailbox_id}:{kind}:{origin}:{ranges}"
+        "SELECT encimap_publish_change($1, $2, $3, $4, $5::bigint[])",
+        vaultbox_id,
+        mailbox_id,
+        kind,
+        origin,
+        sorted(set(uids)),
     )
 
 

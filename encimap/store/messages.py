@@ -262,20 +262,6 @@ def _info_values(info: mimeinfo.MessageInfo) -> list[object]:
     return [columns[name] for name in INFO_COLUMNS]
 
 
-_FLAG_CHANGE = {
-    # (new value, condition under which a row changes)
-    "add": (
-        "ARRAY(SELECT DISTINCT f FROM unnest(t.flags || $4::text[]) f ORDER BY f)",
-        "NOT t.flags @> $4::text[]",
-    ),
-    "remove": (
-        "ARRAY(SELECT f FROM unnest(t.flags) f WHERE f <> ALL($4::text[]) ORDER BY f)",
-        "t.flags && $4::text[]",
-    ),
-    "replace": ("$4::text[]", "NOT (t.flags @> $4::text[] AND t.flags <@ $4::text[])"),
-}
-
-
 async def store_flags(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     *,
@@ -289,23 +275,18 @@ async def store_flags(
     """Change flags; returns (uid, new flags) of the messages whose flags changed.
 
     Rows that already have the wanted flags are not written (nor reported, as Dovecot does),
-    so a repeated `STORE +FLAGS` costs no writes.
+    so a repeated `STORE +FLAGS` costs no writes. One statement (`encimap_store_flags`,
+    sql/encimap/repeatable/36_mailbox_events.sql: lock, change, NOTIFY), so one round trip.
     """
-    new_value, condition = _FLAG_CHANGE[mode]
-    async with conn.transaction():
-        await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
-        rows = await conn.fetch(
-            f"""UPDATE encrypted_emails t SET flags = {new_value}
-                 WHERE {_CHOSEN} AND {condition}
-                RETURNING t.uid, t.flags""",  # noqa: S608 - fixed SQL fragments only
-            mailbox_id,
-            *uidsets.ranges(uids),
-            sorted(set(flags)),
-        )
-        if rows:
-            await events.publish_change(
-                conn, vaultbox_id, mailbox_id, events.FLAGS, origin, [row["uid"] for row in rows]
-            )
+    rows = await conn.fetch(
+        "SELECT uid, flags FROM encimap_store_flags($1, $2, $3, $4, $5, $6, $7)",
+        vaultbox_id,
+        mailbox_id,
+        *uidsets.ranges(uids),
+        mode,
+        sorted(set(flags)),
+        origin,
+    )
     return sorted((row["uid"], list(row["flags"])) for row in rows)
 
 
@@ -317,28 +298,18 @@ async def expunge(
     origin: str,
     uids: Sequence[int] | None = None,
 ) -> list[int]:
-    """Delete the messages flagged \\Deleted (only among `uids` when given); their UIDs."""
-    async with conn.transaction():
-        await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
-        if uids is None:
-            # The partial index encrypted_emails_deleted_idx holds exactly these rows.
-            rows = await conn.fetch(
-                r"""DELETE FROM encrypted_emails
-                     WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted'] RETURNING uid""",
-                mailbox_id,
-            )
-        else:
-            rows = await conn.fetch(
-                rf"""DELETE FROM encrypted_emails t
-                      WHERE {_CHOSEN} AND t.flags @> ARRAY['\Deleted']
-                     RETURNING t.uid""",  # noqa: S608
-                mailbox_id,
-                *uidsets.ranges(uids),
-            )
-        gone = sorted(row["uid"] for row in rows)
-        if gone:
-            await events.publish_change(conn, vaultbox_id, mailbox_id, events.EXPUNGE, origin, gone)
-    return gone
+    """Delete the messages flagged \\Deleted (only among `uids` when given); their UIDs.
+    One statement, as `store_flags` (`encimap_expunge`)."""
+    lows, highs = (None, None) if uids is None else uidsets.ranges(uids)
+    rows = await conn.fetch(
+        "SELECT encimap_expunge AS uid FROM encimap_expunge($1, $2, $3, $4, $5)",
+        vaultbox_id,
+        mailbox_id,
+        lows,
+        highs,
+        origin,
+    )
+    return sorted(row["uid"] for row in rows)
 
 
 async def copy_messages(

@@ -6,6 +6,7 @@ preference), so nothing in plaintext is stored; without a usable key the APPEND 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -67,21 +68,25 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     stored = [await _encrypted(session, message.data) for message in appended]
     if await quota.over_quota(session, len(stored), sum(len(r.message) for r in stored)):
         raise no("[OVERQUOTA] The vaultbox is full")
-    async with pool.acquire() as conn, conn.transaction():  # all of them or none (RFC 3502)
-        inserted = [
-            await messages.insert_message(
-                conn,
-                vaultbox_id=owner,
-                mailbox_id=mailbox.id,
-                body=result.message,
-                flags=message.flags,
-                internal_date=message.internal_date,
-                subject_encrypted=result.subject_encrypted,
-                encryption_method=result.algorithm or "none",
-                certificate_fingerprints=result.recipient_fingerprints,
-            )
-            for message, result in zip(appended, stored, strict=True)
-        ]
+    async with pool.acquire() as conn:
+        # All of them or none (RFC 3502); one message is one statement, its own transaction
+        # (no BEGIN and COMMIT round trips while its mailbox is locked).
+        several = conn.transaction() if len(stored) > 1 else contextlib.nullcontext()
+        async with several:
+            inserted = [
+                await messages.insert_message(
+                    conn,
+                    vaultbox_id=owner,
+                    mailbox_id=mailbox.id,
+                    body=result.message,
+                    flags=message.flags,
+                    internal_date=message.internal_date,
+                    subject_encrypted=result.subject_encrypted,
+                    encryption_method=result.algorithm or "none",
+                    certificate_fingerprints=result.recipient_fingerprints,
+                )
+                for message, result in zip(appended, stored, strict=True)
+            ]
     if session.selected is not None and session.selected.mailbox.id == mailbox.id:
         session.selected.expect_new()
     for row, result in zip(inserted, stored, strict=True):
