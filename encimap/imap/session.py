@@ -104,6 +104,8 @@ class Session:
         self._task: asyncio.Task[Any] | None = None
         self._ending: Disconnect | None = None  # set by end()
         self._interruptible = False  # waiting for the client between commands (or in IDLE)
+        # The events barrier started when the command in progress arrived (after_command)
+        self._barrier: asyncio.Future[None] | None = None
 
     # -- output --
     def send(self, data: bytes) -> None:
@@ -343,6 +345,9 @@ class Session:
         try:
             raw = await self.read_command()
             self.commands += 1
+            # What other sessions committed before the command arrived is reported with its
+            # reply: the round trip that ensures it runs while the command does.
+            self._barrier = self.server.listener.barrier() if self.selected is not None else None
             tag = parser.guess_tag(raw)
             if b"\x00" in raw:
                 raise bad("NUL byte in command")
@@ -381,9 +386,10 @@ class Session:
 
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
-        every change committed before the command ended, whatever the NOTIFY timing."""
+        every change committed before the command arrived, whatever the NOTIFY timing."""
+        barrier, self._barrier = self._barrier, None
         if self.selected is not None:
-            await self.server.listener.barrier()
+            await (barrier if barrier is not None else self.server.listener.barrier())
             for line in await self.selected.sync(expunge_ok=expunge_ok):
                 self.send(line)
 

@@ -139,20 +139,24 @@ class Listener:
 
         return unsubscribe
 
-    async def barrier(self) -> None:
-        """Return once every notification committed before this call has been dispatched.
+    def barrier(self) -> asyncio.Future[None]:
+        """A future done once every notification committed before this call has been
+        dispatched: a caller may start the barrier, do its own work, then await it.
 
         A commit signals the listening backend before the committer hears of it, and that
         backend sends pending notifications before it answers a later query: so one round
         trip on the LISTEN connection started after this call is enough. Concurrent callers
         share the next round trip."""
+        loop = asyncio.get_running_loop()
         if self._connection is None:
-            return
+            done = loop.create_future()
+            done.set_result(None)
+            return done
         if self._round is None:
-            self._round = asyncio.get_running_loop().create_future()
+            self._round = loop.create_future()
             if self._barriers is None or self._barriers.done():
                 self._barriers = asyncio.create_task(self._run_barriers(), name="events-barrier")
-        await asyncio.shield(self._round)
+        return asyncio.shield(self._round)
 
     async def _run_barriers(self) -> None:
         while self._round is not None:
