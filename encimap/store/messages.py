@@ -11,8 +11,9 @@ increasing order (an IMAP client never sees a lower UID appear after a higher on
 Writers lock the mailboxes they change before any message row (`lock_mailboxes`, the lock
 order of sql/encimap/repeatable/35_message_counters.sql, whose triggers keep the mailbox and
 vaultbox counters): two writers of one mailbox queue on its row instead of deadlocking on its
-messages. UID sets travel as ranges (`encimap.store.uidsets`), so no plan grows with the square
-of the mailbox.
+messages. STORE and EXPUNGE are one function call each (repeatable/36_mailbox_events.sql), so
+they hold that lock only while PostgreSQL runs them, never across a round trip. UID sets
+travel as ranges (`encimap.store.uidsets`), so no plan grows with the square of the mailbox.
 
 Every change publishes a NOTIFY on `encimap_mailbox` in the same transaction (delivered on
 commit), so other sessions learn about it without polling; see `encimap.store.events`.
