@@ -17,7 +17,10 @@ from encimap.smime import (
     Profile,
     encrypt_message,
 )
+from encimap.smime import cms as smime_cms
+from encimap.smime.certificates import fingerprint
 from tests.smime_support import (
+    KEY_MAKERS,
     Identity,
     crlf,
     make_identity,
@@ -351,3 +354,19 @@ def test_weak_certificate_is_refused_even_unchecked(identities) -> None:
 def test_unknown_profile_names_the_valid_ones(identities) -> None:
     with pytest.raises(ValueError, match="aes256-cbc, aes128-cbc, rsa-oaep, aes256-gcm"):
         encrypt_message(PLAIN, [identities["rsa-2048"].pem], "des3")
+
+
+def test_round_robin_over_many_certificates_prepares_each_once(tmp_path) -> None:
+    """Delivery round-robin to more vaultboxes than a small cache would hold derives what
+    encryption needs from each certificate once, not again for every message."""
+    key = KEY_MAKERS["rsa-2048"]()
+    certificates = [
+        make_identity(tmp_path, f"box{n}@example.org", key=key).certificate for n in range(1100)
+    ]
+    message = crlf(b"From: a@example.org\nTo: box@example.org\nSubject: s\n\nbody\n")
+    for certificate in certificates:
+        encrypt_message(message, [certificate])
+    misses = smime_cms._recipient.cache_info().misses, fingerprint.cache_info().misses
+    for certificate in certificates:
+        encrypt_message(message, [certificate])
+    assert (smime_cms._recipient.cache_info().misses, fingerprint.cache_info().misses) == misses

@@ -59,7 +59,14 @@ def load_certificate(data: CertificateInput) -> x509.Certificate:
         raise CertificateError(f"certificate cannot be parsed: {exc}") from None
 
 
-@functools.lru_cache(maxsize=1024)  # every encryption names its recipients' certificates
+# How many certificates keep what encryption derives from them (fingerprint, public key,
+# recipient identifier): as many as the intake keeps parsed (`intake.recipient_cache_size`'s
+# default), so delivery round-robin to thousands of vaultboxes does not derive them again for
+# every message (an LRU smaller than the working set misses every time).
+PREPARED_CERTIFICATES = 16_384
+
+
+@functools.lru_cache(maxsize=PREPARED_CERTIFICATES)  # every encryption names its recipients
 def fingerprint(certificate: x509.Certificate) -> str:
     """SHA-256 fingerprint of the DER certificate, lower-case hex without separators."""
     return certificate.fingerprint(hashes.SHA256()).hex()

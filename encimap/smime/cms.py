@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from encimap.smime.certificates import key_algorithm
+from encimap.smime.certificates import PREPARED_CERTIFICATES, key_algorithm
 from encimap.smime.errors import NoUsableCertificate, SMIMEError
 
 CHUNK_SIZE = 1 << 20
@@ -304,7 +304,7 @@ def _recipient_info(
     return "ecdh", _key_agreement(public_key, cms.IssuerAndSerialNumber.load(rid), content_key)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=PREPARED_CERTIFICATES)
 def _recipient(
     certificate: x509.Certificate,
 ) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, bytes]:
