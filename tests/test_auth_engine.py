@@ -282,6 +282,34 @@ async def test_cache_saves_bcrypt_and_notify_drops_entries(databases: Databases)
         await close_engine(engine, pools)
 
 
+async def test_concurrent_logins_share_one_bcrypt_run(databases: Databases) -> None:
+    cfg = make_config(databases, auth={"bcrypt_cost": 10})
+    conn = await databases.connect()
+    box = await make_vaultbox(databases, "herd@vault.test", password="pw")
+    await credentials.set_password(conn, "imap", box.username, hash_password("herd-pw", 10))
+    engine, pools = await open_engine(cfg)
+    runs: list[str] = []
+    verify = engine._bcrypt.verify
+
+    async def counted(password: str, stored: str | None) -> bool:
+        runs.append(password)
+        return await verify(password, stored)
+
+    engine._bcrypt.verify = counted  # type: ignore[method-assign]
+    try:
+        logins = [engine.authenticate(box.username, "herd-pw", service="imap") for _ in range(5)]
+        wrong = [engine.authenticate(box.username, "not-it", service="imap") for _ in range(3)]
+        results = await asyncio.gather(*logins, *wrong, return_exceptions=True)
+        assert all(r.vaultbox_id == box.vaultbox.id for r in results[:5])  # type: ignore[union-attr]
+        assert all(isinstance(r, AuthFailed) for r in results[5:]), results[5:]
+        # one run for the right password, one for the wrong one, whatever the number of logins
+        assert sorted(runs) == ["herd-pw", "not-it"]
+        assert not engine._verifying
+    finally:
+        await conn.close()
+        await close_engine(engine, pools)
+
+
 async def test_database_outage_is_unavailable(databases: Databases) -> None:
     """A pool whose server went away answers AuthUnavailable, never AuthFailed."""
     cfg = make_config(databases)

@@ -63,6 +63,8 @@ class AuthEngine:
         self._secret = new_secret()
         self._verified = VerificationCache(self._auth.cache_size)
         self._refused = VerificationCache(self._auth.cache_size)
+        # bcrypt runs under way, by the fingerprint of what they check (_verify_once)
+        self._verifying: dict[bytes, asyncio.Future[bool]] = {}
         self._throttle = Throttle(self._auth)
         self._bcrypt = BcryptVerifier(
             workers=self._auth.bcrypt_workers,
@@ -153,7 +155,9 @@ class AuthEngine:
         refused_key = fingerprint(self._secret, "refused", state, credential, verified_key.hex())
         if self._refused.hit(refused_key):
             raise _Refused(f"{_REASONS[state]} (cached)")
-        matched = await self._verify(password, row.password_hash if row is not None else None)
+        matched = await self._verify_once(
+            verified_key, password, row.password_hash if row is not None else None
+        )
         if row is None or not row.live or not matched:
             reason = _REASONS[state] if state != "live" else "password mismatch"
             self._refused.add(refused_key, self._auth.negative_cache_ttl, username, None)
@@ -161,6 +165,23 @@ class AuthEngine:
         ttl = self._auth.motorical_cache_ttl if row.kind == "motorblock" else self._auth.cache_ttl
         self._verified.add(verified_key, ttl, username, row.vaultbox_id)
         return self._principal(row)
+
+    async def _verify_once(self, key: bytes, password: str, password_hash: str | None) -> bool:
+        """`_verify`, shared by the logins that check the same password against the same
+        credential row and hash at the same time (`key`, their fingerprint): a client that
+        opens several connections at once, or many sessions of one user reconnecting, costs
+        one bcrypt run instead of one each (the cache only helps once one has ended)."""
+        running = self._verifying.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._verify(password, password_hash))
+            self._verifying[key] = running
+            running.add_done_callback(lambda done: self._verified_by(key, done))
+        return await asyncio.shield(running)
+
+    def _verified_by(self, key: bytes, done: asyncio.Future[bool]) -> None:
+        self._verifying.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too: every waiter may have gone
 
     async def _verify(self, password: str, password_hash: str | None) -> bool:
         try:

@@ -39,7 +39,6 @@ log = get_logger(__name__)
 CHANNEL = "encimap_mailbox"
 NEW, FLAGS, EXPUNGE, RESYNC = "new", "flags", "expunge", "resync"
 NAMES = "names"  # mailboxes created, deleted or renamed, or subscriptions changed
-_MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
 _BARRIER_TIMEOUT = 5.0  # seconds a barrier waits for the LISTEN connection before giving up
 
 
@@ -51,22 +50,6 @@ class Event:
     uids: frozenset[int] | None = None  # FLAGS/EXPUNGE; None means "unknown: resync"
     origin: str = ""
     vaultbox_id: str = ""
-
-
-def encode_ranges(uids: Iterable[int]) -> str:
-    ordered = sorted(set(uids))
-    ranges: list[str] = []
-    start = prev = None
-    for uid in ordered:
-        if prev is not None and uid == prev + 1:
-            prev = uid
-            continue
-        if start is not None:
-            ranges.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = uid
-    if start is not None:
-        ranges.append(str(start) if start == prev else f"{start}-{prev}")
-    return ",".join(ranges)
 
 
 def decode_ranges(text: str) -> frozenset[int]:
@@ -89,11 +72,15 @@ async def publish_change(
     origin: str,
     uids: Iterable[int],
 ) -> None:
-    ranges = encode_ranges(uids)
-    if len(ranges) > _MAX_PAYLOAD:
-        ranges = "*"
+    """NOTIFY a flag change or expunge (`encimap_publish_change`, sql/encimap/repeatable/
+    36_mailbox_events.sql, which STORE and EXPUNGE call from the statement that writes)."""
     await db.execute(
-        "SELECT pg_notify($1, $2)", CHANNEL, f"{vaultbox_id}:{mailbox_id}:{kind}:{origin}:{ranges}"
+        "SELECT encimap_publish_change($1, $2, $3, $4, $5::bigint[])",
+        vaultbox_id,
+        mailbox_id,
+        kind,
+        origin,
+        sorted(set(uids)),
     )
 
 
@@ -177,20 +164,24 @@ class Listener:
 
         return unsubscribe
 
-    async def barrier(self) -> None:
-        """Return once every notification committed before this call has been dispatched.
+    def barrier(self) -> asyncio.Future[None]:
+        """A future done once every notification committed before this call has been
+        dispatched: a caller may start the barrier, do its own work, then await it.
 
         A commit signals the listening backend before the committer hears of it, and that
         backend sends pending notifications before it answers a later query: so one round
         trip on the LISTEN connection started after this call is enough. Concurrent callers
         share the next round trip."""
+        loop = asyncio.get_running_loop()
         if self._connection is None:
-            return
+            done = loop.create_future()
+            done.set_result(None)
+            return done
         if self._round is None:
-            self._round = asyncio.get_running_loop().create_future()
+            self._round = loop.create_future()
             if self._barriers is None or self._barriers.done():
                 self._barriers = asyncio.create_task(self._run_barriers(), name="events-barrier")
-        await asyncio.shield(self._round)
+        return asyncio.shield(self._round)
 
     async def _run_barriers(self) -> None:
         while self._round is not None:

@@ -194,11 +194,17 @@ async def unsubscribe(db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin
 
 async def claim_recent(db: Executor, mailbox_id: int, up_to_uid: int) -> int:
     """Make the messages up to `up_to_uid` recent to the calling session if no session has
-    had them as recent yet; returns the first UID it got (those from it on are its recent)."""
+    had them as recent yet; returns the first UID it got (those from it on are its recent).
+
+    The row is locked only when there is something to claim (a claim waits for the writers
+    of the mailbox, which hold its row until they commit), and FOR NO KEY UPDATE does not
+    wait for inserts that only reference the mailbox; the condition is checked again on the
+    row as it is once locked."""
     row = await db.fetchrow(
         """UPDATE mailboxes m SET first_recent_uid = $2 + 1
-             FROM (SELECT id, first_recent_uid FROM mailboxes WHERE id = $1 FOR UPDATE) old
-            WHERE m.id = old.id AND old.first_recent_uid <= $2
+             FROM (SELECT id, first_recent_uid FROM mailboxes
+                    WHERE id = $1 AND first_recent_uid <= $2 FOR NO KEY UPDATE) old
+            WHERE m.id = old.id
            RETURNING old.first_recent_uid""",
         mailbox_id,
         up_to_uid,

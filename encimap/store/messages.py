@@ -11,8 +11,9 @@ increasing order (an IMAP client never sees a lower UID appear after a higher on
 Writers lock the mailboxes they change before any message row (`lock_mailboxes`, the lock
 order of sql/encimap/repeatable/35_message_counters.sql, whose triggers keep the mailbox and
 vaultbox counters): two writers of one mailbox queue on its row instead of deadlocking on its
-messages. UID sets travel as ranges (`encimap.store.uidsets`), so no plan grows with the square
-of the mailbox.
+messages. STORE and EXPUNGE are one function call each (repeatable/36_mailbox_events.sql), so
+they hold that lock only while PostgreSQL runs them, never across a round trip. UID sets
+travel as ranges (`encimap.store.uidsets`), so no plan grows with the square of the mailbox.
 
 Every change publishes a NOTIFY on `encimap_mailbox` in the same transaction (delivered on
 commit), so other sessions learn about it without polling; see `encimap.store.events`.
@@ -266,20 +267,6 @@ def _info_values(info: mimeinfo.MessageInfo) -> list[object]:
     return [columns[name] for name in INFO_COLUMNS]
 
 
-_FLAG_CHANGE = {
-    # (new value, condition under which a row changes)
-    "add": (
-        "ARRAY(SELECT DISTINCT f FROM unnest(t.flags || $4::text[]) f ORDER BY f)",
-        "NOT t.flags @> $4::text[]",
-    ),
-    "remove": (
-        "ARRAY(SELECT f FROM unnest(t.flags) f WHERE f <> ALL($4::text[]) ORDER BY f)",
-        "t.flags && $4::text[]",
-    ),
-    "replace": ("$4::text[]", "NOT (t.flags @> $4::text[] AND t.flags <@ $4::text[])"),
-}
-
-
 @dataclass(frozen=True)
 class Stored:
     changed: list[tuple[int, list[str], int]]  # (uid, new flags, new modseq), UID order
@@ -301,41 +288,25 @@ async def store_flags(
     mod-sequence, and those that failed the UNCHANGEDSINCE test (not changed) if one is given.
 
     Rows that already have the wanted flags are not written (nor reported, as Dovecot does),
-    so a repeated `STORE +FLAGS` costs no writes. The test and the change happen under the
-    mailbox lock, so no other writer changes a message in between.
+    so a repeated `STORE +FLAGS` costs no writes. One statement (`encimap_store_flags`,
+    sql/encimap/repeatable/36_mailbox_events.sql: lock, test UNCHANGEDSINCE, change, NOTIFY),
+    so one round trip, and no other writer changes a message between the test and the change.
     """
-    new_value, condition = _FLAG_CHANGE[mode]
-    modified: list[int] = []
-    async with conn.transaction():
-        await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
-        if unchanged_since is not None:
-            found = await conn.fetch(
-                f"""SELECT e.uid FROM {_IN_RANGES.format(columns="uid, modseq")}
-                     WHERE {modseqs.MODSEQ} > $4 ORDER BY e.uid""",  # noqa: S608 - fixed SQL
-                mailbox_id,
-                *uidsets.ranges(uids),
-                unchanged_since,
-            )
-            modified = [row["uid"] for row in found]
-            if modified:
-                gone = set(modified)
-                uids = [uid for uid in uids if uid not in gone]
-        rows = []
-        if uids:
-            rows = await conn.fetch(
-                f"""UPDATE encrypted_emails t SET flags = {new_value}
-                     WHERE {_CHOSEN} AND {condition}
-                    RETURNING t.uid, t.flags, t.modseq""",  # noqa: S608 - fixed SQL fragments only
-                mailbox_id,
-                *uidsets.ranges(uids),
-                sorted(set(flags)),
-            )
-        if rows:
-            await events.publish_change(
-                conn, vaultbox_id, mailbox_id, events.FLAGS, origin, [row["uid"] for row in rows]
-            )
-    changed = sorted((row["uid"], list(row["flags"]), row["modseq"]) for row in rows)
-    return Stored(changed, modified)
+    rows = await conn.fetch(
+        """SELECT uid, flags, modseq, modified
+             FROM encimap_store_flags($1, $2, $3, $4, $5, $6, $7, $8)""",
+        vaultbox_id,
+        mailbox_id,
+        *uidsets.ranges(uids),
+        mode,
+        sorted(set(flags)),
+        origin,
+        unchanged_since,
+    )
+    changed = sorted(
+        (row["uid"], list(row["flags"]), row["modseq"]) for row in rows if not row["modified"]
+    )
+    return Stored(changed, sorted(row["uid"] for row in rows if row["modified"]))
 
 
 async def expunge(
@@ -346,28 +317,18 @@ async def expunge(
     origin: str,
     uids: Sequence[int] | None = None,
 ) -> list[int]:
-    """Delete the messages flagged \\Deleted (only among `uids` when given); their UIDs."""
-    async with conn.transaction():
-        await lock_mailboxes(conn, vaultbox_id, [mailbox_id])
-        if uids is None:
-            # The partial index encrypted_emails_deleted_idx holds exactly these rows.
-            rows = await conn.fetch(
-                r"""DELETE FROM encrypted_emails
-                     WHERE mailbox_id = $1 AND flags @> ARRAY['\Deleted'] RETURNING uid""",
-                mailbox_id,
-            )
-        else:
-            rows = await conn.fetch(
-                rf"""DELETE FROM encrypted_emails t
-                      WHERE {_CHOSEN} AND t.flags @> ARRAY['\Deleted']
-                     RETURNING t.uid""",  # noqa: S608
-                mailbox_id,
-                *uidsets.ranges(uids),
-            )
-        gone = sorted(row["uid"] for row in rows)
-        if gone:
-            await events.publish_change(conn, vaultbox_id, mailbox_id, events.EXPUNGE, origin, gone)
-    return gone
+    """Delete the messages flagged \\Deleted (only among `uids` when given); their UIDs.
+    One statement, as `store_flags` (`encimap_expunge`)."""
+    lows, highs = (None, None) if uids is None else uidsets.ranges(uids)
+    rows = await conn.fetch(
+        "SELECT encimap_expunge AS uid FROM encimap_expunge($1, $2, $3, $4, $5)",
+        vaultbox_id,
+        mailbox_id,
+        lows,
+        highs,
+        origin,
+    )
+    return sorted(row["uid"] for row in rows)
 
 
 async def copy_messages(

@@ -7,6 +7,7 @@ preference), so nothing in plaintext is stored; without a usable key the APPEND 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,7 +20,7 @@ from encimap.imap.parser import Reader
 from encimap.imap.session import Session, no
 from encimap.logs import get_logger
 from encimap.mime import EncryptionResult
-from encimap.store import certificates, mailboxes, messages, openpgp_keys, vaultboxes
+from encimap.store import NotFound, mailboxes, messages, recipients
 
 log = get_logger(__name__)
 
@@ -82,24 +83,32 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
             budget -= len(message.data)
     if not all(message.data for message in appended):
         raise no("Empty message")
-    stored = [await _encrypted(session, message.data) for message in appended]
-    if await quota.over_quota(session, len(stored), sum(len(r.message) for r in stored)):
+    recipient = await recipients.recipient_by_id(pool, owner)
+    if recipient is None:
+        raise NotFound(f"no vaultbox {owner}")
+    keys = _keys(session, recipient)
+    stored = [await _encrypted(keys, message.data) for message in appended]
+    if quota.over_quota(recipient, len(stored), sum(len(r.message) for r in stored)):
         raise no("[OVERQUOTA] The vaultbox is full")
-    async with pool.acquire() as conn, conn.transaction():  # all of them or none (RFC 3502)
-        inserted = [
-            await messages.insert_message(
-                conn,
-                vaultbox_id=owner,
-                mailbox_id=mailbox.id,
-                body=result.message,
-                flags=message.flags,
-                internal_date=message.internal_date,
-                subject_encrypted=result.subject_encrypted,
-                encryption_method=result.algorithm or "none",
-                certificate_fingerprints=result.recipient_fingerprints,
-            )
-            for message, result in zip(appended, stored, strict=True)
-        ]
+    async with pool.acquire() as conn:
+        # All of them or none (RFC 3502); one message is one statement, its own transaction
+        # (no BEGIN and COMMIT round trips while its mailbox is locked).
+        several = conn.transaction() if len(stored) > 1 else contextlib.nullcontext()
+        async with several:
+            inserted = [
+                await messages.insert_message(
+                    conn,
+                    vaultbox_id=owner,
+                    mailbox_id=mailbox.id,
+                    body=result.message,
+                    flags=message.flags,
+                    internal_date=message.internal_date,
+                    subject_encrypted=result.subject_encrypted,
+                    encryption_method=result.algorithm or "none",
+                    certificate_fingerprints=result.recipient_fingerprints,
+                )
+                for message, result in zip(appended, stored, strict=True)
+            ]
     if session.selected is not None and session.selected.mailbox.id == mailbox.id:
         session.selected.expect_new()
     for row, result in zip(inserted, stored, strict=True):
@@ -115,30 +124,25 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     return f"OK [APPENDUID {inserted[0].uidvalidity} {uids}] Append completed."
 
 
-async def _encrypted(session: Session, data: bytes) -> EncryptionResult:
-    pool = session.server.pool
-    vaultbox = await vaultboxes.vaultbox_by_id(pool, vaultbox_id(session))
-    stored = await certificates.public_certificates(pool, vaultbox.id)
-    stored_keys = await openpgp_keys.keys_of(pool, vaultbox.id)
-    preference = await openpgp_keys.preference_of(pool, vaultbox.id)
+def _keys(session: Session, recipient: recipients.Recipient) -> encryption.Keys:
+    """What the vaultbox's messages are encrypted with (as delivery chooses them)."""
+    vaultbox = recipient.vaultbox
     config = session.server.config.smime
     mismatch = config.allow_address_mismatch
-    keys = encryption.choose(
+    return encryption.choose(
         smime.usable_certificates(
-            [certificate.pem_content for certificate in stored],
-            vaultbox.address,
-            allow_address_mismatch=mismatch,
+            list(recipient.certificates), vaultbox.address, allow_address_mismatch=mismatch
         ),
         openpgp.usable_keys(
-            [key.armored_key for key in stored_keys],
-            vaultbox.address,
-            allow_address_mismatch=mismatch,
+            list(recipient.openpgp_keys), vaultbox.address, allow_address_mismatch=mismatch
         ),
-        preference,
+        recipient.key_preference,
         vaultbox.limits,
         config,
     )
 
+
+async def _encrypted(keys: encryption.Keys, data: bytes) -> EncryptionResult:
     def encrypt() -> EncryptionResult:
         return encryption.encrypt(data, keys)
 

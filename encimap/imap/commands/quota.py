@@ -9,7 +9,7 @@ from encimap.imap.commands import AUTHENTICATED, command, rev2
 from encimap.imap.commands.mailbox import existing_mailbox, vaultbox_id
 from encimap.imap.parser import Reader
 from encimap.imap.session import Session, no
-from encimap.store import vaultboxes
+from encimap.store import recipients, vaultboxes
 
 ROOT = ""
 
@@ -31,17 +31,14 @@ async def _resources(session: Session) -> list[str]:
     return found
 
 
-async def over_quota(session: Session, adding: int, size: int) -> bool:
-    """Whether `adding` more messages of `size` bytes in all would exceed a limit."""
-    pool = session.server.pool
-    vaultbox = await vaultboxes.vaultbox_by_id(pool, vaultbox_id(session))
-    max_bytes = vaultboxes.limit(vaultbox.limits, "max_bytes")
-    max_messages = vaultboxes.limit(vaultbox.limits, "max_messages")
-    if max_bytes is None and max_messages is None:
-        return False
-    used = await vaultboxes.usage(pool, vaultbox.id)
-    return (max_messages is not None and used.messages + adding > max_messages) or (
-        max_bytes is not None and used.bytes + size > max_bytes
+def over_quota(recipient: recipients.Recipient, adding: int, size: int) -> bool:
+    """Whether `adding` more messages of `size` bytes in all would exceed a limit (the usage
+    is the vaultbox's counters, read with it when it has a quota)."""
+    limits = recipient.vaultbox.limits
+    max_bytes = vaultboxes.limit(limits, "max_bytes")
+    max_messages = vaultboxes.limit(limits, "max_messages")
+    return (max_messages is not None and recipient.messages + adding > max_messages) or (
+        max_bytes is not None and recipient.bytes + size > max_bytes
     )
 
 

@@ -58,6 +58,11 @@ GRANT EXECUTE ON FUNCTION encimap_insert_message(uuid, bigint, text, bytea, text
     timestamptz, text, text, text, text, text, text, text[], text, text, text, jsonb,
     timestamptz, jsonb) TO encimap_intake, encimap_imap;
 GRANT EXECUTE ON FUNCTION encimap_lock_mailboxes(uuid, bigint[]) TO encimap_imap;
+GRANT EXECUTE ON FUNCTION encimap_publish_change(uuid, bigint, text, text, bigint[])
+    TO encimap_imap;
+GRANT EXECUTE ON FUNCTION encimap_store_flags(uuid, bigint, bigint[], bigint[], text, text[],
+    text, bigint) TO encimap_imap;
+GRANT EXECUTE ON FUNCTION encimap_expunge(uuid, bigint, bigint[], bigint[], text) TO encimap_imap;
 
 -- Whether the schema is current (`encimap db migrate` with nothing to do only reads these).
 GRANT SELECT ON schema_migrations, schema_repeatables TO encimap_auth, encimap_intake, encimap_imap;
