@@ -98,8 +98,10 @@ class IntakeConfig:
     max_connections: int = 200
     max_connections_per_ip: int = 100
     # RCPT lookups kept between deliveries (dropped at once on any vaultbox or certificate
-    # change, announced over LISTEN/NOTIFY); at most this old in any case. 0 = look up every time.
-    recipient_cache_seconds: float = 60.0
+    # change, announced over LISTEN/NOTIFY); at most this old in any case (a bound only for
+    # changes made with triggers disabled), long enough that a vaultbox receiving mail every
+    # few minutes is served from the cache. 0 = look up every time.
+    recipient_cache_seconds: float = 300.0
     # Addresses (and parsed certificates) kept by those caches; the least recently used go
     # first. Above the number of vaultboxes that receive mail, every repeat RCPT is a hit.
     recipient_cache_size: int = PREPARED_CERTIFICATES
