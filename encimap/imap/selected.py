@@ -139,14 +139,9 @@ class Selected:
         """UIDs of the messages a sequence-number set names (an empty mailbox names none)."""
         if sequence.saved:
             return list(self.saved)
-        if not self.uids:
-            return []
-        chosen: set[int] = set()
-        for low, high in sequence.resolve(len(self.uids)):
-            if low > len(self.uids):
-                continue
-            chosen.update(self.uids[low - 1 : min(high, len(self.uids))])
-        return sorted(chosen)
+        count = len(self.uids)
+        spans = [(max(low - 1, 0), min(high, count)) for low, high in sequence.resolve(count)]
+        return self._slices(spans)
 
     def by_uid(self, sequence: SequenceSet) -> list[int]:
         """Existing UIDs within a UID set ("*" is the highest UID in the mailbox)."""
@@ -154,31 +149,50 @@ class Selected:
             return list(self.saved)
         if not self.uids:
             return []
-        chosen: list[int] = []
-        for low, high in sequence.resolve(self.uids[-1]):
-            start = bisect.bisect_left(self.uids, low)
-            stop = bisect.bisect_right(self.uids, high)
-            chosen.extend(self.uids[start:stop])
-        return sorted(set(chosen))
+        view = self.uids
+        spans = [
+            (bisect.bisect_left(view, low), bisect.bisect_right(view, high))
+            for low, high in sequence.resolve(view[-1])
+        ]
+        return self._slices(spans)
+
+    def _slices(self, spans: list[tuple[int, int]]) -> list[int]:
+        """The view's UIDs at these index spans [start, stop), ascending and once each: the
+        spans merged, then sliced from the array (no Python work per message)."""
+        chosen = array("I")
+        start = stop = 0
+        for low, high in sorted(span for span in spans if span[0] < span[1]):
+            if low > stop:
+                chosen.extend(self.uids[start:stop])
+                start = low
+            stop = max(stop, high)
+        chosen.extend(self.uids[start:stop])
+        return chosen.tolist()
 
     def runs(self, uids: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
         """`uids` (ascending, all in this view) as runs of consecutive UIDs at consecutive
-        sequence numbers: (lowest UIDs, highest UIDs, sequence numbers of the lowest)."""
+        sequence numbers: (lowest UIDs, highest UIDs, sequence numbers of the lowest).
+
+        Consecutive UIDs are at consecutive places of the view, which holds each UID once in
+        order; a stretch of `uids` is one run when its ends differ by its length, so halving
+        finds the runs in (runs x log n) steps, not one per message."""
         lows: list[int] = []
         highs: list[int] = []
-        seqs: list[int] = []
-        view = self.uids
-        index = -2
-        for uid in uids:
-            if highs and uid == highs[-1] + 1 and index + 1 < len(view) and view[index + 1] == uid:
-                highs[-1] = uid
-                index += 1
+        stack = [(0, len(uids))] if uids else []
+        while stack:
+            start, stop = stack.pop()
+            if uids[stop - 1] - uids[start] == stop - 1 - start:
+                if highs and highs[-1] + 1 == uids[start]:
+                    highs[-1] = uids[stop - 1]
+                else:
+                    lows.append(uids[start])
+                    highs.append(uids[stop - 1])
                 continue
-            index = bisect.bisect_left(view, uid)
-            lows.append(uid)
-            highs.append(uid)
-            seqs.append(index + 1)
-        return lows, highs, seqs
+            middle = (start + stop) // 2
+            stack.append((middle, stop))
+            stack.append((start, middle))
+        view = self.uids
+        return lows, highs, [bisect.bisect_left(view, low) + 1 for low in lows]
 
     def is_sequence_valid(self, sequence: SequenceSet) -> bool:
         """Numbers beyond the last message are an error; a range ending in "*" never is
