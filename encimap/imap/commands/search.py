@@ -100,5 +100,5 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
         session.untagged(context.response(tag, numbers, options, by_uid=by_uid, modseq=modseq))
     elif program.return_options is None:
         tail = f" (MODSEQ {modseq})" if modseq is not None else ""
-        session.untagged("SEARCH" + "".join(f" {n}" for n in numbers) + tail)
+        session.untagged(" ".join(["SEARCH", *map(str, numbers)]) + tail)
     return "OK Search completed."

@@ -75,7 +75,7 @@ async def _sort(session: Session, tag: str, reader: Reader, *, by_uid: bool) -> 
             context.start(session, tag, key, order, by_uid=by_uid, sort_keys=order, sorter=sorter)
         session.untagged(context.response(tag, numbers, options, by_uid=by_uid))
     else:
-        session.untagged("SORT" + "".join(f" {n}" for n in numbers))
+        session.untagged(" ".join(["SORT", *map(str, numbers)]))
     return "OK Sort completed."
 
 
