@@ -107,8 +107,6 @@ class Session:
         self._interruptible = False  # waiting for the client between commands (or in IDLE)
         # NOTIFY's notification set (encimap.imap.commands.notify.Notify) while one is set
         self.notify: Any = None
-        # The events barrier started when the command in progress arrived (after_command)
-        self._barrier: asyncio.Future[None] | None = None
 
     @property
     def waiting(self) -> bool:
@@ -365,9 +363,6 @@ class Session:
         try:
             raw, stray_nul = await self.read_command()
             self.commands += 1
-            # What other sessions committed before the command arrived is reported with its
-            # reply: the round trip that ensures it runs while the command does.
-            self._barrier = self.server.listener.barrier() if self.selected is not None else None
             tag = parser.guess_tag(raw)
             if stray_nul:
                 raise bad("NUL byte in command")
@@ -409,12 +404,14 @@ class Session:
 
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
-        every change committed before the command arrived, whatever the NOTIFY timing."""
+        every change committed before the command ended, whatever the NOTIFY timing: the
+        barrier starts only now, so the session's own changes have been dispatched too before
+        anything is read (a read shared with other sessions is valid until the mailbox's next
+        event: encimap.imap.shared)."""
         notify = self.notify
-        barrier, self._barrier = self._barrier, None
         if self.selected is not None:
             await self.selected.before_sync()
-            await (barrier if barrier is not None else self.server.listener.barrier())
+            await self.server.listener.barrier()
             if notify is not None:
                 lines = await notify.report_selected(self, expunge_ok=expunge_ok)
             else:
