@@ -50,14 +50,19 @@ def test_uid_and_sequence_sets_name_what_they_did(uids, chosen):
 
 
 @given(views, st.data())
-def test_runs_are_the_maximal_stretches_of_consecutive_uids(uids, data):
+def test_runs_are_the_maximal_stretches_of_consecutive_uids_recent_or_not(uids, data):
+    """Each run names consecutive UIDs at consecutive sequence numbers, all \\Recent to the
+    session or none, and no two neighbouring runs could be one."""
     selected = _selected(uids)
-    subset = sorted(data.draw(st.sets(st.sampled_from(uids)) if uids else st.just(set())))
-    lows, highs, seqs = selected.runs(subset)
-    expected: list[tuple[int, int, int]] = []
+    pick = st.sets(st.sampled_from(uids)) if uids else st.just(set())
+    subset = sorted(data.draw(pick))
+    selected.recent = data.draw(pick)
+    expected: list[tuple[int, int, int, bool]] = []
     for uid in subset:
-        if expected and expected[-1][1] + 1 == uid:
-            expected[-1] = (expected[-1][0], uid, expected[-1][2])
+        seq, recent = bisect.bisect_left(uids, uid) + 1, uid in selected.recent
+        last = expected[-1] if expected else None
+        if last and last[1] + 1 == uid and last[3] == recent:
+            expected[-1] = (last[0], uid, last[2], recent)
         else:
-            expected.append((uid, uid, bisect.bisect_left(uids, uid) + 1))
-    assert list(zip(lows, highs, seqs, strict=True)) == expected
+            expected.append((uid, uid, seq, recent))
+    assert list(zip(*selected.runs(subset), strict=True)) == expected

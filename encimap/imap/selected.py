@@ -23,6 +23,28 @@ _claimed: dict[tuple[int, int, int], int] = {}
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
+def stretches(uids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Ascending, distinct `uids` as stretches of consecutive numbers: (lowest, highest) of
+    each. A stretch is one when its ends differ by its length, so halving finds them in
+    (stretches x log n) steps, not one per number."""
+    lows: list[int] = []
+    highs: list[int] = []
+    stack = [(0, len(uids))] if uids else []
+    while stack:
+        start, stop = stack.pop()
+        if uids[stop - 1] - uids[start] == stop - 1 - start:
+            if highs and highs[-1] + 1 == uids[start]:
+                highs[-1] = uids[stop - 1]
+            else:
+                lows.append(uids[start])
+                highs.append(uids[stop - 1])
+            continue
+        middle = (start + stop) // 2
+        stack.append((middle, stop))
+        stack.append((start, middle))
+    return lows, highs
+
+
 class Observer(Protocol):
     """Told of every message of the view that arrives, changes flags or goes (the SEARCH and
     SORT results kept current, encimap.imap.commands.context)."""
@@ -169,30 +191,35 @@ class Selected:
         chosen.extend(self.uids[start:stop])
         return chosen.tolist()
 
-    def runs(self, uids: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+    def runs(self, uids: Sequence[int]) -> tuple[list[int], list[int], list[int], list[bool]]:
         """`uids` (ascending, all in this view) as runs of consecutive UIDs at consecutive
-        sequence numbers: (lowest UIDs, highest UIDs, sequence numbers of the lowest).
-
-        Consecutive UIDs are at consecutive places of the view, which holds each UID once in
-        order; a stretch of `uids` is one run when its ends differ by its length, so halving
-        finds the runs in (runs x log n) steps, not one per message."""
+        sequence numbers, each wholly \\Recent to this session or not: (lowest UIDs, highest
+        UIDs, sequence numbers of the lowest, recent)."""
         lows: list[int] = []
         highs: list[int] = []
-        stack = [(0, len(uids))] if uids else []
-        while stack:
-            start, stop = stack.pop()
-            if uids[stop - 1] - uids[start] == stop - 1 - start:
-                if highs and highs[-1] + 1 == uids[start]:
-                    highs[-1] = uids[stop - 1]
+        seqs: list[int] = []
+        recent: list[bool] = []
+        recent_lows, recent_highs = stretches(sorted(self.recent))
+        index = 0  # the first recent stretch that does not end before the piece
+        for low, high in zip(*stretches(uids), strict=True):
+            seq = bisect.bisect_left(self.uids, low) + 1
+            while low <= high:
+                while index < len(recent_highs) and recent_highs[index] < low:
+                    index += 1
+                inside = index < len(recent_lows) and recent_lows[index] <= low
+                if inside:
+                    end = min(high, recent_highs[index])
+                elif index < len(recent_lows):
+                    end = min(high, recent_lows[index] - 1)
                 else:
-                    lows.append(uids[start])
-                    highs.append(uids[stop - 1])
-                continue
-            middle = (start + stop) // 2
-            stack.append((middle, stop))
-            stack.append((start, middle))
-        view = self.uids
-        return lows, highs, [bisect.bisect_left(view, low) + 1 for low in lows]
+                    end = high
+                lows.append(low)
+                highs.append(end)
+                seqs.append(seq)
+                recent.append(inside)
+                seq += end - low + 1
+                low = end + 1
+        return lows, highs, seqs, recent
 
     def is_sequence_valid(self, sequence: SequenceSet) -> bool:
         """Numbers beyond the last message are an error; a range ending in "*" never is

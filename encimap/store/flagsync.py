@@ -64,7 +64,9 @@ async def summary(db: Executor, mailbox_id: int) -> Summary:
 # Response items FETCH (UID FLAGS) may name, rendered by PostgreSQL.
 _ITEM_SQL = {
     "UID": "'UID ' || e.uid",
-    "FLAGS": "'FLAGS (' || array_to_string(e.flags, ' ') || ')'",
+    # \\Recent is the session's (run.recent), last, as Selected.flags puts it
+    "FLAGS": "'FLAGS (' || array_to_string(CASE WHEN run.recent THEN e.flags || '\\Recent'::text"
+    " ELSE e.flags END, ' ') || ')'",
     "MODSEQ": f"'MODSEQ (' || {modseqs.MODSEQ} || ')'",
 }
 
@@ -72,20 +74,22 @@ _ITEM_SQL = {
 async def flag_responses(
     db: Executor,
     mailbox_id: int,
-    runs: tuple[Sequence[int], Sequence[int], Sequence[int]],
+    runs: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[bool]],
     items: Sequence[str],
 ) -> bytes:
     """`* n FETCH (UID u FLAGS (...))` lines, CRLF-terminated, for the messages in `runs`:
-    (lowest UIDs, highest UIDs, sequence numbers of the lowest), each run naming consecutive
-    UIDs at consecutive sequence numbers; `items` is an ordering of UID, FLAGS and MODSEQ. Messages
-    no longer stored are left out."""
+    (lowest UIDs, highest UIDs, sequence numbers of the lowest, whether the run's messages are
+    \\Recent to the session), each run naming consecutive UIDs at consecutive sequence
+    numbers; `items` is an ordering of UID, FLAGS and MODSEQ. Messages no longer stored are
+    left out."""
     rendered = " || ' ' || ".join(_ITEM_SQL[item] for item in items)
     # without MODSEQ the rows come from the index alone (its INCLUDE has the flags)
     columns = "uid, flags, modseq" if "MODSEQ" in items else "uid, flags"
     data = await db.fetchval(
         f"""SELECT string_agg('* ' || (run.seq + e.uid - run.lo) || ' FETCH ('
                               || {rendered} || E')\\r\\n', '' ORDER BY e.uid)
-              FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS run(lo, hi, seq)
+              FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::boolean[])
+                   AS run(lo, hi, seq, recent)
              CROSS JOIN LATERAL (
                    SELECT {columns} FROM encrypted_emails
                     WHERE mailbox_id = $1 AND uid BETWEEN run.lo AND run.hi OFFSET 0) AS e""",  # noqa: S608

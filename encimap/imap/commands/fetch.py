@@ -127,11 +127,9 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
         seen = stored.changed
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
-    if all(
-        item.name in _FLAG_SYNC and item.section is None for item in items
-    ) and selected.recent.isdisjoint(uids):  # \Recent is the session's, not in the database
+    if all(item.name in _FLAG_SYNC and item.section is None for item in items):
         # A flag resync (`UID FETCH 1:* (UID FLAGS)`): rendered by PostgreSQL, no object
-        # per message.
+        # per message (\Recent, the session's, comes with the runs).
         runs = selected.runs(uids)
         names = [item.name for item in items]
         session.send(
