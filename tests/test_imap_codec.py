@@ -7,6 +7,7 @@ import pytest
 from encimap import mimeinfo
 from encimap.imap import parser, wire
 from encimap.imap.cache import MessageCache
+from encimap.imap.commands import fetch
 from encimap.store import search as keys
 from tests.imap_corpus import NESTED
 
@@ -109,3 +110,23 @@ def test_part_offsets_slice_the_stored_bytes():
     )
     assert NESTED[parts["3"].body_start : parts["3"].end].startswith(b"From: inner@example.org")
     assert NESTED[parts["3.1"].body_start : parts["3.1"].end] == b"inner body"
+
+
+@pytest.mark.parametrize(
+    ("line", "may_write"),
+    [
+        (b"a FETCH 1 BODY.PEEK[]", False),
+        (b"a UID FETCH 1:* (UID FLAGS)", False),
+        (b"a FETCH 1 (RFC822.SIZE RFC822.HEADER binary.peek[1] BINARY.SIZE[1])", False),
+        (b"a FETCH 1 FULL", False),
+        (b"a FETCH 1 BODY[]", True),
+        (b"a FETCH 1 (FLAGS BODY.PEEK[HEADER] body[text])", True),
+        (b"a FETCH 1 RFC822", True),
+        (b"a FETCH 1 rfc822.text", True),
+        (b"a UID FETCH 1 BINARY[1]", True),
+    ],
+)
+def test_a_fetch_that_may_set_seen_counts_as_a_write(line, may_write):
+    """Only a FETCH that cannot set \\Seen may gather other sessions' changes while it runs
+    (Session.after_command): one that may, and reads too early, reports stale flags."""
+    assert fetch.may_set_seen(line) is may_write

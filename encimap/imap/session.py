@@ -107,6 +107,8 @@ class Session:
         self._interruptible = False  # waiting for the client between commands (or in IDLE)
         # NOTIFY's notification set (encimap.imap.commands.notify.Notify) while one is set
         self.notify: Any = None
+        # The events barrier of a command that cannot write, started when it arrived
+        self._barrier: asyncio.Future[None] | None = None
 
     @property
     def waiting(self) -> bool:
@@ -376,6 +378,8 @@ class Session:
                 raise bad(f"Unknown command {name[:40]}")
             if self.state not in command.states:
                 raise bad(f"{name} not allowed now ({self.state.value})")
+            reads_only = self.selected is not None and not command.writes(raw)
+            self._barrier = self.server.listener.barrier() if reads_only else None
             try:
                 result = await command.handler(self, tag, reader)
             except parser.ParseError as exc:
@@ -404,14 +408,18 @@ class Session:
 
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
-        every change committed before the command ended, whatever the NOTIFY timing: the
-        barrier starts only now, so the session's own changes have been dispatched too before
-        anything is read (a read shared with other sessions is valid until the mailbox's next
-        event: encimap.imap.shared)."""
+        every change committed before the command arrived, whatever the NOTIFY timing.
+
+        After a command that may have changed the mailbox, the barrier starts only now, so that
+        the session's own changes have been dispatched before anything is read: a read shared
+        with other sessions is valid until the mailbox's next event (encimap.imap.shared), and
+        one from before the session's change would report the old flags. A command that cannot
+        write started it when it arrived, so its round trip ran alongside the command."""
         notify = self.notify
+        barrier, self._barrier = self._barrier, None
         if self.selected is not None:
             await self.selected.before_sync()
-            await self.server.listener.barrier()
+            await (barrier if barrier is not None else self.server.listener.barrier())
             if notify is not None:
                 lines = await notify.report_selected(self, expunge_ok=expunge_ok)
             else:

@@ -20,12 +20,24 @@ AUTHENTICATED = frozenset({State.AUTHENTICATED, State.SELECTED})
 SELECTED = frozenset({State.SELECTED})
 
 
+def _may_write(_command: bytes) -> bool:
+    return True
+
+
+def reads_only(_command: bytes) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Command:
     handler: Handler
     states: frozenset[State]
     # RFC 3501 7.4.1: no untagged EXPUNGE after FETCH, STORE or SEARCH (UID forms allow it).
     expunge_ok: bool = True
+    # Whether this command (its whole line) may change the mailbox. One that cannot lets the
+    # session start the round trip that gathers other sessions' changes when the command
+    # arrives, overlapping it with the command's own work (Session.after_command).
+    writes: Callable[[bytes], bool] = _may_write
 
 
 COMMANDS: dict[str, Command] = {}
@@ -44,11 +56,14 @@ _BASE = (
 
 
 def command(
-    *names: str, states: frozenset[State], expunge_ok: bool = True
+    *names: str,
+    states: frozenset[State],
+    expunge_ok: bool = True,
+    writes: Callable[[bytes], bool] = _may_write,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         for name in names:
-            COMMANDS[name] = Command(handler, states, expunge_ok)
+            COMMANDS[name] = Command(handler, states, expunge_ok, writes)
         return handler
 
     return register

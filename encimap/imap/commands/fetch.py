@@ -69,6 +69,16 @@ def columns_for(items: Sequence[FetchItem]) -> set[str]:
     return columns
 
 
+# What in a FETCH line may set \\Seen (sets_seen): a body section not PEEKed, RFC822,
+# RFC822.TEXT. A line that might is taken as one that writes; one that cannot, as reading only.
+_MAY_SET_SEEN = re.compile(rb"(?:BODY|BINARY)\[|RFC822(?!\.HEADER|\.SIZE)", re.IGNORECASE)
+
+
+def may_set_seen(command: bytes) -> bool:
+    """Whether a FETCH command line may set \\Seen (change the mailbox)."""
+    return _MAY_SET_SEEN.search(command) is not None
+
+
 def sets_seen(items: Sequence[FetchItem]) -> bool:
     """RFC 3501 6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen; so does
     BINARY[...] (RFC 3516 4.1), not BINARY.SIZE."""
@@ -79,12 +89,12 @@ def sets_seen(items: Sequence[FetchItem]) -> bool:
     )
 
 
-@command("FETCH", states=SELECTED, expunge_ok=False)
+@command("FETCH", states=SELECTED, expunge_ok=False, writes=may_set_seen)
 async def fetch(session: Session, _tag: str, reader: Reader) -> str:
     return await _fetch(session, reader, by_uid=False)
 
 
-@command("UID FETCH", states=SELECTED)
+@command("UID FETCH", states=SELECTED, writes=may_set_seen)
 async def uid_fetch(session: Session, _tag: str, reader: Reader) -> str:
     return await _fetch(session, reader, by_uid=True)
 
