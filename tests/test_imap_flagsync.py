@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from encimap.imap.commands import fetch
 from encimap.store import flagsync, mailboxes, messages
 from tests.imap_support import imap_config, login, make_box, ports, running_imap
 
@@ -47,7 +48,11 @@ async def _fill(databases, box) -> int:
         await conn.close()
 
 
-async def test_select_and_flag_resync_of_a_large_mailbox(databases, cfg, tls_ca, tmp_path):
+async def test_select_and_flag_resync_of_a_large_mailbox(
+    databases, cfg, tls_ca, tmp_path, monkeypatch
+):
+    """The flag resync of the session that holds every message as \\Recent is rendered by
+    PostgreSQL too: no FETCH here reads rows one object per message (fetch._rows)."""
     box = await make_box(databases, "flagsync@example.test", tmp_path)
     inbox = await _fill(databases, box)
     present = [uid for uid in range(1, MESSAGES + 1) if uid % 7]
@@ -115,9 +120,18 @@ async def test_select_and_flag_resync_of_a_large_mailbox(databases, cfg, tls_ca,
         finally:
             await conn.close()
 
+    row_reads: list[int] = []
+
+    async def counted_rows(session, uids, columns):
+        row_reads.append(len(uids))
+        return await rows(session, uids, columns)
+
+    rows = fetch._rows
+    monkeypatch.setattr(fetch, "_rows", counted_rows)
     loop = asyncio.get_running_loop()
     async with running_imap(cfg):
         await asyncio.to_thread(client_side)
+    assert row_reads == []
 
 
 async def test_selected_mailbox_holds_four_bytes_per_message(databases, tmp_path):
