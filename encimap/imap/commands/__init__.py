@@ -24,7 +24,7 @@ def _may_write(_command: bytes) -> bool:
     return True
 
 
-def reads_only(_command: bytes) -> bool:
+def never_writes(_command: bytes) -> bool:
     return False
 
 

@@ -14,20 +14,20 @@ from encimap.imap.commands import (
     NOT_AUTHENTICATED,
     capabilities,
     command,
-    reads_only,
+    never_writes,
 )
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.session import AlreadyReplied, Disconnect, Session, State, bad, no
 
 
-@command("CAPABILITY", states=ANY, writes=reads_only)
+@command("CAPABILITY", states=ANY, writes=never_writes)
 async def capability(session: Session, _tag: str, reader: Reader) -> str:
     reader.end()
     session.untagged(f"CAPABILITY {capabilities(session)}")
     return "OK Capability completed."
 
 
-@command("NOOP", "CHECK", states=ANY, writes=reads_only)
+@command("NOOP", "CHECK", states=ANY, writes=never_writes)
 async def noop(session: Session, _tag: str, reader: Reader) -> str:
     reader.end()
     return "OK NOOP completed."
@@ -44,7 +44,7 @@ async def logout(session: Session, _tag: str, reader: Reader) -> str:
     return "OK Logout completed."
 
 
-@command("ID", states=ANY, writes=reads_only)
+@command("ID", states=ANY, writes=never_writes)
 async def identify(session: Session, _tag: str, reader: Reader) -> str:
     """RFC 2971: accept the client's fields (unused), say who we are."""
     reader.sp()

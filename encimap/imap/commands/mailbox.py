@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 from encimap.imap import listmatch, names
-from encimap.imap.commands import AUTHENTICATED, SELECTED, command, condstore, reads_only, rev2
+from encimap.imap.commands import AUTHENTICATED, SELECTED, command, condstore, never_writes, rev2
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.selected import Selected
 from encimap.imap.session import Reply, Session, State, no
@@ -230,12 +230,12 @@ def _options(reader: Reader) -> list[str]:
     return [option.upper() for option in reader.parenthesized(reader.atom)]
 
 
-@command("LIST", states=AUTHENTICATED, writes=reads_only)
+@command("LIST", states=AUTHENTICATED, writes=never_writes)
 async def list_command(session: Session, _tag: str, reader: Reader) -> str:
     return await _list(session, reader, lsub=False)
 
 
-@command("LSUB", states=AUTHENTICATED, writes=reads_only)
+@command("LSUB", states=AUTHENTICATED, writes=never_writes)
 async def lsub_command(session: Session, _tag: str, reader: Reader) -> str:
     return await _list(session, reader, lsub=True)
 
@@ -395,7 +395,7 @@ async def _status_line(session: Session, mailbox: Mailbox, items: list[str]) -> 
     return f"STATUS {rev2.wire_name(session, mailbox.name)} ({listed})"
 
 
-@command("STATUS", states=AUTHENTICATED, writes=reads_only)
+@command("STATUS", states=AUTHENTICATED, writes=never_writes)
 async def status(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
@@ -409,7 +409,7 @@ async def status(session: Session, _tag: str, reader: Reader) -> str:
     return "OK Status completed."
 
 
-@command("NAMESPACE", states=AUTHENTICATED, writes=reads_only)
+@command("NAMESPACE", states=AUTHENTICATED, writes=never_writes)
 async def namespace(session: Session, _tag: str, reader: Reader) -> str:
     reader.end()
     session.untagged(f'NAMESPACE (("" "{DELIMITER}")) NIL NIL')

@@ -5,7 +5,7 @@ delivery is refused beyond them."""
 
 from __future__ import annotations
 
-from encimap.imap.commands import AUTHENTICATED, command, reads_only, rev2
+from encimap.imap.commands import AUTHENTICATED, command, never_writes, rev2
 from encimap.imap.commands.mailbox import existing_mailbox, vaultbox_id
 from encimap.imap.parser import Reader
 from encimap.imap.session import Session, no
@@ -42,7 +42,7 @@ def over_quota(recipient: recipients.Recipient, adding: int, size: int) -> bool:
     )
 
 
-@command("GETQUOTAROOT", states=AUTHENTICATED, writes=reads_only)
+@command("GETQUOTAROOT", states=AUTHENTICATED, writes=never_writes)
 async def getquotaroot(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
@@ -56,7 +56,7 @@ async def getquotaroot(session: Session, _tag: str, reader: Reader) -> str:
     return "OK Getquotaroot completed."
 
 
-@command("GETQUOTA", states=AUTHENTICATED, writes=reads_only)
+@command("GETQUOTA", states=AUTHENTICATED, writes=never_writes)
 async def getquota(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     root = reader.astring().decode("utf-8", "replace")

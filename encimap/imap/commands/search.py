@@ -3,7 +3,15 @@ results (commands/esearch.py) and SEARCHRES's SAVE (commands/searchres.py)."""
 
 from __future__ import annotations
 
-from encimap.imap.commands import SELECTED, command, condstore, context, reads_only, rev2, searchres
+from encimap.imap.commands import (
+    SELECTED,
+    command,
+    condstore,
+    context,
+    never_writes,
+    rev2,
+    searchres,
+)
 from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
 from encimap.imap.selected import Selected
 from encimap.imap.session import Session, no
@@ -47,12 +55,12 @@ async def matching_uids(session: Session, program_key: object) -> list[int]:
     return await keys.search(session.server.pool, selected.mailbox.id, key, view)
 
 
-@command("SEARCH", states=SELECTED, expunge_ok=False, writes=reads_only)
+@command("SEARCH", states=SELECTED, expunge_ok=False, writes=never_writes)
 async def search(session: Session, tag: str, reader: Reader) -> str:
     return await _saving(session, tag, reader, by_uid=False)
 
 
-@command("UID SEARCH", states=SELECTED, writes=reads_only)
+@command("UID SEARCH", states=SELECTED, writes=never_writes)
 async def uid_search(session: Session, tag: str, reader: Reader) -> str:
     return await _saving(session, tag, reader, by_uid=True)
 

@@ -13,7 +13,7 @@ from email.header import decode_header, make_header
 from typing import Any
 
 from encimap import mimeinfo
-from encimap.imap.commands import SELECTED, command, context, reads_only
+from encimap.imap.commands import SELECTED, command, context, never_writes
 from encimap.imap.commands.search import matching_uids, resolve
 from encimap.imap.parser import ParseError, Reader, SearchProgram, parse_search
 from encimap.imap.session import Session
@@ -26,12 +26,12 @@ CRITERIA = frozenset(
 )
 
 
-@command("SORT", states=SELECTED, expunge_ok=False, writes=reads_only)
+@command("SORT", states=SELECTED, expunge_ok=False, writes=never_writes)
 async def sort(session: Session, tag: str, reader: Reader) -> str:
     return await _sort(session, tag, reader, by_uid=False)
 
 
-@command("UID SORT", states=SELECTED, writes=reads_only)
+@command("UID SORT", states=SELECTED, writes=never_writes)
 async def uid_sort(session: Session, tag: str, reader: Reader) -> str:
     return await _sort(session, tag, reader, by_uid=True)
 

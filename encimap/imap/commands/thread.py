@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from encimap.imap.commands import SELECTED, command, reads_only
+from encimap.imap.commands import SELECTED, command, never_writes
 from encimap.imap.commands.sort import (
     MessageFields,
     base_subject,
@@ -23,12 +23,12 @@ ALGORITHMS = ("REFERENCES", "ORDEREDSUBJECT")
 _MESSAGE_ID = re.compile(r"<[^<>\s]*>")
 
 
-@command("THREAD", states=SELECTED, expunge_ok=False, writes=reads_only)
+@command("THREAD", states=SELECTED, expunge_ok=False, writes=never_writes)
 async def thread(session: Session, _tag: str, reader: Reader) -> str:
     return await _thread(session, reader, by_uid=False)
 
 
-@command("UID THREAD", states=SELECTED, writes=reads_only)
+@command("UID THREAD", states=SELECTED, writes=never_writes)
 async def uid_thread(session: Session, _tag: str, reader: Reader) -> str:
     return await _thread(session, reader, by_uid=True)
 
