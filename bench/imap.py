@@ -228,6 +228,23 @@ async def bench_mailbox(
     return box, username, pem
 
 
+def serve_imap(base: Path, cluster: LocalCluster, port: int, limits: str) -> subprocess.Popen:
+    """`encimap serve imap` on the cluster's databases: plain IMAP on `port` from loopback
+    (a trusted network: LOGIN allowed), with `limits` (TOML lines) under `[imap]`."""
+    cert, key = write_self_signed(base / "tls")
+    return serve(
+        base / "encimap.toml",
+        "imap",
+        port,
+        f'[database]\nmotorical_url = "{cluster.url("motorical_db")}"\n'
+        f'encimap_url = "{cluster.url("motorical_encrypted_imap")}"\n'
+        f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
+        f'trusted_networks = ["127.0.0.0/8"]\n{limits}'
+        f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n',
+    )
+
+
 def serve(config: Path, service: str, port: int, settings: str) -> subprocess.Popen:
     """`encimap serve <service>` with `settings` as its configuration, once it listens."""
     config.write_text(settings)
@@ -283,19 +300,8 @@ def main() -> int:
         username, stored = asyncio.run(prepare(cluster, args.messages))
         sizes = [len(body) for body in stored]
         print(f"{len(stored)} S/MIME messages, median {statistics.median(sizes) / 1024:.1f} KB")
-        cert, key = write_self_signed(base / "tls")
         port = free_port()
-        server = serve(
-            base / "encimap.toml",
-            "imap",
-            port,
-            f'[database]\nmotorical_url = "{cluster.url("motorical_db")}"\n'
-            f'encimap_url = "{cluster.url("motorical_encrypted_imap")}"\n'
-            f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
-            f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
-            f'trusted_networks = ["127.0.0.0/8"]\nmax_connections_per_user = 100\n'
-            f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n',
-        )
+        server = serve_imap(base, cluster, port, "max_connections_per_user = 100\n")
         dovecot = dovecot_support.Dovecot(stored)
         dovecot.start()
         master = int((dovecot.base / "run" / "master.pid").read_text())

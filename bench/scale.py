@@ -41,12 +41,11 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from bench.imap import PASSWORD, bench_mailbox, message, serve, stop
+from bench.imap import PASSWORD, bench_mailbox, message, serve, serve_imap, stop
 from encimap import smime
 from encimap.pgcluster import LocalCluster, free_port, prepare_databases
 from encimap.store import certificates, logins, mailboxes, messages, recipients
 from encimap.store import vaultboxes as store_vaultboxes
-from encimap.tls import write_self_signed
 from tests import dovecot_support
 
 UNIQUE = 200  # real deliveries per mailbox; the rest are SQL copies of them
@@ -443,19 +442,13 @@ def main() -> int:
             f"filled {sizes} + {args.others} other vaultboxes"
             f" in {time.perf_counter() - started:.0f} s"
         )
-        cert, key = write_self_signed(base / "tls")
         port = free_port()
-        server = serve(
-            base / "encimap.toml",
-            "imap",
+        server = serve_imap(
+            base,
+            cluster,
             port,
-            f'[database]\nmotorical_url = "{cluster.url("motorical_db")}"\n'
-            f'encimap_url = "{url}"\n'
-            f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
-            f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
-            f'trusted_networks = ["127.0.0.0/8"]\nmax_connections_per_user = 20000\n'
-            f"max_connections = 20000\nmax_connections_per_ip = 20000\nmax_unauthenticated = 1000\n"
-            f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n',
+            "max_connections_per_user = 20000\nmax_connections = 20000\n"
+            "max_connections_per_ip = 20000\nmax_unauthenticated = 1000\n",
         )
         tables = {}
         for size in sizes:
