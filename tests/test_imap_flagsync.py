@@ -10,7 +10,15 @@ import pytest
 
 from encimap.imap.commands import fetch
 from encimap.store import flagsync, mailboxes, messages
-from tests.imap_support import imap_config, login, make_box, ports, running_imap
+from tests.imap_support import (
+    RawClient,
+    imap_config,
+    login,
+    make_box,
+    ports,
+    running_imap,
+    store_mail,
+)
 
 MESSAGES = 20_000
 
@@ -52,7 +60,7 @@ async def test_select_and_flag_resync_of_a_large_mailbox(
     databases, cfg, tls_ca, tmp_path, monkeypatch
 ):
     """The flag resync of the session that holds every message as \\Recent is rendered by
-    PostgreSQL too: no FETCH here reads rows one object per message (fetch._rows)."""
+    PostgreSQL too: no FETCH here reads rows one object per message (fetch.message_rows)."""
     box = await make_box(databases, "flagsync@example.test", tmp_path)
     inbox = await _fill(databases, box)
     present = [uid for uid in range(1, MESSAGES + 1) if uid % 7]
@@ -126,8 +134,8 @@ async def test_select_and_flag_resync_of_a_large_mailbox(
         row_reads.append(len(uids))
         return await rows(session, uids, columns)
 
-    rows = fetch._rows
-    monkeypatch.setattr(fetch, "_rows", counted_rows)
+    rows = fetch.message_rows
+    monkeypatch.setattr(fetch, "message_rows", counted_rows)
     loop = asyncio.get_running_loop()
     async with running_imap(cfg):
         await asyncio.to_thread(client_side)
@@ -149,3 +157,25 @@ async def test_selected_mailbox_holds_four_bytes_per_message(databases, tmp_path
     assert summary.keywords == ["$Junk"] and summary.first_unseen_uid == 1
     assert flagsync.packed_uids(edges).tolist() == [2**32 - 2, 1, 2]
     assert flagsync.packed_uids(empty).tolist() == []
+
+
+async def test_a_flag_resync_announces_a_keyword_before_naming_it(databases, cfg, tls_ca, tmp_path):
+    """Another session set a new keyword just before: the resync (rendered by PostgreSQL)
+    sends FLAGS with it before the first FETCH response that names it (RFC 3501 7.2.6)."""
+    box = await make_box(databases, "keywords@example.test", tmp_path)
+    await store_mail(databases, box, 3)
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        reader, changer = [await RawClient.connect(tls_port, tls_ca) for _ in "rc"]
+        for client in (reader, changer):
+            await client.login(box)
+            await client.command("s", "SELECT INBOX")
+        reply = await changer.command("k", "STORE 2 +FLAGS.SILENT ($Project)")
+        assert reply[-1].startswith(b"k OK"), reply
+        reply = await reader.command("f", "UID FETCH 1:* (UID FLAGS)")
+        naming = [n for n, line in enumerate(reply) if b"FETCH" in line and b"$Project" in line]
+        announcing = [n for n, line in enumerate(reply) if line.startswith(b"* FLAGS (")]
+        assert naming and announcing and announcing[0] < naming[0], reply
+        assert b"$Project" in reply[announcing[0]], reply
+        for client in (reader, changer):
+            await client.close()

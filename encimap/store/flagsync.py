@@ -76,24 +76,27 @@ async def flag_responses(
     mailbox_id: int,
     runs: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[bool]],
     items: Sequence[str],
-) -> bytes:
+) -> tuple[bytes, list[str]]:
     """`* n FETCH (UID u FLAGS (...))` lines, CRLF-terminated, for the messages in `runs`:
     (lowest UIDs, highest UIDs, sequence numbers of the lowest, whether the run's messages are
     \\Recent to the session), each run naming consecutive UIDs at consecutive sequence
     numbers; `items` is an ordering of UID, FLAGS and MODSEQ. Messages no longer stored are
-    left out."""
+    left out. With them, the mailbox's keywords as of the same snapshot: every keyword the
+    lines may name, which a client must have been told of first (Selected.announce)."""
     rendered = " || ' ' || ".join(_ITEM_SQL[item] for item in items)
     # without MODSEQ the rows come from the index alone (its INCLUDE has the flags)
     columns = "uid, flags, modseq" if "MODSEQ" in items else "uid, flags"
-    data = await db.fetchval(
-        f"""SELECT string_agg('* ' || (run.seq + e.uid - run.lo) || ' FETCH ('
-                              || {rendered} || E')\\r\\n', '' ORDER BY e.uid)
-              FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::boolean[])
-                   AS run(lo, hi, seq, recent)
-             CROSS JOIN LATERAL (
-                   SELECT {columns} FROM encrypted_emails
-                    WHERE mailbox_id = $1 AND uid BETWEEN run.lo AND run.hi OFFSET 0) AS e""",  # noqa: S608
+    row = await db.fetchrow(
+        f"""SELECT (SELECT string_agg('* ' || (run.seq + e.uid - run.lo) || ' FETCH ('
+                                      || {rendered} || E')\\r\\n', '' ORDER BY e.uid)
+                      FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::boolean[])
+                           AS run(lo, hi, seq, recent)
+                     CROSS JOIN LATERAL (
+                           SELECT {columns} FROM encrypted_emails
+                            WHERE mailbox_id = $1 AND uid BETWEEN run.lo AND run.hi
+                           OFFSET 0) AS e) AS lines,
+                   (SELECT keywords FROM mailboxes WHERE id = $1) AS keywords""",  # noqa: S608
         mailbox_id,
         *runs,
     )
-    return (data or "").encode()
+    return (row["lines"] or "").encode(), list(row["keywords"] or ())

@@ -142,13 +142,15 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
         # per message (\Recent, the session's, comes with the runs).
         runs = selected.runs(uids)
         names = [item.name for item in items]
-        session.send(
-            await flagsync.flag_responses(session.server.pool, selected.mailbox.id, runs, names)
-        )
+        pool, mailbox_id = session.server.pool, selected.mailbox.id
+        lines, keywords = await flagsync.flag_responses(pool, mailbox_id, runs, names)
+        for line in selected.announce(keywords):  # keywords another session set
+            session.send(line)
+        session.send(lines)
         return "OK Fetch completed."
     columns = columns_for(items)
     for chunk in await _chunks(session, uids, columns):
-        for data in await _rows(session, chunk, columns):
+        for data in await message_rows(session, chunk, columns):
             seq = selected.seq_of(data["uid"])
             if seq is None:
                 continue
@@ -164,7 +166,7 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
             # response (BODY[] a thousand times over) is ever built whole in memory.
             session.send(b"* %d FETCH (" % seq)
             for index, item in enumerate(items):
-                head, content = _render(item, data)
+                head, content = render(item, data)
                 session.send(head if not index else b" " + head)
                 if content is not None:
                     await session.send_large(content)
@@ -201,7 +203,9 @@ async def _chunks(session: Session, uids: list[int], columns: set[str]) -> list[
     return chunks
 
 
-async def _rows(session: Session, uids: list[int], columns: set[str]) -> list[dict[str, Any]]:
+async def message_rows(
+    session: Session, uids: list[int], columns: set[str]
+) -> list[dict[str, Any]]:
     """The rows of `uids` that still exist, from the cache where possible (never for flags or
     mod-sequences)."""
     selected = session.selected
@@ -240,7 +244,7 @@ async def complete_row(
     return data
 
 
-def _render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
+def render(item: FetchItem, row: dict[str, Any]) -> tuple[bytes, bytes | None]:
     """The item's response text, and for a literal its content (sent on its own)."""
     name = item.name
     if name in RENDERERS:

@@ -358,7 +358,7 @@ async def _list(session: Session, reader: Reader, *, lsub: bool) -> str:
             f'LIST ({" ".join(attributes)}) "{DELIMITER}" {rev2.wire_name(session, name)}{extra}'
         )
         if status_items and mailbox is not None:  # RFC 5819: after the mailbox's LIST
-            session.untagged(await _status_line(session, mailbox, status_items))
+            session.untagged(await status_line(session, mailbox, status_items))
         await session.maybe_flush()
     return "OK LIST completed."
 
@@ -374,7 +374,7 @@ def _status_items(session: Session, reader: Reader) -> list[str]:
     return items
 
 
-async def _status_line(session: Session, mailbox: Mailbox, items: list[str]) -> str:
+async def status_line(session: Session, mailbox: Mailbox, items: list[str]) -> str:
     """The STATUS response for `items` of a mailbox (STATUS, LIST RETURN (STATUS ...))."""
     counts = await mailboxes.counts(session.server.pool, mailbox.id)
     values = {
@@ -405,7 +405,7 @@ async def status(session: Session, _tag: str, reader: Reader) -> str:
     mailbox = await existing_mailbox(session, name)
     if "HIGHESTMODSEQ" in items:
         condstore.enable(session, condstore.CONDSTORE)
-    session.untagged(await _status_line(session, mailbox, items))
+    session.untagged(await status_line(session, mailbox, items))
     return "OK Status completed."
 
 

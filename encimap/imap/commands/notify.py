@@ -197,7 +197,7 @@ async def _fetch_lines(
     assert selected is not None
     items = list(items)
     lines: list[bytes] = []
-    for data in await fetch._rows(session, uids, fetch.columns_for(items)):
+    for data in await fetch.message_rows(session, uids, fetch.columns_for(items)):
         seq = selected.seq_of(data["uid"])
         if seq is None:
             continue
@@ -205,7 +205,7 @@ async def _fetch_lines(
             data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
         pieces = []
         for item in items:
-            head, content = fetch._render(item, data)
+            head, content = fetch.render(item, data)
             pieces.append(head if content is None else head + content)
         lines.append(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(pieces)))
     return lines
@@ -321,7 +321,7 @@ def _check_selected(chosen: set[str]) -> None:
 
 def status_items(wanted: frozenset[str]) -> list[str]:
     """The STATUS items that report `wanted` message events (RFC 5465 3.1, 5.2-5.3), built
-    from the STATUS command's items (HIGHESTMODSEQ where it is offered)."""
+    from the STATUS command's items."""
     items = []
     if wanted & {NEW, EXPUNGE}:
         items.append("MESSAGES")
@@ -331,7 +331,7 @@ def status_items(wanted: frozenset[str]) -> list[str]:
         items.append("UIDVALIDITY")
     if wanted & _MESSAGE_EVENTS:
         items.append("UNSEEN")
-    if FLAGS in wanted and "HIGHESTMODSEQ" in mailbox_commands._STATUS_ITEMS:
+    if FLAGS in wanted:
         items.append("HIGHESTMODSEQ")
     return items
 
@@ -349,7 +349,7 @@ async def _initial_status(session: Session, setting: Notify) -> None:
             continue
         items = status_items(setting.events_for(mailbox.name, subscribed) & _MESSAGE_EVENTS)
         if items:
-            session.untagged(await mailbox_commands._status_line(session, mailbox, items))
+            session.untagged(await mailbox_commands.status_line(session, mailbox, items))
             await session.maybe_flush()
 
 
@@ -470,7 +470,7 @@ class _Watch:
                     continue
                 key = (mailbox_id, items, session.utf8_names)  # the name as the session reads it
                 if key not in lines:
-                    text = await mailbox_commands._status_line(session, mailbox, list(items))
+                    text = await mailbox_commands.status_line(session, mailbox, list(items))
                     lines[key] = f"* {text}\r\n".encode()
                 setting.deliver(session, ("status", mailbox_id), lines[key])
             if origins == {session.id}:
