@@ -435,3 +435,30 @@ async def test_names_reach_each_session_as_it_reads_them(databases, cfg, tls_ca,
         assert line == '* LIST () "/" Hiver ("OLDNAME" ("été"))\r\n'.encode(), line
         for client in (actor, rev1, rev2):
             await client.close()
+
+
+async def test_new_mail_whose_binary_cannot_be_served_is_announced_without_its_fetch(
+    databases, cfg, tls_ca, tmp_path
+):
+    """MessageNew asks for BINARY of a part in an encoding no one knows: the session is told
+    of the message (EXISTS) and stays usable; its own FETCH then gets NO [UNKNOWN-CTE]."""
+    box = await make_box(databases, "binarynew@example.test", tmp_path)
+    _, port = ports(cfg)
+    async with running_imap(cfg):
+        watcher = await _session(port, tls_ca, box)
+        await watcher.command("s", "SELECT INBOX")
+        reply = await watcher.command(
+            "n", "NOTIFY SET (selected (MessageNew (UID BINARY.PEEK[1]) MessageExpunge))"
+        )
+        assert reply[-1].startswith(b"n OK"), reply
+        odd = (
+            b"From: a@example.org\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+            b"Content-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: x-unheard-of\r\n\r\ndata\r\n--b--\r\n"
+        )
+        await store(databases, box, odd)
+        assert (await _unsolicited(watcher, b"EXISTS"))[-1] == b"* 1 EXISTS\r\n"
+        reply = await watcher.command("f", "FETCH 1 BINARY.PEEK[1]")
+        assert reply[-1].startswith(b"f NO [UNKNOWN-CTE]"), reply
+        await watcher.close()

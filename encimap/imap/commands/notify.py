@@ -38,7 +38,7 @@ from encimap.imap.commands import AUTHENTICATED, command, fetch, idle, rev2
 from encimap.imap.commands import mailbox as mailbox_commands
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.parser import FetchItem, ParseError, Reader, parse_fetch_items
-from encimap.imap.session import Session, no
+from encimap.imap.session import Reply, Session, no
 from encimap.logs import get_logger
 from encimap.store import events, mailboxes
 from encimap.store.mailboxes import DELIMITER, Mailbox
@@ -203,10 +203,15 @@ async def _fetch_lines(
             continue
         if "flags" in data:
             data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
-        pieces = []
-        for item in items:
-            head, content = fetch.render(item, data)
-            pieces.append(head if content is None else head + content)
+        try:
+            pieces = [
+                b"".join(piece for piece in fetch.render(item, data) if piece is not None)
+                for item in items
+            ]
+        except Reply:
+            # An item that cannot be served (BINARY of an unknown encoding): the EXISTS tells
+            # the client of the message, and its own FETCH gets the NO.
+            continue
         lines.append(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(pieces)))
     return lines
 
