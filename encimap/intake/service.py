@@ -7,12 +7,11 @@ import signal
 import socket
 
 from encimap import db, logs
-from encimap.config import Config, listeners, parse_listener
+from encimap.config import Config, listeners
 from encimap.delivery.certificates import CertificateCompleter
-from encimap.intake import workers
 from encimap.intake.handler import IntakeHandler
 from encimap.intake.server import Connections, IntakeLMTP, IntakeSMTP
-from encimap.service import Runtime
+from encimap.service import Runtime, workers
 from encimap.service.connlimits import ConnectionLimiter, Limits
 from encimap.service.listeners import bind
 
@@ -112,7 +111,7 @@ async def start(runtime: Runtime) -> Intake:
     extra: workers.Workers | None = None
     if shared and workers.worker_number() is None:
         extra = workers.Workers(
-            config, _unix_sockets(settings.listen, servers), settings.workers - 1
+            "intake", config, workers.unix_sockets(settings.listen, servers), settings.workers - 1
         )
         await extra.start()
     log.info(
@@ -122,12 +121,3 @@ async def start(runtime: Runtime) -> Intake:
         worker=workers.worker_number() or 0,
     )
     return Intake(servers, connections, handler, extra, completer)
-
-
-def _unix_sockets(listen: str | list[str], servers: list[asyncio.Server]) -> dict[str, int]:
-    """Unix listeners' descriptors, for workers to inherit (TCP ones use SO_REUSEPORT)."""
-    found = {}
-    for spec, server in zip(listeners(listen), servers, strict=True):
-        if parse_listener(spec)[0] == "unix":
-            found[spec] = server.sockets[0].fileno()
-    return found

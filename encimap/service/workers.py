@@ -1,4 +1,5 @@
-"""Worker processes: `intake.workers = N` runs N processes that share the listening port.
+"""Worker processes: `workers = N` in a component's section (`[intake]`, `[imap]`) runs N
+processes of that component that share its listening ports.
 
 The first process (the one systemd started) spawns N-1 workers. Each binds the TCP listeners
 itself with SO_REUSEPORT, so the kernel spreads connections over the processes; a Unix socket
@@ -26,8 +27,8 @@ from encimap.service import eventloop
 
 log = logs.get_logger(__name__)
 
-WORKER_ENV = "ENCIMAP_INTAKE_WORKER"
-SOCKETS_ENV = "ENCIMAP_INTAKE_SOCKETS"  # JSON {listener spec: inherited descriptor}
+WORKER_ENV = "ENCIMAP_WORKER"
+SOCKETS_ENV = "ENCIMAP_WORKER_SOCKETS"  # JSON {listener spec: inherited descriptor}
 READY_LINE = b"ready\n"
 START_TIMEOUT = 60.0
 RESTART_DELAY = 1.0
@@ -46,14 +47,34 @@ def inherited_socket(spec: str) -> socket.socket | None:
     return None if fd is None else socket.socket(fileno=fd)
 
 
+def unix_sockets(listen: str | list[str], servers: list[asyncio.Server]) -> dict[str, int]:
+    """Unix listeners' descriptors, for workers to inherit (TCP ones use SO_REUSEPORT)."""
+    found = {}
+    for spec, server in zip(config_module.listeners(listen), servers, strict=True):
+        if config_module.parse_listener(spec)[0] == "unix":
+            found[spec] = server.sockets[0].fileno()
+    return found
+
+
 class WorkerError(Exception):
     pass
 
 
 class Workers:
-    """The extra worker processes of the intake, seen from the parent."""
+    """The extra worker processes of one component, seen from the parent. `environment`
+    is added to theirs (what the parent shares with them, such as encimap.service.slots'
+    directory)."""
 
-    def __init__(self, config: config_module.Config, sockets: dict[str, int], count: int) -> None:
+    def __init__(
+        self,
+        component: str,
+        config: config_module.Config,
+        sockets: dict[str, int],
+        count: int,
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        self.component = component
+        self._environment = environment or {}
         self._payload = json.dumps(config_module.to_mapping(config)).encode()
         self._sockets = json.dumps(sockets)
         self._fds = tuple(sockets.values())
@@ -73,10 +94,16 @@ class Workers:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "encimap.intake.workers",
+            "encimap.service.workers",
+            self.component,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env={**_worker_environment(), WORKER_ENV: str(number), SOCKETS_ENV: self._sockets},
+            env={
+                **_worker_environment(),
+                **self._environment,
+                WORKER_ENV: str(number),
+                SOCKETS_ENV: self._sockets,
+            },
             pass_fds=self._fds,
         )
         assert proc.stdin is not None and proc.stdout is not None
@@ -90,9 +117,11 @@ class Workers:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            raise WorkerError(f"intake worker {number} did not start (exit {proc.returncode})")
+            raise WorkerError(
+                f"{self.component} worker {number} did not start (exit {proc.returncode})"
+            )
         self._procs[number] = proc
-        log.info("worker.started", worker=number, pid=proc.pid)
+        log.info("worker.started", component=self.component, worker=number, pid=proc.pid)
         watcher = asyncio.create_task(self._watch(number, proc))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -101,7 +130,9 @@ class Workers:
         code = await proc.wait()
         if self._stopping:
             return
-        log.warning("worker.exited", worker=number, pid=proc.pid, code=code)
+        log.warning(
+            "worker.exited", component=self.component, worker=number, pid=proc.pid, code=code
+        )
         while not self._stopping:
             await asyncio.sleep(RESTART_DELAY)
             try:
@@ -148,7 +179,7 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def _serve(cfg: config_module.Config) -> int:
+async def _serve(component: str, cfg: config_module.Config) -> int:
     from encimap import service
 
     ready = asyncio.Event()
@@ -159,18 +190,19 @@ async def _serve(cfg: config_module.Config) -> int:
 
     announcer = asyncio.create_task(announce())
     # The main process serves the metrics endpoint; workers would compete for its port.
-    cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, intake=""))
+    cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, **{component: ""}))
     try:
-        return await service.run(cfg, "intake", ready=ready)
+        return await service.run(cfg, component, ready=ready)
     finally:
         announcer.cancel()
 
 
 def main() -> int:
     _die_with_parent()
+    component = sys.argv[1]
     raw: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     cfg = config_module.from_mapping(raw)
-    return eventloop.run(_serve(cfg), cfg.service.event_loop)
+    return eventloop.run(_serve(component, cfg), cfg.service.event_loop)
 
 
 if __name__ == "__main__":
