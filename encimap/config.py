@@ -187,7 +187,11 @@ class IMAPConfig:
     # read of a stored message. More is answered NO [LIMIT].
     max_catenate_parts: int = 100
     trusted_networks: list[str] = field(default_factory=list)
-    # Connection limits (encimap.service.connlimits); 0 = none.
+    # Processes sharing the listening ports (SO_REUSEPORT); one Python process uses one core.
+    workers: int = 1
+    # Connection limits (encimap.service.connlimits); 0 = none. With several workers,
+    # max_connections and max_unauthenticated hold per process (they guard its descriptors
+    # and memory); per IP and per user count the connections of all of them.
     max_connections: int = 2000
     max_connections_per_ip: int = 50
     max_unauthenticated: int = 200
@@ -377,6 +381,10 @@ def _check_constraints(section: Any, prefix: str) -> None:
         _check_imap(section)
 
 
+# The largest limit encimap.service.slots counts across processes (slots per key).
+SHARED_LIMIT = 1 << 16
+
+
 def _check_imap(section: IMAPConfig) -> None:
     for name in ("idle_timeout", "login_timeout", "command_timeout"):
         if getattr(section, name) <= 0:
@@ -386,9 +394,13 @@ def _check_imap(section: IMAPConfig) -> None:
         "max_mailbox_depth",
         "max_mailboxes",
         "max_catenate_parts",
+        "workers",
     ):
         if getattr(section, name) < 1:
             raise ConfigError(f"imap.{name}: must be at least 1, got {getattr(section, name)}")
+    for name in ("max_connections_per_user", "max_connections_per_ip"):
+        if getattr(section, name) > SHARED_LIMIT:  # counted in encimap.service.slots
+            raise ConfigError(f"imap.{name}: at most {SHARED_LIMIT}, got {getattr(section, name)}")
     if not 1 <= section.max_search_keys <= 10_000:
         raise ConfigError(
             f"imap.max_search_keys: must be between 1 and 10000, got {section.max_search_keys}"

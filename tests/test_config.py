@@ -71,6 +71,8 @@ def test_same_database_for_both_urls_is_allowed(tmp_path: Path):
         ),
         ("[imap]\nmax_mailboxes = 0\n", "imap.max_mailboxes: must be at least 1"),
         ("[imap]\nmax_search_keys = 40000\n", "imap.max_search_keys: must be between 1 and"),
+        ("[imap]\nworkers = 0\n", "imap.workers: must be at least 1"),
+        ("[imap]\nmax_connections_per_ip = 70000\n", "imap.max_connections_per_ip: at most 65536"),
         ("intake = 1\n", "intake: expected a table"),
         ("[intake\n", "invalid TOML"),
     ],

@@ -1,13 +1,17 @@
 """The IMAP component: STARTTLS listeners (`imap.listen`) and implicit TLS listeners
 (`imap.tls_listen`), per-user connection limits, and the shared pool, auth engine and
-mailbox event listener. `start(runtime)` is registered in COMPONENTS as "imap"."""
+mailbox event listener. `start(runtime)` is registered in COMPONENTS as "imap".
+
+With `imap.workers = N`, N processes serve the same ports (encimap.service.workers). Each has
+its own pool, listener and sessions; what must hold across them, the connections per user and
+per client address, is counted in encimap.service.slots."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import signal
 import ssl
-from collections import Counter
 from typing import Any
 
 import asyncpg
@@ -20,6 +24,7 @@ from encimap.imap.cache import MessageCache
 from encimap.imap.session import Session
 from encimap.logs import get_logger
 from encimap.metrics import IMAP_SESSIONS
+from encimap.service import slots, workers
 from encimap.service.connlimits import ConnectionLimiter, Limits, Ticket, peer_ip
 from encimap.service.listeners import Sessions, bind
 from encimap.store import events
@@ -43,7 +48,9 @@ class Server:
         engine: Any,
         tls: TLSMaterial,
         listener: events.Listener,
+        counts: tuple[slots.Counts, slots.Counts],
     ) -> None:
+        """`counts`: where connections per user and per client address are counted."""
         self.config = config
         self.pool = pool
         self.engine = engine
@@ -52,9 +59,11 @@ class Server:
         self.sessions = Sessions()
         self.cache = MessageCache()
         self.servers: list[asyncio.Server] = []
-        self._per_user: Counter[str] = Counter()
-        self.limiter = ConnectionLimiter("imap", Limits.of(config.imap))
+        self._per_user, per_ip = counts
+        self._user_tokens: dict[str, Any] = {}  # session id -> its place in the user's count
+        self.limiter = ConnectionLimiter("imap", Limits.of(config.imap), per_ip=per_ip)
         self._tickets: dict[str, Ticket] = {}  # session id -> its place in the limits
+        self.workers: workers.Workers | None = None
         self._open: dict[str, Session] = {}  # session id -> every session, logged in or not
         self._counted: dict[str, Session] = {}  # session id -> logged-in session
         self._rechecks: set[asyncio.Task[None]] = set()
@@ -64,17 +73,36 @@ class Server:
             ipaddress.ip_network(network, strict=False) for network in config.imap.trusted_networks
         ]
 
-    async def start(self) -> None:
+    async def start(self, counts_directory: str) -> None:
+        """Listen; the first of several workers then starts the others, which share the
+        ports (and `counts_directory`)."""
         settings = self.config.imap
+        shared = settings.workers > 1
         for spec in listeners(settings.listen):
-            self.servers.append(await bind(spec, self._factory(tls=False)))
+            factory = self._factory(tls=False)
+            sock = workers.inherited_socket(spec)
+            self.servers.append(await bind(spec, factory, reuse_port=shared, sock=sock))
         for spec in listeners(settings.tls_listen):
-            context = self._implicit_context()
-            self.servers.append(await bind(spec, self._factory(tls=True), tls=context))
+            factory, context = self._factory(tls=True), self._implicit_context()
+            sock = workers.inherited_socket(spec)
+            self.servers.append(
+                await bind(spec, factory, tls=context, reuse_port=shared, sock=sock)
+            )
+        if shared and workers.worker_number() is None:
+            specs = [*listeners(settings.listen), *listeners(settings.tls_listen)]
+            self.workers = workers.Workers(
+                "imap",
+                self.config,
+                workers.unix_sockets(specs, self.servers),
+                settings.workers - 1,
+                {slots.DIRECTORY_ENV: counts_directory},
+            )
+            await self.workers.start()
         log.info(
             "imap.listening",
             starttls=listeners(settings.listen),
             tls=listeners(settings.tls_listen),
+            worker=workers.worker_number() or 0,
         )
 
     def _implicit_context(self) -> ssl.SSLContext:
@@ -158,9 +186,11 @@ class Server:
         `since` is when the login began: a change to the credential announced after it
         (while the password was being checked) gets the new session re-checked."""
         limit = self.config.imap.max_connections_per_user
-        if limit and self._per_user[principal.username] >= limit:
-            return False
-        self._per_user[principal.username] += 1
+        if limit:
+            token = self._per_user.take(principal.username, limit)
+            if token is None:
+                return False
+            self._user_tokens[session.id] = token
         self._counted[session.id] = session
         if (ticket := self._tickets.get(session.id)) is not None:
             ticket.logged_in()
@@ -170,12 +200,9 @@ class Server:
         return True
 
     def session_ended(self, session: Session) -> None:
-        if self._counted.pop(session.id, None) is not None:
-            assert session.principal is not None
-            username = session.principal.username
-            self._per_user[username] -= 1
-            if self._per_user[username] <= 0:
-                del self._per_user[username]
+        self._counted.pop(session.id, None)
+        if (token := self._user_tokens.pop(session.id, None)) is not None:
+            self._per_user.give_back(token)
 
     # -- revocation --
     def _credentials_changed(self, payload: str) -> None:
@@ -229,14 +256,21 @@ class Server:
             server.close()
         for session in list(self._open.values()):
             session.end("BYE [UNAVAILABLE] Server shutting down", "shutdown")
+        if self.workers is not None:
+            self.workers.stop()
 
     async def drain(self, timeout: float) -> None:
         await self.sessions.drain(timeout)
         for server in self.servers:
             await server.wait_closed()
+        if self.workers is not None:
+            await self.workers.wait(timeout)
 
     def reload(self) -> None:
-        """TLS material is reloaded by the runtime; new handshakes pick it up."""
+        """TLS material is reloaded by the runtime (in every worker: SIGHUP is passed on);
+        new handshakes pick it up."""
+        if self.workers is not None:
+            self.workers.signal(signal.SIGHUP)
 
 
 _TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
@@ -256,6 +290,10 @@ async def start(runtime: Any) -> Server:
     listener = events.Listener(await runtime.listen_pool("encimap", db.ROLE_IMAP))
     await listener.start()
     runtime.stack.push_async_callback(listener.close)
-    server = Server(runtime.config, pool, engine, runtime.tls, listener)
-    await server.start()
+    directory = slots.shared_directory(runtime.stack)
+    counts = (slots.SharedCounter(directory / "users"), slots.SharedCounter(directory / "ips"))
+    for counter in counts:
+        runtime.stack.callback(counter.close)
+    server = Server(runtime.config, pool, engine, runtime.tls, listener, counts)
+    await server.start(str(directory))
     return server

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -446,6 +447,7 @@ class Session:
         log.info(
             "imap.session",
             session=self.id,
+            pid=os.getpid(),
             user=self.principal.username if self.principal else None,
             rip=self.client_ip,
             tls=self.tls,

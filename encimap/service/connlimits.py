@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from encimap import logs
 from encimap.metrics import CONNECTIONS_REFUSED
+from encimap.service.slots import Counts, LocalCounter
 
 log = logs.get_logger(__name__)
 
@@ -73,11 +73,15 @@ class Ticket:
     """One admitted connection: `logged_in()` once it has, `release()` when it closes."""
 
     def __init__(
-        self, limiter: ConnectionLimiter, client_ip: str | None, timer: asyncio.TimerHandle | None
+        self,
+        limiter: ConnectionLimiter,
+        client_ip: str | None,
+        timer: asyncio.TimerHandle | None,
+        ip_token: Any,
     ) -> None:
         self._limiter = limiter
         self.client_ip = client_ip
-        self.key = address_key(client_ip) if client_ip else None
+        self.ip_token = ip_token  # its place in the per-IP count, if counted
         self._timer = timer
         self.authenticated = False
         self._released = False
@@ -105,15 +109,18 @@ class Ticket:
 class ConnectionLimiter:
     """The open connections of one service (all its listeners)."""
 
-    def __init__(self, service: str, limits: Limits) -> None:
+    def __init__(self, service: str, limits: Limits, per_ip: Counts | None = None) -> None:
+        """`per_ip`: where connections per address are counted; this process's own count
+        unless the service's processes share one (encimap.service.slots)."""
         self.service = service
         self.limits = limits
         self.total = 0
         self.unauthenticated = 0
-        self._per_ip: Counter[str] = Counter()
+        self.per_ip: Counts = per_ip if per_ip is not None else LocalCounter()
 
     def open_from(self, client_ip: str) -> int:
-        return self._per_ip[address_key(client_ip)]
+        """Connections from `client_ip` this process has open."""
+        return self.per_ip.held(address_key(client_ip))
 
     def admit(
         self,
@@ -130,18 +137,17 @@ class ConnectionLimiter:
         limits = self.limits
         key = address_key(client_ip) if client_ip else None
         reason = None
+        ip_token = None
         if limits.max_connections and self.total >= limits.max_connections:
             reason = "connections"
-        elif limits.per_ip and key and self._per_ip[key] >= limits.per_ip:
-            reason = "per-ip"
         elif login and limits.unauthenticated and self.unauthenticated >= limits.unauthenticated:
             reason = "unauthenticated"
+        elif limits.per_ip and key and (ip_token := self.per_ip.take(key, limits.per_ip)) is None:
+            reason = "per-ip"
         if reason is not None:
             self.refused(client_ip, reason)
             return None
         self.total += 1
-        if key:
-            self._per_ip[key] += 1
         timer = None
         if login:
             self.unauthenticated += 1
@@ -149,7 +155,7 @@ class ConnectionLimiter:
                 timer = asyncio.get_running_loop().call_later(
                     limits.login_timeout, self._login_expired, client_ip, on_login_timeout
                 )
-        ticket = Ticket(self, client_ip, timer)
+        ticket = Ticket(self, client_ip, timer, ip_token)
         ticket.authenticated = not login
         return ticket
 
@@ -165,7 +171,5 @@ class ConnectionLimiter:
         self.total -= 1
         if not ticket.authenticated:
             self.unauthenticated -= 1
-        if ticket.key:
-            self._per_ip[ticket.key] -= 1
-            if self._per_ip[ticket.key] <= 0:
-                del self._per_ip[ticket.key]
+        if ticket.ip_token is not None:
+            self.per_ip.give_back(ticket.ip_token)
