@@ -1,11 +1,14 @@
 """IMAP benchmark: encimap against Dovecot 2.3 on the same 1,000 S/MIME messages (~10 KB).
 
     python -m bench.imap [--messages 1000] [--runs 5]
-    python -m bench.imap --stress [--clients 10] [--seconds 60]
+    python -m bench.imap --stress [--clients 10] [--seconds 60] [--workers 1]
 
 `--stress` instead runs Dovecot's imaptest stress (`../shared/tools/imaptest`: random
 concurrent sessions, every reply checked) against both servers in turn, on the same setup,
-and prints each command type's average latency side by side with the error counts.
+and prints each command type's average latency side by side with the error counts, the
+commands each server completed per second (imaptest's clients send the next command as soon as
+a reply arrives, so a faster server is given more work) and how busy the machine's cores were.
+`--workers` sets encimap's `imap.workers`.
 
 One run starts a private PostgreSQL cluster, stores the messages through the insert path,
 serves them with `encimap serve imap` (a separate process, so its CPU can be measured) and with
@@ -32,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -178,8 +182,27 @@ def measure(target: Target, runs: int, count: int) -> dict[str, tuple[float, flo
     return results
 
 
-def stress(target: Target, clients: int, seconds: int) -> tuple[dict[str, float], int]:
-    """imaptest's stress run against `target`: (ms per command by type, error count)."""
+@dataclass
+class Stressed:
+    """One imaptest stress run: ms per command by type, error count, commands per second,
+    share of the machine's cores busy (all processes, imaptest's included)."""
+
+    latencies: dict[str, float]
+    errors: int
+    rate: float
+    busy: float
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    fields = [float(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def stress(target: Target, clients: int, seconds: int) -> Stressed:
+    """imaptest's stress run against `target`."""
+    busy_before, total_before = machine_busy()
     output = subprocess.run(
         imaptest_support.stress_command(
             target.port, target.user, target.password, f"clients={clients}", f"secs={seconds}"
@@ -189,20 +212,31 @@ def stress(target: Target, clients: int, seconds: int) -> tuple[dict[str, float]
         timeout=seconds + 120,
         check=False,
     ).stdout
-    return imaptest_support.latencies(output), len(imaptest_support.errors(output))
+    busy_after, total_after = machine_busy()
+    return Stressed(
+        imaptest_support.latencies(output),
+        len(imaptest_support.errors(output)),
+        sum(imaptest_support.totals(output).values()) / seconds,
+        (busy_after - busy_before) / (total_after - total_before),
+    )
 
 
-def print_stress(
-    results: dict[str, tuple[dict[str, float], int]], args: argparse.Namespace
-) -> None:
-    print(f"\nimaptest stress, {args.clients} clients, {args.seconds} s; ms per command")
-    theirs, ours = results["Dovecot"][0], results["encimap"][0]
-    print(f"{'command':<8} {'Dovecot':>8} {'encimap':>8} {'ratio':>6}")
-    for name, value in theirs.items():
-        mine = ours.get(name, float("nan"))
+def print_stress(results: dict[str, Stressed], args: argparse.Namespace) -> None:
+    print(
+        f"\nimaptest stress, {args.clients} clients, {args.seconds} s,"
+        f" encimap with {args.workers} worker(s); ms per command"
+    )
+    theirs, ours = results["Dovecot"], results["encimap"]
+    print(f"{'command':<10} {'Dovecot':>8} {'encimap':>8} {'ratio':>6}")
+    for name, value in theirs.latencies.items():
+        mine = ours.latencies.get(name, float("nan"))
         ratio = f"{mine / value:>5.1f}x" if value else "     -"
-        print(f"{name:<8} {value:>8.0f} {mine:>8.0f} {ratio}")
-    print(f"errors   {results['Dovecot'][1]:>8} {results['encimap'][1]:>8}")
+        print(f"{name:<10} {value:>8.0f} {mine:>8.0f} {ratio}")
+    print(f"{'errors':<10} {theirs.errors:>8} {ours.errors:>8}")
+    print(
+        f"{'commands/s':<10} {theirs.rate:>8.0f} {ours.rate:>8.0f} {ours.rate / theirs.rate:>5.2f}x"
+    )
+    print(f"{'cores busy':<10} {theirs.busy:>8.0%} {ours.busy:>8.0%}")
 
 
 async def bench_mailbox(
@@ -285,6 +319,7 @@ def main() -> int:
     parser.add_argument("--stress", action="store_true", help="imaptest's stress run instead")
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--workers", type=int, default=1, help="encimap's imap.workers")
     args = parser.parse_args()
     if reason := dovecot_support.available():
         print(f"cannot run the Dovecot baseline: {reason}", file=sys.stderr)
@@ -301,7 +336,9 @@ def main() -> int:
         sizes = [len(body) for body in stored]
         print(f"{len(stored)} S/MIME messages, median {statistics.median(sizes) / 1024:.1f} KB")
         port = free_port()
-        server = serve_imap(base, cluster, port, "max_connections_per_user = 100\n")
+        server = serve_imap(
+            base, cluster, port, f"max_connections_per_user = 100\nworkers = {args.workers}\n"
+        )
         dovecot = dovecot_support.Dovecot(stored)
         dovecot.start()
         master = int((dovecot.base / "run" / "master.pid").read_text())
