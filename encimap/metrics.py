@@ -78,6 +78,14 @@ IMAP_SESSIONS_ENDED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+IMAP_COMMAND_SECONDS = Histogram(
+    "encimap_imap_command_seconds",
+    "Time the server spent on IMAP commands, by command: from the command's first line to "
+    "its tagged reply (literals and the updates reported with it included).",
+    ["command"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+    registry=REGISTRY,
+)
 DB_QUERY_SECONDS = Histogram(
     "encimap_db_query_seconds",
     "Duration of queries through the service pools, per database.",

@@ -394,3 +394,27 @@ async def test_a_password_change_alone_keeps_open_sessions(databases, cfg, tls_c
             await admin.close()
         assert (await raw.command("n", "NOOP"))[-1].startswith(b"n OK")
         await raw.close()
+
+
+async def test_time_per_command_is_measured_for_known_commands_only(
+    databases, cfg, tls_ca, tmp_path
+):
+    box = await make_box(databases, "timed@example.test", tmp_path)
+    _, tls_port = ports(cfg)
+
+    def count(command: str) -> float:
+        sample = "encimap_imap_command_seconds_count"
+        return REGISTRY.get_sample_value(sample, {"command": command}) or 0.0
+
+    before = {name: count(name) for name in ("NOOP", "SELECT", "NOSUCH")}
+    async with running_imap(cfg):
+        raw = await RawClient.connect(tls_port, tls_ca)
+        await raw.command("s0", "SELECT INBOX")  # BAD before login: counted all the same
+        await raw.login(box)
+        for n in range(3):
+            await raw.command(f"n{n}", "NOOP")
+        await raw.command("x", "NOSUCH")
+        await raw.close()
+    assert count("NOOP") - before["NOOP"] == 3
+    assert count("SELECT") - before["SELECT"] == 1
+    assert count("NOSUCH") == before["NOSUCH"] == 0  # a client cannot add labels

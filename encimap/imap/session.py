@@ -18,7 +18,7 @@ from encimap.db import DATABASE_ERRORS
 from encimap.imap import parser
 from encimap.imap.selected import Selected
 from encimap.logs import get_logger
-from encimap.metrics import IMAP_OUTPUT_PEAK, IMAP_SESSIONS_ENDED
+from encimap.metrics import IMAP_COMMAND_SECONDS, IMAP_OUTPUT_PEAK, IMAP_SESSIONS_ENDED
 
 if TYPE_CHECKING:
     from encimap.auth import Principal
@@ -363,8 +363,10 @@ class Session:
 
     async def _one_command(self, commands: dict[str, Any]) -> None:
         tag = "*"
+        timed: str | None = None  # a known command's name, once its line is read
         try:
             raw, stray_nul = await self.read_command()
+            started = time.perf_counter()
             self.commands += 1
             tag = parser.guess_tag(raw)
             if stray_nul:
@@ -377,6 +379,7 @@ class Session:
             command = commands.get(name)
             if command is None:
                 raise bad(f"Unknown command {name[:40]}")
+            timed = name
             if self.state not in command.states:
                 raise bad(f"{name} not allowed now ({self.state.value})")
             reads_only = self.selected is not None and not command.writes(raw)
@@ -406,6 +409,9 @@ class Session:
         except Exception:
             log.exception("imap.server_bug", session=self.id)
             self.send(f"{tag} NO [SERVERBUG] Internal error\r\n".encode())
+        finally:
+            if timed is not None:
+                IMAP_COMMAND_SECONDS.labels(timed).observe(time.perf_counter() - started)
 
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
