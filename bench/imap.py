@@ -26,6 +26,7 @@ import asyncio
 import imaplib
 import os
 import random
+import re
 import shutil
 import socket
 import statistics
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,7 +105,15 @@ def cpu_of_tree(root: int) -> float:
 
 
 class Target:
-    def __init__(self, name: str, port: int, user: str, password: str, roots: list[int]) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        user: str,
+        password: str,
+        roots: list[int],
+        metrics_port: int | None = None,
+    ) -> None:
         self.name, self.port, self.user, self.password, self.roots = (
             name,
             port,
@@ -111,6 +121,7 @@ class Target:
             password,
             roots,
         )
+        self.metrics_port = metrics_port  # encimap's /metrics
 
     def cpu(self) -> float:
         return sum(cpu_of_tree(root) for root in self.roots)
@@ -191,6 +202,21 @@ class Stressed:
     errors: int
     rate: float
     busy: float
+    server_ms: dict[str, float]  # encimap's own time per command (encimap_imap_command_seconds)
+
+
+def command_seconds(metrics_port: int | None) -> dict[str, tuple[float, float]]:
+    """encimap_imap_command_seconds from /metrics: {command: (seconds, count)}."""
+    if metrics_port is None:
+        return {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    found: dict[str, list[float]] = {}
+    for match in re.finditer(
+        r'^encimap_imap_command_seconds_(sum|count)\{command="(\w+)"\} (\S+)$', text, re.M
+    ):
+        found.setdefault(match[2], [0.0, 0.0])[match[1] == "count"] = float(match[3])
+    return {command: (total, count) for command, (total, count) in found.items()}
 
 
 def machine_busy() -> tuple[float, float]:
@@ -203,6 +229,7 @@ def machine_busy() -> tuple[float, float]:
 def stress(target: Target, clients: int, seconds: int) -> Stressed:
     """imaptest's stress run against `target`."""
     busy_before, total_before = machine_busy()
+    timed_before = command_seconds(target.metrics_port)
     output = subprocess.run(
         imaptest_support.stress_command(
             target.port, target.user, target.password, f"clients={clients}", f"secs={seconds}"
@@ -213,11 +240,17 @@ def stress(target: Target, clients: int, seconds: int) -> Stressed:
         check=False,
     ).stdout
     busy_after, total_after = machine_busy()
+    server_ms = {}
+    for command, (total, count) in command_seconds(target.metrics_port).items():
+        total_then, count_then = timed_before.get(command, (0.0, 0.0))
+        if count > count_then:
+            server_ms[command] = (total - total_then) / (count - count_then) * 1000
     return Stressed(
         imaptest_support.latencies(output),
         len(imaptest_support.errors(output)),
         sum(imaptest_support.totals(output).values()) / seconds,
         (busy_after - busy_before) / (total_after - total_before),
+        server_ms,
     )
 
 
@@ -237,6 +270,10 @@ def print_stress(results: dict[str, Stressed], args: argparse.Namespace) -> None
         f"{'commands/s':<10} {theirs.rate:>8.0f} {ours.rate:>8.0f} {ours.rate / theirs.rate:>5.2f}x"
     )
     print(f"{'cores busy':<10} {theirs.busy:>8.0%} {ours.busy:>8.0%}")
+    whose = " (the first process's sessions)" if args.workers > 1 else ""
+    print(f"\nencimap's own time per command{whose}, first line to tagged reply; ms")
+    for command, value in sorted(ours.server_ms.items()):
+        print(f"{command:<10} {value:>8.1f}")
 
 
 async def bench_mailbox(
@@ -262,9 +299,12 @@ async def bench_mailbox(
     return box, username, pem
 
 
-def serve_imap(base: Path, cluster: LocalCluster, port: int, limits: str) -> subprocess.Popen:
+def serve_imap(
+    base: Path, cluster: LocalCluster, port: int, limits: str, metrics: str = ""
+) -> subprocess.Popen:
     """`encimap serve imap` on the cluster's databases: plain IMAP on `port` from loopback
-    (a trusted network: LOGIN allowed), with `limits` (TOML lines) under `[imap]`."""
+    (a trusted network: LOGIN allowed), with `limits` (TOML lines) under `[imap]`, and
+    /metrics on `metrics` ("" none)."""
     cert, key = write_self_signed(base / "tls")
     return serve(
         base / "encimap.toml",
@@ -275,7 +315,7 @@ def serve_imap(base: Path, cluster: LocalCluster, port: int, limits: str) -> sub
         f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
         f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
         f'trusted_networks = ["127.0.0.0/8"]\n{limits}'
-        f'[metrics]\nimap = ""\n[log]\nlevel = "warning"\n',
+        f'[metrics]\nimap = "{metrics}"\n[log]\nlevel = "warning"\n',
     )
 
 
@@ -335,9 +375,13 @@ def main() -> int:
         username, stored = asyncio.run(prepare(cluster, args.messages))
         sizes = [len(body) for body in stored]
         print(f"{len(stored)} S/MIME messages, median {statistics.median(sizes) / 1024:.1f} KB")
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         server = serve_imap(
-            base, cluster, port, f"max_connections_per_user = 100\nworkers = {args.workers}\n"
+            base,
+            cluster,
+            port,
+            f"max_connections_per_user = 100\nworkers = {args.workers}\n",
+            f"127.0.0.1:{metrics_port}",
         )
         dovecot = dovecot_support.Dovecot(stored)
         dovecot.start()
@@ -345,7 +389,7 @@ def main() -> int:
         postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
         targets = [
             Target("Dovecot", dovecot.port, dovecot.user, dovecot.password, [master]),
-            Target("encimap", port, username, PASSWORD, [server.pid, postmaster]),
+            Target("encimap", port, username, PASSWORD, [server.pid, postmaster], metrics_port),
         ]
         if args.stress:
             stressed = {t.name: stress(t, args.clients, args.seconds) for t in targets}
