@@ -1,14 +1,15 @@
 """IMAP benchmark: encimap against Dovecot 2.3 on the same 1,000 S/MIME messages (~10 KB).
 
     python -m bench.imap [--messages 1000] [--runs 5]
-    python -m bench.imap --stress [--clients 10] [--seconds 60] [--workers 1]
+    python -m bench.imap --stress [--clients 10] [--seconds 60] [--workers 1] [--unix-socket]
 
 `--stress` instead runs Dovecot's imaptest stress (`../shared/tools/imaptest`: random
 concurrent sessions, every reply checked) against both servers in turn, on the same setup,
 and prints each command type's average latency side by side with the error counts, the
 commands each server completed per second (imaptest's clients send the next command as soon as
 a reply arrives, so a faster server is given more work) and how busy the machine's cores were.
-`--workers` sets encimap's `imap.workers`.
+`--workers` sets encimap's `imap.workers`; `--unix-socket` has encimap reach PostgreSQL through
+its Unix socket (the choice when both run on one host) instead of TCP on loopback.
 
 One run starts a private PostgreSQL cluster, stores the messages through the insert path,
 serves them with `encimap serve imap` (a separate process, so its CPU can be measured) and with
@@ -255,9 +256,10 @@ def stress(target: Target, clients: int, seconds: int) -> Stressed:
 
 
 def print_stress(results: dict[str, Stressed], args: argparse.Namespace) -> None:
+    database = "Unix socket" if args.unix_socket else "TCP"
     print(
-        f"\nimaptest stress, {args.clients} clients, {args.seconds} s,"
-        f" encimap with {args.workers} worker(s); ms per command"
+        f"\nimaptest stress, {args.clients} clients, {args.seconds} s, encimap with"
+        f" {args.workers} worker(s), PostgreSQL over {database}; ms per command"
     )
     theirs, ours = results["Dovecot"], results["encimap"]
     print(f"{'command':<10} {'Dovecot':>8} {'encimap':>8} {'ratio':>6}")
@@ -300,18 +302,24 @@ async def bench_mailbox(
 
 
 def serve_imap(
-    base: Path, cluster: LocalCluster, port: int, limits: str, metrics: str = ""
+    base: Path,
+    cluster: LocalCluster,
+    port: int,
+    limits: str,
+    metrics: str = "",
+    unix_socket: bool = False,
 ) -> subprocess.Popen:
-    """`encimap serve imap` on the cluster's databases: plain IMAP on `port` from loopback
-    (a trusted network: LOGIN allowed), with `limits` (TOML lines) under `[imap]`, and
-    /metrics on `metrics` ("" none)."""
+    """`encimap serve imap` on the cluster's databases (over TCP, or its Unix socket): plain
+    IMAP on `port` from loopback (a trusted network: LOGIN allowed), with `limits` (TOML lines)
+    under `[imap]`, and /metrics on `metrics` ("" none)."""
     cert, key = write_self_signed(base / "tls")
+    url = cluster.socket_url if unix_socket else cluster.url
     return serve(
         base / "encimap.toml",
         "imap",
         port,
-        f'[database]\nmotorical_url = "{cluster.url("motorical_db")}"\n'
-        f'encimap_url = "{cluster.url("motorical_encrypted_imap")}"\n'
+        f'[database]\nmotorical_url = "{url("motorical_db")}"\n'
+        f'encimap_url = "{url("motorical_encrypted_imap")}"\n'
         f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
         f'[imap]\nlisten = "127.0.0.1:{port}"\ntls_listen = []\n'
         f'trusted_networks = ["127.0.0.0/8"]\n{limits}'
@@ -360,6 +368,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--workers", type=int, default=1, help="encimap's imap.workers")
+    parser.add_argument(
+        "--unix-socket",
+        action="store_true",
+        help="encimap reaches PostgreSQL through its Unix socket instead of TCP on loopback",
+    )
     args = parser.parse_args()
     if reason := dovecot_support.available():
         print(f"cannot run the Dovecot baseline: {reason}", file=sys.stderr)
@@ -382,6 +395,7 @@ def main() -> int:
             port,
             f"max_connections_per_user = 100\nworkers = {args.workers}\n",
             f"127.0.0.1:{metrics_port}",
+            args.unix_socket,
         )
         dovecot = dovecot_support.Dovecot(stored)
         dovecot.start()

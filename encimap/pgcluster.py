@@ -137,6 +137,10 @@ class LocalCluster:
     def url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
+    def socket_url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
+        """The URL through the cluster's Unix socket (in its data directory)."""
+        return f"postgresql://{user}@/{database}?host={self.datadir}&port={self.port}"
+
     def create_database(self, name: str) -> None:
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, name)
 
