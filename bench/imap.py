@@ -7,7 +7,9 @@
 concurrent sessions, every reply checked) against both servers in turn, on the same setup,
 and prints each command type's average latency side by side with the error counts, the
 commands each server completed per second (imaptest's clients send the next command as soon as
-a reply arrives, so a faster server is given more work) and how busy the machine's cores were.
+a reply arrives, so a faster server is given more work), how busy the machine's cores were and
+how many of imaptest's clients were connected on average (the others were connecting: the
+cheaper a server makes connecting and logging in, the more clients send commands at once).
 `--workers` sets encimap's `imap.workers`; `--unix-socket` has encimap reach PostgreSQL through
 its Unix socket (the choice when both run on one host) instead of TCP on loopback.
 
@@ -203,6 +205,7 @@ class Stressed:
     errors: int
     rate: float
     busy: float
+    connected: float  # imaptest's clients connected, on average
     server_ms: dict[str, float]  # encimap's own time per command (encimap_imap_command_seconds)
 
 
@@ -251,6 +254,7 @@ def stress(target: Target, clients: int, seconds: int) -> Stressed:
         len(imaptest_support.errors(output)),
         sum(imaptest_support.totals(output).values()) / seconds,
         (busy_after - busy_before) / (total_after - total_before),
+        imaptest_support.connected(output),
         server_ms,
     )
 
@@ -272,6 +276,10 @@ def print_stress(results: dict[str, Stressed], args: argparse.Namespace) -> None
         f"{'commands/s':<10} {theirs.rate:>8.0f} {ours.rate:>8.0f} {ours.rate / theirs.rate:>5.2f}x"
     )
     print(f"{'cores busy':<10} {theirs.busy:>8.0%} {ours.busy:>8.0%}")
+    print(f"{'connected':<10} {theirs.connected:>8.1f} {ours.connected:>8.1f}")
+    cores = os.cpu_count() or 1
+    per_command = [run.busy * cores * 1000 / run.rate for run in (theirs, ours)]
+    print(f"{'CPU ms/cmd':<10} {per_command[0]:>8.2f} {per_command[1]:>8.2f}  (machine-wide)")
     whose = " (the first process's sessions)" if args.workers > 1 else ""
     print(f"\nencimap's own time per command{whose}, first line to tagged reply; ms")
     for command, value in sorted(ours.server_ms.items()):

@@ -66,6 +66,13 @@ def totals(output: str) -> dict[str, float]:
     return _table(output, "Totals:", r"[\d ]+")
 
 
+def connected(output: str) -> float:
+    """How many of its clients imaptest had connected, on average over its progress lines
+    (each ends "connected/ clients"); the others were connecting or logging out."""
+    counts = [int(m[1]) for m in re.finditer(r"^[\d ]+ (\d+)/ *\d+$", output, re.M)]
+    return sum(counts) / len(counts) if counts else float("nan")
+
+
 def latencies(output: str) -> dict[str, float]:
     """Average milliseconds per command over the run, by column name ("ms/cmd avg" row)."""
     return _table(output, None, r"[\d ]+ms/cmd avg")
