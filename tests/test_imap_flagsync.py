@@ -147,11 +147,12 @@ async def test_selected_mailbox_holds_four_bytes_per_message(databases, tmp_path
     inbox = await _fill(databases, box)
     conn = await databases.connect()
     try:
-        summary = await flagsync.summary(conn, inbox)
+        summary = await flagsync.select(conn, box.id, "inbox", claim_recent=False)
         edges = await conn.fetchval("SELECT array_send(ARRAY[4294967294, 1, 2]::bigint[])")
         empty = await conn.fetchval("SELECT array_send('{}'::bigint[])")
     finally:
         await conn.close()
+    assert summary is not None and summary.mailbox.id == inbox
     assert summary.uids.itemsize == 4
     assert list(summary.uids) == [uid for uid in range(1, MESSAGES + 1) if uid % 7]
     assert summary.keywords == ["$Junk"] and summary.first_unseen_uid == 1

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from encimap.store import logins, mailboxes, messages, modseqs, recipients, search
+from encimap.store import flagsync, logins, mailboxes, messages, modseqs, recipients, search
 from tests.support import Databases
 
 pytestmark = pytest.mark.timeout(600)
@@ -283,6 +283,22 @@ async def test_status_reads_no_message(conn: asyncpg.Connection):
     counts = await mailboxes.counts(conn, inbox.id)
     assert counts.messages == MESSAGES
     assert counts.unseen == MESSAGES - MESSAGES // 3
+
+
+async def test_select_reads_each_message_once(conn: asyncpg.Connection):
+    """SELECT (one function call, with the \\Recent claim) reads the 100,000 UIDs once and
+    the first unseen message at the start of the mailbox; a small mailbox's SELECT reads its
+    own three, not the 160,000 rows of the table."""
+
+    async def select(alias: str, expected: int) -> None:
+        box = await conn.fetchval("SELECT id FROM vaultboxes WHERE alias = $1", alias)
+        summary = await flagsync.select(conn, box, "INBOX", claim_recent=True)
+        assert summary is not None and len(summary.uids) == expected
+        assert summary.first_unseen_uid == 1 and summary.recent_from == 1
+
+    read = await _read_by(conn, lambda: select("a2", MESSAGES))
+    assert MESSAGES <= read <= MESSAGES + 10, read
+    assert await _read_by(conn, lambda: select("a3", 3)) <= 10
 
 
 async def test_changedsince_reads_what_changed(conn: asyncpg.Connection):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import uuid
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
@@ -78,10 +79,9 @@ class Selected:
         self.uids: array = array("I")
         self.highest_uid = 0
         # RFC 3501 2.3.2: the messages this session is the first to see (FLAGS \Recent,
-        # SEARCH RECENT/NEW/OLD, the RECENT count); a read-only session claims none, nor
-        # does one without `recent` (IMAP4rev2 has no \Recent: RFC 9051 appendix E).
+        # SEARCH RECENT/NEW/OLD, the RECENT count)
         self.has_recent = recent
-        self.claims_recent = recent and not readonly
+        self.claims_recent = self.claims(recent, readonly)
         self.recent: set[int] = set()
         self.recent_reported = 0  # the last RECENT count sent: sent again when it differs
         self.keywords: set[str] = set()  # announced in FLAGS (RFC 3501 7.2.6)
@@ -106,20 +106,59 @@ class Selected:
         shared.selected(mailbox.id)
         self._unsubscribe: Callable[[], None] = listener.subscribe(mailbox.id, self._on_event)
 
-    async def load(self) -> flagsync.Summary:
-        """Read the mailbox's UIDs once, at SELECT (one query, no object per message)."""
-        summary = await flagsync.summary(self.pool, self.mailbox.id)
+    @classmethod
+    async def open(
+        cls,
+        pool: asyncpg.Pool,
+        listener: events.Listener,
+        vaultbox_id: uuid.UUID,
+        name: str,
+        *,
+        readonly: bool,
+        session_id: str,
+        recent: bool = True,
+    ) -> tuple[Selected, flagsync.Summary] | None:
+        """SELECT/EXAMINE of the vaultbox's mailbox `name`: the view, and what it was made
+        from, after one query (flagsync.select); None when there is no such mailbox.
+
+        The mailbox's events must be heard from before its UIDs are read: mail committed
+        after the read but announced before the view subscribes would be missed. Its id is
+        known only with the read, so the vaultbox's events are kept while it runs, and those
+        of the mailbox (or a resync) are handed to the view."""
+        heard: list[events.Event] = []
+        stop = listener.subscribe_vaultbox(str(vaultbox_id), heard.append)
+        try:
+            summary = await flagsync.select(
+                pool, vaultbox_id, name, claim_recent=cls.claims(recent, readonly)
+            )
+        finally:
+            stop()
+        if summary is None:
+            return None
+        selected = cls(
+            pool, listener, summary.mailbox, readonly=readonly, session_id=session_id, recent=recent
+        )
+        selected._load(summary)
+        for event in heard:
+            if event.mailbox_id == summary.mailbox.id or event.kind == events.RESYNC:
+                selected._on_event(event)
+        return selected, summary
+
+    @staticmethod
+    def claims(recent: bool, readonly: bool) -> bool:
+        """Whether a session claims \\Recent messages (RFC 3501 2.3.2): a read-only one claims
+        none (it sees as \\Recent those no session has claimed), nor does one without `recent`
+        (IMAP4rev2 has no \\Recent: RFC 9051 appendix E)."""
+        return recent and not readonly
+
+    def _load(self, summary: flagsync.Summary) -> None:
         self.uids = summary.uids
         self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
-        first = self.mailbox.first_recent_uid
-        if self.claims_recent and self.uids and self.uids[-1] >= first:
-            first = await mailboxes.claim_recent(self.pool, self.mailbox.id, self.uids[-1])
         if self.has_recent:
-            self.recent = set(self.uids[bisect.bisect_left(self.uids, first) :])
+            self.recent = set(self.uids[bisect.bisect_left(self.uids, summary.recent_from) :])
         self.recent_reported = len(self.recent)
         self.keywords = set(summary.keywords)
         self.highest_modseq = summary.highest_modseq
-        return summary
 
     def flag_lines(self) -> list[bytes]:
         """The FLAGS and PERMANENTFLAGS responses for the keywords known so far."""

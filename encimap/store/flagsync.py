@@ -1,6 +1,6 @@
 """Reads of a whole mailbox's UIDs and flags without a Python object per message: what SELECT
-needs (the UIDs as PostgreSQL's binary array, unpacked into 32-bit integers; the mailbox's
-keyword list; the first unseen UID) and the
+needs, in one round trip (the mailbox; its UIDs as PostgreSQL's binary array, unpacked into
+32-bit integers; its keyword list; the first unseen UID; the \\Recent claim) and the
 `FETCH (UID FLAGS)` responses of a flag resync rendered by PostgreSQL.
 
 UIDs are at most 2^32 - 1 (RFC 3501 2.3.1.1), so they fit an unsigned 32-bit array: 400 KB per
@@ -10,20 +10,24 @@ UIDs are at most 2^32 - 1 (RFC 3501 2.3.1.1), so they fit an unsigned 32-bit arr
 from __future__ import annotations
 
 import sys
+import uuid
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from encimap.store import modseqs
+from encimap.store import mailboxes, modseqs
+from encimap.store.mailboxes import Mailbox
 from encimap.store.types import Executor
 
 
 @dataclass(frozen=True)
 class Summary:
+    mailbox: Mailbox  # found by its name
     uids: array  # array('I'), ascending
     keywords: list[str]  # flags other than the system flags (\...), sorted
     first_unseen_uid: int | None
     highest_modseq: int  # HIGHESTMODSEQ (RFC 7162) as of the same snapshot as `uids`
+    recent_from: int  # the messages \Recent to this session: UIDs from this one on
 
 
 def packed_uids(data: bytes) -> array:
@@ -41,23 +45,28 @@ def packed_uids(data: bytes) -> array:
     return words[5 + 2 :: 3]
 
 
-async def summary(db: Executor, mailbox_id: int) -> Summary:
-    """One query: the mailbox's UIDs, keywords and first message without \\Seen."""
+async def select(
+    db: Executor, vaultbox_id: uuid.UUID, name: str, *, claim_recent: bool
+) -> Summary | None:
+    """One round trip for SELECT/EXAMINE (`encimap_select_mailbox`, sql/encimap/repeatable/
+    37_select_mailbox.sql): the mailbox named `name`, its UIDs, keywords and first message
+    without \\Seen, from one snapshot; with `claim_recent`, the session takes the messages no
+    session has had as \\Recent yet (RFC 3501 2.3.2). None: no such mailbox."""
     row = await db.fetchrow(
-        r"""SELECT array_send(ARRAY(SELECT uid FROM encrypted_emails WHERE mailbox_id = $1
-                                     ORDER BY uid)) AS uids,
-                   (SELECT keywords FROM mailboxes WHERE id = $1) AS keywords,
-                   (SELECT highest_modseq FROM mailboxes WHERE id = $1) AS highest_modseq,
-                   (SELECT uid FROM encrypted_emails
-                     WHERE mailbox_id = $1 AND NOT flags @> ARRAY['\Seen']
-                     ORDER BY uid LIMIT 1) AS first_unseen""",
-        mailbox_id,
+        "SELECT * FROM encimap_select_mailbox($1, $2, $3)",
+        vaultbox_id,
+        mailboxes.canonical_name(name),
+        claim_recent,
     )
+    if row is None:
+        return None
     return Summary(
+        mailboxes.from_row(row),
         packed_uids(row["uids"]),
-        list(row["keywords"] or ()),
-        row["first_unseen"],
-        row["highest_modseq"] or 1,
+        list(row["keywords"]),
+        row["first_unseen_uid"],
+        row["highest_modseq"],
+        row["recent_from"],
     )
 
 

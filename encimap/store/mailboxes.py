@@ -6,7 +6,7 @@ and changing a subscription publish a NAMES event (encimap.store.events) once co
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import asyncpg
 
@@ -15,7 +15,7 @@ from encimap.store.errors import Conflict, LimitReached, NotFound, StoreError
 from encimap.store.types import Executor
 
 DELIMITER = "/"
-_COLUMNS = "id, vaultbox_id, name, special_use, uidvalidity, uid_next, first_recent_uid"
+_COLUMNS = "id, vaultbox_id, name, special_use, uidvalidity, uid_next"
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,6 @@ class Mailbox:
     special_use: str | None
     uidvalidity: int
     uid_next: int
-    first_recent_uid: int  # messages from this UID on are \Recent to no session yet
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,9 @@ def new_name(name: str) -> str:
     return canonical_name(name.rstrip(DELIMITER))
 
 
-def _mailbox(row: asyncpg.Record) -> Mailbox:
-    return Mailbox(**dict(row))
+def from_row(row: asyncpg.Record) -> Mailbox:
+    """The Mailbox of a row that has its columns (`_COLUMNS`), among others maybe."""
+    return Mailbox(**{field.name: row[field.name] for field in fields(Mailbox)})
 
 
 async def list_mailboxes(db: Executor, vaultbox_id: uuid.UUID) -> list[Mailbox]:
@@ -60,7 +60,7 @@ async def list_mailboxes(db: Executor, vaultbox_id: uuid.UUID) -> list[Mailbox]:
         f"SELECT {_COLUMNS} FROM mailboxes WHERE vaultbox_id = $1 ORDER BY name",  # noqa: S608
         vaultbox_id,
     )
-    return [_mailbox(row) for row in rows]
+    return [from_row(row) for row in rows]
 
 
 async def find_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailbox | None:
@@ -69,7 +69,7 @@ async def find_mailbox(db: Executor, vaultbox_id: uuid.UUID, name: str) -> Mailb
         vaultbox_id,
         canonical_name(name),
     )
-    return _mailbox(row) if row else None
+    return from_row(row) if row else None
 
 
 async def create_mailbox(
@@ -96,7 +96,7 @@ async def create_mailbox(
     if row is None:
         raise LimitReached(f"at most {max_count} mailboxes per vaultbox")
     await events.publish_names(db, vaultbox_id, origin)
-    return _mailbox(row)
+    return from_row(row)
 
 
 async def delete_mailbox(
@@ -195,21 +195,9 @@ async def unsubscribe(db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin
 async def claim_recent(db: Executor, mailbox_id: int, up_to_uid: int) -> int:
     """Make the messages up to `up_to_uid` recent to the calling session if no session has
     had them as recent yet; returns the first UID it got (those from it on are its recent).
-
-    The row is locked only when there is something to claim (a claim waits for the writers
-    of the mailbox, which hold its row until they commit), and FOR NO KEY UPDATE does not
-    wait for inserts that only reference the mailbox; the condition is checked again on the
-    row as it is once locked."""
-    row = await db.fetchrow(
-        """UPDATE mailboxes m SET first_recent_uid = $2 + 1
-             FROM (SELECT id, first_recent_uid FROM mailboxes
-                    WHERE id = $1 AND first_recent_uid <= $2 FOR NO KEY UPDATE) old
-            WHERE m.id = old.id
-           RETURNING old.first_recent_uid""",
-        mailbox_id,
-        up_to_uid,
-    )
-    return up_to_uid + 1 if row is None else row[0]
+    The mailbox row is locked only when there is something to claim
+    (`encimap_claim_recent`, sql/encimap/repeatable/37_select_mailbox.sql)."""
+    return await db.fetchval("SELECT encimap_claim_recent($1, $2)", mailbox_id, up_to_uid)
 
 
 async def count_recent(db: Executor, mailbox_id: int) -> int:

@@ -74,17 +74,20 @@ async def _select(session: Session, reader: Reader, *, readonly: bool) -> str:
     if session.selected is not None:
         unselect(session)
         rev2.closed(session)
-    mailbox = await existing_mailbox(session, name)
     rev2_mode = rev2.active(session)
-    selected = Selected(
+    opened = await Selected.open(
         session.server.pool,
         session.server.listener,
-        mailbox,
+        vaultbox_id(session),
+        name,
         readonly=readonly,
         session_id=session.id,
         recent=not rev2_mode,
     )
-    summary = await selected.load()
+    if opened is None:
+        raise nonexistent(name)
+    selected, summary = opened
+    mailbox = selected.mailbox
     if rev2_mode:
         rev2.select_responses(session, mailbox, name)
     for line in selected.flag_lines():

@@ -63,6 +63,8 @@ GRANT EXECUTE ON FUNCTION encimap_publish_change(uuid, bigint, text, text, bigin
 GRANT EXECUTE ON FUNCTION encimap_store_flags(uuid, bigint, bigint[], bigint[], text, text[],
     text, bigint) TO encimap_imap;
 GRANT EXECUTE ON FUNCTION encimap_expunge(uuid, bigint, bigint[], bigint[], text) TO encimap_imap;
+GRANT EXECUTE ON FUNCTION encimap_claim_recent(bigint, bigint) TO encimap_imap;
+GRANT EXECUTE ON FUNCTION encimap_select_mailbox(uuid, text, boolean) TO encimap_imap;
 
 -- Whether the schema is current (`encimap db migrate` with nothing to do only reads these).
 GRANT SELECT ON schema_migrations, schema_repeatables TO encimap_auth, encimap_intake, encimap_imap;
