@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import re
 
+import asyncpg
 import pytest
 
+from encimap.imap import shared
+from encimap.imap.commands import condstore
 from encimap.store import mailboxes, messages, modseqs
 from tests import dovecot_support, test_imap_protocol
 from tests.imap_support import (
@@ -442,3 +445,32 @@ async def test_vanished_stays_bounded_and_complete(databases, tmp_path):
         assert await modseqs.vanished_since(conn, inbox.id, stamps[398]) == [(400, 400)]
     finally:
         await conn.close()
+
+
+async def test_a_qresync_select_that_fails_midway_leaves_nothing_selected(
+    databases, cfg, tls_ca, tmp_path, monkeypatch
+):
+    box = await _box(databases, tmp_path, "midway", 3)
+    conn = await databases.connect()
+    try:
+        mailbox_id = (await mailboxes.find_mailbox(conn, box.id, "INBOX")).id
+    finally:
+        await conn.close()
+    failures = []
+
+    async def database_gone(*_args, **_kwargs):
+        failures.append(1)
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+
+    async with running_imap(cfg):
+        client = await _client(cfg, tls_ca, box)
+        await client.command("e", "ENABLE QRESYNC")
+        uidvalidity = _code(await client.command("s", "SELECT INBOX"), b"UIDVALIDITY")
+        assert mailbox_id in shared.selected_mailboxes()
+        monkeypatch.setattr(condstore.modseqs, "changed_since", database_gone)
+        reply = await client.command("q", f"SELECT INBOX (QRESYNC ({uidvalidity} 1))")
+        assert failures and reply[-1].startswith(b"q NO [UNAVAILABLE]"), reply
+        # the view the failed SELECT built is released, and the session is not in SELECTED
+        assert mailbox_id not in shared.selected_mailboxes()
+        assert (await client.command("n", "FETCH 1 FLAGS"))[-1].startswith(b"n BAD")
+        await client.close()

@@ -34,6 +34,11 @@ def unselected(mailbox_id: int) -> None:
             del _mailboxes[mailbox_id]
 
 
+def selected_mailboxes() -> set[int]:
+    """The mailboxes some session of this process has selected."""
+    return set(_mailboxes)
+
+
 def note(mailbox_id: int, event: object) -> None:
     """Count an event of the mailbox once, however many sessions are handed it."""
     entry = _mailboxes.get(mailbox_id)

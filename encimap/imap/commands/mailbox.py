@@ -102,7 +102,11 @@ async def _select(session: Session, reader: Reader, *, readonly: bool) -> str:
             session.untagged(f"OK [UNSEEN {first_unseen}] First unseen.")
     session.untagged(f"OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid")
     session.untagged(f"OK [UIDNEXT {selected.highest_uid + 1}] Predicted next UID")
-    await condstore.selected(session, selected, resync)
+    try:
+        await condstore.selected(session, selected, resync)
+    except BaseException:
+        selected.close()  # not the session's yet: nothing else would release it
+        raise
     session.selected = selected
     session.state = State.SELECTED
     mode = "READ-ONLY" if readonly else "READ-WRITE"
