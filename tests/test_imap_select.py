@@ -165,3 +165,39 @@ async def test_select_locks_the_mailbox_only_to_claim(databases, cfg, tls_ca, tm
 async def _lock(conn, mailbox_id: int) -> None:
     """Hold the mailbox row as a writer does until its transaction ends."""
     await conn.execute("SELECT 1 FROM mailboxes WHERE id = $1 FOR NO KEY UPDATE", mailbox_id)
+
+
+async def test_new_mail_is_claimed_once_however_many_sessions_sync_at_once(
+    databases, cfg, tls_ca, tmp_path, monkeypatch
+):
+    """The sessions of one process that learn of the same new mail together ask the database
+    for its \\Recent claim once; what a SELECT read is not claimed again."""
+    box = await make_box(databases, "claimonce@example.test", tmp_path)
+    await store(databases, box, _message(0))
+    claims: list[str] = []
+    observe = db.PooledConnection.observe
+
+    def logged(self: db.PooledConnection, query) -> None:
+        if "encimap_claim_recent" in query.query:
+            claims.append(query.query)
+        observe(self, query)
+
+    monkeypatch.setattr(db.PooledConnection, "observe", logged)
+    _, tls_port = ports(cfg)
+    async with running_imap(cfg):
+        clients = [await RawClient.connect(tls_port, tls_ca) for _ in range(SESSIONS)]
+        try:
+            for client in clients:
+                await client.login(box)
+                _ok(await client.command("s", "SELECT INBOX"))
+            for client in clients:  # the first SELECT claimed message 1; nobody asks again
+                _ok(await client.command("n", "NOOP"))
+            assert claims == []
+            for round_ in range(3):
+                await store(databases, box, _message(round_ + 1))
+                replies = await asyncio.gather(*(client.command("n", "NOOP") for client in clients))
+                assert sum(b"* 1 RECENT\r\n" in _ok(reply) for reply in replies) <= 1
+                assert len(claims) == round_ + 1, claims
+        finally:
+            for client in clients:
+                await client.close()

@@ -151,6 +151,9 @@ class Selected:
         (IMAP4rev2 has no \\Recent: RFC 9051 appendix E)."""
         return recent and not readonly
 
+    def _claim_key(self) -> tuple[int, int, int]:
+        return (id(self.pool), self.mailbox.id, self.mailbox.uidvalidity)
+
     def _load(self, summary: flagsync.Summary) -> None:
         self.uids = summary.uids
         self.highest_uid = max(self.uids[-1] if self.uids else 0, self.mailbox.uid_next - 1)
@@ -159,6 +162,11 @@ class Selected:
         self.recent_reported = len(self.recent)
         self.keywords = set(summary.keywords)
         self.highest_modseq = summary.highest_modseq
+        if self.claims_recent and self.uids:
+            # what it read is now \Recent to this session or was to another: syncs of this
+            # process need not claim it again
+            key = self._claim_key()
+            _claimed[key] = max(_claimed.get(key, 0), self.uids[-1])
 
     def flag_lines(self) -> list[bytes]:
         """The FLAGS and PERMANENTFLAGS responses for the keywords known so far."""
@@ -451,12 +459,19 @@ class Selected:
         first_recent = None
         if new_rows and self.claims_recent:
             newest = new_rows[-1]["uid"]
-            claim_key = (id(self.pool), mailbox_id, self.mailbox.uidvalidity)
-            if newest > _claimed.get(claim_key, 0):
-                # the first session of this process to learn of the new mail tries to claim
-                # it; the others know another session has it (no UPDATE each)
-                first_recent = await mailboxes.claim_recent(self.pool, mailbox_id, newest)
-                _claimed[claim_key] = newest
+            key = self._claim_key()
+            before = _claimed.get(key, 0)
+            if newest > before:
+                # The first session of this process to learn of the new mail claims it, and
+                # says so before asking: the others, syncing meanwhile, know another session
+                # has it (no UPDATE each). A claim that fails leaves the mail to the next.
+                _claimed[key] = newest
+                try:
+                    first_recent = await mailboxes.claim_recent(self.pool, mailbox_id, newest)
+                except BaseException:
+                    if _claimed.get(key) == newest:
+                        _claimed[key] = before
+                    raise
         flag_rows = []
         if flagged:
             changed = sorted(flagged)
