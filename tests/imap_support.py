@@ -192,6 +192,16 @@ class RawClient:
             await self.writer.wait_closed()
 
 
+async def selected_session(
+    port: int, tls_ca: trustme.CA, box: Box, mailbox: str = "INBOX"
+) -> RawClient:
+    """A RawClient logged in as `box` with `mailbox` selected."""
+    client = await RawClient.connect(port, tls_ca)
+    await client.login(box)
+    await client.command("s", f"SELECT {mailbox}")
+    return client
+
+
 async def fetch_items(
     client: RawClient, count: int, items: Sequence[str]
 ) -> dict[tuple[int, str], bytes]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 from tests.imap_support import (
-    RawClient,
     imap_config,
     make_box,
     plain_message,
     ports,
     running_imap,
+    selected_session,
 )
 from tests.support import Databases
 
@@ -38,11 +38,8 @@ async def test_imap_reads_writes_and_hears_changes_through_the_socket(
     assert "?host=/" in cfg.database.encimap_url
     _, tls_port = ports(cfg)
     async with running_imap(cfg):
-        watcher = await RawClient.connect(tls_port, tls_ca)
-        writer = await RawClient.connect(tls_port, tls_ca)
-        for client in (watcher, writer):
-            await client.login(box)
-            await client.command("s", "SELECT INBOX")
+        watcher = await selected_session(tls_port, tls_ca, box)
+        writer = await selected_session(tls_port, tls_ca, box)
         message = plain_message(1)
         await writer.send(b"a APPEND INBOX {%d+}\r\n" % len(message) + message + b"\r\n")
         assert (await writer.until("a"))[-1].startswith(b"a OK")

@@ -21,6 +21,33 @@ def cfg(databases, tls_files):
     return imap_config(databases, tls_files, max_connections_per_user=SESSIONS + 5)
 
 
+@pytest.fixture
+def statements(monkeypatch) -> list[str]:
+    """Every statement the service's pools send from now on (PooledConnection.observe logs
+    them all), LISTEN aside."""
+    sent: list[str] = []
+    observe = db.PooledConnection.observe
+
+    def logged(self: db.PooledConnection, query) -> None:
+        if not query.query.startswith("LISTEN"):
+            sent.append(query.query)
+        observe(self, query)
+
+    monkeypatch.setattr(db.PooledConnection, "observe", logged)
+    return sent
+
+
+async def _sessions(port: int, tls_ca, box, count: int = SESSIONS) -> list[RawClient]:
+    clients = [await RawClient.connect(port, tls_ca) for _ in range(count)]
+    for client in clients:
+        await client.login(box)
+    return clients
+
+
+def _claims(statements: list[str]) -> list[str]:
+    return [statement for statement in statements if "encimap_claim_recent" in statement]
+
+
 def _message(number: int) -> bytes:
     return f"Subject: s{number}\r\nMessage-ID: <s{number}@example.org>\r\n\r\nbody\r\n".encode()
 
@@ -35,7 +62,7 @@ def _recent_uids(reply: list[bytes]) -> set[int]:
     return {int(n) for n in line.split()[2:]}
 
 
-async def test_select_and_examine_are_one_query(databases, cfg, tls_ca, tmp_path, monkeypatch):
+async def test_select_and_examine_are_one_query(databases, cfg, tls_ca, tmp_path, statements):
     """Every statement the service sends is logged by the pool's connections (PooledConnection
     .observe); a SELECT sends one, whatever the mode, and a missing mailbox is answered after
     that same one. The LISTEN round trip of the events barrier that ends every command in the
@@ -43,15 +70,6 @@ async def test_select_and_examine_are_one_query(databases, cfg, tls_ca, tmp_path
     box = await make_box(databases, "onequery@example.test", tmp_path)
     for number in range(3):
         await store(databases, box, _message(number), flags=("\\Seen",) if number == 0 else ())
-    statements: list[str] = []
-    observe = db.PooledConnection.observe
-
-    def logged(self: db.PooledConnection, query) -> None:
-        if not query.query.startswith("LISTEN"):
-            statements.append(query.query)
-        observe(self, query)
-
-    monkeypatch.setattr(db.PooledConnection, "observe", logged)
     _, tls_port = ports(cfg)
     async with running_imap(cfg):
         client = await RawClient.connect(tls_port, tls_ca)
@@ -95,10 +113,8 @@ async def test_recent_goes_to_one_of_the_sessions_that_select_at_once(
     delivered = [(await store(databases, box, _message(n))).uid for n in range(4)]
     _, tls_port = ports(cfg)
     async with running_imap(cfg):
-        clients = [await RawClient.connect(tls_port, tls_ca) for _ in range(SESSIONS)]
+        clients = await _sessions(tls_port, tls_ca, box)
         try:
-            for client in clients:
-                await client.login(box)
             examiner = clients[0]
             reply = _ok(await examiner.command("e", "EXAMINE INBOX"))
             assert b"* 4 RECENT\r\n" in reply, reply
@@ -168,36 +184,26 @@ async def _lock(conn, mailbox_id: int) -> None:
 
 
 async def test_new_mail_is_claimed_once_however_many_sessions_sync_at_once(
-    databases, cfg, tls_ca, tmp_path, monkeypatch
+    databases, cfg, tls_ca, tmp_path, statements
 ):
     """The sessions of one process that learn of the same new mail together ask the database
     for its \\Recent claim once; what a SELECT read is not claimed again."""
     box = await make_box(databases, "claimonce@example.test", tmp_path)
     await store(databases, box, _message(0))
-    claims: list[str] = []
-    observe = db.PooledConnection.observe
-
-    def logged(self: db.PooledConnection, query) -> None:
-        if "encimap_claim_recent" in query.query:
-            claims.append(query.query)
-        observe(self, query)
-
-    monkeypatch.setattr(db.PooledConnection, "observe", logged)
     _, tls_port = ports(cfg)
     async with running_imap(cfg):
-        clients = [await RawClient.connect(tls_port, tls_ca) for _ in range(SESSIONS)]
+        clients = await _sessions(tls_port, tls_ca, box)
         try:
             for client in clients:
-                await client.login(box)
                 _ok(await client.command("s", "SELECT INBOX"))
             for client in clients:  # the first SELECT claimed message 1; nobody asks again
                 _ok(await client.command("n", "NOOP"))
-            assert claims == []
+            assert _claims(statements) == []
             for round_ in range(3):
                 await store(databases, box, _message(round_ + 1))
                 replies = await asyncio.gather(*(client.command("n", "NOOP") for client in clients))
                 assert sum(b"* 1 RECENT\r\n" in _ok(reply) for reply in replies) <= 1
-                assert len(claims) == round_ + 1, claims
+                assert len(_claims(statements)) == round_ + 1, statements
         finally:
             for client in clients:
                 await client.close()
