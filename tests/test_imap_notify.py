@@ -462,3 +462,30 @@ async def test_new_mail_whose_binary_cannot_be_served_is_announced_without_its_f
         reply = await watcher.command("f", "FETCH 1 BINARY.PEEK[1]")
         assert reply[-1].startswith(b"f NO [UNKNOWN-CTE]"), reply
         await watcher.close()
+
+
+async def test_new_mail_too_large_for_message_new_overflows(databases, cfg, tls_ca, tmp_path):
+    """MessageNew asking for whole bodies: new mail whose FETCH would pass
+    notify.MESSAGE_NEW_BYTES ends notifications (RFC 5465 5.8) instead of being built in
+    memory; the EXISTS is still sent, and the client's own FETCH reads the message."""
+    box = await make_box(databases, "bodies@example.test", tmp_path)
+    await store_mail(databases, box, 1)
+    _, port = ports(cfg)
+    async with running_imap(cfg):
+        watcher = await _session(port, tls_ca, box)
+        await watcher.command("s", "SELECT INBOX")
+        reply = await watcher.command(
+            "n", "NOTIFY SET (selected (MessageNew (UID BODY.PEEK[]) MessageExpunge))"
+        )
+        assert reply[-1].startswith(b"n OK"), reply
+        await store(databases, box, plain_message(2, size=2 * notify.MESSAGE_NEW_BYTES))
+        lines = await _unsolicited(watcher, b"NOTIFICATIONOVERFLOW")
+        assert b"* 2 EXISTS\r\n" in lines, lines
+        assert not any(b"FETCH" in line for line in lines), lines
+        await store(databases, box, plain_message(3))  # MessageNew's FETCH has stopped
+        reply = await watcher.command("f", "NOOP")
+        assert b"* 3 EXISTS\r\n" in reply and reply[-1].startswith(b"f OK"), reply
+        assert not any(b"FETCH" in line for line in reply), reply
+        reply = await watcher.command("b", "FETCH 2 (UID RFC822.SIZE)")
+        assert reply[-1].startswith(b"b OK"), reply
+        await watcher.close()

@@ -20,8 +20,10 @@ listener (encimap.store.events) for all its NOTIFY sessions: a batch of events c
 read of the mailbox list and one STATUS read per changed mailbox and item set, whatever the
 number of sessions. Responses are written at once to a session waiting for its next command
 (never into a command's output); a session in a command gets them after its command's
-responses. A session that holds more than `_MAX_PENDING` of them, or whose client does not
-read, gets `* OK [NOTIFICATIONOVERFLOW]` and no more notifications (RFC 5465 5.8).
+responses. A session that holds more than `_MAX_PENDING` of them, whose client does not
+read, or whose MessageNew FETCH responses for one batch of new mail would pass
+MESSAGE_NEW_BYTES, gets `* OK [NOTIFICATIONOVERFLOW]` and no more notifications (RFC 5465
+5.8).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ import contextlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from encimap.db import DATABASE_ERRORS
 from encimap.imap.commands import AUTHENTICATED, command, fetch, idle, rev2
 from encimap.imap.commands import mailbox as mailbox_commands
 from encimap.imap.commands.mailbox import vaultbox_id
 from encimap.imap.parser import FetchItem, ParseError, Reader, parse_fetch_items
+from encimap.imap.selected import Selected
 from encimap.imap.session import Reply, Session, no
 from encimap.logs import get_logger
 from encimap.store import events, mailboxes
@@ -68,6 +72,10 @@ MAX_GROUPS = 20
 MAX_NAMES = 100
 # Responses held for a session in a command before it overflows.
 _MAX_PENDING = 1000
+# Bytes of MessageNew FETCH responses built for one report: more (bodies of large new mail)
+# ends notifications with NOTIFICATIONOVERFLOW rather than holding them in memory; the EXISTS
+# still tells the client, which fetches the messages itself.
+MESSAGE_NEW_BYTES = 4 * 1024 * 1024
 _RETRY_SECONDS = 1.0  # after a failed read the watch tries again this soon
 
 
@@ -183,37 +191,59 @@ class Notify:
         assert selected is not None
         before = selected.highest_uid
         lines = await selected.sync(expunge_ok=expunge_ok)
-        if self.selected is not None and self.selected.fetch and selected.highest_uid > before:
-            new = list(selected.uids[bisect.bisect_right(selected.uids, before) :])
-            lines.extend(await _fetch_lines(session, new, self.selected.fetch))
+        group = self.selected
+        if group is None or not group.fetch or self.overflowed or selected.highest_uid <= before:
+            return lines
+        new = list(selected.uids[bisect.bisect_right(selected.uids, before) :])
+        fetched, complete = await _fetch_lines(session, new, group.fetch)
+        lines.extend(fetched)
+        if not complete:
+            self._overflow(session)
+            lines.extend(self.take_pending())
         return lines
 
 
 async def _fetch_lines(
     session: Session, uids: list[int], items: Iterable[FetchItem]
-) -> list[bytes]:
-    """`* n FETCH (...)` of new messages for MessageNew's attributes (\\Seen is not set)."""
+) -> tuple[list[bytes], bool]:
+    """`* n FETCH (...)` of new messages for MessageNew's attributes (\\Seen is not set), and
+    whether they all fit in MESSAGE_NEW_BYTES. Rows are read a few at a time, one at a time
+    when they carry bodies, so no more than one body is held beyond what fits."""
     selected = session.selected
     assert selected is not None
     items = list(items)
+    columns = fetch.columns_for(items)
+    batch = 1 if "body_encrypted" in columns else 64
     lines: list[bytes] = []
-    for data in await fetch.message_rows(session, uids, fetch.columns_for(items)):
-        seq = selected.seq_of(data["uid"])
-        if seq is None:
-            continue
-        if "flags" in data:
-            data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
-        try:
-            pieces = [
-                b"".join(piece for piece in fetch.render(item, data) if piece is not None)
-                for item in items
-            ]
-        except Reply:
-            # An item that cannot be served (BINARY of an unknown encoding): the EXISTS tells
-            # the client of the message, and its own FETCH gets the NO.
-            continue
-        lines.append(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(pieces)))
-    return lines
+    size = 0
+    for start in range(0, len(uids), batch):
+        for data in await fetch.message_rows(session, uids[start : start + batch], columns):
+            line = _fetch_line(selected, items, data)
+            if line is None:
+                continue
+            size += len(line)
+            if size > MESSAGE_NEW_BYTES:
+                return lines, False
+            lines.append(line)
+    return lines, True
+
+
+def _fetch_line(selected: Selected, items: list[FetchItem], data: dict[str, Any]) -> bytes | None:
+    seq = selected.seq_of(data["uid"])
+    if seq is None:
+        return None
+    if "flags" in data:
+        data = {**data, "flags": selected.flags(data["uid"], data["flags"])}
+    try:
+        pieces = [
+            b"".join(piece for piece in fetch.render(item, data) if piece is not None)
+            for item in items
+        ]
+    except Reply:
+        # An item that cannot be served (BINARY of an unknown encoding): the EXISTS tells the
+        # client of the message, and its own FETCH gets the NO.
+        return None
+    return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(pieces))
 
 
 # -- the command --
