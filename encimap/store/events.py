@@ -27,6 +27,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -107,6 +108,23 @@ def parse(payload: str) -> Event | None:
 Subscriber = Callable[[Event], None]
 
 
+def _join(
+    groups: dict[Any, set[Subscriber]], key: Any, subscriber: Subscriber
+) -> Callable[[], None]:
+    """Add `subscriber` to `key`'s group; the function returned takes it out again (and the
+    group, once empty)."""
+    groups.setdefault(key, set()).add(subscriber)
+
+    def leave() -> None:
+        group = groups.get(key)
+        if group is not None:
+            group.discard(subscriber)
+            if not group:
+                del groups[key]
+
+    return leave
+
+
 class Listener:
     """LISTENs on one dedicated connection and calls subscribers of the event's mailbox."""
 
@@ -140,29 +158,11 @@ class Listener:
         await self._release()
 
     def subscribe(self, mailbox_id: int, subscriber: Subscriber) -> Callable[[], None]:
-        self._subscribers.setdefault(mailbox_id, set()).add(subscriber)
-
-        def unsubscribe() -> None:
-            group = self._subscribers.get(mailbox_id)
-            if group is not None:
-                group.discard(subscriber)
-                if not group:
-                    del self._subscribers[mailbox_id]
-
-        return unsubscribe
+        return _join(self._subscribers, mailbox_id, subscriber)
 
     def subscribe_vaultbox(self, vaultbox_id: str, subscriber: Subscriber) -> Callable[[], None]:
         """Every event of the vaultbox's mailboxes, and its NAMES events."""
-        self._vaultboxes.setdefault(vaultbox_id, set()).add(subscriber)
-
-        def unsubscribe() -> None:
-            group = self._vaultboxes.get(vaultbox_id)
-            if group is not None:
-                group.discard(subscriber)
-                if not group:
-                    del self._vaultboxes[vaultbox_id]
-
-        return unsubscribe
+        return _join(self._vaultboxes, vaultbox_id, subscriber)
 
     def barrier(self) -> asyncio.Future[None]:
         """A future done once every notification committed before this call has been

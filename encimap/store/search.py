@@ -90,6 +90,21 @@ class Modseq:
 Key = All | Nothing | Flag | Uids | Not | Or | And | Date | Size | Header | Text | Modseq
 
 
+def mentions(key: object, kind: type) -> bool:
+    """Whether a search program (also one still holding the parser's own nodes, such as
+    RECENT before it is resolved) has a criterion of type `kind` anywhere in it."""
+    if isinstance(key, kind):
+        return True
+    match key:
+        case Not(inner):
+            return mentions(inner, kind)
+        case Or(left, right):
+            return mentions(left, kind) or mentions(right, kind)
+        case And(inner):
+            return any(mentions(k, kind) for k in inner)
+    return False
+
+
 class _Compiler:
     def __init__(self, mailbox_id: int) -> None:
         self.params: list[object] = [mailbox_id]

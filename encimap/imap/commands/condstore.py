@@ -281,16 +281,7 @@ def store_modifier(reader: Reader) -> int | None:
 
 def uses_modseq(key: object) -> bool:
     """Whether a parsed search program has a MODSEQ criterion (then results carry MODSEQ)."""
-    match key:
-        case keys.Modseq():
-            return True
-        case keys.Not(inner):
-            return uses_modseq(inner)
-        case keys.Or(left, right):
-            return uses_modseq(left) or uses_modseq(right)
-        case keys.And(inner):
-            return any(uses_modseq(k) for k in inner)
-    return False
+    return keys.mentions(key, keys.Modseq)
 
 
 async def search_modseq(session: Session, uids: list[int], options: list[str] | None) -> int | None:

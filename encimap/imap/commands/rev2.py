@@ -64,21 +64,8 @@ def wire_name(session: Session, name: str, *, quoted: bool = False) -> str:
 
 def check_search_key(session: Session, key: object) -> None:
     """RECENT, NEW and OLD are not rev2 search keys (appendix E): BAD in rev2 mode."""
-    if active(session) and _mentions_recent(key):
+    if active(session) and keys.mentions(key, RecentKey):
         raise ParseError("RECENT, NEW and OLD are not IMAP4rev2 search keys")
-
-
-def _mentions_recent(key: object) -> bool:
-    match key:
-        case RecentKey():
-            return True
-        case keys.Not(inner):
-            return _mentions_recent(inner)
-        case keys.Or(left, right):
-            return _mentions_recent(left) or _mentions_recent(right)
-        case keys.And(inner):
-            return any(_mentions_recent(k) for k in inner)
-    return False
 
 
 def status_items(session: Session, rev1_items: tuple[str, ...]) -> tuple[str, ...]:
