@@ -21,16 +21,14 @@ def available() -> str | None:
     return None
 
 
+def _imaptest(port: int, user: str, password: str, *settings: str) -> list[str]:
+    """imaptest against 127.0.0.1:`port` as `user`, with `settings` (key=value)."""
+    host = ("host=127.0.0.1", f"port={port}", f"user={user}", f"pass={password}")
+    return [str(IMAPTEST / "imaptest"), *host, *settings]
+
+
 def stress_command(port: int, user: str, password: str, *extra: str) -> list[str]:
-    return [
-        str(IMAPTEST / "imaptest"),
-        "host=127.0.0.1",
-        f"port={port}",
-        f"user={user}",
-        f"pass={password}",
-        f"mbox={IMAPTEST / 'stress.mbox'}",
-        *extra,
-    ]
+    return _imaptest(port, user, password, f"mbox={IMAPTEST / 'stress.mbox'}", *extra)
 
 
 def errors(output: str) -> list[str]:
@@ -80,14 +78,7 @@ def latencies(output: str) -> dict[str, float]:
 
 def script_command(port: int, user: str, password: str, script: Path) -> list[str]:
     """imaptest running one scripted test (its mailbox files are looked up beside it)."""
-    return [
-        str(IMAPTEST / "imaptest"),
-        "host=127.0.0.1",
-        f"port={port}",
-        f"user={user}",
-        f"pass={password}",
-        f"test={script}",
-    ]
+    return _imaptest(port, user, password, f"test={script}")
 
 
 def script_passed(output: str, errors_text: str) -> bool:

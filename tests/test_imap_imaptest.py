@@ -224,6 +224,16 @@ async def _run_scripts(port: int, user: str, password: str, scripts: dict[str, P
     return results
 
 
+async def _run_scripts_on_dovecot(scripts: dict[str, Path]) -> dict[str, tuple[bool, str]]:
+    """`_run_scripts` against a private Dovecot with an empty mailbox."""
+    dovecot = dovecot_support.Dovecot([])
+    await asyncio.to_thread(dovecot.start)
+    try:
+        return await _run_scripts(dovecot.port, dovecot.user, dovecot.password, scripts)
+    finally:
+        await asyncio.to_thread(dovecot.stop)
+
+
 async def test_catenate_scripts_with_encrypted_messages(databases, cfg, tmp_path):
     """imaptest's CATENATE scripts, every message already encrypted: every command gets
     the reply the script expects (the invalid-URL NOs, TRYCREATE) and every body read back
@@ -239,12 +249,7 @@ async def test_catenate_scripts_with_encrypted_messages(databases, cfg, tmp_path
     failed = {name: report[-3000:] for name, (passed, report) in ours.items() if not passed}
     assert not failed, failed
     if dovecot_support.available() is None:  # the same scripts hold for Dovecot
-        dovecot = dovecot_support.Dovecot([])
-        await asyncio.to_thread(dovecot.start)
-        try:
-            theirs = await _run_scripts(dovecot.port, dovecot.user, dovecot.password, scripts)
-        finally:
-            await asyncio.to_thread(dovecot.stop)
+        theirs = await _run_scripts_on_dovecot(scripts)
         failed = {name: report[-3000:] for name, (passed, report) in theirs.items() if not passed}
         assert not failed, failed
 
@@ -260,12 +265,7 @@ async def test_binary_fetch_scripts_answer_as_dovecot(databases, cfg, tmp_path):
     port, _ = ports(cfg)
     async with running_imap(cfg):
         ours = await _run_scripts(port, box.username, box.password, scripts)
-    dovecot = dovecot_support.Dovecot([])
-    await asyncio.to_thread(dovecot.start)
-    try:
-        theirs = await _run_scripts(dovecot.port, dovecot.user, dovecot.password, scripts)
-    finally:
-        await asyncio.to_thread(dovecot.stop)
+    theirs = await _run_scripts_on_dovecot(scripts)
     for name in names:
         assert "BINARY" in theirs[name][1], theirs[name][1]  # the replies are in the report
         assert ours[name] == theirs[name], name

@@ -102,21 +102,16 @@ async def test_status_for_other_mailboxes_and_list_for_names(databases, cfg, tls
         await actor.command("u", "UNSELECT")
 
         # mailbox names and subscriptions
-        await actor.command("c", "CREATE Projects")
-        lines = await _unsolicited(watcher, b"LIST")
-        assert lines[-1] == b'* LIST () "/" Projects\r\n', lines
-        await actor.command("r", "RENAME Projects Archive")
-        lines = await _unsolicited(watcher, b"LIST")
-        assert lines[-1] == b'* LIST () "/" Archive ("OLDNAME" ("Projects"))\r\n', lines
-        await actor.command("s", "SUBSCRIBE Archive")
-        lines = await _unsolicited(watcher, b"LIST")
-        assert lines[-1] == b'* LIST (\\Subscribed) "/" Archive\r\n', lines
-        await actor.command("s", "UNSUBSCRIBE Archive")
-        lines = await _unsolicited(watcher, b"LIST")
-        assert lines[-1] == b'* LIST () "/" Archive\r\n', lines
-        await actor.command("d", "DELETE Archive")
-        lines = await _unsolicited(watcher, b"LIST")
-        assert lines[-1] == b'* LIST (\\NonExistent) "/" Archive\r\n', lines
+        for change, expected in (
+            ("CREATE Projects", b'* LIST () "/" Projects\r\n'),
+            ("RENAME Projects Archive", b'* LIST () "/" Archive ("OLDNAME" ("Projects"))\r\n'),
+            ("SUBSCRIBE Archive", b'* LIST (\\Subscribed) "/" Archive\r\n'),
+            ("UNSUBSCRIBE Archive", b'* LIST () "/" Archive\r\n'),
+            ("DELETE Archive", b'* LIST (\\NonExistent) "/" Archive\r\n'),
+        ):
+            await actor.command("c", change)
+            lines = await _unsolicited(watcher, b"LIST")
+            assert lines[-1] == expected, (change, lines)
 
         # its own changes: the replies told it, no notification
         await watcher.command("c", "CREATE Mine")
