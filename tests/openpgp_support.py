@@ -3,6 +3,7 @@ not ours: GnuPG (`gpg`), Sequoia (`sq`) and RNP (`rnp`, Thunderbird's OpenPGP li
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -15,8 +16,12 @@ from pathlib import Path
 KINDS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "ed25519": ("ed25519", [("cv25519", "encr")]),
     "rsa3072": ("rsa3072", [("rsa3072", "encr")]),
+    "rsa2048": ("rsa2048", [("rsa2048", "encr")]),
     "rsa4096": ("rsa4096", [("rsa4096", "encr")]),
     "nistp256": ("nistp256", [("nistp256", "encr")]),
+    "nistp384": ("nistp384", [("nistp384", "encr")]),
+    "nistp521": ("nistp521", [("nistp521", "encr")]),
+    "brainpoolP256r1": ("brainpoolP256r1", [("brainpoolP256r1", "encr")]),
     "two-subkeys": ("ed25519", [("cv25519", "encr"), ("rsa3072", "encr")]),
     "no-encryption": ("ed25519", [("ed25519", "sign")]),
     "rsa1024": ("rsa1024", [("rsa1024", "encr")]),
@@ -73,6 +78,58 @@ def make_key(
     )
 
 
+def make_any_key(address: str, kind: str) -> GpgKey:
+    """A key as GnuPG (`kind` of KINDS), Sequoia (`sq-cv25519`, `sq-rsa3072`: `sq key
+    generate`) or RNP (`rnp-rsa2048`: `rnpkeys --generate-key`, then given a Features
+    subpacket by GnuPG's `setpref`, see `rnp_key`) makes it; the secret key is in GnuPG's home
+    as well, for `gpg --decrypt`."""
+    if kind.startswith("sq-"):
+        suite = {"sq-cv25519": "cv25519", "sq-rsa3072": "rsa3k"}[kind]
+        work = Path(tempfile.mkdtemp(prefix="sq-"))
+        _run(["sq", "key", "generate", "--userid", f"<{address}>", "--cipher-suite", suite,
+              "--export", str(work / "key.pgp")])  # fmt: skip
+        secret = (work / "key.pgp").read_bytes()
+        shutil.rmtree(work)
+        return _in_gnupg(_run(["sq", "key", "extract-cert"], secret), secret)
+    if kind == "rnp-rsa2048":
+        key = rnp_key(address)
+        gpg(key.home, "--command-fd", "0", "--edit-key", key.fingerprint,
+            data=b"setpref\ny\nsave\n")  # fmt: skip
+        return dataclasses.replace(
+            key, public=gpg(key.home, "--armor", "--export", key.fingerprint)
+        )
+    return make_key(address, kind)
+
+
+def rnp_key(address: str) -> GpgKey:
+    """A key as `rnpkeys --generate-key` (RNP 0.16, Thunderbird's library) makes it: RSA-2048
+    with an RSA-2048 encryption subkey and no Features subpacket."""
+    work = Path(tempfile.mkdtemp(prefix="rnp-"))
+    try:
+        rnpkeys = ["rnpkeys", "--homedir", str(work)]
+        _run([*rnpkeys, "--generate-key", "--userid", f"<{address}>", "--password", ""])
+        public = _run([*rnpkeys, "--export-key", f"<{address}>"])
+        secret = _run([*rnpkeys, "--export-key", "--secret", f"<{address}>"])
+    finally:
+        shutil.rmtree(work)
+    return _in_gnupg(public, secret)
+
+
+def revoke_subkey(key: GpgKey, number: int) -> bytes:
+    """The public key with its `number`th subkey (1 = first) revoked by GnuPG."""
+    gpg(key.home, "--command-fd", "0", "--edit-key", key.fingerprint,
+        data=f"key {number}\nrevkey\ny\n0\n\ny\nsave\n".encode())  # fmt: skip
+    return gpg(key.home, "--armor", "--export", key.fingerprint)
+
+
+def _in_gnupg(public: bytes, secret: bytes) -> GpgKey:
+    home = Path(tempfile.mkdtemp(prefix="gpg-imp-"))
+    home.chmod(0o700)
+    gpg(home, "--import", data=secret)
+    fingerprint = _fingerprint(gpg(home, "--with-colons", "--list-keys").decode())
+    return GpgKey(home, fingerprint, public, secret)
+
+
 def revoked(key: GpgKey) -> bytes:
     """The public key with GnuPG's stored revocation certificate applied."""
     certificate = (key.home / "openpgp-revocs.d" / f"{key.fingerprint}.rev").read_bytes()
@@ -115,8 +172,8 @@ def tools_missing() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
-def _run(command: list[str]) -> bytes:
-    done = subprocess.run(command, capture_output=True, check=False, timeout=300)
+def _run(command: list[str], data: bytes = b"") -> bytes:
+    done = subprocess.run(command, input=data, capture_output=True, check=False, timeout=300)
     assert done.returncode == 0, (command, done.stderr.decode(errors="replace"))
     return done.stdout
 

@@ -143,3 +143,23 @@ def _gpg_with(home: Path, passphrase: str, *args: str) -> subprocess.CompletedPr
 def _fingerprint(home: Path) -> str:
     colons = gpg(home, "--with-colons", "--list-keys").decode()
     return next(line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:"))
+
+
+def test_an_older_copy_does_not_undo_a_revocation(config_file, tmp_path) -> None:
+    """Importing a copy of a stored key merges it into the stored one, as GnuPG does: the copy
+    from before the revocation leaves the key revoked (it used to replace the stored copy and
+    make the key usable again)."""
+    key = make_key("keys@cli.test")
+    original, revocation = tmp_path / "original.asc", tmp_path / "revoked.asc"
+    original.write_bytes(key.public)
+    revocation.write_bytes(revoked(key))
+    stop_agent(key)
+    for path in (original, revocation):
+        done = key_cli("import", "keys@cli.test", str(path), config_file=config_file)
+        assert done.returncode == 0, done.stderr
+    again = key_cli("import", "keys@cli.test", str(original), config_file=config_file)
+    assert again.returncode == 0, again.stderr
+    assert "the key is revoked" in again.stdout and "no longer encrypted" in again.stdout
+    listed = key_cli("list", "keys@cli.test", config_file=config_file)
+    assert f"{key.fingerprint}  ed25519  expires never  not usable" in listed.stdout
+    key_cli("remove", "keys@cli.test", key.fingerprint, config_file=config_file)

@@ -29,6 +29,11 @@ async def import_key(cfg: Config, args: argparse.Namespace) -> int:
         raise CommandError(f"{args.key} cannot be used for {args.address}: {exc}") from None
     async with db.connect(cfg.database, "encimap") as conn:
         box = await vaultboxes.get_vaultbox(conn, args.address)
+        # A copy of a stored key is merged into the stored one, as GnuPG merges an import:
+        # an older copy must not undo a revocation or drop a subkey the stored copy has.
+        for stored in await openpgp_keys.keys_of(conn, box.id):
+            if stored.fingerprint == cert.fingerprint.upper():
+                cert = pysequoia.Cert.from_bytes(stored.armored_key.encode()).merge(cert)
         try:
             _, info = openpgp.check_key(
                 cert, box.address, allow_address_mismatch=cfg.smime.allow_address_mismatch

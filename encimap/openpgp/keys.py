@@ -1,10 +1,13 @@
 """OpenPGP public keys of a vaultbox: parse, check, describe.
 
-A transferable public key (RFC 4880 section 11.1, ASCII-armoured or binary) is accepted for an
-address when it is not revoked or expired, has an encryption-capable subkey that is valid now
-(Sequoia's standard policy decides, signatures checked), carries a user ID with the address
-(unless mismatches are allowed) and uses no weak algorithm: RSA under 2048 bits, DSA or
-ElGamal anywhere in the key.
+A transferable public key (RFC 4880 section 11.1, ASCII-armoured or binary, at most
+MAX_KEY_BYTES) is accepted for an address when it is not revoked or expired, has an
+encryption-capable subkey that is valid now (Sequoia's standard policy decides, signatures
+checked; a subkey past its own expiry is not used), carries a user ID that is not revoked with
+the address (unless mismatches are allowed), uses no weak algorithm (RSA under 2048 bits, DSA
+or ElGamal anywhere in the key) and, as a version 4 key, announces its features: without a
+Features subpacket Sequoia encrypts in the RFC 9580 format (SEIPD version 2) that GnuPG 2.2 and
+2.4, RNP before 0.18 and so Thunderbird cannot read, and the binding offers no way to choose.
 """
 
 from __future__ import annotations
@@ -12,14 +15,21 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pysequoia
-from pysequoia.packet import PacketPile, PublicKeyAlgorithm, Tag
+from pysequoia.packet import HashAlgorithm, PacketPile, PublicKeyAlgorithm, SignatureType, Tag
 
 from encimap.openpgp.errors import KeyRefused, NoUsableKey, reason
 
 MIN_RSA_BITS = 2048
+# A flooded key (thousands of user IDs or certifications) costs about 0.5 ms per user ID to
+# check, on the intake's loop at the first RCPT; ordinary keys are a few KB.
+MAX_KEY_BYTES = 512 * 1024
+# Curves GnuPG and RNP make keys on that the binding's crypto backend cannot use.
+UNSUPPORTED_CURVES = frozenset({"brainpoolP256r1", "brainpoolP384r1", "brainpoolP512r1"})
+FEATURE_SEIPD_V2 = 0x08  # RFC 9580 section 5.2.3.32
+_FEATURES_SUBPACKET = 30
 # By the algorithm's number (the binding's enum values are not hashable).
 _RSA = {
     int(PublicKeyAlgorithm.RSAEncryptSign),
@@ -45,6 +55,16 @@ _CURVES = {
 }
 _KEY_TAGS = (Tag.PublicKey, Tag.PublicSubkey)
 _SECRET_TAGS = (Tag.SecretKey, Tag.SecretSubkey)
+_WEAK_HASHES = {int(HashAlgorithm.SHA1): "SHA-1", int(HashAlgorithm.MD5): "MD5",
+                int(HashAlgorithm.RipeMD): "RIPEMD-160"}  # fmt: skip
+_RENEW_SHA1 = (
+    "renew its self-signatures with current software (GnuPG: gpg --quick-set-expire FINGERPRINT "
+    "2y, then gpg --quick-set-expire FINGERPRINT 2y '*') and import it again"
+)
+_RENEW_FEATURES = (
+    "renew its preferences with current software (GnuPG: gpg --edit-key FINGERPRINT setpref "
+    "save) and import it again"
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,11 @@ class KeyInfo:
 def load_key(data: bytes | str) -> pysequoia.Cert:
     """Exactly one public key from armoured or binary `data`; KeyRefused otherwise."""
     raw = data.encode("ascii", "replace") if isinstance(data, str) else data
+    if len(raw) > MAX_KEY_BYTES:
+        raise KeyRefused(
+            f"the key is {len(raw) // 1024} KiB, more than {MAX_KEY_BYTES // 1024} KiB "
+            "(export it without third-party signatures: gpg --export-options export-minimal)"
+        )
     try:
         certs = pysequoia.Cert.split_bytes(raw)
     except Exception as exc:  # the binding raises plain exceptions with a Rust backtrace
@@ -87,24 +112,34 @@ def check_key(
     keys = key_packets(cert)
     for packet in keys:
         _check_strength(packet)
+    components = _components(cert)
     try:
         revoked, expires = cert.is_revoked, cert.expiration
     except Exception as exc:  # Sequoia's policy refuses the primary key or its binding
-        raise KeyRefused(f"the key is refused: {reason(exc)}") from None
+        raise KeyRefused(_explained(f"the key is refused: {reason(exc)}", components)) from None
     if revoked:
         raise KeyRefused("the key is revoked")
     if expires is not None and expires <= now:
         raise KeyRefused(f"the key expired on {expires:%Y-%m-%d %H:%M} UTC")
     user_ids = tuple(str(user_id) for user_id in cert.user_ids)
+    revoked_ids = _revoked_user_ids(components)
     if not allow_address_mismatch and address.lower() not in {
-        found.lower() for found in map(user_id_address, user_ids) if found
+        found.lower()
+        for user_id in user_ids
+        if user_id not in revoked_ids and (found := user_id_address(user_id))
     }:
-        shown = ", ".join(user_ids) or "none"
+        shown = ", ".join(f"{i} (revoked)" if i in revoked_ids else i for i in user_ids) or "none"
         raise KeyRefused(f"no user ID with the address {address} (user IDs: {shown})")
     try:
-        used = encryption_subkeys(cert)
+        used = encryption_subkeys(cert, now, components)
     except NoUsableKey as exc:
-        raise KeyRefused(str(exc)) from None
+        raise KeyRefused(_explained(str(exc), components)) from None
+    if keys[0].body[:1] == b"\x04" and _features(components) is None:
+        raise KeyRefused(
+            "the key announces no features (no Features subpacket, as RNP 0.16 makes keys), so "
+            "mail to it would be in the RFC 9580 format that GnuPG, RNP and Thunderbird cannot "
+            f"read; {_RENEW_FEATURES}"
+        )
     algorithms = {packet.key_id: key_algorithm(packet) for packet in keys}
     return cert, KeyInfo(
         fingerprint=cert.fingerprint.upper(),
@@ -146,23 +181,35 @@ def usable(cert: pysequoia.Cert, now: datetime | None = None) -> bool:
     if revoked or (expires is not None and expires <= now):
         return False
     try:
-        encryption_subkeys(cert)
+        encryption_subkeys(cert, now)
     except NoUsableKey:
         return False
     return True
 
 
-def encryption_subkeys(cert: pysequoia.Cert) -> list[str]:
+def encryption_subkeys(
+    cert: pysequoia.Cert, now: datetime | None = None, components: list[_Component] | None = None
+) -> list[str]:
     """Key IDs of the subkeys Sequoia encrypts to now (every valid encryption-capable one).
 
     Found by encrypting nothing to the key, so it is exactly what delivery will do; raises
-    NoUsableKey when there is none.
+    NoUsableKey when there is none. The binding falls back to expired subkeys when no
+    encryption subkey is alive (pysequoia's `encrypt`), and an expired subkey's secret may be
+    gone: that is refused here too.
     """
     try:
         message = pysequoia.encrypt(b"", [cert], armor=False)
     except Exception as exc:
         raise NoUsableKey(f"no encryption-capable subkey valid now: {reason(exc)}") from None
-    return pkesk_key_ids(message)
+    used = pkesk_key_ids(message)
+    expiries = _subkey_expiries(components or _components(cert))
+    ended = [expiries[key_id] for key_id in used if key_id in expiries]
+    now = now or datetime.now(UTC)
+    if used and len(ended) == len(used) and all(end <= now for end in ended):
+        raise NoUsableKey(
+            f"no encryption-capable subkey valid now: the last expired on {max(ended):%Y-%m-%d}"
+        )
+    return used
 
 
 def pkesk_key_ids(message: bytes) -> list[str]:
@@ -211,6 +258,128 @@ def key_algorithm(packet: object) -> str:
 
 def key_packets(cert: pysequoia.Cert) -> list[object]:
     return [packet for packet in PacketPile.from_bytes(bytes(cert)) if packet.tag in _KEY_TAGS]
+
+
+@dataclass
+class _Component:
+    """A key or user ID packet with the signatures that follow it in the key."""
+
+    packet: object
+    signatures: list[object]
+
+
+def _components(cert: pysequoia.Cert) -> list[_Component]:
+    found: list[_Component] = []
+    for packet in PacketPile.from_bytes(bytes(cert)):
+        if packet.tag == Tag.Signature and found:
+            found[-1].signatures.append(packet)
+        elif packet.tag != Tag.Signature:
+            found.append(_Component(packet, []))
+    return found
+
+
+def _self_signatures(components: list[_Component], component: _Component) -> list[object]:
+    """The signatures on `component` made by the primary key, newest first (Sequoia has
+    checked the ones it uses; these are read for what the binding does not expose)."""
+    primary = components[0].packet
+    fingerprint, key_id = primary.fingerprint, primary.key_id  # type: ignore[attr-defined]
+    own = [
+        signature
+        for signature in component.signatures
+        if signature.issuer_fingerprint == fingerprint  # type: ignore[attr-defined]
+        or signature.issuer_key_id == key_id  # type: ignore[attr-defined]
+    ]
+    return sorted(own, key=lambda signature: signature.signature_created, reverse=True)  # type: ignore[attr-defined]
+
+
+def _revoked_user_ids(components: list[_Component]) -> set[str]:
+    """User IDs whose newest self-signature is a revocation."""
+    revoked = set()
+    for component in components:
+        if component.packet.tag != Tag.UserID:  # type: ignore[attr-defined]
+            continue
+        own = _self_signatures(components, component)
+        if own and own[0].signature_type == SignatureType.CertificationRevocation:  # type: ignore[attr-defined]
+            revoked.add(component.packet.user_id)  # type: ignore[attr-defined]
+    return revoked
+
+
+def _subkey_expiries(components: list[_Component]) -> dict[str, datetime]:
+    """Key ID -> expiry of each subkey whose newest binding signature sets one."""
+    found = {}
+    for component in components:
+        if component.packet.tag != Tag.PublicSubkey:  # type: ignore[attr-defined]
+            continue
+        bindings = [
+            signature
+            for signature in _self_signatures(components, component)
+            if signature.signature_type == SignatureType.SubkeyBinding  # type: ignore[attr-defined]
+        ]
+        period = bindings[0].key_validity_period if bindings else None  # type: ignore[attr-defined]
+        if period:
+            created = component.packet.key_created  # type: ignore[attr-defined]
+            found[component.packet.key_id] = created + timedelta(seconds=period.total_seconds())  # type: ignore[attr-defined]
+    return found
+
+
+def _features(components: list[_Component]) -> int | None:
+    """The Features announced by the primary key's self-signatures (direct-key and user ID
+    bindings) ORed together, or None when none carries the subpacket."""
+    found = None
+    for component in components:
+        if component.packet.tag not in (Tag.PublicKey, Tag.UserID):  # type: ignore[attr-defined]
+            continue
+        for signature in _self_signatures(components, component):
+            value = _hashed_subpacket(signature.body, _FEATURES_SUBPACKET)  # type: ignore[attr-defined]
+            if value is not None:
+                found = (found or 0) | (value[0] if value else 0)
+    return found
+
+
+def _hashed_subpacket(body: bytes, wanted: int) -> bytes | None:
+    """The first hashed subpacket of type `wanted` in a version 4 or 6 signature packet body
+    (RFC 9580 sections 5.2.3 and 5.2.3.7), or None."""
+    if body[:1] == b"\x04":
+        start, length = 6, int.from_bytes(body[4:6], "big")
+    elif body[:1] == b"\x06":
+        start, length = 8, int.from_bytes(body[4:8], "big")
+    else:
+        return None
+    area, position = body[start : start + length], 0
+    while position < len(area):
+        first = area[position]
+        if first < 192:
+            size, position = first, position + 1
+        elif first < 255:
+            size = ((first - 192) << 8) + area[position + 1] + 192
+            position += 2
+        else:
+            size = int.from_bytes(area[position + 1 : position + 5], "big")
+            position += 5
+        if size == 0:
+            break
+        if area[position] & 0x7F == wanted:
+            return area[position + 1 : position + size]
+        position += size
+    return None
+
+
+def _explained(message: str, components: list[_Component]) -> str:
+    """A refusal of Sequoia's policy with the cause it does not name, when it is one of ours."""
+    for component in components:
+        if component.packet.tag in _KEY_TAGS:  # type: ignore[attr-defined]
+            algorithm = key_algorithm(component.packet)
+            if algorithm in UNSUPPORTED_CURVES:
+                return f"{algorithm} keys are not supported by this server ({message})"
+    for component in components:
+        for signature in _self_signatures(components, component)[:1]:  # the one in force
+            weak = _WEAK_HASHES.get(int(signature.hash_algorithm))  # type: ignore[attr-defined]
+            if weak:
+                return (
+                    f"the key is signed with {weak}, which is no longer accepted for key "
+                    f"signatures (RFC 9580 section 9.5; {message}); {_RENEW_SHA1}"
+                )
+    return message
 
 
 def _check_strength(packet: object) -> None:
