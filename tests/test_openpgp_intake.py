@@ -25,6 +25,7 @@ from tests.openpgp_support import (
     GpgKey,
     decrypt,
     gpg,
+    make_any_key,
     make_key,
     revoked,
     stop_agent,
@@ -36,12 +37,19 @@ from tests.support import Databases, make_vaultbox, run_cli, write_config_file
 pytestmark = pytest.mark.skipif(bool(tools_missing()), reason=f"missing {tools_missing()}")
 
 # kind -> the algorithm the processing log names (the encryption subkeys used)
+# (gpg --quick-generate-key unless named sq- or rnp-: see openpgp_support.make_any_key)
 KINDS = {
     "ed25519": "openpgp/cv25519",
+    "rsa2048": "openpgp/rsa2048",
     "rsa3072": "openpgp/rsa3072",
     "rsa4096": "openpgp/rsa4096",
     "nistp256": "openpgp/nistp256",
+    "nistp384": "openpgp/nistp384",
+    "nistp521": "openpgp/nistp521",
     "two-subkeys": "openpgp/cv25519+rsa3072",
+    "sq-cv25519": "openpgp/cv25519",
+    "sq-rsa3072": "openpgp/rsa3072",
+    "rnp-rsa2048": "openpgp/rsa2048",
 }
 BODY = b"Hello,\r\n.leading dot survives\r\n\tand a tab\r\n-----not armour\r\nbye\r\n"
 
@@ -65,7 +73,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def keys(work: Path):
-    made = {kind: make_key(f"{kind}@pgp.test", kind) for kind in KINDS}
+    made = {kind: make_any_key(f"{kind}@pgp.test", kind) for kind in KINDS}
     yield made
     for key in made.values():
         stop_agent(key)
