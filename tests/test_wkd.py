@@ -14,13 +14,15 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
 from encimap import openpgp
 from encimap.pgcluster import free_port
+from encimap.service.http import Request
 from encimap.store import openpgp_keys
+from encimap.wkd import directory
 from tests.openpgp_support import gpg, make_key, stop_agent, tools_missing
 from tests.service_support import running_service
 from tests.support import Databases, make_config, make_vaultbox
@@ -47,7 +49,7 @@ def fetch(port: int, url: str, method: str = "GET") -> tuple[int, bytes, str]:
     parts = urlsplit(url)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        target = parts.path + (f"?{quote(parts.query, safe='=&')}" if parts.query else "")
         connection.request(method, target, headers={"Host": parts.hostname})
         response = connection.getresponse()
         return response.status, response.read(), response.getheader("Content-Type", "")
@@ -147,3 +149,57 @@ async def test_connections_over_the_per_address_limit_are_closed_unanswered(data
         assert status[0] == 200
         for _, held in idle[1:]:
             held.close()
+
+
+@pytest.mark.parametrize(
+    "address", ["Web.Key@Example.ORG", "a+B@wkd.test", "JÖRG@wkd.test", "İstanbul@wkd.test"]
+)
+def test_paths_and_hashes_are_gnupgs(address: str) -> None:
+    """The hash lower-cases ASCII letters only (draft section 3.1), as GnuPG does: "JÖRG" is
+    hashed as "jÖrg" (it was hashed as "jörg"), and both URL forms parse to GnuPG's hash and
+    the lower-cased domain."""
+    printed = subprocess.run(
+        [WKS_CLIENT, "--print-wkd-hash", address], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    assert directory.hashed_local_part(address.rsplit("@", 1)[0]) == printed
+    domain = address.rsplit("@", 1)[1].lower()
+    for url in wkd_urls(address):
+        parts = urlsplit(url)
+        request = Request("GET", parts.path, parts.query, {"host": parts.hostname}, "127.0.0.1")
+        assert directory.parse(request) == (domain, printed), url
+
+
+async def test_a_non_ascii_local_part_is_found(databases) -> None:
+    address = "JÖRG@wkd.test"
+    key = make_key(address)
+    try:
+        await _publish(databases, address, key.public, "active")
+    finally:
+        stop_agent(key)
+    port = free_port()
+    cfg = make_config(databases, wkd={"listen": f"127.0.0.1:{port}"})
+    async with running_service(cfg, "wkd"):
+        status, body, _ = await asyncio.to_thread(fetch, port, wkd_urls(address)[0])
+    assert status == 200 and bytes(openpgp.load_key(body)) == body
+
+
+async def test_a_key_with_a_non_ascii_user_id_is_served(databases) -> None:
+    """The stored armour names the user IDs in Comment lines, in UTF-8: a key of "Jörg Müller
+    <jm@wkd.test>" got 500 (the armour was encoded as ASCII)."""
+    key = make_key("jm@wkd.test")
+    try:
+        gpg(key.home, "--quick-add-uid", key.fingerprint, "Jörg Müller <jm@wkd.test>")
+        await _publish(
+            databases,
+            "jm@wkd.test",
+            gpg(key.home, "--armor", "--export", key.fingerprint),
+            "active",
+        )
+    finally:
+        stop_agent(key)
+    port = free_port()
+    cfg = make_config(databases, wkd={"listen": f"127.0.0.1:{port}"})
+    async with running_service(cfg, "wkd"):
+        status, body, _ = await asyncio.to_thread(fetch, port, wkd_urls("jm@wkd.test")[0])
+    assert status == 200, status
+    assert "Jörg Müller <jm@wkd.test>" in map(str, openpgp.load_key(body).user_ids)
