@@ -6,13 +6,14 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from encimap import openpgp
 from encimap.store import openpgp_keys, vaultboxes
-from tests.openpgp_support import gpg, make_key, revoked, stop_agent, tools_missing
+from tests.openpgp_support import gpg, make_key, revoked, rnp_key, stop_agent, tools_missing
 from tests.support import Databases, make_vaultbox, run_cli, write_config_file
 
 pytestmark = pytest.mark.skipif(bool(tools_missing()), reason=f"missing {tools_missing()}")
@@ -162,4 +163,30 @@ def test_an_older_copy_does_not_undo_a_revocation(config_file, tmp_path) -> None
     assert "the key is revoked" in again.stdout and "no longer encrypted" in again.stdout
     listed = key_cli("list", "keys@cli.test", config_file=config_file)
     assert f"{key.fingerprint}  ed25519  expires never  not usable" in listed.stdout
+    key_cli("remove", "keys@cli.test", key.fingerprint, config_file=config_file)
+
+
+async def test_list_says_why_a_stored_key_is_not_usable(databases, config_file) -> None:
+    """A key stored before a check existed (here: RNP 0.16's, without a Features subpacket)
+    is listed as the intake sees it, not usable, with the reason (it was listed as usable)."""
+    key = rnp_key("keys@cli.test")
+    stop_agent(key)
+    cert = openpgp.load_key(key.public)
+    info = openpgp.KeyInfo(
+        fingerprint=key.fingerprint,
+        user_ids=("<keys@cli.test>",),
+        algorithm="rsa2048",
+        encryption_algorithms=("rsa2048",),
+        created=datetime.now(UTC),
+        expires=None,
+    )
+    conn = await databases.connect()
+    try:
+        box = await vaultboxes.get_vaultbox(conn, "keys@cli.test")
+        await openpgp_keys.put_key(conn, vaultbox_id=box.id, armored_key=str(cert), info=info)
+    finally:
+        await conn.close()
+    listed = key_cli("list", "keys@cli.test", config_file=config_file)
+    assert f"{key.fingerprint}  rsa2048  expires never  not usable" in listed.stdout
+    assert f"not usable {key.fingerprint}: the key announces no features" in listed.stdout
     key_cli("remove", "keys@cli.test", key.fingerprint, config_file=config_file)

@@ -83,14 +83,23 @@ async def list_keys(cfg: Config, args: argparse.Namespace) -> int:
         stored = await openpgp_keys.keys_of(conn, box.id)
         preference = await openpgp_keys.preference_of(conn, box.id)
     print(f"{box.address}: preference {preference}")
+    mismatch = cfg.smime.allow_address_mismatch
+    refusals = []
     for key in stored:
-        cert = pysequoia.Cert.from_bytes(key.armored_key.encode())
-        state = "usable" if openpgp.usable(cert) else "not usable"
+        # The intake's check, so that a key it refuses is never listed as usable.
+        try:
+            openpgp.check_key(key.armored_key, box.address, allow_address_mismatch=mismatch)
+            state = "usable"
+        except openpgp.KeyRefused as exc:
+            state = "not usable"
+            refusals.append(f"{key.fingerprint}: {exc}")
         expires = f"{key.expires_at:%Y-%m-%d}" if key.expires_at else "never"
         print(
             f"{key.fingerprint}  {key.key_algorithm}  expires {expires}  {state}  "
             + ", ".join(key.user_ids)
         )
+    for refusal in refusals:
+        print(f"not usable {refusal}")
     return 0
 
 

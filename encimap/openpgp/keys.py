@@ -28,7 +28,9 @@ MIN_RSA_BITS = 2048
 MAX_KEY_BYTES = 512 * 1024
 # Curves GnuPG and RNP make keys on that the binding's crypto backend cannot use.
 UNSUPPORTED_CURVES = frozenset({"brainpoolP256r1", "brainpoolP384r1", "brainpoolP512r1"})
-FEATURE_SEIPD_V2 = 0x08  # RFC 9580 section 5.2.3.32
+# Every valid encryption subkey gets a copy of the session key: one public-key operation and
+# up to ~600 bytes per subkey in every message; keys in use have one or two.
+MAX_ENCRYPTION_SUBKEYS = 8
 _FEATURES_SUBPACKET = 30
 # By the algorithm's number (the binding's enum values are not hashable).
 _RSA = {
@@ -134,6 +136,11 @@ def check_key(
         used = encryption_subkeys(cert, now, components)
     except NoUsableKey as exc:
         raise KeyRefused(_explained(str(exc), components)) from None
+    if len(used) > MAX_ENCRYPTION_SUBKEYS:
+        raise KeyRefused(
+            f"the key has {len(used)} valid encryption subkeys, at most "
+            f"{MAX_ENCRYPTION_SUBKEYS} are accepted (each costs every message a copy of its key)"
+        )
     if keys[0].body[:1] == b"\x04" and _features(components) is None:
         raise KeyRefused(
             "the key announces no features (no Features subpacket, as RNP 0.16 makes keys), so "
@@ -293,13 +300,17 @@ def _self_signatures(components: list[_Component], component: _Component) -> lis
 
 
 def _revoked_user_ids(components: list[_Component]) -> set[str]:
-    """User IDs whose newest self-signature is a revocation."""
+    """User IDs with a self-revocation no older than their newest self-certification (one
+    made in the same second counts as later: signature times have whole seconds)."""
     revoked = set()
     for component in components:
         if component.packet.tag != Tag.UserID:  # type: ignore[attr-defined]
             continue
-        own = _self_signatures(components, component)
-        if own and own[0].signature_type == SignatureType.CertificationRevocation:  # type: ignore[attr-defined]
+        times: dict[bool, list[datetime]] = {True: [], False: []}
+        for signature in _self_signatures(components, component):
+            is_revocation = signature.signature_type == SignatureType.CertificationRevocation  # type: ignore[attr-defined]
+            times[is_revocation].append(signature.signature_created)  # type: ignore[attr-defined]
+        if times[True] and max(times[True]) >= max(times[False], default=max(times[True])):
             revoked.add(component.packet.user_id)  # type: ignore[attr-defined]
     return revoked
 
