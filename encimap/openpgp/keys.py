@@ -24,8 +24,9 @@ from encimap.openpgp.errors import KeyRefused, NoUsableKey, reason
 
 MIN_RSA_BITS = 2048
 # A flooded key (thousands of user IDs or certifications) costs about 0.5 ms per user ID to
-# check, on the intake's loop at the first RCPT; ordinary keys are a few KB.
+# check, on the intake's loop at the first RCPT; ordinary keys are a few KB with a few user IDs.
 MAX_KEY_BYTES = 512 * 1024
+MAX_USER_IDS = 100
 # Curves GnuPG and RNP make keys on that the binding's crypto backend cannot use.
 UNSUPPORTED_CURVES = frozenset({"brainpoolP256r1", "brainpoolP384r1", "brainpoolP512r1"})
 # Every valid encryption subkey gets a copy of the session key: one public-key operation and
@@ -115,6 +116,9 @@ def check_key(
     for packet in keys:
         _check_strength(packet)
     components = _components(cert)
+    count = sum(component.packet.tag == Tag.UserID for component in components)  # type: ignore[attr-defined]
+    if count > MAX_USER_IDS:
+        raise KeyRefused(f"the key has {count} user IDs, at most {MAX_USER_IDS} are accepted")
     try:
         revoked, expires = cert.is_revoked, cert.expiration
     except Exception as exc:  # Sequoia's policy refuses the primary key or its binding
