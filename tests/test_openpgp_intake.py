@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from tests.openpgp_support import (
     make_any_key,
     make_key,
     revoked,
+    rnp_key,
     stop_agent,
     tools_missing,
 )
@@ -197,6 +199,42 @@ async def test_rcpt_451_once_the_only_key_is_revoked(databases, work, config_fil
     assert rcpt.startswith("451 4.7.1"), rcpt
     assert len(await stored_messages(databases, box)) == 1  # only the one before
     stop_agent(key)
+
+
+@pytest.mark.parametrize("kind", ["expired-subkey", "rnp-no-features"])
+async def test_rcpt_451_for_a_stored_key_the_checks_now_refuse(databases, kind) -> None:
+    """Keys stored without today's checks (inserted here as an older release would have):
+    one whose only encryption subkey has expired, and RNP 0.16's without Features. Both were
+    delivered to (the expired subkey, or SEIPD v2 that the owner's software cannot read);
+    now RCPT answers 451 4.7.1 and nothing is stored."""
+    address = f"{kind}@pgp.test"
+    if kind == "rnp-no-features":
+        key = rnp_key(address)
+        public = key.public
+    else:
+        key = make_key(address, "no-encryption", past="20191201T000000")
+        gpg(key.home, "--faked-system-time", "20200101T000000!", "--quick-add-key",
+            key.fingerprint, "cv25519", "encr", "1d")  # fmt: skip
+        public = gpg(key.home, "--armor", "--export", key.fingerprint)
+    stop_agent(key)
+    box = (await make_vaultbox(databases, address)).vaultbox
+    rnp = kind.startswith("rnp")
+    algorithm, encryption = ("rsa2048", "rsa2048") if rnp else ("ed25519", "cv25519")
+    info = openpgp.KeyInfo(
+        key.fingerprint, (f"<{address}>",), algorithm, (encryption,), datetime.now(UTC), None
+    )
+    conn = await databases.connect()
+    try:
+        await openpgp_keys.put_key(
+            conn, vaultbox_id=box.id, armored_key=str(openpgp.load_key(public)), info=info
+        )
+    finally:
+        await conn.close()
+    cfg = intake_config(databases)
+    async with running_intake(cfg):
+        rcpt, replies = await deliver(port_of(cfg), address, message(address))
+    assert rcpt.startswith("451 4.7.1"), (rcpt, replies)
+    assert await stored_messages(databases, box) == []
 
 
 async def test_already_encrypted_and_mismatched_keys(databases, keys, work) -> None:
