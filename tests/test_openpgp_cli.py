@@ -188,5 +188,5 @@ async def test_list_says_why_a_stored_key_is_not_usable(databases, config_file) 
         await conn.close()
     listed = key_cli("list", "keys@cli.test", config_file=config_file)
     assert f"{key.fingerprint}  rsa2048  expires never  not usable" in listed.stdout
-    assert f"not usable {key.fingerprint}: the key announces no features" in listed.stdout
+    assert f"not usable {key.fingerprint}: the key does not announce its features" in listed.stdout
     key_cli("remove", "keys@cli.test", key.fingerprint, config_file=config_file)

@@ -32,6 +32,7 @@ UNSUPPORTED_CURVES = frozenset({"brainpoolP256r1", "brainpoolP384r1", "brainpool
 # Every valid encryption subkey gets a copy of the session key: one public-key operation and
 # up to ~600 bytes per subkey in every message; keys in use have one or two.
 MAX_ENCRYPTION_SUBKEYS = 8
+FEATURE_SEIPD_V2 = 0x08  # RFC 9580 section 5.2.3.32
 _FEATURES_SUBPACKET = 30
 # By the algorithm's number (the binding's enum values are not hashable).
 _RSA = {
@@ -137,18 +138,25 @@ def check_key(
         shown = ", ".join(f"{i} (revoked)" if i in revoked_ids else i for i in user_ids) or "none"
         raise KeyRefused(f"no user ID with the address {address} (user IDs: {shown})")
     try:
-        used = encryption_subkeys(cert, now, components)
+        pkesks = _trial_pkesks(cert, now, components)
     except NoUsableKey as exc:
         raise KeyRefused(_explained(str(exc), components)) from None
+    used = [_pkesk_key_id(body) for body in pkesks]
     if len(used) > MAX_ENCRYPTION_SUBKEYS:
         raise KeyRefused(
             f"the key has {len(used)} valid encryption subkeys, at most "
             f"{MAX_ENCRYPTION_SUBKEYS} are accepted (each costs every message a copy of its key)"
         )
-    if keys[0].body[:1] == b"\x04" and _features(components) is None:
+    announced = _features(components) or 0
+    if (
+        keys[0].body[:1] == b"\x04"
+        and not announced & FEATURE_SEIPD_V2
+        and any(body[:1] == b"\x06" for body in pkesks)  # what Sequoia writes: PKESK v6, SEIPD v2
+    ):
         raise KeyRefused(
-            "the key announces no features (no Features subpacket, as RNP 0.16 makes keys), so "
-            "mail to it would be in the RFC 9580 format that GnuPG, RNP and Thunderbird cannot "
+            "the key does not announce its features (no Features subpacket on its primary user "
+            "ID, as RNP 0.16 makes keys), so mail to it would be in the RFC 9580 format that "
+            "GnuPG, RNP and Thunderbird cannot "
             f"read; {_RENEW_FEATURES}"
         )
     algorithms = {packet.key_id: key_algorithm(packet) for packet in keys}
@@ -201,7 +209,15 @@ def usable(cert: pysequoia.Cert, now: datetime | None = None) -> bool:
 def encryption_subkeys(
     cert: pysequoia.Cert, now: datetime | None = None, components: list[_Component] | None = None
 ) -> list[str]:
-    """Key IDs of the subkeys Sequoia encrypts to now (every valid encryption-capable one).
+    """Key IDs of the subkeys Sequoia encrypts to now (every valid encryption-capable one);
+    raises NoUsableKey when there is none."""
+    return [_pkesk_key_id(body) for body in _trial_pkesks(cert, now, components)]
+
+
+def _trial_pkesks(
+    cert: pysequoia.Cert, now: datetime | None = None, components: list[_Component] | None = None
+) -> list[bytes]:
+    """The PKESK packet bodies of a message encrypted to `cert` now, one per subkey used.
 
     Found by encrypting nothing to the key, so it is exactly what delivery will do; raises
     NoUsableKey when there is none. The binding falls back to expired subkeys when no
@@ -212,7 +228,8 @@ def encryption_subkeys(
         message = pysequoia.encrypt(b"", [cert], armor=False)
     except Exception as exc:
         raise NoUsableKey(f"no encryption-capable subkey valid now: {reason(exc)}") from None
-    used = pkesk_key_ids(message)
+    bodies = _pkesk_bodies(message)
+    used = [_pkesk_key_id(body) for body in bodies]
     expiries = _subkey_expiries(components or _components(cert))
     ended = [expiries[key_id] for key_id in used if key_id in expiries]
     now = now or datetime.now(UTC)
@@ -220,12 +237,17 @@ def encryption_subkeys(
         raise NoUsableKey(
             f"no encryption-capable subkey valid now: the last expired on {max(ended):%Y-%m-%d}"
         )
-    return used
+    return bodies
 
 
 def pkesk_key_ids(message: bytes) -> list[str]:
-    """Recipient key IDs of the PKESK packets an OpenPGP message starts with, read from the
-    packet headers alone (RFC 9580 section 4.2), so a large message is not parsed."""
+    """Recipient key IDs of the PKESK packets an OpenPGP message starts with."""
+    return [_pkesk_key_id(body) for body in _pkesk_bodies(message)]
+
+
+def _pkesk_bodies(message: bytes) -> list[bytes]:
+    """The bodies of the PKESK packets an OpenPGP message starts with, read from the packet
+    headers alone (RFC 9580 section 4.2), so a large message is not parsed."""
     found, position = [], 0
     while position < len(message):
         first = message[position]
@@ -242,7 +264,7 @@ def pkesk_key_ids(message: bytes) -> list[str]:
             break  # partial body length: the encrypted data, never a PKESK
         if first & 0x3F != 1:
             break
-        found.append(_pkesk_key_id(message[position + header : position + header + length]))
+        found.append(message[position + header : position + header + length])
         position += header + length
     return found
 
