@@ -18,6 +18,7 @@ KINDS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "rsa3072": ("rsa3072", [("rsa3072", "encr")]),
     "rsa2048": ("rsa2048", [("rsa2048", "encr")]),
     "rsa4096": ("rsa4096", [("rsa4096", "encr")]),
+    "rsa3072-primary": ("rsa3072", []),  # one key that certifies and encrypts, no subkey
     "nistp256": ("nistp256", [("nistp256", "encr")]),
     "nistp384": ("nistp384", [("nistp384", "encr")]),
     "nistp521": ("nistp521", [("nistp521", "encr")]),
@@ -79,15 +80,19 @@ def make_key(
 
 
 def make_any_key(address: str, kind: str) -> GpgKey:
-    """A key as GnuPG (`kind` of KINDS), Sequoia (`sq-cv25519`, `sq-rsa3072`: `sq key
-    generate`) or RNP (`rnp-rsa2048`: `rnpkeys --generate-key`, then given a Features
-    subpacket by GnuPG's `setpref`, see `rnp_key`) makes it; the secret key is in GnuPG's home
-    as well, for `gpg --decrypt`."""
+    """A key as GnuPG (`kind` of KINDS), Sequoia (`sq-cv25519`, `sq-rsa3072`, `sq-storage`
+    whose subkey is for storage encryption only: `sq key generate`) or RNP (`rnp-rsa2048`:
+    `rnpkeys --generate-key`, then given a Features subpacket by GnuPG's `setpref`, see
+    `rnp_key`) makes it; the secret key is in GnuPG's home as well, for `gpg --decrypt`."""
     if kind.startswith("sq-"):
-        suite = {"sq-cv25519": "cv25519", "sq-rsa3072": "rsa3k"}[kind]
+        suite, purpose = {
+            "sq-cv25519": ("cv25519", "universal"),
+            "sq-rsa3072": ("rsa3k", "universal"),
+            "sq-storage": ("cv25519", "storage"),
+        }[kind]
         work = Path(tempfile.mkdtemp(prefix="sq-"))
         _run(["sq", "key", "generate", "--userid", f"<{address}>", "--cipher-suite", suite,
-              "--export", str(work / "key.pgp")])  # fmt: skip
+              "--can-encrypt", purpose, "--export", str(work / "key.pgp")])  # fmt: skip
         secret = (work / "key.pgp").read_bytes()
         shutil.rmtree(work)
         return _in_gnupg(_run(["sq", "key", "extract-cert"], secret), secret)

@@ -45,12 +45,14 @@ KINDS = {
     "rsa2048": "openpgp/rsa2048",
     "rsa3072": "openpgp/rsa3072",
     "rsa4096": "openpgp/rsa4096",
+    "rsa3072-primary": "openpgp/rsa3072",
     "nistp256": "openpgp/nistp256",
     "nistp384": "openpgp/nistp384",
     "nistp521": "openpgp/nistp521",
     "two-subkeys": "openpgp/cv25519+rsa3072",
     "sq-cv25519": "openpgp/cv25519",
     "sq-rsa3072": "openpgp/rsa3072",
+    "sq-storage": "openpgp/cv25519",
     "rnp-rsa2048": "openpgp/rsa2048",
 }
 BODY = b"Hello,\r\n.leading dot survives\r\n\tand a tab\r\n-----not armour\r\nbye\r\n"
