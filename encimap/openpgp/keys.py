@@ -5,9 +5,10 @@ MAX_KEY_BYTES) is accepted for an address when it is not revoked or expired, has
 encryption-capable subkey that is valid now (Sequoia's standard policy decides, signatures
 checked; a subkey past its own expiry is not used), carries a user ID that is not revoked with
 the address (unless mismatches are allowed), uses no weak algorithm (RSA under 2048 bits, DSA
-or ElGamal anywhere in the key) and, as a version 4 key, announces its features: without a
-Features subpacket Sequoia encrypts in the RFC 9580 format (SEIPD version 2) that GnuPG 2.2 and
-2.4, RNP before 0.18 and so Thunderbird cannot read, and the binding offers no way to choose.
+or ElGamal anywhere in the key) and, as a version 4 key, is not sent the RFC 9580 format
+(SEIPD version 2) without asking for it: Sequoia writes it to a key without a Features
+subpacket, GnuPG 2.2 and 2.4, RNP before 0.18 and so Thunderbird cannot read it, and the
+binding offers no way to choose.
 """
 
 from __future__ import annotations
@@ -156,8 +157,7 @@ def check_key(
         raise KeyRefused(
             "the key does not announce its features (no Features subpacket on its primary user "
             "ID, as RNP 0.16 makes keys), so mail to it would be in the RFC 9580 format that "
-            "GnuPG, RNP and Thunderbird cannot "
-            f"read; {_RENEW_FEATURES}"
+            f"GnuPG, RNP and Thunderbird cannot read; {_RENEW_FEATURES}"
         )
     algorithms = {packet.key_id: key_algorithm(packet) for packet in keys}
     return cert, KeyInfo(

@@ -4,8 +4,8 @@ Direct method: `https://DOMAIN/.well-known/openpgpkey/hu/HASH?l=LOCAL` (the doma
 request's Host). Advanced method: `https://openpgpkey.DOMAIN/.well-known/openpgpkey/DOMAIN/
 hu/HASH?l=LOCAL`. HASH is the z-base-32 encoded SHA-1 of the local part with its ASCII
 letters lower-cased, and only those (draft-koch-openpgp-webkey-service section 3.1; GnuPG's
-`gpg-wks-client --print-wkd-hash` hashes "JÖRG" as "jÖrg"). The answer is the binary (not armoured)
-public key, keys concatenated when a vaultbox has several; 404 for anything else.
+`gpg-wks-client --print-wkd-hash` hashes "JÖRG" as "jÖrg"). The answer is the binary (not
+armoured) public key, keys concatenated when a vaultbox has several; 404 for anything else.
 """
 
 from __future__ import annotations
