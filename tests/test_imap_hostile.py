@@ -6,7 +6,12 @@ a reply no client can match (an over-long line inside a command). Memory and wor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
+import ssl
 import tracemalloc
+import zlib
 
 import pytest
 
@@ -130,3 +135,143 @@ async def test_a_search_of_many_sets_costs_the_sets_not_sets_times_messages(
     # one range per set: 128 sets handed as 128 ranges, not 128 x 64 UIDs
     assert sum(handed[:128]) == 128, handed[:10]
 
+
+async def test_keywords_are_bounded_per_message_and_per_mailbox(
+    databases, tls_files, tls_ca, tmp_path
+):
+    """Keywords a client invents: more than a message's flags can hold, and a mailbox's list
+    grown by adding and removing new ones, get NO [LIMIT] (not [UNAVAILABLE], which a client
+    retries forever); what fits keeps working."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "keywords@example.test", tmp_path)
+    await store(databases, box, encrypt_for(box, plain_message(1)))
+    async with running_imap(cfg):
+        raw = await selected_session(ports(cfg)[1], tls_ca, box)
+        # random, so PostgreSQL's compression does not shrink them to fit
+        many = " ".join(secrets.token_hex(8) for _ in range(400))
+        reply = await raw.command("k", f"STORE 1 +FLAGS ({many})")
+        assert reply[-1].startswith(b"k NO [LIMIT]"), reply
+        reply = await raw.command("k", f"STORE 1 +FLAGS (K{secrets.token_hex(2000)})")
+        assert reply[-1].startswith(b"k NO [LIMIT]"), reply
+        refused = None
+        for cycle in range(8):
+            batch = " ".join(f"c{cycle}k{n}" for n in range(200))
+            reply = await raw.command("a", f"STORE 1 +FLAGS.SILENT ({batch})")
+            if not reply[-1].startswith(b"a OK"):
+                refused = cycle
+                break
+            reply = await raw.command("r", f"STORE 1 -FLAGS.SILENT ({batch})")
+            assert reply[-1].startswith(b"r OK"), reply
+        assert refused == 5 and reply[-1].startswith(b"a NO [LIMIT]"), (refused, reply)
+        reply = await raw.command("k", "STORE 1 +FLAGS (c0k1)")  # a named one still fits
+        assert reply[-1].startswith(b"k OK"), reply
+        reply = await raw.command("s", "SELECT INBOX")
+        flags = next(line for line in reply if line.startswith(b"* FLAGS"))
+        assert flags.count(b" c") == 1000, len(flags)
+        await raw.close()
+
+
+async def test_repeated_flag_items_are_answered(databases, tls_files, tls_ca, tmp_path):
+    """`FETCH 1 (UID UID ...)`: each item answered, as the general path does (PostgreSQL
+    refused the one expression the flag-sync path made of thousands of them)."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "repeated@example.test", tmp_path)
+    await store(databases, box, encrypt_for(box, plain_message(1)))
+    async with running_imap(cfg):
+        raw = await selected_session(ports(cfg)[1], tls_ca, box)
+        reply = await raw.command("f", "FETCH 1 (" + " ".join(["UID FLAGS"] * 2000) + ")")
+        assert reply[-1].startswith(b"f OK"), reply[-1]
+        assert reply[0].startswith(b"* 1 FETCH (UID 1 FLAGS (") and reply[0].count(b"UID 1") == 2000
+        await raw.close()
+
+
+async def test_multiappend_takes_a_bounded_number_of_messages(
+    databases, tls_files, tls_ca, tmp_path
+):
+    cfg = imap_config(databases, tls_files, max_append_messages=3)
+    box = await make_box(databases, "multiappend@example.test", tmp_path)
+
+    def multiappend(count: int) -> bytes:
+        bodies = [plain_message(n) for n in range(count)]
+        return b"".join(b" {%d+}\r\n%b" % (len(body), body) for body in bodies)
+
+    async with running_imap(cfg):
+        raw = await selected_session(ports(cfg)[1], tls_ca, box)
+        await raw.send(b"a APPEND INBOX" + multiappend(4) + b"\r\n")
+        reply = await raw.until("a")
+        assert reply[-1].startswith(b"a NO [LIMIT]") and b"3 messages" in reply[-1], reply
+        await raw.send(b"b APPEND INBOX" + multiappend(3) + b"\r\n")
+        reply = await raw.until("b")
+        assert reply[-1].startswith(b"b OK [APPENDUID"), reply
+        reply = await raw.command("t", "STATUS INBOX (MESSAGES)")
+        assert reply[0] == b"* STATUS INBOX (MESSAGES 3)\r\n", reply
+        await raw.close()
+
+
+async def _compressed_session(port: int, tls_ca, box) -> tuple[RawClient, object, object]:
+    raw = await RawClient.connect(port, tls_ca)
+    await raw.login(box)
+    assert (await raw.command("z", "COMPRESS DEFLATE"))[-1].startswith(b"z OK")
+    return raw, zlib.compressobj(wbits=-15), zlib.decompressobj(wbits=-15)
+
+
+async def _inflated_line(raw: RawClient, inflater) -> bytes:
+    text = b""
+    while b"\r\n" not in text:
+        chunk = await asyncio.wait_for(raw.reader.read(65536), 10)
+        assert chunk, ("closed", text)
+        text += inflater.decompress(chunk)
+    return text
+
+
+async def test_deflate_input_is_inflated_as_the_session_reads_it(
+    databases, tls_files, tls_ca, tmp_path
+):
+    """RFC 4978: 64 MB of line sent as 64 KB of DEFLATE (a decompression bomb) is inflated a
+    buffer at a time while the session skips it, never held; the session answers and goes on."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "deflatebomb@example.test", tmp_path)
+    async with running_imap(cfg):
+        raw, deflater, inflater = await _compressed_session(ports(cfg)[1], tls_ca, box)
+        tracemalloc.start()
+        try:
+            raw.writer.write(deflater.compress(b"b NOOP "))
+            for _ in range(1024):
+                raw.writer.write(deflater.compress(b"x" * 65536))
+                await raw.writer.drain()
+            raw.writer.write(deflater.compress(b"\r\n") + deflater.flush(zlib.Z_SYNC_FLUSH))
+            reply = await _inflated_line(raw, inflater)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert reply == b"b BAD Command line too long\r\n", reply
+        raw.writer.write(deflater.compress(b"n NOOP\r\n") + deflater.flush(zlib.Z_SYNC_FLUSH))
+        assert (await _inflated_line(raw, inflater)).startswith(b"n OK")
+        await raw.close()
+    assert peak < 4 * 1024 * 1024, peak
+
+
+async def test_input_after_the_end_of_the_deflate_stream_is_not_kept(
+    databases, tls_files, tls_ca, tmp_path
+):
+    """A client that ends its DEFLATE stream and sends on: what came before is answered, the
+    rest is not read (zlib keeps bytes after the end in memory) and the connection ends."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "deflateend@example.test", tmp_path)
+    async with running_imap(cfg):
+        raw, deflater, inflater = await _compressed_session(ports(cfg)[1], tls_ca, box)
+        tracemalloc.start()
+        try:
+            raw.writer.write(deflater.compress(b"n NOOP\r\n") + deflater.flush(zlib.Z_FINISH))
+            assert (await _inflated_line(raw, inflater)).startswith(b"n OK")
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                for _ in range(256):
+                    raw.writer.write(secrets.token_bytes(65536))
+                    await raw.writer.drain()
+                while await asyncio.wait_for(raw.reader.read(65536), 10):
+                    pass  # until the server closes the connection
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        await raw.close()
+    assert peak < 4 * 1024 * 1024, peak
