@@ -275,3 +275,25 @@ async def test_input_after_the_end_of_the_deflate_stream_is_not_kept(
             tracemalloc.stop()
         await raw.close()
     assert peak < 4 * 1024 * 1024, peak
+
+
+async def test_a_thread_thousands_deep_is_threaded(databases, tls_files, tls_ca, tmp_path):
+    """THREAD REFERENCES over a message whose References names 1,500 ancestors (a long
+    discussion, or one crafted header): answered, not a recursion error."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "deepthread@example.test", tmp_path)
+    ancestors = " ".join(f"<a{n}@example.org>" for n in range(1500))
+    for number, references in (
+        (1, ""),
+        (2, f"{ancestors} <m1@example.org>"),
+        (3, "<m2@example.org>"),
+    ):
+        message = plain_message(number)
+        if references:
+            message = message.replace(b"Subject:", f"References: {references}\r\nSubject:".encode())
+        await store(databases, box, encrypt_for(box, message))
+    async with running_imap(cfg):
+        raw = await selected_session(ports(cfg)[1], tls_ca, box)
+        reply = await raw.command("t", "THREAD REFERENCES UTF-8 ALL")
+        assert reply == [b"* THREAD (1 2 3)\r\n", b"t OK Thread completed.\r\n"], reply
+        await raw.close()
