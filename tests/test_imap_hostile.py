@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import ssl
+import sys
 import tracemalloc
 import zlib
 
@@ -296,4 +297,67 @@ async def test_a_thread_thousands_deep_is_threaded(databases, tls_files, tls_ca,
         raw = await selected_session(ports(cfg)[1], tls_ca, box)
         reply = await raw.command("t", "THREAD REFERENCES UTF-8 ALL")
         assert reply == [b"* THREAD (1 2 3)\r\n", b"t OK Thread completed.\r\n"], reply
+        await raw.close()
+
+
+async def test_list_costs_each_name_once(databases, tls_files, tls_ca, tmp_path):
+    """LIST over a folder tree: whether a name has children is looked up, not found by
+    comparing it with every other name (1,000 names 16 levels deep made that 15,000 x 1,000
+    comparisons per LIST); a client's list of patterns is bounded."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "listcost@example.test", tmp_path)
+    compared = 0
+
+    def profile(frame, event, arg):
+        nonlocal compared
+        if event == "c_call" and getattr(arg, "__name__", "") == "startswith":
+            compared += frame.f_code.co_filename.endswith("commands/mailbox.py")
+
+    async with running_imap(cfg):
+        raw = await RawClient.connect(ports(cfg)[1], tls_ca)
+        await raw.login(box)
+        for number in range(60):
+            assert (await raw.command("c", f"CREATE t{number}/a/b"))[-1].startswith(b"c OK")
+        sys.setprofile(profile)
+        try:
+            listed = await raw.command("l", 'LIST "" "*"')
+        finally:
+            sys.setprofile(None)
+        assert compared < 60, compared
+        assert listed[-1].startswith(b"l OK") and len(listed) == 1 + 5 + 3 * 60, len(listed)
+        assert b'* LIST (\\Noselect \\HasChildren) "/" t7/a\r\n' in listed, listed[:5]
+        assert b'* LIST (\\HasNoChildren) "/" t7/a/b\r\n' in listed
+        patterns = " ".join(f'"t{n}/%"' for n in range(101))
+        reply = await raw.command("p", f'LIST "" ({patterns})')
+        assert reply[-1].startswith(b"p NO [LIMIT]"), reply[-1]
+        reply = await raw.command("p", 'LIST "" (' + " ".join(['"t1/%"'] * 500) + ")")
+        assert reply == [b'* LIST (\\Noselect \\HasChildren) "/" t1/a\r\n', reply[-1]], reply
+        await raw.close()
+
+
+async def test_subscriptions_are_bounded_like_folders(databases, tls_files, tls_ca, tmp_path):
+    """A subscription outlives its folder (RFC 3501 6.3.6): CREATE, SUBSCRIBE, DELETE over
+    and over added names without end; there are at most `max_mailboxes` of them."""
+    cfg = imap_config(databases, tls_files, max_mailboxes=12)
+    box = await make_box(databases, "subscriptions@example.test", tmp_path)
+    async with running_imap(cfg):
+        raw = await RawClient.connect(ports(cfg)[1], tls_ca)
+        await raw.login(box)
+        refused = None
+        for number in range(20):
+            assert (await raw.command("c", f"CREATE gone{number}"))[-1].startswith(b"c OK")
+            reply = await raw.command("s", f"SUBSCRIBE gone{number}")
+            assert (await raw.command("d", f"DELETE gone{number}"))[-1].startswith(b"d OK")
+            if not reply[-1].startswith(b"s OK"):
+                refused = reply[-1]
+                break
+        assert refused is not None and refused.startswith(b"s NO [LIMIT]"), refused
+        subscribed = [
+            line for line in await raw.command("l", 'LSUB "" "*"') if line.startswith(b"* LSUB")
+        ]
+        assert len(subscribed) == 12, subscribed
+        assert (await raw.command("u", "UNSUBSCRIBE gone0"))[-1].startswith(b"u OK")
+        assert (await raw.command("s", "SUBSCRIBE INBOX"))[-1].startswith(b"s OK")  # had it
+        assert (await raw.command("c", "CREATE again"))[-1].startswith(b"c OK")
+        assert (await raw.command("s", "SUBSCRIBE again"))[-1].startswith(b"s OK")
         await raw.close()
