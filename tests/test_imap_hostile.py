@@ -16,6 +16,7 @@ import zlib
 
 import pytest
 
+from encimap.imap.commands import sort
 from encimap.store import uidsets
 from tests.imap_support import (
     RawClient,
@@ -361,3 +362,78 @@ async def test_subscriptions_are_bounded_like_folders(databases, tls_files, tls_
         assert (await raw.command("c", "CREATE again"))[-1].startswith(b"c OK")
         assert (await raw.command("s", "SUBSCRIBE again"))[-1].startswith(b"s OK")
         await raw.close()
+
+
+async def test_sort_criteria_named_again_cost_nothing(
+    databases, tls_files, tls_ca, tmp_path, monkeypatch
+):
+    """`SORT (SUBJECT REVERSE SUBJECT ...)`: a criterion named again cannot change the order,
+    so a key holds one value per criterion, not one per word of a 64 KB list per message."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "sortkeys@example.test", tmp_path)
+    for number in (3, 1, 2):
+        await store(databases, box, encrypt_for(box, plain_message(number)))
+    asked = 0
+    key = sort.MessageFields.key
+
+    def counting(self, criterion):
+        nonlocal asked
+        asked += 1
+        return key(self, criterion)
+
+    monkeypatch.setattr(sort.MessageFields, "key", counting)
+    async with running_imap(cfg):
+        raw = await selected_session(ports(cfg)[1], tls_ca, box)
+        criteria = " ".join(["SUBJECT REVERSE SUBJECT SIZE"] * 1000)
+        reply = await raw.command("o", f"SORT (REVERSE FROM {criteria}) UTF-8 ALL")
+        assert reply == [b"* SORT 1 3 2\r\n", b"o OK Sort completed.\r\n"], reply
+        await raw.close()
+    assert asked <= 3 * 3, asked  # FROM, SUBJECT, SIZE for each of the three messages
+
+
+async def test_qresync_and_changedsince_cost_the_changes_not_changes_times_ranges(
+    databases, tls_files, tls_ca, tmp_path
+):
+    """A UID set of many ranges (`1,3,5,...`) against many changed or expunged messages: each
+    message is looked up among the ranges, the expunged ranges met with the wanted ones in
+    one pass (it was a test of every range for every message)."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "qresync@example.test", tmp_path)
+    await store(databases, box, encrypt_for(box, plain_message(1)))
+    stepped = 0
+
+    def trace(frame, event, arg):
+        nonlocal stepped
+        if not frame.f_code.co_filename.endswith("commands/condstore.py"):
+            return None
+        stepped += event == "line"
+        return trace
+
+    async with running_imap(cfg):
+        raw = await selected_session(ports(cfg)[1], tls_ca, box)
+        for _ in range(7):  # 128 messages
+            assert (await raw.command("c", "COPY 1:* INBOX"))[-1].startswith(b"c OK")
+        await raw.command("e", "ENABLE QRESYNC")
+        reply = await raw.command("s", "SELECT INBOX")
+        uidvalidity = next(line for line in reply if b"UIDVALIDITY" in line).split()[3][:-1]
+        evens = ",".join(str(n) for n in range(2, 129, 2))
+        await raw.command("d", f"UID STORE {evens} +FLAGS.SILENT (\\Deleted)")
+        await raw.command("x", "EXPUNGE")
+        odds = ",".join(str(n) for n in range(1, 129, 2))
+        sys.settrace(trace)
+        try:
+            fetched = await raw.command("f", f"UID FETCH {odds} (FLAGS) (CHANGEDSINCE 1)")
+            reply = await raw.command(
+                "s", f"SELECT INBOX (QRESYNC ({uidvalidity.decode()} 1 {odds}))"
+            )
+        finally:
+            sys.settrace(None)
+        assert fetched[-1].startswith(b"f OK") and len(fetched) == 65, fetched[-1]
+        vanished = [line for line in reply if line.startswith(b"* VANISHED")]
+        assert vanished == [], vanished  # none of the odd UIDs went
+        reply = await raw.command("s", f"SELECT INBOX (QRESYNC ({uidvalidity.decode()} 1 1:128))")
+        vanished = [line for line in reply if line.startswith(b"* VANISHED")]
+        assert vanished == [b"* VANISHED (EARLIER) " + evens.encode() + b"\r\n"], vanished
+        await raw.close()
+    # 64 changed messages against 64 ranges, twice: a few lines each, not 64 x 64
+    assert stepped < 40 * 128, stepped
