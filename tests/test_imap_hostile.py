@@ -13,10 +13,12 @@ import ssl
 import sys
 import tracemalloc
 import zlib
+from array import array
 
 import pytest
 
 from encimap.imap.commands import sort
+from encimap.imap.selected import Selected
 from encimap.store import uidsets
 from tests.imap_support import (
     RawClient,
@@ -437,3 +439,42 @@ async def test_qresync_and_changedsince_cost_the_changes_not_changes_times_range
         await raw.close()
     # 64 changed messages against 64 ranges, twice: a few lines each, not 64 x 64
     assert stepped < 40 * 128, stepped
+
+
+class _CountingArray(array):
+    deletions = 0
+
+    def __delitem__(self, index):
+        _CountingArray.deletions += 1
+        super().__delitem__(index)
+
+
+async def test_an_expunge_renumbers_the_view_once(
+    databases, tls_files, tls_ca, tmp_path, monkeypatch
+):
+    """Expunging many messages rebuilds the session's sequence map once (it shifted the rest
+    of the map once per message: quadratic), and the numbers reported stay RFC 3501's."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "expunges@example.test", tmp_path)
+    await store(databases, box, encrypt_for(box, plain_message(1)))
+    load = Selected._load
+
+    def counting_load(self, summary):
+        load(self, summary)
+        self.uids = _CountingArray("I", self.uids)
+
+    monkeypatch.setattr(Selected, "_load", counting_load)
+    async with running_imap(cfg):
+        raw = await selected_session(ports(cfg)[1], tls_ca, box)
+        for _ in range(7):  # 128 messages
+            assert (await raw.command("c", "COPY 1:* INBOX"))[-1].startswith(b"c OK")
+        await raw.command("s", "SELECT INBOX")
+        evens = ",".join(str(n) for n in range(2, 129, 2))
+        await raw.command("d", f"UID STORE {evens} +FLAGS.SILENT (\\Deleted)")
+        reply = await raw.command("x", "EXPUNGE")
+        # UID 2k is at 2k, less the k-1 expunged before it
+        assert reply == [b"* %d EXPUNGE\r\n" % (k + 1) for k in range(1, 65)] + [reply[-1]]
+        reply = await raw.command("f", "FETCH 1:* (UID)")
+        assert reply[:-1] == [b"* %d FETCH (UID %d)\r\n" % (n, 2 * n - 1) for n in range(1, 65)]
+        await raw.close()
+    assert _CountingArray.deletions == 0

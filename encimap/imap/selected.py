@@ -394,12 +394,18 @@ class Selected:
         each EXPUNGE renumbers the later messages at once)."""
         if self.observer is not None:
             self.observer.expunging(uids)
-        numbers = []
-        for uid in sorted(uids):
-            seq = self.seq_of(uid)
-            if seq is not None:
-                del self.uids[seq - 1]
-                numbers.append(seq)
+        numbers: list[int] = []
+        kept = array("I")
+        start = 0  # the view is rebuilt once, not shifted once per expunged message
+        for uid in sorted(set(uids)):
+            index = bisect.bisect_left(self.uids, uid)
+            if index < len(self.uids) and self.uids[index] == uid:
+                numbers.append(index + 1 - len(numbers))  # after the earlier ones went
+                kept.extend(self.uids[start:index])
+                start = index + 1
+        if numbers:
+            kept.extend(self.uids[start:])
+            self.uids[:] = kept
         self._flags.difference_update(uids)
         self.recent.difference_update(uids)
         if self.saved:  # RFC 5182 2.1: an expunged message leaves the saved result
