@@ -17,6 +17,7 @@ from array import array
 
 import pytest
 
+from encimap.imap import session as session_module
 from encimap.imap.commands import sort
 from encimap.imap.selected import Selected
 from encimap.store import uidsets
@@ -478,3 +479,38 @@ async def test_an_expunge_renumbers_the_view_once(
         assert reply[:-1] == [b"* %d FETCH (UID %d)\r\n" % (n, 2 * n - 1) for n in range(1, 65)]
         await raw.close()
     assert _CountingArray.deletions == 0
+
+
+async def test_an_idling_client_that_never_reads_holds_bounded_output(
+    databases, tls_files, tls_ca, tmp_path, monkeypatch
+):
+    """A client that starts IDLE and never reads again while another session changes flags
+    over and over (7 MB of FETCH responses): what the server holds for it (queued plus in the
+    transport) stays about two flush sizes, whatever the kernel buffers took."""
+    cfg = imap_config(databases, tls_files)
+    box = await make_box(databases, "slowreader@example.test", tmp_path)
+    await store(databases, box, encrypt_for(box, plain_message(1)))
+    held: list[int] = []
+    send = session_module.Session.send
+
+    def measuring(self, data):
+        send(self, data)
+        held.append(self._buffered + self.writer.transport.get_write_buffer_size())
+
+    monkeypatch.setattr(session_module.Session, "send", measuring)
+    async with running_imap(cfg):
+        idler = await selected_session(ports(cfg)[1], tls_ca, box)
+        writer = await selected_session(ports(cfg)[1], tls_ca, box)
+        for _ in range(8):  # 256 messages
+            await writer.command("c", "COPY 1:* INBOX")
+        await idler.command("n", "NOOP")
+        await idler.send(b"i IDLE\r\n")
+        assert (await idler.line()).startswith(b"+")
+        for n in range(700):
+            change = "+" if n % 2 == 0 else "-"
+            reply = await writer.command("s", f"STORE 1:* {change}FLAGS.SILENT (\\Flagged)")
+            assert reply[-1].startswith(b"s OK"), reply
+        await writer.close()
+        await idler.close()
+    assert len(held) > 100_000  # the responses were produced ...
+    assert max(held) < 2 * session_module._FLUSH_AT + 64 * 1024, max(held)  # ... not kept
