@@ -186,6 +186,9 @@ class IMAPConfig:
     # Parts (TEXT and URL) of the CATENATE messages of one APPEND (RFC 4469): each URL is a
     # read of a stored message. More is answered NO [LIMIT].
     max_catenate_parts: int = 100
+    # Messages in one APPEND (RFC 3502 MULTIAPPEND): each is encrypted and stored in one
+    # transaction. More is answered NO [LIMIT].
+    max_append_messages: int = 1000
     trusted_networks: list[str] = field(default_factory=list)
     # Processes sharing the listening ports (SO_REUSEPORT); one Python process uses one core.
     workers: int = 1
@@ -394,6 +397,7 @@ def _check_imap(section: IMAPConfig) -> None:
         "max_mailbox_depth",
         "max_mailboxes",
         "max_catenate_parts",
+        "max_append_messages",
         "workers",
     ):
         if getattr(section, name) < 1:

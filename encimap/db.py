@@ -47,6 +47,11 @@ DATABASE_ERRORS = (
     asyncpg.exceptions.InternalClientError,
 )
 
+# A statement beyond one of PostgreSQL's own limits (SQLSTATE class 54: an index row too large,
+# an expression nested too deeply, a mailbox's keyword limit): the same request fails again,
+# so it is the request's fault, answered as a limit, not as an outage to retry.
+LIMIT_ERRORS = (asyncpg.exceptions.ProgramLimitExceededError,)
+
 # Errors that say the server of a pooled connection is no longer a primary that will take
 # writes (demoted to a standby, shutting down, crashed, restarting): the pool drops the
 # connection instead of handing it out again, and its next acquisition connects to whichever

@@ -18,7 +18,16 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from encimap.store import flagsync, logins, mailboxes, messages, modseqs, recipients, search
+from encimap.store import (
+    flagsync,
+    logins,
+    mailboxes,
+    messages,
+    modseqs,
+    recipients,
+    search,
+    uidsets,
+)
 from tests.support import Databases
 
 pytestmark = pytest.mark.timeout(600)
@@ -258,7 +267,10 @@ async def test_uid_statements_read_what_they_are_given(conn: asyncpg.Connection)
         ),
         "search": lambda: search.search(conn, inbox.id, search.Flag("\\Seen", False), SCATTERED),
         "search uid set": lambda: search.search(
-            conn, inbox.id, search.Uids(tuple(SCATTERED)), SCATTERED
+            conn,
+            inbox.id,
+            search.Uids(tuple(zip(*uidsets.ranges(SCATTERED), strict=True))),
+            SCATTERED,
         ),
     }
     read = {name: await _read_by(conn, call) for name, call in calls.items()}

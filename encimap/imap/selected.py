@@ -225,6 +225,30 @@ class Selected:
         ]
         return self._slices(spans)
 
+    def uid_ranges(self, sequence: SequenceSet, *, by_uid: bool) -> list[tuple[int, int]]:
+        """The messages `by_uid` / `by_sequence` names, as inclusive UID ranges (in no order,
+        possibly overlapping) within the view's first and last UID, where the stored UIDs
+        are exactly the view's: one range per range of the set, however many messages it
+        names (a search program of many sets costs their length, not sets x messages)."""
+        if sequence.saved:
+            return list(zip(*stretches(self.saved), strict=True))
+        if not self.uids:
+            return []
+        view = self.uids
+        if by_uid:
+            first, last = view[0], view[-1]
+            return [
+                (max(low, first), min(high, last))
+                for low, high in sequence.resolve(last)
+                if low <= last and high >= first
+            ]
+        count = len(view)
+        return [
+            (view[low - 1], view[min(high, count) - 1])
+            for low, high in sequence.resolve(count)
+            if low <= count
+        ]
+
     def _slices(self, spans: list[tuple[int, int]]) -> list[int]:
         """The view's UIDs at these index spans [start, stop), ascending and once each: the
         spans merged, then sliced from the array (no Python work per message)."""
@@ -370,12 +394,18 @@ class Selected:
         each EXPUNGE renumbers the later messages at once)."""
         if self.observer is not None:
             self.observer.expunging(uids)
-        numbers = []
-        for uid in sorted(uids):
-            seq = self.seq_of(uid)
-            if seq is not None:
-                del self.uids[seq - 1]
-                numbers.append(seq)
+        numbers: list[int] = []
+        kept = array("I")
+        start = 0  # the view is rebuilt once, not shifted once per expunged message
+        for uid in sorted(set(uids)):
+            index = bisect.bisect_left(self.uids, uid)
+            if index < len(self.uids) and self.uids[index] == uid:
+                numbers.append(index + 1 - len(numbers))  # after the earlier ones went
+                kept.extend(self.uids[start:index])
+                start = index + 1
+        if numbers:
+            kept.extend(self.uids[start:])
+            self.uids[:] = kept
         self._flags.difference_update(uids)
         self.recent.difference_update(uids)
         if self.saved:  # RFC 5182 2.1: an expunged message leaves the saved result

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from encimap.db import DATABASE_ERRORS
+from encimap.db import DATABASE_ERRORS, LIMIT_ERRORS
 from encimap.imap import parser
 from encimap.imap.selected import Selected
 from encimap.logs import get_logger
@@ -28,6 +28,7 @@ log = get_logger(__name__)
 
 _FLUSH_AT = 256 * 1024  # write out once this much response is buffered
 _WRITE_CHUNK = 64 * 1024  # larger pieces (message literals) go out in chunks of this size
+_TAIL = 30  # bytes kept of the end of an over-long line: enough for a literal's "{n+}"
 _output_peak = 0
 
 
@@ -198,33 +199,64 @@ class Session:
         return Disconnect("BYE Autologout; idle for too long", "idle")
 
     async def read_line(self, deadline: float | None = None) -> bytes:
-        """One line without its line ending; BAD-worthy lines raise `Reply`."""
+        """One line without its line ending, within a command (IDLE's DONE, a SASL response):
+        an over-long one is skipped, with the literals it announces, and answered BAD with
+        the command's tag."""
+        line, tail = await self._line(deadline)
+        if tail is not None:
+            await self._skip_command(parser.literal_announcement(tail))
+            raise bad("Command line too long")
+        return line
+
+    async def _line(self, deadline: float | None) -> tuple[bytes, bytes | None]:
+        """`_next_line` within `deadline` (default: the idle timeout)."""
         if deadline is None:
             deadline = self._budget(self.config.idle_timeout)
         try:
             # asyncio.timeout_at, unlike wait_for, runs the read in this task (no task per line)
             async with asyncio.timeout_at(deadline):
-                try:
-                    line = await self.reader.readuntil(b"\n")
-                except asyncio.LimitOverrunError as exc:
-                    head = await self._discard_line(exc.consumed)
-                    raise bad("Command line too long", parser.guess_tag(head)) from None
+                return await self._next_line()
         except TimeoutError:
             raise self._expired(deadline) from None
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             raise ClientGone() from None
-        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
 
-    async def _discard_line(self, consumed: int) -> bytes:
-        """Skip the rest of an over-long line; returns its first bytes (for the tag)."""
+    async def _next_line(self) -> tuple[bytes, bytes | None]:
+        """(line without its line ending, None); for a line over the limit, skipped, (its
+        first bytes, its last bytes), so the caller can name its tag and see whether it
+        announced a literal."""
+        try:
+            line = await self.reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            return await self._discard_line(exc.consumed)
+        return (line[:-2] if line.endswith(b"\r\n") else line[:-1]), None
+
+    async def _discard_line(self, consumed: int) -> tuple[bytes, bytes]:
+        """Skip the rest of an over-long line: (its first bytes, its last bytes without the
+        line ending). Memory stays at one reader buffer however long the line."""
         head = await self.reader.readexactly(consumed)
-        for _ in range(1_000_000):
+        tail = head[-_TAIL:]
+        while True:
             try:
-                await self.reader.readuntil(b"\n")
+                tail = (tail + await self.reader.readuntil(b"\n"))[-_TAIL - 2 :]
                 break
             except asyncio.LimitOverrunError as exc:
-                await self.reader.readexactly(exc.consumed)
-        return head[:100]
+                tail = (tail + await self.reader.readexactly(exc.consumed))[-_TAIL:]
+        return head[:100], tail.rstrip(b"\r\n")
+
+    async def _skip_command(self, announced: tuple[int, bool] | None) -> None:
+        """The rest of a refused command: the non-synchronizing literals the client sends
+        anyway (RFC 7888 4) and the lines after them, up to the command's end, so that no
+        literal's content is ever read as a command. A synchronizing literal ends it: the
+        client waits for "+" and gets the refusal instead."""
+        deadline = self._command_deadline or self._budget(self.config.command_timeout)
+        while announced is not None and not announced[1]:
+            size = announced[0]
+            if self.state is State.NOT_AUTHENTICATED and size > self.literal_limit():
+                raise Disconnect("BYE Literal size too large", "literal_too_large")
+            await self._skip(size, deadline)
+            line, tail = await self._line(deadline)
+            announced = parser.literal_announcement(line if tail is None else tail)
 
     def literal_limit(self) -> int:
         """Before login a literal only carries a username or password (Dovecot's imap-login
@@ -237,66 +269,63 @@ class Session:
         """A whole command with its literals, as `parser` expects it, and whether a NUL came
         outside a literal8 (RFC 3516 4.2: only a literal8 may carry one). The first line may
         take the idle timeout; the rest of the command must arrive within
-        `command_timeout` of it (a client trickling literals is cut off)."""
-        pieces: list[bytes] = []
-        total = 0
-        stray_nul = False
+        `command_timeout` of it (a client trickling literals is cut off). A refused command
+        (a line or literal over its limit) is read to its end and answered BAD."""
         notify = self.notify
         if notify is not None:
             notify.wait_start(self)
         try:
             with self.waiting_for_client():
-                line = await self.read_line()
+                line, tail = await self._line(None)
         finally:
             if notify is not None:
                 await notify.wait_end(self)
-        self._command_deadline = self._budget(self.config.command_timeout)
-        try:
-            while True:
-                pieces.append(line)
-                total += len(line)
-                stray_nul = stray_nul or b"\x00" in line
-                announced = parser.literal_announcement(line)
-                if announced is None:
-                    return b"".join(pieces), stray_nul
-                size, synchronizing = announced
-                limit = self.literal_limit()
-                if size > limit or total + size > limit:
-                    if self.state is State.NOT_AUTHENTICATED:
-                        raise Disconnect("BYE Literal size too large", "literal_too_large")
-                    if not synchronizing:  # RFC 7888 4: the client sends it anyway; skip it
-                        await self._skip(size)
-                        await self.read_line(self._command_deadline)
-                    raise bad(
-                        f"[TOOBIG] Literal too large (at most {limit} bytes)",
-                        parser.guess_tag(pieces[0]),
-                    )
-                if synchronizing:
-                    self.send(b"+ Ready for literal data\r\n")
-                    await self.flush()
-                data = await self._read_exactly(size)
-                if not parser.announces_literal8(line):
-                    stray_nul = stray_nul or b"\x00" in data
-                pieces.append(b"\r\n" + data)
-                total += size
-                line = await self.read_line(self._command_deadline)
-        finally:
-            self._command_deadline = None
-
-    async def _read_exactly(self, size: int) -> bytes:
-        deadline = self._command_deadline
-        assert deadline is not None
+        # One time budget for the rest, not one per line and literal: a command of many small
+        # literals leaves no cancelled timer behind each
+        self._command_deadline = deadline = self._budget(self.config.command_timeout)
         try:
             async with asyncio.timeout_at(deadline):
-                return await self.reader.readexactly(size)
+                return await self._rest_of_command(line, tail)
         except TimeoutError:
             raise self._expired(deadline) from None
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             raise ClientGone() from None
+        finally:
+            self._command_deadline = None
 
-    async def _skip(self, size: int) -> None:
-        deadline = self._command_deadline
-        assert deadline is not None
+    async def _rest_of_command(self, line: bytes, tail: bytes | None) -> tuple[bytes, bool]:
+        command = bytearray()  # one buffer: many small literals cost their bytes, no more
+        stray_nul = False
+        while True:
+            if tail is not None:
+                await self._skip_command(parser.literal_announcement(tail))
+                raise bad("Command line too long", parser.guess_tag(bytes(command or line)))
+            command += line
+            stray_nul = stray_nul or b"\x00" in line
+            announced = parser.literal_announcement(line)
+            if announced is None:
+                return bytes(command), stray_nul
+            size, synchronizing = announced
+            limit = self.literal_limit()
+            if size > limit or len(command) + size > limit:
+                if self.state is State.NOT_AUTHENTICATED:
+                    raise Disconnect("BYE Literal size too large", "literal_too_large")
+                await self._skip_command(announced)
+                raise bad(
+                    f"[TOOBIG] Literal too large (at most {limit} bytes)",
+                    parser.guess_tag(bytes(command[:100])),
+                )
+            if synchronizing:
+                self.send(b"+ Ready for literal data\r\n")
+                await self.flush()
+            data = await self.reader.readexactly(size)
+            if not parser.announces_literal8(line):
+                stray_nul = stray_nul or b"\x00" in data
+            command += b"\r\n"
+            command += data
+            line, tail = await self._next_line()
+
+    async def _skip(self, size: int, deadline: float) -> None:
         try:
             async with asyncio.timeout_at(deadline):
                 while size > 0:
@@ -401,6 +430,9 @@ class Session:
             self.send(f"{reply.tag or tag} {reply.status} {reply.text}\r\n".encode())
         except (Disconnect, ClientGone):
             raise
+        except LIMIT_ERRORS as exc:
+            log.info("imap.limit", session=self.id, error=str(exc))
+            self.send(f"{tag} NO [LIMIT] Request exceeds a server limit\r\n".encode())
         except DATABASE_ERRORS as exc:
             # The client's socket errors arrive as ClientGone; an OSError here (asyncpg's
             # ConnectionRefusedError while PostgreSQL is down) is the database's.

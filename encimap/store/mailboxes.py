@@ -162,18 +162,29 @@ async def subscriptions(db: Executor, vaultbox_id: uuid.UUID) -> set[str]:
     return {row["name"] for row in rows}
 
 
-async def subscribe(db: Executor, vaultbox_id: uuid.UUID, name: str, *, origin: str = "") -> None:
-    """Subscribe to an existing mailbox (subscribing twice is fine)."""
+async def subscribe(
+    db: Executor, vaultbox_id: uuid.UUID, name: str, *, max_count: int = 0, origin: str = ""
+) -> None:
+    """Subscribe to an existing mailbox (subscribing twice is fine). A subscription outlives
+    its mailbox (RFC 3501 6.3.6), so CREATE, SUBSCRIBE and DELETE repeated would add names
+    without end: `max_count` (0: none) caps them per vaultbox, as `create_mailbox` caps
+    folders."""
     status = await db.execute(
         """INSERT INTO mailbox_subscriptions (vaultbox_id, name)
            SELECT vaultbox_id, name FROM mailboxes WHERE vaultbox_id = $1 AND name = $2
+              AND ($3::integer = 0
+                   OR (SELECT count(*) FROM mailbox_subscriptions s
+                        WHERE s.vaultbox_id = $1) < $3::integer)
            ON CONFLICT DO NOTHING""",
         vaultbox_id,
         canonical_name(name),
+        max_count,
     )
     if status.endswith(" 0"):
         if await find_mailbox(db, vaultbox_id, name) is None:
             raise NotFound(f"no mailbox {name}")
+        if canonical_name(name) not in await subscriptions(db, vaultbox_id):
+            raise LimitReached(f"at most {max_count} subscriptions per vaultbox")
         return  # subscribed already: nothing changed
     await events.publish_names(db, vaultbox_id, origin)
 

@@ -37,7 +37,10 @@ class Flag:
 
 @dataclass(frozen=True)
 class Uids:
-    uids: tuple[int, ...]
+    """The UIDs within inclusive (low, high) ranges, in any order, overlapping or not: a
+    sequence set costs its ranges, not a number per message it names."""
+
+    ranges: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -122,9 +125,9 @@ class _Compiler:
             case Flag(flag, present):
                 test = f"flags @> ARRAY[{self.param(flag, '::text')}]"
                 return test if present else f"NOT {test}"
-            case Uids(uids):
+            case Uids(ranges):
                 # A multirange: one binary search per row whatever the size of the set.
-                return f"uid <@ {self.param(uidsets.multirange(uids), '::text::int8multirange')}"
+                return f"uid <@ {self.param(uidsets.multirange(ranges), '::text::int8multirange')}"
             case Not(inner):
                 return f"NOT ({self.sql(inner)})"
             case Or(left, right):

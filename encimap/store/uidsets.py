@@ -29,10 +29,10 @@ def ranges(uids: Iterable[int]) -> tuple[list[int], list[int]]:
     return lows, highs
 
 
-def multirange(uids: Iterable[int]) -> str:
-    """The set as the text of an int8multirange, for a membership test (`uid <@ $n`)."""
-    lows, highs = ranges(uids)
-    return "{" + ",".join(f"[{lo},{hi}]" for lo, hi in zip(lows, highs, strict=True)) + "}"
+def multirange(bounds: Iterable[tuple[int, int]]) -> str:
+    """Inclusive (low, high) ranges, in any order and overlapping or not, as the text of an
+    int8multirange (PostgreSQL merges them), for a membership test (`uid <@ $n`)."""
+    return "{" + ",".join(f"[{lo},{hi}]" for lo, hi in bounds) + "}"
 
 
 def messages(columns: str, mailbox: str, lows: str, highs: str) -> str:

@@ -35,11 +35,13 @@ class _Message:
     parts: list[catenate.Part] | None = None  # CATENATE: assembled after the parse
 
 
-def _messages(reader: Reader) -> list[_Message]:
+def _messages(reader: Reader, limit: int) -> list[_Message]:
     """One or more `[(flags)] [date-time] (literal / literal8 / CATENATE (...))` (RFC 3502
-    MULTIAPPEND: several)."""
-    found = []
+    MULTIAPPEND: several), at most `limit` (else NO [LIMIT], before any is encrypted)."""
+    found: list[_Message] = []
     while True:
+        if len(found) == limit:
+            raise no(f"[LIMIT] More than {limit} messages in one APPEND")
         flags: list[str] = []
         internal_date: datetime | None = None
         if reader.peek() == 0x28:
@@ -62,7 +64,7 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     reader.sp()
     name = reader.mailbox()
     reader.sp()
-    appended = _messages(reader)
+    appended = _messages(reader, session.config.max_append_messages)
     reader.end()
     pool = session.server.pool
     owner = vaultbox_id(session)

@@ -54,7 +54,8 @@ class _Flow(asyncio.BaseTransport):
 async def _inflate(source: asyncio.StreamReader, target: asyncio.StreamReader) -> None:
     """Feed what the client sends, inflated, to the session's reader. Inflation is bounded (a
     small compressed input cannot fill memory): at most a read's worth at a time, and none
-    while the session has more than two reader buffers' worth of input it has not read."""
+    while the session has more than two reader buffers' worth of input it has not read. The
+    end of the client's DEFLATE stream is the end of its input."""
     inflater = zlib.decompressobj(wbits=-15)
     flow = _Flow()
     target.set_transport(flow)  # type: ignore[arg-type]
@@ -67,6 +68,11 @@ async def _inflate(source: asyncio.StreamReader, target: asyncio.StreamReader) -
                 await flow.flowing.wait()
                 target.feed_data(inflater.decompress(data, _READ))
                 data = inflater.unconsumed_tail
+            if inflater.eof:
+                # The client ended its stream (RFC 4978 has no way back to plain text): what
+                # follows is not read (zlib would keep every byte of it in unused_data), and
+                # the session ends once it has answered what came before.
+                break
     except (zlib.error, ConnectionError, OSError) as exc:
         target.set_exception(ConnectionError(f"bad DEFLATE stream: {exc}"))
         return

@@ -137,11 +137,13 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
         seen = stored.changed
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
-    if all(item.name in _FLAG_SYNC and item.section is None for item in items):
+    names = [item.name for item in items]
+    # each flag item at most once: PostgreSQL renders the line as one expression, which
+    # thousands of repeats would nest too deeply (the general path answers repeats)
+    if set(names) <= _FLAG_SYNC and len(set(names)) == len(names):
         # A flag resync (`UID FETCH 1:* (UID FLAGS)`): rendered by PostgreSQL, no object
         # per message (\Recent, the session's, comes with the runs).
         runs = selected.runs(uids)
-        names = [item.name for item in items]
         pool, mailbox_id = session.server.pool, selected.mailbox.id
         lines, keywords = await flagsync.flag_responses(pool, mailbox_id, runs, names)
         for line in selected.announce(keywords):  # keywords another session set

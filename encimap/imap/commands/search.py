@@ -13,32 +13,37 @@ from encimap.imap.commands import (
     searchres,
 )
 from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
-from encimap.imap.selected import Selected
+from encimap.imap.selected import Selected, stretches
 from encimap.imap.session import Session, no
 from encimap.store import search as keys
 
 
-def _resolve(node: object, selected: Selected) -> keys.Key:
-    """Sequence-set nodes become the UIDs they name in this session's view."""
+def _resolve(node: object, selected: Selected, named: dict[object, keys.Uids]) -> keys.Key:
+    """Sequence-set nodes become the UIDs they name in this session's view, as ranges; `named`
+    keeps each distinct one, so repeating a set (or RECENT) costs nothing more."""
     match node:
         case SetKey(sequence, uid):
-            found = selected.by_uid(sequence) if uid else selected.by_sequence(sequence)
-            return keys.Uids(tuple(found))
+            if node not in named:
+                named[node] = keys.Uids(tuple(selected.uid_ranges(sequence, by_uid=uid)))
+            return named[node]
         case RecentKey():
-            return keys.Uids(tuple(sorted(selected.recent)))
+            if node not in named:
+                recent = stretches(sorted(selected.recent))
+                named[node] = keys.Uids(tuple(zip(*recent, strict=True)))
+            return named[node]
         case keys.Not(inner):
-            return keys.Not(_resolve(inner, selected))
+            return keys.Not(_resolve(inner, selected, named))
         case keys.Or(left, right):
-            return keys.Or(_resolve(left, selected), _resolve(right, selected))
+            return keys.Or(_resolve(left, selected, named), _resolve(right, selected, named))
         case keys.And(inner):
-            return keys.And(tuple(_resolve(k, selected) for k in inner))
+            return keys.And(tuple(_resolve(k, selected, named) for k in inner))
     return node  # type: ignore[return-value]
 
 
 def resolve(session: Session, program_key: object) -> keys.Key:
     """The program with its sequence sets and RECENT as the UIDs they name now."""
     assert session.selected is not None
-    return _resolve(program_key, session.selected)
+    return _resolve(program_key, session.selected, {})
 
 
 async def matching_uids(session: Session, program_key: object) -> list[int]:

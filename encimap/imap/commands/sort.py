@@ -37,16 +37,22 @@ async def uid_sort(session: Session, tag: str, reader: Reader) -> str:
 
 
 def _criteria(reader: Reader) -> list[tuple[str, bool]]:
-    """(criterion, reversed) pairs from `(REVERSE FROM DATE ...)`."""
+    """(criterion, reversed) pairs from `(REVERSE FROM DATE ...)`. A criterion named again
+    cannot change the order (messages it would compare are equal in it already), so only its
+    first use is kept: a key costs at most one value per criterion, however long the list."""
     words = [word.upper() for word in reader.parenthesized(reader.atom)]
-    criteria, reverse = [], False
+    criteria: list[tuple[str, bool]] = []
+    seen: set[str] = set()
+    reverse = False
     for word in words:
         if word == "REVERSE":
             reverse = True
             continue
         if word not in CRITERIA:
             raise ParseError(f"unknown sort criterion {word[:20]}")
-        criteria.append((word, reverse))
+        if word not in seen:
+            seen.add(word)
+            criteria.append((word, reverse))
         reverse = False
     if not criteria or reverse:
         raise ParseError("empty sort criteria")

@@ -70,6 +70,8 @@ class _Container:
     children: list[_Container] = field(default_factory=list)
 
     def is_ancestor_of(self, other: _Container) -> bool:
+        if not self.children:  # no walk up from `other` (a long thread, message by message)
+            return other is self
         node: _Container | None = other
         while node is not None:
             if node is self:
@@ -140,12 +142,30 @@ def references(items: list[_Message]) -> list[_Container]:
     return roots
 
 
+def _descendants(containers: list[_Container]) -> list[_Container]:
+    """The containers and everything below them, each before its children: walked without
+    recursion, since a thread (or one message's References) can be thousands deep."""
+    found: list[_Container] = []
+    stack = list(containers)
+    while stack:
+        container = stack.pop()
+        found.append(container)
+        stack.extend(container.children)
+    return found
+
+
 def _pruned(siblings: list[_Container], *, root: bool) -> list[_Container]:
     """Step 3: dummies without children go; a dummy's children move up to its level (at the
-    root level only a single child)."""
+    root level only a single child). The levels below are pruned first, deepest first."""
+    for container in reversed(_descendants(siblings)):
+        container.children = _pruned_level(container.children, root=False)
+    return _pruned_level(siblings, root=root)
+
+
+def _pruned_level(siblings: list[_Container], *, root: bool) -> list[_Container]:
+    """Step 3 for one level whose children are pruned already."""
     result: list[_Container] = []
     for container in siblings:
-        container.children = _pruned(container.children, root=False)
         for child in container.children:
             child.parent = container
         if container.message is None:
@@ -161,9 +181,10 @@ def _pruned(siblings: list[_Container], *, root: bool) -> list[_Container]:
 
 
 def _sort_children(container: _Container) -> None:
-    for child in container.children:
-        _sort_children(child)
-    container.children.sort(key=_Container.sort_key)
+    """Every level below `container` sorted, deepest first (a dummy sorts by its first
+    child)."""
+    for node in reversed(_descendants([container])):
+        node.children.sort(key=_Container.sort_key)
 
 
 def _subject(container: _Container) -> tuple[str, bool]:
@@ -235,13 +256,23 @@ def _base(item: _Message) -> str:
 
 
 def _inner(container: _Container) -> str:
-    """A thread's members inside its parentheses: `1 2 3`, `1 (2 4)(3)`, `(1)(2)`."""
-    parts: list[str] = []
-    if container.message is not None:
-        parts.append(str(container.message.number))
-    children = container.children
-    if container.message is not None and len(children) == 1:
-        parts.append(_inner(children[0]))
-    elif children:
-        parts.append("".join(f"({_inner(child)})" for child in children))
-    return " ".join(parts)
+    """A thread's members inside its parentheses: `1 2 3`, `1 (2 4)(3)`, `(1)(2)`: a single
+    child follows its parent, several each get parentheses (written without recursion)."""
+    out: list[str] = []
+    stack: list[_Container | str] = [container]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        children = item.children
+        if item.message is not None:
+            out.append(str(item.message.number))
+            if children:
+                out.append(" ")
+            if len(children) == 1:
+                stack.append(children[0])
+                continue
+        for child in reversed(children):
+            stack.extend((")", child, "("))
+    return "".join(out)

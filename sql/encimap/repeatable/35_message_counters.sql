@@ -30,6 +30,7 @@ DECLARE
     a_bytes bigint[];
     a_unseen bigint[];
     d record;
+    named integer;
 BEGIN
     IF TG_OP <> 'DELETE' THEN
         SELECT array_agg(g.mailbox_id), array_agg(g.vaultbox_id), array_agg(g.messages),
@@ -88,7 +89,16 @@ BEGIN
             UPDATE mailboxes m
                SET keywords = ARRAY(SELECT DISTINCT k FROM unnest(m.keywords || d.keywords) k
                                      ORDER BY k)
-             WHERE m.id = d.mailbox_id AND NOT m.keywords @> d.keywords;
+             WHERE m.id = d.mailbox_id AND NOT m.keywords @> d.keywords
+            RETURNING cardinality(m.keywords) INTO named;
+            -- The list never shrinks (a keyword no message has any more stays named), so a
+            -- client adding and removing new keywords would grow it, and every FLAGS
+            -- response, without end: a mailbox names at most 1,000. The statement fails as
+            -- one beyond a limit (the IMAP session answers NO [LIMIT]).
+            IF named > 1000 THEN
+                RAISE EXCEPTION 'mailbox % would name more than 1000 keywords', d.mailbox_id
+                      USING ERRCODE = 'program_limit_exceeded';
+            END IF;
         END LOOP;
     END IF;
     FOR d IN
