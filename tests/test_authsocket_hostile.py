@@ -1,0 +1,136 @@
+"""The auth socket against a peer that misbehaves: exchanges it abandons (as Postfix does when
+its SMTP client sends `*`), CONT for exchanges that are gone, a peer that never reads, and
+fields that could be echoed back. Real sockets, real PostgreSQL, the real Postfix."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import smtplib
+import socket
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from encimap.authsocket import codec
+from encimap.authsocket.service import start
+from encimap.service import Runtime
+from tests.postfix_support import PrivatePostfix, reachable_dir, skip_reason
+from tests.service_support import running_service
+from tests.support import Databases, make_vaultbox
+from tests.test_authsocket import AUTH_PARAMS, Client, plain, socket_config
+
+pytestmark = pytest.mark.timeout(120)
+ABANDONED = codec.MAX_LINE  # far more exchanges than any limit per connection
+
+
+@pytest.fixture(scope="module")
+def box(databases: Databases):
+    return asyncio.run(make_vaultbox(databases, "hostile@vault.test", password="hostile-pass"))
+
+
+async def test_abandoned_exchanges_never_end_the_connection(
+    databases: Databases, tmp_path: Path, box
+) -> None:
+    async with running_service(socket_config(databases, tmp_path), "authsocket"):
+        client = await Client.connect(tmp_path / "auth")
+        try:
+            await client.handshake()
+            for request_id in range(1, 301):  # each waits for a CONT that never comes
+                client.send("AUTH", str(request_id), "LOGIN", *AUTH_PARAMS)
+                assert await client.line() == ["CONT", str(request_id), codec.LOGIN_USERNAME_PROMPT]
+            client.send("CONT", "1", base64.b64encode(box.username.encode()).decode())
+            assert await client.line() == ["FAIL", "1", f"reason={codec.GENERIC_FAILURE}"]
+            client.send("CONT", "999", "AAAA")  # never begun
+            assert await client.line() == ["FAIL", "999", f"reason={codec.GENERIC_FAILURE}"]
+            client.send("CONT", "300", base64.b64encode(box.username.encode()).decode())
+            assert await client.line() == ["CONT", "300", codec.LOGIN_PASSWORD_PROMPT]
+            client.send("CONT", "300", base64.b64encode(b"hostile-pass").decode())
+            assert await client.line() == ["OK", "300", f"user={box.username}"]
+            client.send(
+                "AUTH", "301", "PLAIN", *AUTH_PARAMS, f"resp={plain(box.username, 'hostile-pass')}"
+            )
+            assert await client.line() == ["OK", "301", f"user={box.username}"]
+        finally:
+            await client.close()
+
+
+@pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
+async def test_postfix_clients_that_abort_do_not_break_later_logins(
+    databases: Databases, box
+) -> None:
+    """One smtpd process keeps its auth connection for its whole life and never says that its
+    client gave up with `*`: those exchanges must not pile up into a 454 for a later login."""
+    socket_dir = reachable_dir("encimap-auth-")
+    async with running_service(socket_config(databases, socket_dir), "authsocket"):
+        postfix = PrivatePostfix(
+            {
+                "smtpd_sasl_auth_enable": "yes",
+                "smtpd_sasl_type": "dovecot",
+                "smtpd_sasl_path": str(socket_dir / "auth"),
+                # one session may abort as often as it likes, without Postfix's error pauses
+                "smtpd_soft_error_limit": "100000",
+                "smtpd_hard_error_limit": "100000",
+                "smtpd_error_sleep_time": "0",
+            }
+        )
+        await asyncio.to_thread(postfix.start)
+        try:
+
+            def session() -> list[tuple[int, bytes]]:
+                with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as client:
+                    client.ehlo()
+                    aborted = []
+                    for _ in range(200):
+                        client.send(b"AUTH LOGIN\r\n")
+                        assert client.getreply()[0] == 334
+                        client.send(b"*\r\n")
+                        aborted.append(client.getreply())
+                    blob = base64.b64encode(f"\0{box.username}\0hostile-pass".encode())
+                    return [*aborted, client.docmd("AUTH", "PLAIN " + blob.decode())]
+
+            replies = await asyncio.to_thread(session)
+        finally:
+            await asyncio.to_thread(postfix.stop)
+            postfix.cleanup()
+            shutil.rmtree(socket_dir)
+    assert {code for code, _ in replies[:-1]} == {501}, postfix.log()
+    assert replies[-1] == (235, b"2.7.0 Authentication successful"), postfix.log()
+
+
+async def test_a_peer_that_never_reads_is_not_buffered_for(databases: Databases, tmp_path) -> None:
+    """Replies to a peer that stops reading stay bounded: the socket stops reading it too."""
+    cfg = socket_config(databases, tmp_path)
+    async with AsyncExitStack() as stack:
+        service = await start(Runtime(cfg, stack))
+        try:
+            peer = socket.socket(socket.AF_UNIX)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            peer.connect(str(tmp_path / "auth"))
+            # Each line is answered at once (a CONT prompt) and abandoned.
+            lines = b"".join(
+                f"AUTH\t{i}\tLOGIN\tservice=smtp\n".encode() for i in range(1, 200_001)
+            )
+
+            def send_all() -> int:
+                """Bytes the socket took before it stopped taking more (or all of them)."""
+                peer.settimeout(3)
+                sent = 0
+                try:
+                    while sent < len(lines):
+                        sent += peer.send(lines[sent : sent + 65536])
+                except TimeoutError:
+                    pass
+                return sent
+
+            sent = await asyncio.to_thread(send_all)
+            [connection] = service.connections
+            buffered = connection.writer.transport.get_write_buffer_size()
+            peer.close()
+        finally:
+            await service.close()
+            await service.drain(2.0)
+    assert buffered <= 256 * 1024, buffered
+    assert sent < len(lines)
