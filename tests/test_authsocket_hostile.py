@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import shutil
 import smtplib
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from encimap import logs
 from encimap.authsocket import codec
 from encimap.authsocket.service import start
 from encimap.service import Runtime
@@ -134,3 +136,50 @@ async def test_a_peer_that_never_reads_is_not_buffered_for(databases: Databases,
             await service.drain(2.0)
     assert buffered <= 256 * 1024, buffered
     assert sent < len(lines)
+
+
+async def test_malformed_requests_are_logged_with_their_reason_and_user(
+    databases: Databases, tmp_path: Path, box, capsys
+) -> None:
+    """One line per decision, naming the login where the request certainly held one; fields
+    a username could inject never reach the peer or the log."""
+    injected = "x\tuser=root\nOK\t7"
+    requests = [
+        ("CRAM-MD5", ()),
+        ("PLAIN", (f"resp={plain(box.username, 'hostile-pass', authzid='root')}",)),
+        ("PLAIN", ("resp=!!!",)),
+        ("LOGIN", ("resp=" + base64.b64encode(injected.encode()).decode(),)),
+    ]
+    logs.configure("info", "json")
+    try:
+        async with running_service(socket_config(databases, tmp_path), "authsocket"):
+            client = await Client.connect(tmp_path / "auth")
+            try:
+                await client.handshake()
+                answers = []
+                for request_id, (mechanism, params) in enumerate(requests, 1):
+                    client.send("AUTH", str(request_id), mechanism, *AUTH_PARAMS, *params)
+                    answers.append(await client.line())
+                client.send("CONT", "4", base64.b64encode(b"hostile-pass").decode())
+                answers.append(await client.line())
+            finally:
+                await client.close()
+    finally:
+        logs.configure("warning", "console")
+    failed = [f"FAIL\t{i}\treason={codec.GENERIC_FAILURE}".split("\t") for i in (1, 2, 3, 4)]
+    assert answers == [*failed[:3], ["CONT", "4", codec.LOGIN_PASSWORD_PROMPT], failed[3]]
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    decisions = [
+        (e["event"].split(",")[:2], e.get("reason"))
+        for e in events
+        if e["event"].startswith("auth failed:")
+    ]
+    assert decisions == [
+        (["auth failed: user=<>", " method=CRAM-MD5"], "unknown mechanism"),
+        (
+            [f"auth failed: user=<{box.username}>", " method=PLAIN"],
+            "authorization identity differs",
+        ),
+        (["auth failed: user=<>", " method=PLAIN"], "invalid base64"),
+        (["auth failed: user=<x?user?root?OK?7>", " method=LOGIN"], "unknown user"),
+    ]

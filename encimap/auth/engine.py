@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import asyncpg
 
@@ -113,6 +113,42 @@ class AuthEngine:
         """The principal for a login, or AuthFailed/AuthUnavailable. `exempt_trusted=False`
         throttles addresses in `[auth] trusted_networks` too (for an address a caller names
         rather than one the socket shows)."""
+        return await self._decision(
+            username, password, service, client_ip, secured, method, exempt_trusted, None
+        )
+
+    async def refuse(
+        self,
+        username: str,
+        reason: str,
+        *,
+        service: Service,
+        client_ip: str | None = None,
+        secured: bool = True,
+        method: str = "PLAIN",
+        exempt_trusted: bool = True,
+    ) -> NoReturn:
+        """Refuse an exchange a front end found malformed before it held a password to check
+        (bad base64, a PLAIN authorization identity of someone else, an unknown mechanism):
+        AuthFailed (or AuthUnavailable over the address's hard limit), logged and throttled
+        like any failed login, without bcrypt. `username`: only what is certainly the login
+        name ("" when unknown), never a part of a response that may hold the password."""
+        await self._decision(
+            username, "", service, client_ip, secured, method, exempt_trusted, reason
+        )
+        raise AssertionError("a refusal never returns")  # pragma: no cover
+
+    async def _decision(
+        self,
+        username: str,
+        password: str,
+        service: Service,
+        client_ip: str | None,
+        secured: bool,
+        method: str,
+        exempt_trusted: bool,
+        refusal: str | None,
+    ) -> Principal:
         rip = _valid_ip(client_ip)
         line = _LogLine(username, method, service, rip, secured)
         wait, over_limit = self._throttle.before_verify(rip, username, exempt_trusted)
@@ -124,6 +160,8 @@ class AuthEngine:
             AUTH_THROTTLED.labels("delayed").inc()
             await asyncio.sleep(wait)
         try:
+            if refusal is not None:
+                raise _Refused(refusal)
             principal = await self._decide(username, password, service)
         except _Refused as refused:
             attempt = fingerprint(self._secret, "attempt", service, username, password)

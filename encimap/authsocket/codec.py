@@ -133,7 +133,12 @@ def fail(request_id: str) -> bytes:
 
 
 class SaslError(Exception):
-    """A malformed SASL exchange (bad base64, wrong PLAIN layout): a plain failure."""
+    """A malformed SASL exchange (bad base64, wrong PLAIN layout): a plain failure.
+    `username`: the login name when the exchange certainly held one, else ""."""
+
+    def __init__(self, reason: str, username: str = "") -> None:
+        super().__init__(reason)
+        self.username = username
 
 
 def decode_b64(data: str) -> str:
@@ -150,5 +155,5 @@ def parse_plain(data: str) -> tuple[str, str]:
         raise SaslError("malformed PLAIN response")
     authzid, authcid, password = parts
     if authzid and authzid != authcid:
-        raise SaslError("authorization identity differs")
+        raise SaslError("authorization identity differs", authcid)
     return authcid, password

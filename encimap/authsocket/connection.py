@@ -98,8 +98,11 @@ class AuthConnection:
             raise codec.ProtocolError(f"request id {request.id} is already in use")
         if len(self._running) >= MAX_RUNNING:
             raise codec.ProtocolError("too many requests in flight")
-        if request.mechanism not in codec.MECHANISMS or request.service not in SERVICES:
-            self._start(request, "", "")  # refused by the engine, logged and throttled there
+        if request.mechanism not in codec.MECHANISMS:
+            self._start(request, "", "", refusal="unknown mechanism")
+            return
+        if request.service not in SERVICES:
+            self._start(request, "", "", refusal="unknown service")
             return
         exchange = _Exchange(request)
         if request.initial_response is None:
@@ -136,25 +139,32 @@ class AuthConnection:
                 return
             else:
                 username, password = exchange.username, codec.decode_b64(data)
-        except codec.SaslError:
-            username, password = "", ""  # a malformed exchange is an ordinary failure
+        except codec.SaslError as malformed:  # an ordinary failure, logged with its reason
+            username = malformed.username or exchange.username or ""
+            self._start(request, username, "", refusal=str(malformed))
+            return
         self._start(request, username, password)
 
-    def _start(self, request: codec.AuthRequest, username: str, password: str) -> None:
+    def _start(
+        self, request: codec.AuthRequest, username: str, password: str, refusal: str | None = None
+    ) -> None:
         self._running.add(request.id)
-        task = asyncio.create_task(self._answer(request, username, password))
+        task = asyncio.create_task(self._answer(request, username, password, refusal))
         self.requests.add(task)
 
-    async def _answer(self, request: codec.AuthRequest, username: str, password: str) -> None:
+    async def _answer(
+        self, request: codec.AuthRequest, username: str, password: str, refusal: str | None
+    ) -> None:
+        how: dict = {
+            "service": SERVICES.get(request.service, "smtp"),
+            "client_ip": request.client_ip,
+            "secured": request.secured,
+            "method": request.mechanism,
+        }
         try:
-            principal = await self.engine.authenticate(
-                username,
-                password,
-                service=SERVICES.get(request.service, "smtp"),  # type: ignore[arg-type]
-                client_ip=request.client_ip,
-                secured=request.secured,
-                method=request.mechanism,
-            )
+            if refusal is not None:
+                await self.engine.refuse(username, refusal, **how)
+            principal = await self.engine.authenticate(username, password, **how)
         except AuthFailed:
             self._send(codec.fail(request.id))
         except AuthUnavailable:

@@ -20,11 +20,13 @@ submission's CPU per message went to asyncio's).
 from __future__ import annotations
 
 import asyncio
+import binascii
 import ssl
+from base64 import b64decode, b64encode
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import TLSSetupException, syntax
+from aiosmtpd.smtp import MISSING, TLSSetupException, syntax
 
 from encimap.service.connlimits import ConnectionLimiter, Ticket, peer_ip
 from encimap.smtpaddress import StrictAddressParsing
@@ -56,6 +58,7 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
             timeout=timeout,
         )
         self.implicit_tls = implicit_tls
+        self.sasl_refusal: str | None = None
         self.data_timeout = data_timeout
         self._limiter = limiter
         self._ticket: Ticket | None = None
@@ -100,6 +103,54 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
         if transport is not None and not transport.is_closing():
             transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
             transport.close()
+
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> Any:
+        """aiosmtpd's challenge_auth (the decoded response, or MISSING once the exchange ended
+        with a reply sent), but a response line over `line_length_limit` is answered
+        `500 5.5.6` (RFC 4954 4) and read to its end instead of escaping as an error, and
+        `sasl_refusal` says why an exchange ended that the client did not cancel with `*`."""
+        self.sasl_refusal = None
+        if isinstance(challenge, str):
+            challenge = challenge.encode()
+        await self.push(b"334 " + (b64encode(challenge) if encode_to_b64 else challenge))
+        try:
+            line = await self._read_line()
+        except asyncio.IncompleteReadError:  # the client left
+            return MISSING
+        if line is None:
+            self.sasl_refusal = "response line too long"
+            await self.push(replies.AUTH_LINE_TOO_LONG)
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":
+            await self.push(replies.AUTH_CANCELLED)
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except binascii.Error:
+            self.sasl_refusal = "invalid base64"
+            await self.push(replies.AUTH_BAD_BASE64)
+            return MISSING
+
+    async def _read_line(self) -> bytes | None:
+        """One line from the client; None (the rest of it read and dropped) when it is longer
+        than `line_length_limit`, as aiosmtpd's command loop does with a long command.
+        IncompleteReadError when the client leaves."""
+        try:
+            return await self._reader.readuntil()
+        except asyncio.LimitOverrunError as overrun:
+            await self._reader.read(overrun.consumed)
+        while True:
+            try:
+                await self._reader.readuntil()
+                return None
+            except asyncio.LimitOverrunError as overrun:
+                await self._reader.read(overrun.consumed)
 
     async def smtp_AUTH(self, arg: str) -> None:
         await super().smtp_AUTH(arg)

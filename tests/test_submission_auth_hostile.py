@@ -1,0 +1,113 @@
+"""AUTH on the submission port against a hostile client: overlong and malformed SASL
+responses, `*`, logging as someone else. Each decision is one log line with user, address and
+reason, and no line holds the password. Real PostgreSQL, real TLS, smtplib."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import smtplib
+
+import pytest
+
+from encimap import logs
+from tests.submission_helpers import client_context, starttls_port, submission, submission_config
+from tests.support import make_motorblock
+
+pytestmark = pytest.mark.timeout(60)
+USER, PASSWORD = "mb-hostile", "Hostile-Secret-77"
+
+
+@pytest.fixture(scope="module")
+def motorblock(databases):
+    return asyncio.run(
+        make_motorblock(databases, username=USER, password=PASSWORD, domain="hostile.test")
+    )
+
+
+@pytest.fixture
+async def port(databases, tls_files, motorblock, upstream):
+    async with submission(submission_config(databases, tls_files, upstream[0].port)) as svc:
+        yield starttls_port(svc)
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+def session(port: int, tls_ca, lines: list[bytes]) -> list[tuple[int, bytes]]:
+    """The replies to `lines`, sent one at a time after STARTTLS and EHLO."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.starttls(context=client_context(tls_ca))
+        client.ehlo()
+        answers = []
+        for line in lines:
+            client.send(line + b"\r\n")
+            answers.append(client.getreply())
+        return answers
+
+
+async def test_an_overlong_sasl_response_is_refused_and_read_to_its_end(port, tls_ca):
+    """RFC 4954 4: 500 5.5.6; nothing of the long line is taken for a command."""
+    overlong = b"A" * 5000 + b" NOOP" * 400
+    replies = await asyncio.to_thread(
+        session,
+        port,
+        tls_ca,
+        [
+            b"AUTH LOGIN",
+            overlong,
+            b"AUTH LOGIN " + b64(USER.encode()),
+            overlong,
+            b"NOOP",
+            b"AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}".encode()),
+        ],
+    )
+    assert replies == [
+        (334, b"VXNlcm5hbWU6"),
+        (500, b"5.5.6 Authentication exchange line is too long"),
+        (334, b"UGFzc3dvcmQ6"),
+        (500, b"5.5.6 Authentication exchange line is too long"),
+        (250, b"OK"),
+        (235, b"2.7.0 Authentication successful"),
+    ]
+
+
+async def test_every_decision_is_one_line_and_no_line_holds_the_password(
+    port, tls_ca, capsys
+) -> None:
+    secret = PASSWORD.encode()
+    attempts = [
+        [b"AUTH PLAIN " + secret + b"!"],  # not base64
+        [b"AUTH PLAIN " + b64(b"\0" + secret)],  # two fields: the second may be the password
+        [b"AUTH PLAIN " + b64(b"ceo\0" + USER.encode() + b"\0" + secret)],  # as someone else
+        [b"AUTH LOGIN " + b64(USER.encode()), secret + b"!"],  # password not base64
+        [b"AUTH LOGIN " + b64(USER.encode()), secret * 100],  # overlong
+        [b"AUTH LOGIN", b"*"],  # cancelled: no decision
+        [b"AUTH LOGIN " + b64(USER.encode()), b64(b"wrong-" + secret)],
+        [b"AUTH PLAIN " + b64(b"\0" + USER.encode() + b"\0" + secret)],
+    ]
+    logs.configure("info", "json")
+    try:
+        replies = [await asyncio.to_thread(session, port, tls_ca, lines) for lines in attempts]
+    finally:
+        logs.configure("warning", "console")
+    err = capsys.readouterr().err
+    assert [answer[-1][0] for answer in replies] == [501, 501, 535, 501, 500, 501, 535, 235]
+    assert PASSWORD not in err and b64(secret).decode() not in err
+    decisions = [
+        event
+        for event in map(json.loads, err.splitlines())
+        if event["event"].startswith(("auth failed:", "login:"))
+    ]
+    assert [(e["event"].split(",")[0], e.get("reason")) for e in decisions] == [
+        ("auth failed: user=<>", "invalid base64"),
+        ("auth failed: user=<>", "malformed PLAIN response"),
+        (f"auth failed: user=<{USER}>", "authorization identity differs"),
+        (f"auth failed: user=<{USER}>", "invalid base64"),
+        (f"auth failed: user=<{USER}>", "response line too long"),
+        (f"auth failed: user=<{USER}>", "password mismatch"),
+        (f"login: user=<{USER}>", None),
+    ]
+    assert all("rip=127.0.0.1" in e["event"] for e in decisions)
