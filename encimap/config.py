@@ -126,6 +126,8 @@ class SubmissionConfig:
     local_delivery: bool = False
     timeout: float = 300.0  # seconds for one whole command, from the previous one
     data_timeout: float = 600.0  # seconds from DATA's 354 to the final dot
+    # Refusals (4xx/5xx) one session may get before it is closed (0 = no limit).
+    max_errors: int = 20
     # Connection limits (encimap.service.connlimits); 0 = none.
     max_connections: int = 500
     max_connections_per_ip: int = 20

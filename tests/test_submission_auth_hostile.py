@@ -1,6 +1,7 @@
-"""AUTH on the submission port against a hostile client: overlong and malformed SASL
-responses, `*`, logging as someone else. Each decision is one log line with user, address and
-reason, and no line holds the password. Real PostgreSQL, real TLS, smtplib."""
+"""The submission port against a hostile client: overlong and malformed SASL responses, `*`,
+logging in as someone else (each decision one log line with user, address and reason, none
+holding the password), and floods of refused commands. Real PostgreSQL, real TLS, smtplib,
+the aiosmtpd sink as the upstream."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import smtplib
 import pytest
 
 from encimap import logs
-from tests.submission_helpers import client_context, starttls_port, submission, submission_config
+from tests.submission_helpers import (
+    REFUSED_RECIPIENT_PREFIX,
+    client_context,
+    starttls_port,
+    submission,
+    submission_config,
+)
 from tests.support import make_motorblock
 
 pytestmark = pytest.mark.timeout(60)
@@ -111,3 +118,47 @@ async def test_every_decision_is_one_line_and_no_line_holds_the_password(
         (f"login: user=<{USER}>", None),
     ]
     assert all("rip=127.0.0.1" in e["event"] for e in decisions)
+
+
+# --- refusals per session ---------------------------------------------------------------------
+
+
+def refused_flood(port: int, tls_ca) -> list[int]:
+    """RCPTs the upstream refuses, until the session ends; the codes of the replies."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.starttls(context=client_context(tls_ca))
+        client.login(USER, PASSWORD)
+        assert client.docmd("MAIL", "FROM:<a@hostile.test>")[0] == 250
+        codes = []
+        for i in range(100):
+            try:
+                codes.append(client.docmd("RCPT", f"TO:<{REFUSED_RECIPIENT_PREFIX}{i}@x.test>")[0])
+            except smtplib.SMTPServerDisconnected:
+                break
+        return codes
+
+
+async def test_a_session_refused_too_often_is_closed(port, tls_ca, upstream) -> None:
+    """Each refused RCPT costs a reservation in PostgreSQL and an upstream command: like
+    Postfix (smtpd_hard_error_limit), a session gets max_errors refusals, then 421."""
+    codes = await asyncio.to_thread(refused_flood, port, tls_ca)
+    assert codes == [550] * 20 + [421]
+
+
+async def test_recipients_over_the_limit_are_not_counted_as_errors(
+    databases, tls_files, motorblock, upstream, tls_ca
+) -> None:
+    cfg = submission_config(databases, tls_files, upstream[0].port, max_recipients=2)
+
+    def send(port: int) -> list[int]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.starttls(context=client_context(tls_ca))
+            client.login(USER, PASSWORD)
+            client.docmd("MAIL", "FROM:<a@hostile.test>")
+            codes = [client.docmd("RCPT", f"TO:<r{i}@x.test>")[0] for i in range(40)]
+            body = b"From: a@hostile.test\r\nSubject: hi\r\n\r\nHello.\r\n"
+            return [*codes, client.data(body)[0]]
+
+    async with submission(cfg) as svc:
+        codes = await asyncio.to_thread(send, starttls_port(svc))
+    assert codes == [250, 250] + [452] * 38 + [250]

@@ -28,6 +28,7 @@ UPSTREAM_UNAVAILABLE = "451 4.4.1 Upstream mail server unavailable, try again la
 DATABASE_UNAVAILABLE = "451 4.3.0 Temporary failure, try again later"
 OK = "250 2.0.0 OK"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 TIMEOUT = "421 4.4.2 Timeout, closing connection"
 LOGIN_TIMEOUT = "421 4.7.0 Login time limit exceeded, closing connection"
 

@@ -8,6 +8,9 @@
   `421 4.7.0` instead of the greeting; without a successful AUTH within `login_timeout` it
   gets `421 4.7.0` and is closed. aiosmtpd's `timeout` runs from one valid command to the
   next (not per read); `data_timeout` bounds DATA as a whole.
+- A session that has been refused `max_errors` times (any 4xx/5xx reply but `452 4.5.3` for
+  recipients over the limit, as Postfix's `smtpd_hard_error_limit` counts) gets `421 4.7.0`
+  and is closed: refused RCPTs cost a database reservation and an upstream command each.
 
 aiosmtpd's own `auth_required` is left off: it is meant for TLS-less setups and warns on every
 connection when combined with implicit TLS; the checks above are ours instead.
@@ -45,6 +48,7 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
         max_message_size: int,
         timeout: float,
         data_timeout: float,
+        max_errors: int = 0,
         limiter: ConnectionLimiter,
         on_session: Callable[[asyncio.Task[None]], None],
     ) -> None:
@@ -59,6 +63,8 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
         )
         self.implicit_tls = implicit_tls
         self.sasl_refusal: str | None = None
+        self.max_errors = max_errors
+        self.errors = 0
         self.data_timeout = data_timeout
         self._limiter = limiter
         self._ticket: Ticket | None = None
@@ -90,6 +96,17 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
         if self._ticket is not None:
             self._ticket.release()
         self._on_session(self.loop.create_task(self.event_handler.finish()))
+
+    async def push(self, status: str | bytes) -> None:
+        await super().push(status)
+        reply = status.encode() if isinstance(status, str) else status
+        if not self.max_errors or reply[:1] not in (b"4", b"5"):
+            return
+        if reply.startswith(replies.TOO_MANY_RECIPIENTS.encode()):
+            return
+        self.errors += 1
+        if self.errors >= self.max_errors:
+            self._goodbye(replies.TOO_MANY_ERRORS)
 
     def _timeout_cb(self) -> None:
         # aiosmtpd closes silently; RFC 5321 4.5.3.2 lets the server say 421 first.
