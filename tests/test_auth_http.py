@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import pytest
 
+from encimap import logs
 from encimap.pgcluster import free_port
 from tests.service_support import running_service
 from tests.support import Databases, DemoVaultbox, make_config, make_motorblock, make_vaultbox
@@ -196,3 +198,25 @@ async def test_only_allowed_peers_with_the_secret_may_ask(databases: Databases, 
         except ConnectionResetError:
             answer = ("", {})
         assert answer == ("", {})
+
+
+async def test_requests_nginx_cannot_mean_are_logged_with_their_reason(endpoint, capsys) -> None:
+    port, box = endpoint
+    logs.configure("info", "json")
+    try:
+        pop3 = await request(port, box.username, "Pop3-Secret", "pop3")
+        cram = await request(port, box.username, "Cram-Secret", "imap", method="cram-md5")
+    finally:
+        logs.configure("warning", "console")
+    assert pop3[1]["Auth-Status"] == cram[1]["Auth-Status"] == "Invalid login or password"
+    err = capsys.readouterr().err
+    assert "Secret" not in err
+    failures = [
+        (event["event"].split(",")[0], event["reason"])
+        for event in map(json.loads, err.splitlines())
+        if event["event"].startswith("auth failed:")
+    ]
+    assert failures == [
+        (f"auth failed: user=<{box.username}>", "unknown protocol"),
+        (f"auth failed: user=<{box.username}>", "unknown mechanism"),
+    ]

@@ -112,7 +112,7 @@ async def test_a_peer_that_never_reads_is_not_buffered_for(databases: Databases,
             peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             peer.connect(str(tmp_path / "auth"))
             # Each line is answered at once (a CONT prompt) and abandoned.
-            lines = b"".join(
+            lines = b"VERSION\t1\t2\n" + b"".join(
                 f"AUTH\t{i}\tLOGIN\tservice=smtp\n".encode() for i in range(1, 200_001)
             )
 
@@ -182,4 +182,37 @@ async def test_malformed_requests_are_logged_with_their_reason_and_user(
         ),
         (["auth failed: user=<>", " method=PLAIN"], "invalid base64"),
         (["auth failed: user=<x?user?root?OK?7>", " method=LOGIN"], "unknown user"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "first_lines",
+    [
+        # no VERSION first: Dovecot drops such a client too
+        [["AUTH", "1", "PLAIN", *AUTH_PARAMS, "resp=" + plain("sock-mb", "mb-pass")]],
+        [["CPID", "1"], ["AUTH", "1", "PLAIN", *AUTH_PARAMS]],
+        # request ids are ASCII decimal numbers below 2**32, as Postfix sends them
+        [["VERSION", "1", "2"], ["AUTH", "\u0661", "PLAIN", *AUTH_PARAMS]],
+        [["VERSION", "1", "2"], ["AUTH", "4294967296", "PLAIN", *AUTH_PARAMS]],
+    ],
+)
+async def test_what_no_auth_client_sends_ends_the_connection_unanswered(
+    databases: Databases, tmp_path: Path, first_lines: list[list[str]]
+) -> None:
+    async with running_service(socket_config(databases, tmp_path), "authsocket"):
+        client = await Client.connect(tmp_path / "auth")
+        try:
+            for fields in first_lines:
+                client.send(*fields)
+            received = await asyncio.wait_for(client.reader.read(), 10)
+        finally:
+            await client.close()
+    assert [line.split(b"\t")[0] for line in received.splitlines()] == [
+        b"VERSION",
+        b"MECH",
+        b"MECH",
+        b"SPID",
+        b"CUID",
+        b"COOKIE",
+        b"DONE",
     ]

@@ -94,7 +94,7 @@ class AuthRequest:
 
 def parse_auth(fields: list[str]) -> AuthRequest:
     """`AUTH <id> <mech> [key=value | flag]...` (fields without the command)."""
-    if len(fields) < 2 or not fields[0].isdigit():
+    if len(fields) < 2 or not _is_request_id(fields[0]):
         raise ProtocolError("AUTH needs an id and a mechanism")
     params: dict[str, str] = {}
     flags: set[str] = set()
@@ -113,6 +113,12 @@ def parse_auth(fields: list[str]) -> AuthRequest:
         flags=frozenset(flags),
         initial_response=resp,
     )
+
+
+def _is_request_id(text: str) -> bool:
+    """An unsigned 32-bit decimal number, as Dovecot's auth clients send (ASCII digits only:
+    str.isdigit also takes other scripts' digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < 2**32
 
 
 def ok(request_id: str, user: str) -> bytes:

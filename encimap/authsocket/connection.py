@@ -51,6 +51,7 @@ class AuthConnection:
         self.requests = requests
         self.id = next(_connection_ids)
         self._pending: dict[str, _Exchange] = {}
+        self._version_seen = False
         self._running: set[str] = set()
 
     async def run(self) -> None:
@@ -85,6 +86,9 @@ class AuthConnection:
         if command == "VERSION":
             if not args or args[0] != str(codec.MAJOR_VERSION):
                 raise codec.ProtocolError(f"unsupported protocol version {args[:1]}")
+            self._version_seen = True
+        elif not self._version_seen:  # as Dovecot: a client that does not say VERSION first
+            raise codec.ProtocolError("VERSION must come first")
         elif command == "AUTH":
             self._auth(codec.parse_auth(args))
         elif command == "CONT":

@@ -109,18 +109,19 @@ class AuthHTTP:
         username = unquote(headers.get("auth-user", ""))
         password = unquote(headers.get("auth-pass", ""))
         service = protocol if protocol in SERVICES else "smtp"
-        if method is None or protocol not in SERVICES:
-            username = password = ""  # refused by the engine like any malformed login
+        how: dict = {
+            "service": service,
+            "client_ip": client_ip(headers),
+            "exempt_trusted": self.trust_client_networks,
+            "secured": headers.get("auth-ssl", "").lower() == "on",
+            "method": method or headers.get("auth-method", "none"),
+        }
         try:
-            await self.engine.authenticate(
-                username,
-                password,
-                service=service,  # type: ignore[arg-type]
-                client_ip=client_ip(headers),
-                exempt_trusted=self.trust_client_networks,
-                secured=headers.get("auth-ssl", "").lower() == "on",
-                method=method or headers.get("auth-method", "none"),
-            )
+            if method is None:
+                await self.engine.refuse(username, "unknown mechanism", **how)
+            if protocol not in SERVICES:
+                await self.engine.refuse(username, "unknown protocol", **how)
+            await self.engine.authenticate(username, password, **how)
         except AuthFailed:
             result = {"Auth-Status": FAILED, "Auth-Wait": str(FAILURE_WAIT)}
             if service == "smtp":
