@@ -377,6 +377,11 @@ def _safe(value: str, limit: int = 64) -> str:
     return _UNSAFE_LOG_CHARS.sub("?", value[:limit])
 
 
+def _method(method: str) -> str:
+    """The mechanism as the fail2ban filter reads it (`[A-Z0-9_-]+`), whatever a peer sent."""
+    return re.sub(r"[^A-Z0-9_-]", "-", method.upper()[:16]) or "NONE"
+
+
 def _valid_ip(client_ip: str | None) -> str | None:
     if not client_ip:
         return None
@@ -394,7 +399,7 @@ class _LogLine:
     ) -> None:
         self.started = time.perf_counter()
         self.fields = (
-            f"user=<{_safe(username)}>, method={_safe(method.upper(), 16)}, "
+            f"user=<{_safe(username)}>, method={_method(method)}, "
             f"service={service}, rip={rip or 'unknown'}"
         )
         self.secured = secured
