@@ -72,3 +72,18 @@ async def test_unknown_users_cost_what_known_users_cost(
     # they cost what the known users cost (none of them stands out by costing less or more).
     assert all(len(costs) == 1 for costs in unknown.values()), unknown
     assert set().union(*unknown.values()) == known
+
+
+async def test_a_malformed_exchange_costs_what_a_wrong_password_costs(
+    databases: Databases, checked_costs: list[int]
+) -> None:
+    """Not a cheaper way to fill the throttling's memory with (address, name) entries."""
+    cfg = make_config(databases, auth={"bcrypt_cost": ENCIMAP_COST, "negative_cache_ttl": 0})
+    engine, pools = await open_engine(cfg)
+    try:
+        for number in range(3):
+            with pytest.raises(AuthFailed):
+                await engine.refuse(f"enum-malformed-{number}", "invalid base64", service="smtp")
+    finally:
+        await close_engine(engine, pools)
+    assert checked_costs == [ENCIMAP_COST] * 3

@@ -240,5 +240,7 @@ async def test_every_failure_line_is_one_fail2ban_reads(endpoint, capsys) -> Non
         for event in map(json.loads, capsys.readouterr().err.splitlines())
         if event["event"].startswith("auth failed:")
     ]
-    assert len(failures) == 3
-    assert [m.group("addr") for m in map(pattern.search, failures) if m] == ["192.0.2.44"] * 3
+    assert len(failures) == 3, failures
+    assert [m.group("addr") for m in map(pattern.search, failures) if m] == ["192.0.2.44"] * 3, (
+        failures
+    )

@@ -133,9 +133,11 @@ class AuthEngine:
     ) -> NoReturn:
         """Refuse an exchange a front end found malformed before it held a password to check
         (bad base64, a PLAIN authorization identity of someone else, an unknown mechanism):
-        AuthFailed (or AuthUnavailable over the address's hard limit), logged and throttled
-        like any failed login, without bcrypt. `username`: only what is certainly the login
-        name ("" when unknown), never a part of a response that may hold the password."""
+        AuthFailed (or AuthUnavailable over the address's hard limit), logged, throttled and
+        costing a dummy bcrypt check like any failed login, so a malformed request is no
+        cheaper way to fill the throttling's memory or to tell anything apart. `username`:
+        only what is certainly the login name ("" when unknown), never a part of a response
+        that may hold the password."""
         await self._decision(
             username, "", service, client_ip, secured, method, exempt_trusted, reason
         )
@@ -164,6 +166,7 @@ class AuthEngine:
             await asyncio.sleep(wait)
         try:
             if refusal is not None:
+                await self._verify("", None, self._dummy_cost(service, username))
                 raise _Refused(refusal)
             principal = await self._decide(username, password, service)
         except _Refused as refused:
