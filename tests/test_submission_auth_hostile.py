@@ -162,3 +162,39 @@ async def test_recipients_over_the_limit_are_not_counted_as_errors(
     async with submission(cfg) as svc:
         codes = await asyncio.to_thread(send, starttls_port(svc))
     assert codes == [250, 250] + [452] * 38 + [250]
+
+
+# --- smuggling towards the upstream ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n"],
+    ids=["LF.LF", "CR.CR", "CRLF.LF", "LF.CRLF", "CR.CRLF"],
+)
+async def test_smuggling_probes_reach_the_upstream_as_one_message(port, tls_ca, upstream, probe):
+    """What readers might take for an end of data is relayed inside the one message (the
+    relay sends CRLF line ends and stuffs the dot): the upstream never runs the commands."""
+    smuggled = (
+        b"From: a@hostile.test\r\nSubject: outer\r\n\r\nfirst part"
+        + probe
+        + b"MAIL FROM:<ceo@bank.test>\r\nRCPT TO:<victim@remote.test>\r\nDATA\r\n"
+        b"From: ceo@bank.test\r\n\r\nsmuggled body\r\n"
+    )
+
+    def send() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.starttls(context=client_context(tls_ca))
+            client.login(USER, PASSWORD)
+            client.docmd("MAIL", "FROM:<a@hostile.test>")
+            client.docmd("RCPT", "TO:<friend@remote.test>")
+            client.send(b"DATA\r\n")
+            assert client.getreply()[0] == 354
+            client.send(smuggled + b".\r\n")
+            return client.getreply()
+
+    assert (await asyncio.to_thread(send))[0] == 250
+    [received] = upstream[1].messages
+    assert (received.mail_from, received.rcpt_tos) == ("a@hostile.test", ["friend@remote.test"])
+    assert b"MAIL FROM:<ceo@bank.test>" in received.content
+    assert received.content.endswith(b"smuggled body\r\n")
