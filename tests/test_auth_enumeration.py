@@ -87,3 +87,18 @@ async def test_a_malformed_exchange_costs_what_a_wrong_password_costs(
     finally:
         await close_engine(engine, pools)
     assert checked_costs == [ENCIMAP_COST] * 3
+
+
+async def test_a_name_live_in_both_databases_costs_what_a_wrong_password_costs(
+    databases: Databases, checked_costs: list[int]
+) -> None:
+    box = await make_vaultbox(databases, "enum-twin@vault.test", password="pw", kinds=("smtp",))
+    await make_motorblock(databases, username=box.username, password="pw", domain="twin.test")
+    cfg = make_config(databases, auth={"bcrypt_cost": ENCIMAP_COST})
+    engine, pools = await open_engine(cfg)
+    try:
+        with pytest.raises(AuthFailed):
+            await engine.authenticate(box.username, "pw", service="smtp")
+    finally:
+        await close_engine(engine, pools)
+    assert len(checked_costs) == 1

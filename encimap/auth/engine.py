@@ -187,7 +187,11 @@ class AuthEngine:
         if not username or len(username) > MAX_USERNAME_LENGTH or "\0" in username:
             await self._verify(password, None, self._dummy_cost(service, username))
             raise _Refused("malformed username")
-        row = await self._lookup(username, service)
+        try:
+            row = await self._lookup(username, service)
+        except _Refused:  # a name live in both databases: no cheaper than any other refusal
+            await self._verify(password, None, self._dummy_cost(service, username))
+            raise
         if row is not None and (cost := cost_of(row.password_hash)) is not None:
             self._costs[service].add(cost)
         state = "unknown" if row is None else ("live" if row.live else "inactive")
