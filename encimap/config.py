@@ -141,6 +141,9 @@ class AuthSocketConfig:
     socket_mode: str = "0660"
     socket_owner: str = ""
     socket_group: str = ""
+    # Peers that may use a TCP listener of the Dovecot protocol (it believes their rip=); a
+    # unix-socket listener is guarded by its file mode instead.
+    allowed_peers: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # nginx mail auth_http endpoint ("" disables it).
     http_listen: str = ""
     # Peers that may call it (a unix-socket listener is guarded by its file mode instead).
@@ -284,7 +287,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 # Keys whose value is a list of networks ("192.0.2.0/24", "::1/128", or one address).
-NETWORK_LISTS = ("auth.trusted_networks", "imap.trusted_networks", "authsocket.http_allowed_peers")
+NETWORK_LISTS = (
+    "auth.trusted_networks",
+    "imap.trusted_networks",
+    "authsocket.allowed_peers",
+    "authsocket.http_allowed_peers",
+)
 
 
 def load(

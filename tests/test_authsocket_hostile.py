@@ -18,10 +18,11 @@ import pytest
 from encimap import logs
 from encimap.authsocket import codec
 from encimap.authsocket.service import start
+from encimap.pgcluster import free_port
 from encimap.service import Runtime
 from tests.postfix_support import PrivatePostfix, reachable_dir, skip_reason
 from tests.service_support import running_service
-from tests.support import Databases, make_vaultbox
+from tests.support import Databases, make_config, make_vaultbox
 from tests.test_authsocket import AUTH_PARAMS, Client, plain, socket_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -216,3 +217,26 @@ async def test_what_no_auth_client_sends_ends_the_connection_unanswered(
         b"COOKIE",
         b"DONE",
     ]
+
+
+async def test_a_tcp_listener_answers_only_allowed_peers(databases: Databases) -> None:
+    """A TCP peer names its clients' addresses (rip=, which the throttling counts by and
+    trusted_networks exempts), so one outside `allowed_peers` is not answered at all."""
+    port = free_port()
+    cfg = make_config(
+        databases,
+        authsocket={"listen": [f"127.0.0.1:{port}"], "allowed_peers": ["127.0.0.1/32"]},
+    )
+
+    async def first_line(source: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        try:
+            return await asyncio.wait_for(reader.readline(), 10)
+        finally:
+            writer.close()
+
+    async with running_service(cfg, "authsocket"):
+        allowed = await first_line("127.0.0.1")
+        other = await first_line("127.0.0.2")
+    assert allowed == b"VERSION\t1\t2\n"
+    assert other == b""

@@ -93,11 +93,7 @@ class AuthHTTP:
         """Whether a connection from `peer` may ask at all (logged when not)."""
         if peer == "local":  # a unix socket: its file mode decides who connects
             return True
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            address = None
-        if address is not None and any(address in network for network in self.allowed):
+        if in_networks(peer, self.allowed):
             return True
         log.warning("authsocket.http_refused", peer=peer, reason="peer")
         return False
@@ -134,6 +130,15 @@ class AuthHTTP:
             return "200 OK", result
         host, port = self.upstreams[service]
         return "200 OK", {"Auth-Status": "OK", "Auth-Server": host, "Auth-Port": str(port)}
+
+
+def in_networks(peer: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the address `peer` lies in one of `networks` (False for anything else)."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 def client_ip(headers: dict[str, str]) -> str | None:
