@@ -4,8 +4,11 @@ address of its own network does not shed the delays or the hard limit."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from encimap import logs
 from encimap.auth import AuthFailed, AuthUnavailable
 from tests.support import Databases, make_config, make_vaultbox
 from tests.test_auth_engine import close_engine, open_engine
@@ -48,3 +51,22 @@ async def test_a_client_cannot_shed_the_hard_limit_by_changing_address(
         assert await engine.authenticate(box.username, "pw", service="imap", client_ip=other)
     finally:
         await close_engine(engine, pools)
+
+
+async def test_an_ipv4_client_behind_a_dual_stack_listener_is_logged_as_ipv4(
+    databases: Databases, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fail2ban bans what the line says: ::ffff:192.0.2.7 would go to ip6tables, where an
+    IPv4 client is never seen."""
+    engine, pools = await open_engine(make_config(databases, auth={"trusted_networks": []}))
+    logs.configure("info", "json")
+    try:
+        with pytest.raises(AuthFailed):
+            await engine.authenticate(
+                "nobody-mapped", "x", service="smtp", client_ip="::ffff:192.0.2.7"
+            )
+    finally:
+        logs.configure("warning", "console")
+        await close_engine(engine, pools)
+    [line] = [e for e in capsys.readouterr().err.splitlines() if "auth failed:" in e]
+    assert "rip=192.0.2.7" in json.loads(line)["event"]

@@ -390,12 +390,16 @@ def _method(method: str) -> str:
 
 
 def _valid_ip(client_ip: str | None) -> str | None:
+    """The client address as logged and throttled: normalised, and an IPv4 client a
+    dual-stack listener shows as ::ffff:a.b.c.d as the IPv4 address a firewall bans."""
     if not client_ip:
         return None
     try:
-        return str(ipaddress.ip_address(client_ip))
+        address = ipaddress.ip_address(client_ip)
     except ValueError:
         return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 class _LogLine:
