@@ -126,6 +126,8 @@ class SubmissionConfig:
     local_delivery: bool = False
     timeout: float = 300.0  # seconds for one whole command, from the previous one
     data_timeout: float = 600.0  # seconds from DATA's 354 to the final dot
+    # Refusals (4xx/5xx) one session may get before it is closed (0 = no limit).
+    max_errors: int = 20
     # Connection limits (encimap.service.connlimits); 0 = none.
     max_connections: int = 500
     max_connections_per_ip: int = 20
@@ -139,6 +141,9 @@ class AuthSocketConfig:
     socket_mode: str = "0660"
     socket_owner: str = ""
     socket_group: str = ""
+    # Peers that may use a TCP listener of the Dovecot protocol (it believes their rip=); a
+    # unix-socket listener is guarded by its file mode instead.
+    allowed_peers: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # nginx mail auth_http endpoint ("" disables it).
     http_listen: str = ""
     # Peers that may call it (a unix-socket listener is guarded by its file mode instead).
@@ -285,7 +290,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 # Keys whose value is a list of networks ("192.0.2.0/24", "::1/128", or one address).
-NETWORK_LISTS = ("auth.trusted_networks", "imap.trusted_networks", "authsocket.http_allowed_peers")
+NETWORK_LISTS = (
+    "auth.trusted_networks",
+    "imap.trusted_networks",
+    "authsocket.allowed_peers",
+    "authsocket.http_allowed_peers",
+)
 
 
 def load(

@@ -291,9 +291,9 @@ async def test_concurrent_logins_share_one_bcrypt_run(databases: Databases) -> N
     runs: list[str] = []
     verify = engine._bcrypt.verify
 
-    async def counted(password: str, stored: str | None) -> bool:
+    async def counted(password: str, stored: str | None, *dummy_cost: int | None) -> bool:
         runs.append(password)
-        return await verify(password, stored)
+        return await verify(password, stored, *dummy_cost)
 
     engine._bcrypt.verify = counted  # type: ignore[method-assign]
     try:

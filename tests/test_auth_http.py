@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import pytest
 
+from encimap import logs
 from encimap.pgcluster import free_port
 from tests.service_support import running_service
-from tests.support import Databases, DemoVaultbox, make_config, make_motorblock, make_vaultbox
+from tests.support import REPO, Databases, DemoVaultbox, make_config, make_motorblock, make_vaultbox
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,3 +199,48 @@ async def test_only_allowed_peers_with_the_secret_may_ask(databases: Databases, 
         except ConnectionResetError:
             answer = ("", {})
         assert answer == ("", {})
+
+
+async def test_requests_nginx_cannot_mean_are_logged_with_their_reason(endpoint, capsys) -> None:
+    port, box = endpoint
+    logs.configure("info", "json")
+    try:
+        pop3 = await request(port, box.username, "Pop3-Secret", "pop3")
+        cram = await request(port, box.username, "Cram-Secret", "imap", method="cram-md5")
+    finally:
+        logs.configure("warning", "console")
+    assert pop3[1]["Auth-Status"] == cram[1]["Auth-Status"] == "Invalid login or password"
+    err = capsys.readouterr().err
+    assert "Secret" not in err
+    failures = [
+        (event["event"].split(",")[0], event["reason"])
+        for event in map(json.loads, err.splitlines())
+        if event["event"].startswith("auth failed:")
+    ]
+    assert failures == [
+        (f"auth failed: user=<{box.username}>", "unknown protocol"),
+        (f"auth failed: user=<{box.username}>", "unknown mechanism"),
+    ]
+
+
+async def test_every_failure_line_is_one_fail2ban_reads(endpoint, capsys) -> None:
+    """Whatever Auth-Method says, the line keeps the shape of contrib/fail2ban's filter."""
+    port, box = endpoint
+    logs.configure("info", "json")
+    try:
+        for method in ("", "x y", "plain"):
+            await request(port, box.username, "wrong", "smtp", method=method)
+    finally:
+        logs.configure("warning", "console")
+    filter_text = (REPO / "contrib/fail2ban/filter.d/encimap.conf").read_text()
+    [failregex] = re.findall(r"^failregex = (.*)$", filter_text, re.MULTILINE)
+    pattern = re.compile(failregex.replace("<ADDR>", r"(?P<addr>[0-9.]+)"))
+    failures = [
+        event["event"]
+        for event in map(json.loads, capsys.readouterr().err.splitlines())
+        if event["event"].startswith("auth failed:")
+    ]
+    assert len(failures) == 3, failures
+    assert [m.group("addr") for m in map(pattern.search, failures) if m] == ["192.0.2.44"] * 3, (
+        failures
+    )

@@ -2,8 +2,9 @@
 
 Per login: throttling check, the credential lookups (both databases at once for SMTP), then
 bcrypt in the thread pool unless a cache entry for exactly this credential row, stored hash and
-password exists. Unknown users are checked against a dummy hash of the configured cost, so the
-answer takes as long as for a known user with a wrong password.
+password exists. Unknown users are checked against a dummy hash of a cost that stored hashes
+of the service have (the platform may hash at another cost than encimap does), so the answer
+takes as long as for a known user with a wrong password.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import asyncpg
 
 from encimap import db, logs
 from encimap.auth.cache import VerificationCache, fingerprint, new_secret
-from encimap.auth.hasher import BcryptVerifier, QueueFull
+from encimap.auth.hasher import BcryptVerifier, QueueFull, cost_of
 from encimap.auth.principal import AuthFailed, AuthUnavailable, Principal
 from encimap.auth.throttle import Throttle
 from encimap.config import Config
@@ -65,6 +66,8 @@ class AuthEngine:
         self._refused = VerificationCache(self._auth.cache_size)
         # bcrypt runs under way, by the fingerprint of what they check (_verify_once)
         self._verifying: dict[bytes, asyncio.Future[bool]] = {}
+        # the bcrypt costs of the stored hashes looked up, per service (_dummy_cost)
+        self._costs: dict[str, set[int]] = {"smtp": set(), "imap": set()}
         self._throttle = Throttle(self._auth)
         self._bcrypt = BcryptVerifier(
             workers=self._auth.bcrypt_workers,
@@ -113,6 +116,44 @@ class AuthEngine:
         """The principal for a login, or AuthFailed/AuthUnavailable. `exempt_trusted=False`
         throttles addresses in `[auth] trusted_networks` too (for an address a caller names
         rather than one the socket shows)."""
+        return await self._decision(
+            username, password, service, client_ip, secured, method, exempt_trusted, None
+        )
+
+    async def refuse(
+        self,
+        username: str,
+        reason: str,
+        *,
+        service: Service,
+        client_ip: str | None = None,
+        secured: bool = True,
+        method: str = "PLAIN",
+        exempt_trusted: bool = True,
+    ) -> NoReturn:
+        """Refuse an exchange a front end found malformed before it held a password to check
+        (bad base64, a PLAIN authorization identity of someone else, an unknown mechanism):
+        AuthFailed (or AuthUnavailable over the address's hard limit), logged, throttled and
+        costing a dummy bcrypt check like any failed login, so a malformed request is no
+        cheaper way to fill the throttling's memory or to tell anything apart. `username`:
+        only what is certainly the login name ("" when unknown), never a part of a response
+        that may hold the password."""
+        await self._decision(
+            username, "", service, client_ip, secured, method, exempt_trusted, reason
+        )
+        raise AssertionError("a refusal never returns")  # pragma: no cover
+
+    async def _decision(
+        self,
+        username: str,
+        password: str,
+        service: Service,
+        client_ip: str | None,
+        secured: bool,
+        method: str,
+        exempt_trusted: bool,
+        refusal: str | None,
+    ) -> Principal:
         rip = _valid_ip(client_ip)
         line = _LogLine(username, method, service, rip, secured)
         wait, over_limit = self._throttle.before_verify(rip, username, exempt_trusted)
@@ -124,6 +165,9 @@ class AuthEngine:
             AUTH_THROTTLED.labels("delayed").inc()
             await asyncio.sleep(wait)
         try:
+            if refusal is not None:
+                await self._verify("", None, self._dummy_cost(service, username))
+                raise _Refused(refusal)
             principal = await self._decide(username, password, service)
         except _Refused as refused:
             attempt = fingerprint(self._secret, "attempt", service, username, password)
@@ -141,9 +185,15 @@ class AuthEngine:
 
     async def _decide(self, username: str, password: str, service: Service) -> Principal:
         if not username or len(username) > MAX_USERNAME_LENGTH or "\0" in username:
-            await self._verify(password, None)
+            await self._verify(password, None, self._dummy_cost(service, username))
             raise _Refused("malformed username")
-        row = await self._lookup(username, service)
+        try:
+            row = await self._lookup(username, service)
+        except _Refused:  # a name live in both databases: no cheaper than any other refusal
+            await self._verify(password, None, self._dummy_cost(service, username))
+            raise
+        if row is not None and (cost := cost_of(row.password_hash)) is not None:
+            self._costs[service].add(cost)
         state = "unknown" if row is None else ("live" if row.live else "inactive")
         stored_hash = (row.password_hash or "") if row is not None else ""
         credential = f"{row.kind}:{row.credential_id}" if row is not None else "-"
@@ -156,7 +206,10 @@ class AuthEngine:
         if self._refused.hit(refused_key):
             raise _Refused(f"{_REASONS[state]} (cached)")
         matched = await self._verify_once(
-            verified_key, password, row.password_hash if row is not None else None
+            verified_key,
+            password,
+            row.password_hash if row is not None else None,
+            self._dummy_cost(service, username),
         )
         if row is None or not row.live or not matched:
             reason = _REASONS[state] if state != "live" else "password mismatch"
@@ -166,14 +219,27 @@ class AuthEngine:
         self._verified.add(verified_key, ttl, username, row.vaultbox_id)
         return self._principal(row)
 
-    async def _verify_once(self, key: bytes, password: str, password_hash: str | None) -> bool:
+    def _dummy_cost(self, service: Service, username: str) -> int:
+        """The cost an unknown `username` is checked at: one of the costs seen in the stored
+        hashes of `service`, always the same one for the same name (an unknown user must not
+        cost what no known user costs, nor change its cost between attempts); the configured
+        cost until a stored hash has been seen."""
+        costs = sorted(self._costs[service])
+        if not costs:
+            return self._auth.bcrypt_cost
+        pick = fingerprint(self._secret, "dummy-cost", service, username)
+        return costs[int.from_bytes(pick[:4], "big") % len(costs)]
+
+    async def _verify_once(
+        self, key: bytes, password: str, password_hash: str | None, dummy_cost: int
+    ) -> bool:
         """`_verify`, shared by the logins that check the same password against the same
         credential row and hash at the same time (`key`, their fingerprint): a client that
         opens several connections at once, or many sessions of one user reconnecting, costs
         one bcrypt run instead of one each (the cache only helps once one has ended)."""
         running = self._verifying.get(key)
         if running is None:
-            running = asyncio.ensure_future(self._verify(password, password_hash))
+            running = asyncio.ensure_future(self._verify(password, password_hash, dummy_cost))
             self._verifying[key] = running
             running.add_done_callback(lambda done: self._verified_by(key, done))
         return await asyncio.shield(running)
@@ -183,9 +249,11 @@ class AuthEngine:
         if not done.cancelled():
             done.exception()  # retrieved here too: every waiter may have gone
 
-    async def _verify(self, password: str, password_hash: str | None) -> bool:
+    async def _verify(
+        self, password: str, password_hash: str | None, dummy_cost: int | None = None
+    ) -> bool:
         try:
-            return await self._bcrypt.verify(password, password_hash)
+            return await self._bcrypt.verify(password, password_hash, dummy_cost)
         except QueueFull:
             raise AuthUnavailable("bcrypt queue full") from None
 
@@ -316,13 +384,22 @@ def _safe(value: str, limit: int = 64) -> str:
     return _UNSAFE_LOG_CHARS.sub("?", value[:limit])
 
 
+def _method(method: str) -> str:
+    """The mechanism as the fail2ban filter reads it (`[A-Z0-9_-]+`), whatever a peer sent."""
+    return re.sub(r"[^A-Z0-9_-]", "-", method.upper()[:16]) or "NONE"
+
+
 def _valid_ip(client_ip: str | None) -> str | None:
+    """The client address as logged and throttled: normalised, and an IPv4 client a
+    dual-stack listener shows as ::ffff:a.b.c.d as the IPv4 address a firewall bans."""
     if not client_ip:
         return None
     try:
-        return str(ipaddress.ip_address(client_ip))
+        address = ipaddress.ip_address(client_ip)
     except ValueError:
         return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 class _LogLine:
@@ -333,7 +410,7 @@ class _LogLine:
     ) -> None:
         self.started = time.perf_counter()
         self.fields = (
-            f"user=<{_safe(username)}>, method={_safe(method.upper(), 16)}, "
+            f"user=<{_safe(username)}>, method={_method(method)}, "
             f"service={service}, rip={rip or 'unknown'}"
         )
         self.secured = secured

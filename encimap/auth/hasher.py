@@ -3,12 +3,16 @@
 bcrypt releases the GIL, so N threads verify N passwords at once. When every worker is busy
 and the queue is full, a new request is refused at once (`QueueFull`) instead of waiting behind
 a backlog that would only time out in the client.
+
+A check without a stored hash (an unknown user) runs against a dummy hash of the cost the
+caller names, so it costs what checking a real hash of that cost costs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
@@ -27,16 +31,22 @@ class BcryptVerifier:
         self.cost = cost
         self._in_flight = 0
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="bcrypt")
-        self._dummy_hash: bytes | None = None
+        self._dummy_hashes: dict[int, bytes] = {}  # by cost
 
     async def start(self) -> None:
-        """Make the dummy hash unknown users are checked against (same cost as real ones)."""
-        if self._dummy_hash is None:
+        """Make the dummy hash of the configured cost (others are made when first asked for)."""
+        await self._dummy_hash(self.cost)
+
+    async def _dummy_hash(self, cost: int) -> bytes:
+        dummy = self._dummy_hashes.get(cost)
+        if dummy is None:
             loop = asyncio.get_running_loop()
-            salt = bcrypt.gensalt(rounds=self.cost)
-            self._dummy_hash = await loop.run_in_executor(
+            salt = bcrypt.gensalt(rounds=cost)
+            dummy = await loop.run_in_executor(
                 self._executor, bcrypt.hashpw, os.urandom(16).hex().encode(), salt
             )
+            self._dummy_hashes[cost] = dummy
+        return dummy
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -45,18 +55,23 @@ class BcryptVerifier:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def verify(self, password: str, password_hash: str | None) -> bool:
-        """Whether `password` matches `password_hash`; None checks the dummy hash (False)."""
+    async def verify(
+        self, password: str, password_hash: str | None, dummy_cost: int | None = None
+    ) -> bool:
+        """Whether `password` matches `password_hash`; None checks a dummy hash (False) of
+        `dummy_cost` (default: the configured cost)."""
         if self._in_flight >= self.capacity:
             raise QueueFull
-        assert self._dummy_hash is not None, "start() first"
         candidate = password.encode()
-        stored = password_hash.encode() if password_hash is not None else self._dummy_hash
         usable = 0 < len(candidate) <= MAX_PASSWORD_BYTES and password_hash is not None
         if not 0 < len(candidate) <= MAX_PASSWORD_BYTES:
             candidate = b"-"  # still pay the full cost, so the answer takes as long
         self._in_flight += 1
         try:
+            if password_hash is not None:
+                stored = password_hash.encode()
+            else:
+                stored = await self._dummy_hash(dummy_cost or self.cost)
             loop = asyncio.get_running_loop()
             matched = await loop.run_in_executor(self._executor, _checkpw, candidate, stored)
         finally:
@@ -69,3 +84,13 @@ def _checkpw(password: bytes, stored: bytes) -> bool:
         return bcrypt.checkpw(password, stored)
     except ValueError:  # not a bcrypt hash: no password matches it
         return False
+
+
+_BCRYPT_COST = re.compile(r"\$2[abxy]?\$(\d\d)\$")
+
+
+def cost_of(password_hash: str | None) -> int | None:
+    """The cost factor of a bcrypt hash (`$2b$12$...` -> 12); None for anything else."""
+    found = _BCRYPT_COST.match(password_hash or "")
+    cost = int(found.group(1)) if found else 0
+    return cost if 4 <= cost <= 31 else None

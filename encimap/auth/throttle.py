@@ -3,10 +3,12 @@
 Each counted failure doubles the delay (base, 2 x base, 4 x base ... capped at `max_delay`).
 Failures with a password already refused in the window are not counted again, so a client
 retrying a stale saved password is not punished as if it were guessing. State of an address
-ends `window` seconds after its last counted failure. Trusted networks are exempt, and so is a
-request without a client address (nothing to key on; one shared "unknown" bucket would let one
-client slow down every other). Per-user
-lockout is deliberately absent: it would let anyone lock a victim out.
+ends `window` seconds after its last counted failure. An address is counted as the connection
+limits count it: an IPv4 address (also inside an IPv4-mapped IPv6 one) or an IPv6 /64, the
+prefix one host is usually given, so a client cannot shed its delay by moving within its /64.
+Trusted networks are exempt, and so is a request without a client address (nothing to key
+on; one shared "unknown" bucket would let one client slow down every other). Per-user lockout
+is deliberately absent: it would let anyone lock a victim out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from encimap.config import AuthConfig
+from encimap.service.connlimits import address_key
 
 MAX_TRACKED_ADDRESSES = 100_000
 MAX_REMEMBERED_PASSWORDS = 32  # per address: recent refused (username, password) fingerprints
@@ -45,10 +48,10 @@ class Throttle:
         address = _address(client_ip)
         return address is None or any(address in net for net in self.trusted)
 
-    def _state(self, client_ip: str) -> _State | None:
-        state = self._states.get(client_ip)
+    def _state(self, key: str) -> _State | None:
+        state = self._states.get(key)
         if state is not None and self._clock() - state.last > self.window:
-            del self._states[client_ip]
+            del self._states[key]
             return None
         return state
 
@@ -63,7 +66,7 @@ class Throttle:
         """(delay before checking, whether the address is over the hard limit)."""
         if client_ip is None or (exempt_trusted and self.exempt(client_ip)):
             return 0.0, False
-        state = self._state(client_ip)
+        state = self._state(address_key(client_ip))
         if state is None:
             return 0.0, False
         over = 0 < self.max_failures <= state.failures
@@ -75,10 +78,11 @@ class Throttle:
         """Count a failure (unless `attempt` was refused before); the delay before answering."""
         if client_ip is None or (exempt_trusted and self.exempt(client_ip)):
             return 0.0
-        state = self._state(client_ip)
+        key = address_key(client_ip)
+        state = self._state(key)
         if state is None:
-            state = self._states[client_ip] = _State()
-        self._states.move_to_end(client_ip)
+            state = self._states[key] = _State()
+        self._states.move_to_end(key)
         if attempt not in state.seen:
             state.failures += 1
             state.per_user[username] = state.per_user.pop(username, 0) + 1

@@ -94,7 +94,7 @@ class AuthRequest:
 
 def parse_auth(fields: list[str]) -> AuthRequest:
     """`AUTH <id> <mech> [key=value | flag]...` (fields without the command)."""
-    if len(fields) < 2 or not fields[0].isdigit():
+    if len(fields) < 2 or not _is_request_id(fields[0]):
         raise ProtocolError("AUTH needs an id and a mechanism")
     params: dict[str, str] = {}
     flags: set[str] = set()
@@ -115,6 +115,12 @@ def parse_auth(fields: list[str]) -> AuthRequest:
     )
 
 
+def _is_request_id(text: str) -> bool:
+    """An unsigned 32-bit decimal number, as Dovecot's auth clients send (ASCII digits only:
+    str.isdigit also takes other scripts' digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < 2**32
+
+
 def ok(request_id: str, user: str) -> bytes:
     return join_line("OK", request_id, f"user={user}")
 
@@ -133,7 +139,12 @@ def fail(request_id: str) -> bytes:
 
 
 class SaslError(Exception):
-    """A malformed SASL exchange (bad base64, wrong PLAIN layout): a plain failure."""
+    """A malformed SASL exchange (bad base64, wrong PLAIN layout): a plain failure.
+    `username`: the login name when the exchange certainly held one, else ""."""
+
+    def __init__(self, reason: str, username: str = "") -> None:
+        super().__init__(reason)
+        self.username = username
 
 
 def decode_b64(data: str) -> str:
@@ -150,5 +161,5 @@ def parse_plain(data: str) -> tuple[str, str]:
         raise SaslError("malformed PLAIN response")
     authzid, authcid, password = parts
     if authzid and authzid != authcid:
-        raise SaslError("authorization identity differs")
+        raise SaslError("authorization identity differs", authcid)
     return authcid, password

@@ -93,11 +93,7 @@ class AuthHTTP:
         """Whether a connection from `peer` may ask at all (logged when not)."""
         if peer == "local":  # a unix socket: its file mode decides who connects
             return True
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            address = None
-        if address is not None and any(address in network for network in self.allowed):
+        if in_networks(peer, self.allowed):
             return True
         log.warning("authsocket.http_refused", peer=peer, reason="peer")
         return False
@@ -109,18 +105,19 @@ class AuthHTTP:
         username = unquote(headers.get("auth-user", ""))
         password = unquote(headers.get("auth-pass", ""))
         service = protocol if protocol in SERVICES else "smtp"
-        if method is None or protocol not in SERVICES:
-            username = password = ""  # refused by the engine like any malformed login
+        how: dict = {
+            "service": service,
+            "client_ip": client_ip(headers),
+            "exempt_trusted": self.trust_client_networks,
+            "secured": headers.get("auth-ssl", "").lower() == "on",
+            "method": method or headers.get("auth-method", "none"),
+        }
         try:
-            await self.engine.authenticate(
-                username,
-                password,
-                service=service,  # type: ignore[arg-type]
-                client_ip=client_ip(headers),
-                exempt_trusted=self.trust_client_networks,
-                secured=headers.get("auth-ssl", "").lower() == "on",
-                method=method or headers.get("auth-method", "none"),
-            )
+            if method is None:
+                await self.engine.refuse(username, "unknown mechanism", **how)
+            if protocol not in SERVICES:
+                await self.engine.refuse(username, "unknown protocol", **how)
+            await self.engine.authenticate(username, password, **how)
         except AuthFailed:
             result = {"Auth-Status": FAILED, "Auth-Wait": str(FAILURE_WAIT)}
             if service == "smtp":
@@ -133,6 +130,15 @@ class AuthHTTP:
             return "200 OK", result
         host, port = self.upstreams[service]
         return "200 OK", {"Auth-Status": "OK", "Auth-Server": host, "Auth-Port": str(port)}
+
+
+def in_networks(peer: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the address `peer` lies in one of `networks` (False for anything else)."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 def client_ip(headers: dict[str, str]) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import ipaddress
 import os
 import pwd
 
@@ -12,7 +13,7 @@ from encimap import logs
 from encimap.auth import engine_for
 from encimap.authsocket.codec import MAX_LINE
 from encimap.authsocket.connection import AuthConnection
-from encimap.authsocket.http import AuthHTTP
+from encimap.authsocket.http import AuthHTTP, in_networks
 from encimap.config import AuthSocketConfig, ConfigError, listeners, parse_listener
 from encimap.service.connlimits import ConnectionLimiter, Limits, peer_ip
 from encimap.service.http import Request, Response
@@ -53,9 +54,17 @@ async def start(runtime) -> AuthSocketService:
     requests = Sessions()
     service = AuthSocketService([], requests)
     limiter = ConnectionLimiter("authsocket", Limits.of(config))
+    allowed = [ipaddress.ip_network(net, strict=False) for net in config.allowed_peers]
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ticket = limiter.admit(peer_ip(writer.get_extra_info("peername")))
+        client_ip = peer_ip(writer.get_extra_info("peername"))
+        # A TCP peer is believed about its clients' addresses (rip=, which the throttling
+        # counts by and trusted_networks exempts): only allowed peers may speak.
+        if client_ip is not None and not in_networks(client_ip, allowed):
+            log.warning("authsocket.refused", rip=client_ip, reason="peer")
+            writer.close()
+            return
+        ticket = limiter.admit(client_ip)
         if ticket is None:
             writer.close()
             return

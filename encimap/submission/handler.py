@@ -107,21 +107,26 @@ class SubmissionHandler:
         if len(args) == 1:
             response = await server.challenge_auth("")
             if response is MISSING:
-                return AuthResult(success=False, handled=True)
+                return await self._ended(server, b"", "PLAIN")
         else:
             try:
                 response = b64decode(args[1], validate=True)
             except binascii.Error:
-                return _refused(replies.AUTH_BAD_BASE64)
+                return await self._refuse_auth(
+                    server, b"", "PLAIN", "invalid base64", replies.AUTH_BAD_BASE64
+                )
         parts = response.split(b"\x00")
-        if len(parts) != 3:
-            return _refused(replies.AUTH_BAD_PLAIN)
+        if len(parts) != 3:  # nothing in it is certainly the username: it may be the password
+            return await self._refuse_auth(
+                server, b"", "PLAIN", "malformed PLAIN response", replies.AUTH_BAD_PLAIN
+            )
         authzid, username, password = parts
         if authzid and authzid != username:
             # RFC 4616 lets a client ask to act as someone else; nobody here may, as in IMAP
             # and the auth socket.
-            self.failed_logins += 1
-            return _refused(replies.AUTH_INVALID)
+            return await self._refuse_auth(
+                server, username, "PLAIN", "authorization identity differs", replies.AUTH_INVALID
+            )
         return await self._authenticate(server, username, password, "PLAIN")
 
     async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
@@ -131,12 +136,14 @@ class SubmissionHandler:
             try:
                 username = b64decode(args[1], validate=True)
             except binascii.Error:
-                return _refused(replies.AUTH_BAD_BASE64)
+                return await self._refuse_auth(
+                    server, b"", "LOGIN", "invalid base64", replies.AUTH_BAD_BASE64
+                )
         if username is MISSING:
-            return AuthResult(success=False, handled=True)
+            return await self._ended(server, b"", "LOGIN")
         password = await server.challenge_auth("Password:")
         if password is MISSING:
-            return AuthResult(success=False, handled=True)
+            return await self._ended(server, username, "LOGIN")
         return await self._authenticate(server, username, password, "LOGIN")
 
     async def _authenticate(
@@ -159,6 +166,35 @@ class SubmissionHandler:
             return _refused(replies.AUTH_UNAVAILABLE)
         self.principal = principal
         return AuthResult(success=True, auth_data=principal, message=replies.AUTH_OK)
+
+    async def _refuse_auth(
+        self, server: Any, username: bytes, method: str, reason: str, reply: str
+    ) -> AuthResult:
+        """A malformed exchange: one logged, throttled failure, answered with `reply`."""
+        await self._malformed(server, username, method, reason)
+        return _refused(reply)
+
+    async def _ended(self, server: Any, username: bytes, method: str) -> AuthResult:
+        """The exchange ended at a challenge, its reply already sent: a malformed response is
+        a failure like any other; a `*` or a hang-up is no decision."""
+        if server.sasl_refusal is not None:
+            await self._malformed(server, username, method, server.sasl_refusal)
+        return AuthResult(success=False, handled=True)
+
+    async def _malformed(self, server: Any, username: bytes, method: str, reason: str) -> None:
+        self._note_session(server)
+        self.failed_logins += 1
+        try:
+            await self.context.engine.refuse(
+                username.decode("utf-8", "replace"),
+                reason,
+                service="smtp",
+                client_ip=self.client_ip,
+                secured=server.secured,
+                method=method,
+            )
+        except (AuthFailed, AuthUnavailable):
+            pass
 
     # --- envelope ---------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure, try again later"
 AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 AUTH_BAD_PLAIN = "501 5.5.2 Cannot split PLAIN response"
+AUTH_CANCELLED = "501 5.7.0 Authentication aborted"
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"
 STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
 TLS_NOT_AVAILABLE = "454 4.7.0 TLS not available"  # the implicit-TLS listener
 TLS_READY = "220 2.0.0 Ready to start TLS"
@@ -26,6 +28,7 @@ UPSTREAM_UNAVAILABLE = "451 4.4.1 Upstream mail server unavailable, try again la
 DATABASE_UNAVAILABLE = "451 4.3.0 Temporary failure, try again later"
 OK = "250 2.0.0 OK"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 TIMEOUT = "421 4.4.2 Timeout, closing connection"
 LOGIN_TIMEOUT = "421 4.7.0 Login time limit exceeded, closing connection"
 

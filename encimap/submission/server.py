@@ -8,6 +8,9 @@
   `421 4.7.0` instead of the greeting; without a successful AUTH within `login_timeout` it
   gets `421 4.7.0` and is closed. aiosmtpd's `timeout` runs from one valid command to the
   next (not per read); `data_timeout` bounds DATA as a whole.
+- A session that has been refused `max_errors` times (any 4xx/5xx reply but `452 4.5.3` for
+  recipients over the limit, as Postfix's `smtpd_hard_error_limit` counts) gets `421 4.7.0`
+  and is closed: refused RCPTs cost a database reservation and an upstream command each.
 
 aiosmtpd's own `auth_required` is left off: it is meant for TLS-less setups and warns on every
 connection when combined with implicit TLS; the checks above are ours instead.
@@ -20,11 +23,13 @@ submission's CPU per message went to asyncio's).
 from __future__ import annotations
 
 import asyncio
+import binascii
 import ssl
+from base64 import b64decode, b64encode
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import TLSSetupException, syntax
+from aiosmtpd.smtp import MISSING, TLSSetupException, syntax
 
 from encimap.service.connlimits import ConnectionLimiter, Ticket, peer_ip
 from encimap.smtpaddress import StrictAddressParsing
@@ -43,6 +48,7 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
         max_message_size: int,
         timeout: float,
         data_timeout: float,
+        max_errors: int = 0,
         limiter: ConnectionLimiter,
         on_session: Callable[[asyncio.Task[None]], None],
     ) -> None:
@@ -56,6 +62,9 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
             timeout=timeout,
         )
         self.implicit_tls = implicit_tls
+        self.sasl_refusal: str | None = None
+        self.max_errors = max_errors
+        self.errors = 0
         self.data_timeout = data_timeout
         self._limiter = limiter
         self._ticket: Ticket | None = None
@@ -88,6 +97,17 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
             self._ticket.release()
         self._on_session(self.loop.create_task(self.event_handler.finish()))
 
+    async def push(self, status: str | bytes) -> None:
+        await super().push(status)
+        reply = status.encode() if isinstance(status, str) else status
+        if not self.max_errors or reply[:1] not in (b"4", b"5"):
+            return
+        if reply.startswith(replies.TOO_MANY_RECIPIENTS.encode()):
+            return
+        self.errors += 1
+        if self.errors >= self.max_errors:
+            self._goodbye(replies.TOO_MANY_ERRORS)
+
     def _timeout_cb(self) -> None:
         # aiosmtpd closes silently; RFC 5321 4.5.3.2 lets the server say 421 first.
         self._goodbye(replies.TIMEOUT)
@@ -100,6 +120,54 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
         if transport is not None and not transport.is_closing():
             transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
             transport.close()
+
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> Any:
+        """aiosmtpd's challenge_auth (the decoded response, or MISSING once the exchange ended
+        with a reply sent), but a response line over `line_length_limit` is answered
+        `500 5.5.6` (RFC 4954 4) and read to its end instead of escaping as an error, and
+        `sasl_refusal` says why an exchange ended that the client did not cancel with `*`."""
+        self.sasl_refusal = None
+        if isinstance(challenge, str):
+            challenge = challenge.encode()
+        await self.push(b"334 " + (b64encode(challenge) if encode_to_b64 else challenge))
+        try:
+            line = await self._read_line()
+        except asyncio.IncompleteReadError:  # the client left
+            return MISSING
+        if line is None:
+            self.sasl_refusal = "response line too long"
+            await self.push(replies.AUTH_LINE_TOO_LONG)
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":
+            await self.push(replies.AUTH_CANCELLED)
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except binascii.Error:
+            self.sasl_refusal = "invalid base64"
+            await self.push(replies.AUTH_BAD_BASE64)
+            return MISSING
+
+    async def _read_line(self) -> bytes | None:
+        """One line from the client; None (the rest of it read and dropped) when it is longer
+        than `line_length_limit`, as aiosmtpd's command loop does with a long command.
+        IncompleteReadError when the client leaves."""
+        try:
+            return await self._reader.readuntil()
+        except asyncio.LimitOverrunError as overrun:
+            await self._reader.read(overrun.consumed)
+        while True:
+            try:
+                await self._reader.readuntil()
+                return None
+            except asyncio.LimitOverrunError as overrun:
+                await self._reader.read(overrun.consumed)
 
     async def smtp_AUTH(self, arg: str) -> None:
         await super().smtp_AUTH(arg)

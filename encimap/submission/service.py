@@ -66,6 +66,7 @@ class SubmissionService:
             max_message_size=self.config.max_message_size,
             timeout=self.config.timeout,
             data_timeout=self.config.data_timeout,
+            max_errors=self.config.max_errors,
             limiter=self.limiter,
             on_session=self.sessions.add,
         )
