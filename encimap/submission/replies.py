@@ -32,6 +32,14 @@ TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 TIMEOUT = "421 4.4.2 Timeout, closing connection"
 LOGIN_TIMEOUT = "421 4.7.0 Login time limit exceeded, closing connection"
 
+# Replies that do not count towards `max_errors`: the server's own unavailability (a client
+# retrying through a database failover must not be cut off for it) and recipients over the
+# per-message limit (answered without the database).
+NOT_CLIENT_ERRORS = tuple(
+    reply.encode()
+    for reply in (TOO_MANY_RECIPIENTS, AUTH_UNAVAILABLE, UPSTREAM_UNAVAILABLE, DATABASE_UNAVAILABLE)
+)
+
 
 def malformed_header(reason: object) -> str:
     """A header block that readers could take two ways (see submission.headers.scan)."""

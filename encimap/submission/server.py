@@ -8,9 +8,10 @@
   `421 4.7.0` instead of the greeting; without a successful AUTH within `login_timeout` it
   gets `421 4.7.0` and is closed. aiosmtpd's `timeout` runs from one valid command to the
   next (not per read); `data_timeout` bounds DATA as a whole.
-- A session that has been refused `max_errors` times (any 4xx/5xx reply but `452 4.5.3` for
-  recipients over the limit, as Postfix's `smtpd_hard_error_limit` counts) gets `421 4.7.0`
-  and is closed: refused RCPTs cost a database reservation and an upstream command each.
+- A session that has been refused `max_errors` times (any 4xx/5xx reply, as Postfix's
+  `smtpd_hard_error_limit` counts, but not `replies.NOT_CLIENT_ERRORS`: the server's own
+  unavailability and recipients over the limit) gets `421 4.7.0` and is closed: refused RCPTs
+  cost a database reservation and an upstream command each.
 
 aiosmtpd's own `auth_required` is left off: it is meant for TLS-less setups and warns on every
 connection when combined with implicit TLS; the checks above are ours instead.
@@ -102,7 +103,7 @@ class SubmissionServer(StrictAddressParsing, FastDataReading):
         reply = status.encode() if isinstance(status, str) else status
         if not self.max_errors or reply[:1] not in (b"4", b"5"):
             return
-        if reply.startswith(replies.TOO_MANY_RECIPIENTS.encode()):
+        if reply.startswith(replies.NOT_CLIENT_ERRORS):
             return
         self.errors += 1
         if self.errors >= self.max_errors:
