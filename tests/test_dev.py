@@ -171,6 +171,7 @@ def test_demo_starts_prints_working_logins_and_stops_cleanly(tmp_path: Path):
         openpgp_key = re.search(
             r"OpenPGP key for pgp@example.test \(secret key (\S+);.*\): password (\S+)", output
         )
+        assert openpgp_key, output
         assert _secret_key_fingerprint(Path(openpgp_key[1]), openpgp_key[2]) == asyncio.run(
             _stored_openpgp_fingerprint(encimap_url)
         )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs7
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from encimap import mime
 from encimap.smime import Profile, encrypt_message
 from tests.smime_support import Identity, crlf, make_identity, openssl_decrypt
 
@@ -35,7 +36,11 @@ def message(draw: st.DrawFn) -> bytes:
     content_type = b"Content-Type: text/plain; charset=utf-8" + draw(line_ending)
     body_lines = draw(st.lists(st.binary(max_size=120), max_size=20))
     body = b"".join(line.replace(b"\n", b"") + draw(line_ending) for line in body_lines)
-    return fields + content_type + draw(line_ending) + body + draw(st.binary(max_size=10))
+    raw = fields + content_type + draw(line_ending) + body + draw(st.binary(max_size=10))
+    # Hypothesis also draws the code's own constants, such as the armour line of inline
+    # OpenPGP; a body that begins with it is stored as it is (test_openpgp_intake.py)
+    assume(not mime.is_encrypted(mime.parse_message(raw)))
+    return raw
 
 
 @pytest.fixture(scope="module")
