@@ -183,6 +183,34 @@ ODD_HEADERS = (
     b"body\r\n"
 )
 
+# Fields folded over several lines, as real mail has them (mail-parser's mail_test_6): a
+# Subject that begins on a continuation line, an In-Reply-To whose first line is empty.
+FOLDED_HEADERS = (
+    b"From: a@example.org\r\n"
+    b"To:\r\n b@example.org\r\n"
+    b"Subject:\r\n =?UTF-8?B?0JHRi9GB0YLRgNC1?=\r\n =?UTF-8?B?0LvQvtGC0L4h?=\r\n"
+    b"Date: Sat, 15 Jul 2017 12:18:41 +0300 (MSK)\r\n"
+    b"In-Reply-To:\r\n <earlier@example.org>\r\n"
+    b"Message-ID:\r\n\t<folded@example.org>\r\n"
+    b"Content-Description:\r\n  two lines\r\n"
+    b"\r\n"
+    b"body\r\n"
+)
+
+# Content-* fields in a header that is not MIME (no Content-Type, no MIME-Version), at the
+# top and in a forwarded message: Dovecot reads none of them.
+NOT_MIME = _crlf(
+    "From: a@example.org\n"
+    "Subject: not MIME\n"
+    "Content-Description: a description\n"
+    "Content-ID: <id@example.org>\n"
+    "Content-Disposition: inline\n"
+    "Content-Language: en\n"
+    "Content-Transfer-Encoding: base64\n"
+    "\n"
+    "body\n"
+)
+
 # What mailbox-import tools send over LMTP: the message still begins with its mbox line.
 MBOX_FROM_LINE = b"From sender@example.org Mon Jan  1 10:00:00 2024\r\n" + PLAIN
 
@@ -196,5 +224,7 @@ CORPUS: dict[str, bytes] = {
     "missing_parts": MISSING_PARTS,
     "smime": SMIME,
     "odd_headers": ODD_HEADERS,
+    "folded_headers": FOLDED_HEADERS,
+    "not_mime": NOT_MIME,
     "mbox_from_line": MBOX_FROM_LINE,
 }

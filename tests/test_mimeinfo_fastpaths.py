@@ -65,7 +65,8 @@ def test_split_header_finds_the_first_empty_line(data, start, length):
 
 def _fields_by_spec(block: bytes) -> list[tuple[str, str]]:
     """A field runs from its `name:` at a line start to the next one, or to a line that is
-    not folded (no leading white space); CR/LF removed."""
+    not folded (no leading white space); blanks before the first line's text and CR/LF
+    removed."""
     matches = list(re.finditer(rb"(?m)^([^:\s]+)[ \t]*:", block))
     ends = [match.start() for match in matches[1:]]
     ends.append(len(block))
@@ -74,8 +75,10 @@ def _fields_by_spec(block: bytes) -> list[tuple[str, str]]:
             match[1].decode("latin-1").lower(),
             strings.decode_raw(
                 re.sub(
-                    rb"[\r\n]", b"", re.split(rb"\n(?=[^ \t])", block[match.end() : end])[0]
-                ).lstrip(b" \t")
+                    rb"[\r\n]",
+                    b"",
+                    re.split(rb"\n(?=[^ \t])", block[match.end() : end])[0].lstrip(b" \t"),
+                )
             ),
         )
         for match, end in zip(matches, ends[: len(matches)], strict=True)

@@ -19,6 +19,7 @@ from encimap.mimeinfo.headers import Headers, parse_headers, split_header
 from encimap.mimeinfo.strings import nstring
 
 MAX_DEPTH = 20  # nesting beyond this is served as an opaque part
+_NOT_MIME = Headers([])
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,11 @@ def _message(
     header_end, body_start = split_header(data, start, end)
     headers = parse_headers(data, start, header_end)
     known = len(parts)
-    extended, basic = _structure(data, headers, body_start, end, section, parts, depth, False)
+    # A message header with neither Content-Type nor MIME-Version is not MIME: its other
+    # Content-* fields are not read either (Dovecot; a multipart's parts need neither).
+    mime = headers.first("content-type") is not None or headers.first("mime-version") is not None
+    described = headers if mime else _NOT_MIME
+    extended, basic = _structure(data, described, body_start, end, section, parts, depth, False)
     if len(parts) == known or not extended.startswith("(("):
         first = f"{section}.1" if section else "1"
         parts.insert(known, Part(first, start, body_start, end))

@@ -27,7 +27,7 @@ def envelope(headers: Headers) -> str:
     from_text = address_list(addresses("from"))
     fields = [
         plain("date"),
-        "NIL" if subject is None else human_string(subject),
+        "NIL" if subject is None else human_string(subject, folded="subject" in headers.folded),
         from_text,
         defaulting_to_from("sender"),
         defaulting_to_from("reply-to"),

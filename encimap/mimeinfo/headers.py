@@ -22,6 +22,9 @@ class Headers:
     """The header fields of one part, in order, with values unfolded (CR/LF removed)."""
 
     fields: list[tuple[str, str]]
+    # lower-case names whose first field was folded over several lines: Dovecot serves such
+    # a Subject as a literal even when the unfolded text would fit in a quoted string
+    folded: frozenset[str] = frozenset()
     # lower-case name -> value of its first field: describe() looks up ~24 names per message
     _first: dict[str, str] = field(init=False, repr=False, compare=False)
 
@@ -56,11 +59,20 @@ def parse_headers(data: bytes, start: int, end: int) -> Headers:
     # the first line start like the others.
     pieces = _FIELD.split(b"\n" + data[start:end])
     fields: list[tuple[str, str]] = []
+    folded: set[str] = set()
+    seen: set[str] = set()
     for index in range(1, len(pieces), 2):
         value = pieces[index + 1]
         invalid = _NOT_CONTINUED.search(value)  # a line that is neither a field nor folded
         if invalid is not None:
             value = value[: invalid.start()]
-        value = value.replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
-        fields.append((pieces[index].decode("latin-1").lower(), decode_raw(value)))
-    return Headers(fields)
+        name = pieces[index].decode("latin-1").lower()
+        # White space is dropped from the start of the first line only: a value that begins
+        # on a continuation line keeps that line's leading blank (as Dovecot serves it).
+        value = value.lstrip(b" \t")
+        if b"\n" in value and name not in seen:
+            folded.add(name)
+        seen.add(name)
+        value = value.replace(b"\r", b"").replace(b"\n", b"")
+        fields.append((name, decode_raw(value)))
+    return Headers(fields, frozenset(folded))

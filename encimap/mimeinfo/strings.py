@@ -66,18 +66,19 @@ def literal(value: str) -> str:
     return f"{{{len(wire(value))}}}\r\n{value}"
 
 
-def human_string(value: str) -> str:
+def human_string(value: str, *, folded: bool = False) -> str:
     """A display string (Subject, address names): CR/LF dropped, whitespace runs collapsed,
-    trimmed; quoted as it is when nothing needed changing, a literal otherwise."""
-    if _HUMAN_AS_IS(value):
+    trimmed; quoted as it is when nothing needed changing, a literal otherwise. `folded`: the
+    value was unfolded from several lines, which counts as a change (Dovecot)."""
+    if not folded and _HUMAN_AS_IS(value):
         return f'"{value}"'
-    return _cleaned_human_string(value)
+    return _cleaned_human_string(value, folded=folded)
 
 
-def _cleaned_human_string(value: str) -> str:
+def _cleaned_human_string(value: str, *, folded: bool = False) -> str:
     cleaned = re.sub(r"[ \t]+", " ", value.replace("\r", "").replace("\n", "")).strip(" ")
     cleaned = cleaned.replace("\0", "\x80")
-    if cleaned == value and not any(c in '"\\' or ord(c) >= 0x80 for c in value):
+    if not folded and cleaned == value and not any(c in '"\\' or ord(c) >= 0x80 for c in value):
         return f'"{value}"'
     if not cleaned:
         return '""'
