@@ -38,9 +38,9 @@ def test_human_string_fast_path_equals_general_code(value):
 
 def test_plain_values_take_the_fast_paths():
     assert strings._QUOTABLE_AS_IS("<20240603.12345@bench.test>")
-    assert strings._HUMAN_AS_IS("Sender Person")
+    assert strings._human_as_is("Sender Person")
     assert not strings._QUOTABLE_AS_IS('say "hi"')
-    assert not strings._HUMAN_AS_IS("two  spaces")
+    assert not strings._human_as_is("two  spaces")
     assert mimeinfo.nstring("smime.p7m") == '"smime.p7m"'
     assert mimeinfo.human_string("Sender Person") == '"Sender Person"'
 

@@ -18,7 +18,11 @@ from encimap.mimeinfo.envelope import envelope
 from encimap.mimeinfo.headers import Headers, parse_headers, split_header
 from encimap.mimeinfo.strings import nstring
 
-MAX_DEPTH = 20  # nesting beyond this is served as an opaque part
+# Dovecot's limits (message-parser): a multipart or message/rfc822 part this deep is served
+# as an opaque application/octet-stream part, and a message has at most MAX_PARTS parts (the
+# last one runs to the end of its multipart). They bound what a hostile message costs.
+MAX_DEPTH = 99
+MAX_PARTS = 10_000
 _NOT_MIME = Headers([])
 
 
@@ -79,11 +83,14 @@ def _structure(
         main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
     if main.lower() == "message" and sub.lower() == "rfc822":
         main, sub = "message", "rfc822"  # Dovecot writes this one type in lower case
+    nesting = main.lower() == "multipart" or (main, sub) == ("message", "rfc822")
+    if nesting and (depth >= MAX_DEPTH or len(parts) + 1 >= MAX_PARTS):
+        main, sub = "application", "octet-stream"  # too deep or too many parts: opaque
     is_text = main.lower() == "text"
     if is_text and param(params, "charset") is None:
         params = (*params, ("charset", "us-ascii"))
         params_text = _params(params)
-    if main.lower() == "multipart" and depth < MAX_DEPTH:  # without a boundary: no parts
+    if main.lower() == "multipart":  # without a boundary: no parts
         return _multipart(data, headers, body_start, end, section, parts, depth, sub, params)
     ext_tail = " ".join(
         (
@@ -110,7 +117,7 @@ def _structure(
         lines = data.count(b"\n", body_start, end)  # counted only where it is sent: scans the body
         basic = f"({fields} {lines})"
         return f"({fields} {lines} {ext_tail})", basic
-    if main.lower() == "message" and sub.lower() == "rfc822" and depth < MAX_DEPTH:
+    if main == "message" and sub == "rfc822":
         for index in range(len(parts) - 1, -1, -1):
             if parts[index].section == section:
                 part = parts[index]
@@ -147,6 +154,10 @@ def _multipart(
     )
     extended_children, basic_children = [], []
     for number, (start, stop) in enumerate(spans, 1):
+        if len(parts) + 1 >= MAX_PARTS:  # the root counts too (it is added last)
+            break
+        if len(parts) + 2 >= MAX_PARTS:
+            stop = len(data)  # the last part Dovecot makes: no delimiter ends it any more
         child_section = f"{section}.{number}" if section else str(number)
         header_end, child_body = split_header(data, start, stop)
         child_headers = parse_headers(data, start, header_end)
@@ -182,32 +193,44 @@ def _multipart(
 
 
 def split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """The [start, end) spans of a multipart body's parts (RFC 2046 5.1.1)."""
+    """The [start, end) spans of a multipart body's parts (RFC 2046 5.1.1).
+
+    Delimiter lines are found with bytes.find, not line by line: the scan is one C loop
+    however many lines the body has."""
     delimiter = b"--" + boundary
+    at_line_start = b"\n" + delimiter
     spans: list[tuple[int, int]] = []
     part_start: int | None = None
-    position = start
-    while position < end:
-        if data.startswith(delimiter, position) and (position == start or data[position - 1] == 10):
-            line_end = data.find(b"\n", position, end)
-            line_end = end if line_end < 0 else line_end + 1
-            if part_start is not None:
-                stop = position
-                if stop > part_start and data[stop - 1] == 10:
+    if data.startswith(delimiter, start) and start < end:
+        found = start
+    else:
+        found = _next_line_start(data, at_line_start, start, end)
+    while found >= 0:
+        line_end = data.find(b"\n", found, end)
+        line_end = end if line_end < 0 else line_end + 1
+        if part_start is not None:
+            stop = found
+            if stop > part_start and data[stop - 1] == 10:
+                stop -= 1
+                if stop > part_start and data[stop - 1] == 13:
                     stop -= 1
-                    if stop > part_start and data[stop - 1] == 13:
-                        stop -= 1
-                spans.append((part_start, max(stop, part_start)))
-            closing = data.startswith(delimiter + b"--", position)
-            if closing:
-                return spans
-            part_start = line_end
-            position = line_end
-            continue
-        next_line = data.find(b"\n", position, end)
-        if next_line < 0:
+            spans.append((part_start, max(stop, part_start)))
+        if data.startswith(delimiter + b"--", found):
+            return spans
+        part_start = line_end
+        if line_end >= end:
             break
-        position = next_line + 1
+        if data.startswith(delimiter, line_end) and data[line_end - 1] == 10:
+            found = line_end
+            continue
+        found = _next_line_start(data, at_line_start, line_end, end)
     if part_start is not None:
         spans.append((part_start, end))
     return spans
+
+
+def _next_line_start(data: bytes, at_line_start: bytes, start: int, end: int) -> int:
+    """Where the next line after `start` that begins with `at_line_start[1:]` begins (the line
+    start before `end`, the rest may run past it); -1 if there is none."""
+    found = data.find(at_line_start, start, end - 2 + len(at_line_start))
+    return found + 1 if found >= 0 else -1

@@ -1,0 +1,195 @@
+"""Hostile content through what the intake does with a message (trace fields, S/MIME
+encryption with header protection, ENVELOPE/BODYSTRUCTURE of what is stored, and of the
+message itself as IMAP would describe it if it were stored as it is): every case encrypts,
+decrypts with OpenSSL to its canonical content, costs operations linear in its size and
+memory bounded by a small multiple of it."""
+
+from __future__ import annotations
+
+import random
+import re
+import tracemalloc
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from encimap import mime, mimeinfo, smime
+from encimap.delivery import trace
+from encimap.mimeinfo import bodystructure
+from tests import hostile_mail
+from tests.opcount import lines_executed
+from tests.smime_support import Identity, make_identity, openssl_decrypt_files
+
+TRACE = trace.Trace(
+    sender="sender@example.org",
+    helo="mx.example.org",
+    peer_ip="192.0.2.1",
+    hostname="mx.vault.test",
+    protocol="LMTP",
+    queue_id="Q1",
+    received_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+)
+# Peak memory of the whole pipeline for one message, in multiples of its size (the message,
+# its encrypted copy, the base64 text and the plaintext pieces are each about one).
+MEMORY_FACTOR = 40
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory: pytest.TempPathFactory) -> Identity:
+    return make_identity(tmp_path_factory.mktemp("hostile"))
+
+
+def _pipeline(data: bytes, identity: Identity) -> bytes:
+    stored = smime.encrypt_message(trace.prepare(data, TRACE).data, [identity.pem]).message
+    mimeinfo.describe(stored)
+    mimeinfo.describe(data)  # what is stored as it is (already encrypted, APPEND)
+    return stored
+
+
+def _expected_content(data: bytes) -> bytes:
+    """What the encrypted part must hold after the protected header: the body, with CRLF
+    line endings unless a part is binary."""
+    body = data[mimeinfo.split_header(data, 0, len(data))[1] :]
+    return body if b"binary" in data else mime.to_crlf(body)
+
+
+@pytest.mark.parametrize("case", list(hostile_mail.CASES))
+def test_hostile_message_is_encrypted_and_decrypts(case, identity):
+    build, n = hostile_mail.CASES[case]
+    data = build(n)
+    stored = _pipeline(data, identity)
+    plain = openssl_decrypt_files(stored, identity.cert_path, identity.key_path, "-binary")
+    assert plain.endswith(_expected_content(data))
+    assert b'hp="cipher"' in plain.split(b"\r\n\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("case", list(hostile_mail.CASES))
+def test_hostile_message_costs_linear_operations(case, identity):
+    build, n = hostile_mail.CASES[case]
+    n = max(n // 10, 20)  # the operation counter slows Python down a lot
+    counts = [lines_executed(_pipeline, build(n * k), identity) for k in (1, 2, 4)]
+    assert counts[1] <= 2.2 * counts[0] + 200, counts
+    assert counts[2] <= 4.4 * counts[0] + 400, counts
+
+
+@pytest.mark.parametrize("case", list(hostile_mail.CASES))
+def test_hostile_message_memory_is_bounded(case, identity):
+    build, n = hostile_mail.CASES[case]
+    data = build(n)
+    tracemalloc.start()
+    try:
+        _pipeline(data, identity)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= MEMORY_FACTOR * len(data) + (1 << 20), (peak, len(data))
+
+
+def test_binary_parts_survive_any_nesting_depth(identity):
+    """Binary bytes are never touched: not at the top, not 10,000 multiparts deep (where
+    the canonicalisation stops descending and leaves the rest as it is)."""
+    for depth in (3, 10_000):
+        data = hostile_mail.nested_multipart(depth, binary=True)
+        stored = _pipeline(data, identity)
+        plain = openssl_decrypt_files(stored, identity.cert_path, identity.key_path, "-binary")
+        assert plain.endswith(_expected_content(data))
+        assert b"\r\n\r\n\x00\xff\r\x00\n\r\n--b" in plain
+
+
+def _split_line_by_line(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple]:
+    """RFC 2046 5.1.1 read line by line: a line starting with --boundary is a delimiter, the
+    CRLF before it belongs to it, --boundary-- ends the parts."""
+    delimiter = b"--" + boundary
+    spans: list[tuple[int, int]] = []
+    part_start = None
+    position = start
+    while position < end:
+        if data.startswith(delimiter, position) and (position == start or data[position - 1] == 10):
+            line_end = data.find(b"\n", position, end)
+            line_end = end if line_end < 0 else line_end + 1
+            if part_start is not None:
+                stop = position
+                if stop > part_start and data[stop - 1] == 10:
+                    stop -= 1
+                    if stop > part_start and data[stop - 1] == 13:
+                        stop -= 1
+                spans.append((part_start, max(stop, part_start)))
+            if data.startswith(delimiter + b"--", position):
+                return spans
+            part_start = position = line_end
+            continue
+        next_line = data.find(b"\n", position, end)
+        if next_line < 0:
+            break
+        position = next_line + 1
+    if part_start is not None:
+        spans.append((part_start, end))
+    return spans
+
+
+PIECES = [b"\r\n", b"\n", b"\r", b"--b", b"--b--", b"--bb", b"x", b"-", b"b", b" "]
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.sampled_from(PIECES), max_size=16).map(b"".join), st.randoms())
+def test_split_multipart_finds_the_delimiter_lines(data, rnd: random.Random):
+    start = rnd.randint(0, len(data))
+    end = rnd.randint(start, len(data))
+    assert mimeinfo.split_multipart(data, start, end, b"b") == _split_line_by_line(
+        data, start, end, b"b"
+    )
+
+
+def test_delimiter_search_does_not_walk_the_lines():
+    """Finding the delimiters costs per delimiter, not per line of the body: 4 times the
+    lines cost the same operations (the old line-by-line loop made 20 nested levels of a
+    many-line body cost 20 Python steps per line)."""
+
+    def message(lines: int) -> bytes:
+        return hostile_mail.nested_multipart(30).replace(b"\x00\xff", b"a\r\n" * lines)
+
+    small, large = (lines_executed(mimeinfo.describe, message(n)) for n in (2_000, 8_000))
+    assert large == small
+
+
+def test_limits_are_dovecots():
+    assert (bodystructure.MAX_DEPTH, bodystructure.MAX_PARTS) == (99, 10_000)
+    structure = mimeinfo.describe(hostile_mail.nested_multipart(150)).bodystructure
+    assert structure.count('"mixed"') == 99
+    assert '("application" "octet-stream" ("boundary" "b99x")' in structure
+    parts = mimeinfo.describe(hostile_mail.many_parts(12_000))
+    assert len(parts.parts) <= 10_001
+    assert len(re.findall(r'\("text" "plain"', parts.bodystructure)) == 9_999
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b"Subject: " + b"w " * 1_000_000, b"From: " + b"w " * 1_000_000 + b"<a@example.org>"],
+    ids=["subject", "display-name"],
+)
+def test_long_one_line_fields_memory_is_bounded(field):
+    """Lines only APPEND can bring (SMTP lines end at 1,000 bytes): a display string that is
+    almost plain, a long display name. A regex group repeated per word kept state per word."""
+    data = field + b"\r\n\r\nbody\r\n"
+    tracemalloc.start()
+    try:
+        info = mimeinfo.describe(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(info.envelope) > 1_000_000  # the value is served
+    assert peak <= MEMORY_FACTOR * len(data), (peak, len(data))
+
+
+def test_unrolled_parameter_regex_keeps_no_state_per_character():
+    value = b'multipart/mixed; boundary="' + b"x" * 1_000_000 + b'"'
+    tracemalloc.start()
+    try:
+        media, parameters = mime.parse_content_type(value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (media, len(parameters["boundary"])) == ("multipart/mixed", 1_000_000)
+    assert peak < 5 * len(value), peak
