@@ -57,15 +57,23 @@ def many_recipients(n: int) -> bytes:
 
 
 def _folded_words(n: int) -> bytes:
-    """About `n` bytes of one-letter words from the first line on, folded into 990-byte
+    """About `n` bytes of one-letter words from the first line on, folded into 960-byte
     lines, one space between any two words, also across the folds."""
-    line = b" ".join([b"w"] * 495)
+    line = b" ".join([b"w"] * 480)
     return b"\r\n ".join([line] * (n // len(line) + 1))
 
 
 def long_folded_subject(n: int) -> bytes:
     """A long Subject that is almost a plain display string: only its last blank is not."""
-    return HEAD.replace(b"hostile", _folded_words(n) + b" ") + b"\r\nbody\r\n"
+    subject = b"Subject: " + _folded_words(n) + b" \r\n"
+    return HEAD.replace(b"Subject: hostile\r\n", subject) + b"\r\nbody\r\n"
+
+
+def long_message_id(n: int) -> bytes:
+    """A Message-ID of about `n` bytes, folded (no real one is longer than a line)."""
+    line = b".".join([b"w"] * 480)
+    folded = b"<" + b"\r\n .".join([line] * (n // len(line) + 1)) + b"@example.org>"
+    return HEAD.replace(b"<hostile@example.org>", folded) + b"\r\nbody\r\n"
 
 
 def long_folded_names(n: int) -> bytes:
@@ -125,7 +133,7 @@ def base64_garbage(n: int) -> bytes:
 
 def mixed_line_endings(n: int) -> bytes:
     """Bare CR, bare LF and CRLF mixed, in the header and the body."""
-    return b"Subject: endings\rX-A: b\nX-B: c\r\n\r\n" + b"a\rb\nc\r\n\n\r" * n
+    return b"Subject: endings\rX-A: b\nX-B: c\r\n\r\n" + b"a\rb\nc\r\n\n\r" * n + b"end\r\n"
 
 
 def nul_and_8bit(n: int) -> bytes:
@@ -146,6 +154,7 @@ CASES: dict[str, tuple[Callable[[int], bytes], int]] = {
     "many-recipients": (many_recipients, 10000),
     "long-folded-subject": (long_folded_subject, 500_000),
     "long-folded-names": (long_folded_names, 250_000),
+    "long-message-id": (long_message_id, 100_000),
     "encoded-words": (encoded_words, 2500),
     "huge-boundary": (huge_boundary, 250_000),
     "unclosed-boundary": (unclosed_boundary, 25000),

@@ -183,6 +183,25 @@ def test_long_one_line_fields_memory_is_bounded(field):
     assert peak <= MEMORY_FACTOR * len(data), (peak, len(data))
 
 
+def test_nul_in_header_values_is_stored_as_a_replacement_character():
+    """PostgreSQL's text and jsonb cannot hold a NUL: a From with one failed every delivery
+    with a 451. Dovecot reads a NUL in a header as U+FFFD too."""
+    info = mimeinfo.describe(hostile_mail.nul_and_8bit(3))
+    stored = [info.envelope, info.bodystructure, info.body, *info.search.values()]
+    assert not any("\0" in text for text in stored)
+    assert "\ufffd" in info.envelope and "\ufffd" in info.search["from"]
+
+
+def test_an_over_long_message_id_is_not_recorded():
+    """It would not fit PostgreSQL's index on message_id: every delivery failed with a 451."""
+    data = hostile_mail.long_message_id(100_000)
+    prepared = trace.prepare(data, TRACE)
+    assert len(prepared.message_id) <= trace.MAX_MESSAGE_ID
+    assert prepared.message_id == trace.prepare(data, TRACE).message_id  # a retry: the same
+    assert prepared.data.count(b"Message-ID:") == 1  # the message keeps its own field
+    assert trace.prepare(hostile_mail.long_message_id(900), TRACE).message_id.startswith("<w.w")
+
+
 def test_unrolled_parameter_regex_keeps_no_state_per_character():
     value = b'multipart/mixed; boundary="' + b"x" * 1_000_000 + b'"'
     tracemalloc.start()

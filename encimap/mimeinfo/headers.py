@@ -15,6 +15,7 @@ _FIELD = re.compile(rb"\n([^:\s]+)[ \t]*:")
 # Inside a field's text: a line start that is not a fold (a line without a colon, which ends
 # the field, as in Dovecot, instead of being read as part of its value).
 _NOT_CONTINUED = re.compile(rb"\n(?=[^ \t])")
+_REPLACEMENT = "\ufffd".encode()  # what a NUL in a header value becomes
 
 
 @dataclass
@@ -74,5 +75,7 @@ def parse_headers(data: bytes, start: int, end: int) -> Headers:
             folded.add(name)
         seen.add(name)
         value = value.replace(b"\r", b"").replace(b"\n", b"")
+        if b"\0" in value:  # as Dovecot reads it; PostgreSQL's text cannot hold a NUL
+            value = value.replace(b"\0", _REPLACEMENT)
         fields.append((name, decode_raw(value)))
     return Headers(fields, frozenset(folded))
