@@ -211,6 +211,15 @@ NOT_MIME = _crlf(
     "body\n"
 )
 
+# A bare CR inside header values (not a line break): Dovecot serves it as a blank in
+# display strings and plain values, and keeps it in a quoted parameter.
+BARE_CR = (
+    b"From: a@example.org\r\nSubject: endings\rX-A: b\r\nMessage-ID: <a\rb@example.org>\r\n"
+    b"In-Reply-To: <c\rd@example.org>\r\nDate: Mon, 1 Jan 2024\r10:00:00 +0000\r\n"
+    b"To: Na\rme <t@example.org>\r\nContent-Description: de\rsc\r\n"
+    b'Content-Type: text/plain; name="a\rb"\r\n\r\nx\r\n'
+)
+
 # What mailbox-import tools send over LMTP: the message still begins with its mbox line.
 MBOX_FROM_LINE = b"From sender@example.org Mon Jan  1 10:00:00 2024\r\n" + PLAIN
 
@@ -226,5 +235,6 @@ CORPUS: dict[str, bytes] = {
     "odd_headers": ODD_HEADERS,
     "folded_headers": FOLDED_HEADERS,
     "not_mime": NOT_MIME,
+    "bare_cr": BARE_CR,
     "mbox_from_line": MBOX_FROM_LINE,
 }

@@ -9,7 +9,6 @@ from encimap.mimeinfo.content import (
     _disposition,
     _languages,
     _params,
-    _raw,
     _rendered_content_params,
     param,
     parse_content_value,
@@ -94,10 +93,10 @@ def _structure(
         return _multipart(data, headers, body_start, end, section, parts, depth, sub, params)
     ext_tail = " ".join(
         (
-            _raw(headers, "content-md5"),
+            headers.nstring("content-md5"),
             _disposition(headers.first("content-disposition")),
             _languages(headers.first("content-language")),
-            _raw(headers, "content-location"),
+            headers.nstring("content-location"),
         )
     )
     encoding = headers.first("content-transfer-encoding")
@@ -107,10 +106,10 @@ def _structure(
             nstring(main),
             nstring(sub) if sub or not main else ('"plain"' if is_text else '"unknown"'),
             params_text,
-            _raw(headers, "content-id"),
-            _raw(headers, "content-description"),
+            headers.nstring("content-id"),
+            headers.nstring("content-description"),
             nstring(encoding_token) if encoding_token else '"7bit"',
-            str(end - body_start),
+            str(_crlf_size(data, body_start, end)),
         )
     )
     if is_text:
@@ -133,6 +132,14 @@ def _structure(
             f"({fields} {env} {inner_basic} {lines})",
         )
     return f"({fields} {ext_tail})", f"({fields})"
+
+
+def _crlf_size(data: bytes, start: int, end: int) -> int:
+    """The size of data[start:end] with every bare LF counted as CRLF, as Dovecot gives a
+    part's size (the bytes IMAP clients are meant to see)."""
+    size = end - start
+    line_feeds = data.count(b"\n", start, end)
+    return size if not line_feeds else size + line_feeds - data.count(b"\r\n", start, end)
 
 
 def _multipart(
@@ -182,7 +189,7 @@ def _multipart(
             _params(params),
             _disposition(headers.first("content-disposition")),
             _languages(headers.first("content-language")),
-            _raw(headers, "content-location"),
+            headers.nstring("content-location"),
         )
     )
     sub = nstring(subtype) if subtype else '"x-unknown"'

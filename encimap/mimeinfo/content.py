@@ -8,7 +8,6 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from encimap.mimeinfo.headers import Headers
 from encimap.mimeinfo.strings import nstring
 from encimap.mimeinfo.tokens import _Tokens
 
@@ -116,8 +115,3 @@ def _rendered_disposition(value: str) -> str:
 @_cached_when_short
 def _rendered_content_params(value: str) -> str:
     return _params(parse_content_value(value)[1])
-
-
-def _raw(headers: Headers, name: str) -> str:
-    value = headers.first(name)
-    return "NIL" if value is None else nstring(value)

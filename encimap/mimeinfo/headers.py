@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from encimap.mimeinfo.strings import decode_raw
+from encimap.mimeinfo.strings import decode_raw, nstring
 
 # The empty line ending a header: searched from its LF, a literal the regex engine can skip
 # to (a leading optional CR would make it try every position); a CR before it is added back.
@@ -34,6 +34,14 @@ class Headers:
 
     def first(self, name: str) -> str | None:
         return self._first.get(name.lower())
+
+    def nstring(self, name: str) -> str:
+        """The first field called `name` as an IMAP nstring, as written except that a bare CR
+        or LF in it is served as a blank (as Dovecot serves Date, Message-ID, Content-ID...)."""
+        value = self._first.get(name)
+        if value is None:
+            return "NIL"
+        return nstring(value.replace("\r", " ").replace("\n", " "))
 
     def all(self, name: str) -> list[str]:
         """The values of every field called `name` (lower case), in order."""
@@ -74,7 +82,8 @@ def parse_headers(data: bytes, start: int, end: int) -> Headers:
         if b"\n" in value and name not in seen:
             folded.add(name)
         seen.add(name)
-        value = value.replace(b"\r", b"").replace(b"\n", b"")
+        # line breaks go, a bare CR stays part of the value (Dovecot shows it as a blank)
+        value = value.removesuffix(b"\r").replace(b"\r\n", b"").replace(b"\n", b"")
         if b"\0" in value:  # as Dovecot reads it; PostgreSQL's text cannot hold a NUL
             value = value.replace(b"\0", _REPLACEMENT)
         fields.append((name, decode_raw(value)))

@@ -72,7 +72,7 @@ def literal(value: str) -> str:
 
 
 def human_string(value: str, *, folded: bool = False) -> str:
-    """A display string (Subject, address names): CR/LF dropped, whitespace runs collapsed,
+    """A display string (Subject, address names): runs of blanks, CR and LF made one space,
     trimmed; quoted as it is when nothing needed changing, a literal otherwise. `folded`: the
     value was unfolded from several lines, which counts as a change (Dovecot)."""
     if not folded and _human_as_is(value):
@@ -81,7 +81,7 @@ def human_string(value: str, *, folded: bool = False) -> str:
 
 
 def _cleaned_human_string(value: str, *, folded: bool = False) -> str:
-    cleaned = re.sub(r"[ \t]+", " ", value.replace("\r", "").replace("\n", "")).strip(" ")
+    cleaned = re.sub(r"[ \t\r\n]+", " ", value).strip(" ")
     cleaned = cleaned.replace("\0", "\x80")
     if not folded and cleaned == value and not any(c in '"\\' or ord(c) >= 0x80 for c in value):
         return f'"{value}"'

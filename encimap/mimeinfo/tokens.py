@@ -68,7 +68,7 @@ class _Tokens:
                 self.pos += 1
             elif char == '"':
                 break
-            elif char not in "\r\n":
+            elif char != "\n":  # a bare CR stays (Dovecot keeps it in a parameter)
                 out.append(char)
         return "".join(out)
 
