@@ -142,6 +142,25 @@ def test_split_multipart_finds_the_delimiter_lines(data, rnd: random.Random):
     )
 
 
+def _delimiters_by_regex(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple]:
+    """RFC 2046 delimiter lines as one regex finds them (what the canonicalisation used)."""
+    found = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
+    return [
+        (start + match.start(), start + match.end(), match.group(1) is not None)
+        for match in found.finditer(memoryview(raw)[start:end])
+    ]
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.sampled_from([*PIECES, b"\t"]), max_size=16).map(b"".join), st.randoms())
+def test_delimiter_lines_are_the_regexs(data, rnd: random.Random):
+    start = rnd.randint(0, len(data))
+    end = rnd.randint(start, len(data))
+    assert list(mime.delimiter_lines(data, start, end, b"b")) == _delimiters_by_regex(
+        data, start, end, b"b"
+    )
+
+
 def test_delimiter_search_does_not_walk_the_lines():
     """Finding the delimiters costs per delimiter, not per line of the body: 4 times the
     lines cost the same operations (the old line-by-line loop made 20 nested levels of a
