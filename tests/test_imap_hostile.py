@@ -8,8 +8,11 @@ as they are, so their structure is what ENVELOPE and BODYSTRUCTURE describe:
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+from encimap import mimeinfo
 from tests import dovecot_support, hostile_mail
 from tests.imap_support import (
     LONG_LINES,
@@ -104,3 +107,30 @@ async def test_fetch_and_search_on_hostile_messages(databases, tls_files, tls_ca
         await client.close()
     for name in hostile_mail.CASES:
         assert sent[(name, 4)] <= 4.4 * sent[(name, 1)] + 1000, (name, sent)
+
+
+async def test_a_large_append_is_described_off_the_event_loop(
+    databases, tls_files, tls_ca, tmp_path, monkeypatch
+):
+    """Already-encrypted mail is stored as it is, so APPEND describes the client's bytes: a
+    hostile structure of tens of megabytes costs seconds, which must not stall the event
+    loop every session of the process shares."""
+    box = await make_box(databases, "append-hostile@example.test", tmp_path)
+    threads: list[tuple[int, bool]] = []
+    describe = mimeinfo.describe
+
+    def spy(data: bytes) -> mimeinfo.MessageInfo:
+        threads.append((len(data), threading.current_thread() is threading.main_thread()))
+        return describe(data)
+
+    monkeypatch.setattr(mimeinfo, "describe", spy)
+    message = hostile_mail.many_parts(20_000, media=b"multipart/encrypted")
+    cfg = imap_config(databases, tls_files)
+    async with running_imap(cfg):
+        client = await RawClient.connect(ports(cfg)[1], tls_ca)
+        await client.login(box)
+        reply = await client.command("a", b"APPEND INBOX {%d+}\r\n" % len(message) + message)
+        assert reply[-1].startswith(b"a OK"), reply[-1]
+        await client.close()
+    assert (len(message), False) in threads, threads
+    assert (len(message), True) not in threads, threads
