@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import re
 import tracemalloc
-from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -21,16 +20,8 @@ from encimap.mimeinfo import bodystructure
 from tests import hostile_mail
 from tests.opcount import lines_executed
 from tests.smime_support import Identity, make_identity, openssl_decrypt_files
+from tests.test_delivery_mbox_import import TRACE
 
-TRACE = trace.Trace(
-    sender="sender@example.org",
-    helo="mx.example.org",
-    peer_ip="192.0.2.1",
-    hostname="mx.vault.test",
-    protocol="LMTP",
-    queue_id="Q1",
-    received_at=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
-)
 # Peak memory of the whole pipeline for one message, in multiples of its size (the message,
 # its encrypted copy, the base64 text and the plaintext pieces are each about one).
 MEMORY_FACTOR = 40
