@@ -71,17 +71,20 @@ def param(params: Params, name: str) -> str | None:
 
 
 def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """RFC 2231 continuations `name*0`, `name*1*` joined into `name` or `name*`."""
+    """RFC 2231 continuations `name*0`, `name*1*` joined into `name` or `name*`. As in
+    Dovecot, the RFC 2231 parameters (`name*` included) follow the others, sorted by name."""
     plain: list[tuple[str, str]] = []
     continued: dict[str, list[tuple[int, str, bool]]] = {}
     for key, value in params:
-        match = re.fullmatch(r"(.+?)\*(\d+)(\*?)", key)
-        if match:
-            continued.setdefault(match[1], []).append((int(match[2]), value, bool(match[3])))
-        else:
+        match = re.fullmatch(r"(.+?)\*(?:(\d+)(\*?))?", key)
+        if match is None:
             plain.append((key, value))
-    for name, pieces in continued.items():
-        pieces.sort()
+        elif match[2] is None:  # `name*`: one extended value
+            continued.setdefault(match[1], []).append((0, value, True))
+        else:
+            continued.setdefault(match[1], []).append((int(match[2]), value, bool(match[3])))
+    for name in sorted(continued):
+        pieces = sorted(continued[name])
         extended = pieces[0][2]
         plain.append((name + ("*" if extended else ""), "".join(p[1] for p in pieces)))
     return plain
