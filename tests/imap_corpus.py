@@ -220,6 +220,50 @@ BARE_CR = (
     b'Content-Type: text/plain; name="a\rb"\r\n\r\nx\r\n'
 )
 
+# Boundaries reused inside and boundaries that are prefixes of one another: a delimiter line
+# belongs to the longest open boundary it starts with, of equal ones the innermost (Dovecot).
+SHARED_BOUNDARIES = _crlf(
+    "From: a@example.org\n"
+    "Subject: shared boundaries\n"
+    "MIME-Version: 1.0\n"
+    "Content-Type: multipart/mixed; boundary=b1\n"
+    "\n"
+    "--b1\n"
+    "Content-Type: multipart/alternative; boundary=b1\n"
+    "\n"
+    "--b1\n"
+    "Content-Type: text/plain\n"
+    "\n"
+    "inner plain\n"
+    "--b1\n"
+    "Content-Type: text/html\n"
+    "\n"
+    "<p>inner html</p>\n"
+    "--b1--\n"
+    "--b1\n"
+    "Content-Type: multipart/mixed; boundary=b10\n"
+    "\n"
+    "--b10\n"
+    "Content-Type: application/octet-stream\n"
+    "\n"
+    "AAAA\n"
+    "--b10\n"
+    "\n"
+    "default part\n"
+    "--b10--\n"
+    "--b1\n"
+    "Content-Type: message/rfc822\n"
+    "\n"
+    "From: inner@example.org\n"
+    "Content-Type: multipart/mixed; boundary=b\n"
+    "\n"
+    "--b\n"
+    "\n"
+    "cut short by the outer boundary\n"
+    "--b1--\n"
+    "epilogue\n"
+)
+
 # What mailbox-import tools send over LMTP: the message still begins with its mbox line.
 MBOX_FROM_LINE = b"From sender@example.org Mon Jan  1 10:00:00 2024\r\n" + PLAIN
 
@@ -236,5 +280,6 @@ CORPUS: dict[str, bytes] = {
     "folded_headers": FOLDED_HEADERS,
     "not_mime": NOT_MIME,
     "bare_cr": BARE_CR,
+    "shared_boundaries": SHARED_BOUNDARIES,
     "mbox_from_line": MBOX_FROM_LINE,
 }

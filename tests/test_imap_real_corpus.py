@@ -26,11 +26,7 @@ MAIL_PARSER = Path(__file__).parent / "data" / "mail-parser"
 ITEMS = ("ENVELOPE", "BODYSTRUCTURE", "BODY")
 # Messages whose structure encimap still reads differently from Dovecot, and why. The only
 # accepted differences; one that disappears fails the test, so the list cannot go stale.
-KNOWN_DIFFERENCES = {
-    "msg_15.txt": "an inner multipart reuses its parent's boundary; Dovecot nests it",
-    "msg_39.txt": "nested multiparts whose delimiter lines Dovecot matches differently "
-    "(the longest open boundary a line starts with)",
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 _MBOX_SEPARATOR = re.compile(rb"(?m)^From [^\n]*\n")
 
 

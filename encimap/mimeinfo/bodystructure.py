@@ -10,17 +10,18 @@ from encimap.mimeinfo.content import (
     _languages,
     _params,
     _rendered_content_params,
+    media_type,
     param,
     parse_content_value,
 )
 from encimap.mimeinfo.envelope import envelope
 from encimap.mimeinfo.headers import Headers, parse_headers, split_header
+from encimap.mimeinfo.layout import MAX_DEPTH, Spans
 from encimap.mimeinfo.strings import nstring
 
 # Dovecot's limits (message-parser): a multipart or message/rfc822 part this deep is served
 # as an opaque application/octet-stream part, and a message has at most MAX_PARTS parts (the
 # last one runs to the end of its multipart). They bound what a hostile message costs.
-MAX_DEPTH = 99
 MAX_PARTS = 10_000
 _NOT_MIME = Headers([])
 
@@ -38,7 +39,7 @@ class Part:
 
 
 def _message(
-    data: bytes, start: int, end: int, section: str, parts: list[Part], depth: int
+    data: bytes, start: int, end: int, section: str, parts: list[Part], depth: int, spans: Spans
 ) -> tuple[Headers, int, str, str]:
     """A message (the whole one or a message/rfc822 body): its headers, body offset and
     structures. A body that is not multipart is its own section `<section>.1`, whose MIME
@@ -50,7 +51,9 @@ def _message(
     # Content-* fields are not read either (Dovecot; a multipart's parts need neither).
     mime = headers.first("content-type") is not None or headers.first("mime-version") is not None
     described = headers if mime else _NOT_MIME
-    extended, basic = _structure(data, described, body_start, end, section, parts, depth, False)
+    extended, basic = _structure(
+        data, described, body_start, end, section, parts, depth, False, spans
+    )
     if len(parts) == known or not extended.startswith("(("):
         first = f"{section}.1" if section else "1"
         parts.insert(known, Part(first, start, body_start, end))
@@ -66,22 +69,12 @@ def _structure(
     parts: list[Part],
     depth: int,
     digest_child: bool,
+    spans: Spans,
 ) -> tuple[str, str]:
     """(BODYSTRUCTURE, BODY) of the part whose headers are `headers`."""
+    main, sub, params = media_type(headers, digest_child)
     content_type = headers.first("content-type")
-    if content_type is not None:
-        mime_type, params = parse_content_value(content_type)
-        params_text = _rendered_content_params(content_type)
-    else:
-        mime_type, params, params_text = "", (), "NIL"
-    main, _, sub = mime_type.partition("/")
-    if content_type is not None and mime_type and "/" not in mime_type:
-        # a type without a subtype is no type at all: Dovecot serves "" "" without parameters
-        main, sub, params, params_text = "", "", (), "NIL"
-    elif not main or not sub:
-        main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
-    if main.lower() == "message" and sub.lower() == "rfc822":
-        main, sub = "message", "rfc822"  # Dovecot writes this one type in lower case
+    params_text = _rendered_content_params(content_type) if params and content_type else "NIL"
     nesting = main.lower() == "multipart" or (main, sub) == ("message", "rfc822")
     if nesting and (depth >= MAX_DEPTH or len(parts) + 1 >= MAX_PARTS):
         main, sub = "application", "octet-stream"  # too deep or too many parts: opaque
@@ -90,7 +83,7 @@ def _structure(
         params = (*params, ("charset", "us-ascii"))
         params_text = _params(params)
     if main.lower() == "multipart":  # without a boundary: no parts
-        return _multipart(data, headers, body_start, end, section, parts, depth, sub, params)
+        return _multipart(data, headers, body_start, end, section, parts, depth, sub, params, spans)
     ext_tail = " ".join(
         (
             headers.nstring("content-md5"),
@@ -123,7 +116,7 @@ def _structure(
                 parts[index] = Part(section, part.header_start, part.body_start, part.end, True)
                 break
         inner, _, inner_ext, inner_basic = _message(
-            data, body_start, end, section, parts, depth + 1
+            data, body_start, end, section, parts, depth + 1, spans
         )
         env = envelope(inner)
         lines = data.count(b"\n", body_start, end)
@@ -152,15 +145,11 @@ def _multipart(
     depth: int,
     subtype: str,
     params: Params,
+    spans: Spans,
 ) -> tuple[str, str]:
-    boundary = param(params, "boundary")
-    spans = (
-        split_multipart(data, body_start, end, boundary.encode("utf-8", "replace"))
-        if boundary
-        else []
-    )
+    children = spans.get(body_start, []) if param(params, "boundary") else []
     extended_children, basic_children = [], []
-    for number, (start, stop) in enumerate(spans, 1):
+    for number, (start, stop) in enumerate(children, 1):
         if len(parts) + 1 >= MAX_PARTS:  # the root counts too (it is added last)
             break
         if len(parts) + 2 >= MAX_PARTS:
@@ -178,10 +167,11 @@ def _multipart(
             parts,
             depth + 1,
             subtype.lower() == "digest",
+            spans,
         )
         extended_children.append(ext)
         basic_children.append(basic)
-    if not spans:
+    if not children:
         empty = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
         extended_children, basic_children = [empty + " NIL NIL NIL NIL)"], [empty + ")"]
     ext_tail = " ".join(
@@ -197,47 +187,3 @@ def _multipart(
         f"({''.join(extended_children)} {sub} {ext_tail})",
         f"({''.join(basic_children)} {sub})",
     )
-
-
-def split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """The [start, end) spans of a multipart body's parts (RFC 2046 5.1.1).
-
-    Delimiter lines are found with bytes.find, not line by line: the scan is one C loop
-    however many lines the body has."""
-    delimiter = b"--" + boundary
-    at_line_start = b"\n" + delimiter
-    spans: list[tuple[int, int]] = []
-    part_start: int | None = None
-    if data.startswith(delimiter, start) and start < end:
-        found = start
-    else:
-        found = _next_line_start(data, at_line_start, start, end)
-    while found >= 0:
-        line_end = data.find(b"\n", found, end)
-        line_end = end if line_end < 0 else line_end + 1
-        if part_start is not None:
-            stop = found
-            if stop > part_start and data[stop - 1] == 10:
-                stop -= 1
-                if stop > part_start and data[stop - 1] == 13:
-                    stop -= 1
-            spans.append((part_start, max(stop, part_start)))
-        if data.startswith(delimiter + b"--", found):
-            return spans
-        part_start = line_end
-        if line_end >= end:
-            break
-        if data.startswith(delimiter, line_end) and data[line_end - 1] == 10:
-            found = line_end
-            continue
-        found = _next_line_start(data, at_line_start, line_end, end)
-    if part_start is not None:
-        spans.append((part_start, end))
-    return spans
-
-
-def _next_line_start(data: bytes, at_line_start: bytes, start: int, end: int) -> int:
-    """Where the next line after `start` that begins with `at_line_start[1:]` begins (the line
-    start before `end`, the rest may run past it); -1 if there is none."""
-    found = data.find(at_line_start, start, end - 2 + len(at_line_start))
-    return found + 1 if found >= 0 else -1

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
+from encimap.mimeinfo.headers import Headers
 from encimap.mimeinfo.strings import nstring
 from encimap.mimeinfo.tokens import _Tokens
 
@@ -63,6 +64,22 @@ def parse_content_value(value: str) -> tuple[str, Params]:
             param_value = tokens.atom()
         params.append((key, param_value))  # names as written: Dovecot serves them so
     return token, tuple(_join_rfc2231(params))
+
+
+def media_type(headers: Headers, digest_child: bool) -> tuple[str, str, Params]:
+    """(type, subtype, parameters) of a part as Dovecot reads them: a type without a subtype
+    is none at all (no parameters either), a missing one is text/plain (message/rfc822 in a
+    multipart/digest), message/rfc822 is lower case."""
+    content_type = headers.first("content-type")
+    mime_type, params = ("", ()) if content_type is None else parse_content_value(content_type)
+    main, _, sub = mime_type.partition("/")
+    if content_type is not None and mime_type and "/" not in mime_type:
+        main, sub, params = "", "", ()
+    elif not main or not sub:
+        main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
+    if main.lower() == "message" and sub.lower() == "rfc822":
+        main, sub = "message", "rfc822"
+    return main, sub, params
 
 
 def param(params: Params, name: str) -> str | None:
