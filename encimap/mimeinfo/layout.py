@@ -41,7 +41,7 @@ def multipart_spans(data: bytes) -> Spans:
     """For every multipart of `data`, keyed by where its body starts, the [start, end) spans of
     its parts (an end leaves out the line break before the delimiter that ends the part)."""
     spans: Spans = {}
-    _entity(data, 0, 0, False, [], spans)
+    _entity(data, 0, 0, False, [], spans, None)
     return spans
 
 
@@ -52,13 +52,11 @@ def _entity(
     digest_child: bool,
     stack: list[bytes],
     spans: Spans,
-    found: _Delimiter | bool | None = False,
+    found: _Delimiter | None,
 ) -> _Delimiter | None:
-    """Read the part (or message) at `start`; return the delimiter line that ends it, None if
-    the message ends first. `found`: that line if the caller knows it already."""
-    if found is False:
-        found = _next(data, start, stack)
-    assert not isinstance(found, bool)
+    """Read the part (or message) at `start` whose end the caller found (`found`: the first
+    delimiter line from `start`, None if there is none); return the delimiter line that ends
+    it, None if the message ends first."""
     limit = len(data) if found is None else found.start
     # the header is looked for up to the delimiter only: cost per part, not per message
     header_end, body_start = split_header(data, start, limit)
@@ -98,7 +96,8 @@ def _multipart(
                 after = _next(data, found.end, stack)
                 return None if after is None else replace(after, floor=found.end)
             part_start = found.end
-            found = _entity(data, part_start, depth + 1, digest, stack, spans)
+            found = _next(data, part_start, stack)
+            found = _entity(data, part_start, depth + 1, digest, stack, spans, found)
             children.append((part_start, _part_end(data, part_start, found)))
         return found  # the message ended, or a delimiter of a multipart around this one
     finally:
@@ -117,18 +116,16 @@ def _part_end(data: bytes, part_start: int, found: _Delimiter | None) -> int:
     return max(stop, part_start, found.floor)
 
 
-def _next(data: bytes, start: int, stack: list[bytes], end: int | None = None) -> _Delimiter | None:
-    """The first delimiter line of an open boundary at or after the line start `start` (and
-    before `end`)."""
+def _next(data: bytes, start: int, stack: list[bytes]) -> _Delimiter | None:
+    """The first delimiter line of an open boundary at or after the line start `start`."""
     if not stack:
         return None
-    end = len(data) if end is None else end
     at_start, after_line_feed = _patterns(tuple(stack))
-    match = at_start.match(data, start, end)
+    match = at_start.match(data, start)
     if match is not None:
         line = start
     else:
-        match = after_line_feed.search(data, start, end)
+        match = after_line_feed.search(data, start)
         if match is None:
             return None
         line = match.start() + 1
