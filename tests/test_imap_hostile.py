@@ -134,3 +134,25 @@ async def test_a_large_append_is_described_off_the_event_loop(
         await client.close()
     assert (len(message), False) in threads, threads
     assert (len(message), True) not in threads, threads
+
+
+async def test_a_10_mb_header_line_by_append(databases, tls_files, tls_ca, tmp_path):
+    """Only APPEND can bring a line like this (SMTP ends lines at 1,000 octets): it is stored,
+    and ENVELOPE serves the Subject whole (a quoted string of 10 MB, as Dovecot would)."""
+    box = await make_box(databases, "append-long@example.test", tmp_path)
+    subject = b"s" * 10_000_000
+    message = (
+        b"From: a@example.org\r\nSubject: " + subject + b"\r\nContent-Type: multipart/encrypted;"
+        b" boundary=x\r\n\r\n--x\r\n\r\nbody\r\n--x--\r\n"
+    )
+    cfg = imap_config(databases, tls_files)
+    async with running_imap(cfg):
+        client = await RawClient.connect(ports(cfg)[1], tls_ca, limit=LONG_LINES)
+        await client.login(box)
+        reply = await client.command("a", b"APPEND INBOX {%d+}\r\n" % len(message) + message)
+        assert reply[-1].startswith(b"a OK"), reply[-1]
+        await client.command("s", "EXAMINE INBOX")
+        reply = await client.command("f", "FETCH 1 (ENVELOPE BODYSTRUCTURE)")
+        assert reply[-1].startswith(b"f OK"), reply[-1]
+        assert subject in b"".join(reply)
+        await client.close()

@@ -106,6 +106,9 @@ async def test_hostile_messages_over_lmtp(databases, box, tmp_path):
                     plain = openssl_decrypt(stored, box["key"])
                     assert plain.endswith(_expected_content(data)), name
         after = _status(proc.pid)
+        # a 10 MB header line: refused, as every line over 1,000 octets
+        long_line = hostile_mail.HEAD + b"X-Long: " + b"a" * 10_000_000 + b"\r\n\r\nbody\r\n"
+        assert (await _deliver(port, long_line)).startswith("500 5.5.2")
         # still serving an ordinary message
         assert (await _deliver(port, b"Subject: after\r\n\r\nfine\r\n")).startswith("250")
         assert proc.poll() is None
