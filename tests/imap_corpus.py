@@ -264,6 +264,19 @@ SHARED_BOUNDARIES = _crlf(
     "epilogue\n"
 )
 
+# Content-Language with a comment, read by an RFC 822 tokenizer as Dovecot does.
+COMMENTED_LANGUAGE = _crlf(
+    "From: a@example.org\nMIME-Version: 1.0\nContent-Type: text/plain\n"
+    "Content-Language: en-US, (the old one) de\nContent-Location: http://example.org/x\n"
+    "Content-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==\n\nx\n"
+)
+
+# An empty boundary is a boundary: `--` alone is its delimiter line, `----` the closing one.
+EMPTY_BOUNDARY = _crlf(
+    "From: a@example.org\nMIME-Version: 1.0\n"
+    'Content-Type: multipart/alternative; boundary=""\n\n--\n\nx\n----\n'
+)
+
 # What mailbox-import tools send over LMTP: the message still begins with its mbox line.
 MBOX_FROM_LINE = b"From sender@example.org Mon Jan  1 10:00:00 2024\r\n" + PLAIN
 
@@ -281,5 +294,7 @@ CORPUS: dict[str, bytes] = {
     "not_mime": NOT_MIME,
     "bare_cr": BARE_CR,
     "shared_boundaries": SHARED_BOUNDARIES,
+    "commented_language": COMMENTED_LANGUAGE,
+    "empty_boundary": EMPTY_BOUNDARY,
     "mbox_from_line": MBOX_FROM_LINE,
 }

@@ -147,7 +147,7 @@ def _multipart(
     params: Params,
     spans: Spans,
 ) -> tuple[str, str]:
-    children = spans.get(body_start, []) if param(params, "boundary") else []
+    children = spans.get(body_start, []) if param(params, "boundary") is not None else []
     extended_children, basic_children = [], []
     for number, (start, stop) in enumerate(children, 1):
         if len(parts) + 1 >= MAX_PARTS:  # the root counts too (it is added last)

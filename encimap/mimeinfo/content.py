@@ -114,9 +114,22 @@ def _params(params: Params) -> str:
 
 
 def _languages(value: str | None) -> str:
+    """Content-Language: atoms separated by commas, comments and blanks skipped (Dovecot
+    reads it with its RFC 822 tokenizer, so `en, (old) de` is ("en" "de"))."""
     if value is None:
         return "NIL"
-    tags = [t.strip() for t in value.split(",") if t.strip()]
+    tokens = _Tokens(value)
+    tags = []
+    while True:
+        tokens.skip_cfws()
+        tag = tokens.atom()
+        if not tag:
+            break
+        tags.append(tag)
+        tokens.skip_cfws()
+        if tokens.peek() != ",":
+            break
+        tokens.pos += 1
     return "(" + " ".join(nstring(t) for t in tags) + ")" if tags else "NIL"
 
 

@@ -68,7 +68,7 @@ def _entity(
         return found
     if main.lower() == "multipart":
         boundary = param(params, "boundary")
-        if boundary and len(boundary) <= MAX_BOUNDARY:
+        if boundary is not None and len(boundary) <= MAX_BOUNDARY:  # "" is one, too
             digest = sub.lower() == "digest"
             return _multipart(data, body_start, depth, digest, boundary, stack, spans)
     elif (main, sub) == ("message", "rfc822"):
