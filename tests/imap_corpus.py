@@ -277,6 +277,14 @@ EMPTY_BOUNDARY = _crlf(
     'Content-Type: multipart/alternative; boundary=""\n\n--\n\nx\n----\n'
 )
 
+# Quoted strings that are never closed: the address is invalid as a whole, the parameter is
+# dropped (Dovecot).
+UNTERMINATED_QUOTES = _crlf(
+    'From: "unterminated name <a@example.org>\nTo: x@example.org, "open\n'
+    'Cc: "a\\"b <c@example.org>\nSubject: quotes\nMIME-Version: 1.0\n'
+    'Content-Type: text/plain; charset=utf-8; name="unterminated\n\nx\n'
+)
+
 # What mailbox-import tools send over LMTP: the message still begins with its mbox line.
 MBOX_FROM_LINE = b"From sender@example.org Mon Jan  1 10:00:00 2024\r\n" + PLAIN
 
@@ -296,5 +304,6 @@ CORPUS: dict[str, bytes] = {
     "shared_boundaries": SHARED_BOUNDARIES,
     "commented_language": COMMENTED_LANGUAGE,
     "empty_boundary": EMPTY_BOUNDARY,
+    "unterminated_quotes": UNTERMINATED_QUOTES,
     "mbox_from_line": MBOX_FROM_LINE,
 }

@@ -95,6 +95,15 @@ def _parse_group(tokens: _Tokens, out: list[Address]) -> bool:
 
 
 def _parse_mailbox(tokens: _Tokens, out: list[Address]) -> None:
+    """One mailbox; one whose quoted string is never closed is invalid as a whole: no name,
+    missing mailbox and domain (Dovecot)."""
+    tokens.unterminated = False
+    _parse_mailbox_parts(tokens, out)
+    if tokens.unterminated:
+        out[-1] = (None, None, "MISSING_MAILBOX", "MISSING_DOMAIN")
+
+
+def _parse_mailbox_parts(tokens: _Tokens, out: list[Address]) -> None:
     start = tokens.pos
     name = tokens.phrase()
     if tokens.peek() == "<":

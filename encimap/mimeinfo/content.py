@@ -60,6 +60,8 @@ def parse_content_value(value: str) -> tuple[str, Params]:
         tokens.skip_cfws()
         if tokens.peek() == '"':
             param_value = tokens.quoted()
+            if tokens.unterminated:  # never closed: not a parameter (Dovecot)
+                break
         else:
             param_value = tokens.atom()
         params.append((key, param_value))  # names as written: Dovecot serves them so
