@@ -285,6 +285,17 @@ UNTERMINATED_QUOTES = _crlf(
     'Content-Type: text/plain; charset=utf-8; name="unterminated\n\nx\n'
 )
 
+# Half a media type: a bare type keeps it with an empty subtype; `text/`, `/plain` and a bare
+# type with parameters are none at all ("" "" without parameters), as Dovecot serves them.
+HALF_TYPES = _crlf(
+    "From: a@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=h\n\n"
+    "--h\nContent-Type: text/; charset=utf-8\n\nx\n"
+    "--h\nContent-Type: /plain\n\ny\n"
+    "--h\nContent-Type: text\n\nz\n"
+    "--h\nContent-Type: application\n\nz\n"
+    "--h\nContent-Type: text; charset=utf-8\n\nz\n--h--\n"
+)
+
 # What mailbox-import tools send over LMTP: the message still begins with its mbox line.
 MBOX_FROM_LINE = b"From sender@example.org Mon Jan  1 10:00:00 2024\r\n" + PLAIN
 
@@ -305,5 +316,6 @@ CORPUS: dict[str, bytes] = {
     "commented_language": COMMENTED_LANGUAGE,
     "empty_boundary": EMPTY_BOUNDARY,
     "unterminated_quotes": UNTERMINATED_QUOTES,
+    "half_types": HALF_TYPES,
     "mbox_from_line": MBOX_FROM_LINE,
 }

@@ -97,7 +97,7 @@ def _structure(
     fields = " ".join(
         (
             nstring(main),
-            nstring(sub) if sub or not main else ('"plain"' if is_text else '"unknown"'),
+            nstring(sub),
             params_text,
             headers.nstring("content-id"),
             headers.nstring("content-description"),

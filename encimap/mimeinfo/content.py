@@ -69,13 +69,16 @@ def parse_content_value(value: str) -> tuple[str, Params]:
 
 
 def media_type(headers: Headers, digest_child: bool) -> tuple[str, str, Params]:
-    """(type, subtype, parameters) of a part as Dovecot reads them: a type without a subtype
-    is none at all (no parameters either), a missing one is text/plain (message/rfc822 in a
-    multipart/digest), message/rfc822 is lower case."""
+    """(type, subtype, parameters) of a part as Dovecot reads them: a bare type is that type
+    with an empty subtype, a type without a subtype but with parameters (or a subtype without
+    a type) is none at all (no parameters either), a missing one is text/plain
+    (message/rfc822 in a multipart/digest), message/rfc822 is lower case."""
     content_type = headers.first("content-type")
     mime_type, params = ("", ()) if content_type is None else parse_content_value(content_type)
-    main, _, sub = mime_type.partition("/")
-    if content_type is not None and mime_type and "/" not in mime_type:
+    main, slash, sub = mime_type.partition("/")
+    if mime_type and not slash and not params:
+        pass  # a bare `text`: that type, an empty subtype
+    elif mime_type and not (slash and main and sub):  # `text; a=b`, `text/`, `/plain`
         main, sub, params = "", "", ()
     elif not main or not sub:
         main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
