@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from encimap.mimeinfo import split_header
+from encimap.mimeinfo import MAX_DEPTH, split_header
 
 CRLF = b"\r\n"
 CHUNK_SIZE = 1 << 20
@@ -50,7 +50,11 @@ ENVELOPED_OIDS_DER = (
     bytes.fromhex("060b2a864886f70d0109100117"),  # id-ct-authEnvelopedData
 )
 
-_PARAMETER = re.compile(rb';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]+)')
+# A quoted value is matched as runs between escapes ("unrolled"): an alternation repeated per
+# character would make the regex engine keep state per character of a long value.
+_PARAMETER = re.compile(
+    rb';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("[^"\\]*(?:\\.[^"\\]*)*"|[^;\s]+)'
+)
 _HP_PARAMETER = re.compile(rb"(?i);\s*hp\s*=")
 # A part header announcing a binary body; it always follows a line break.
 _BINARY_PART = re.compile(rb"(?i)\ncontent-transfer-encoding[ \t]*:[ \t]*binary")
@@ -241,41 +245,103 @@ def _crlf_chunks(raw: bytes, start: int) -> Iterator[bytes]:
         position = end
 
 
-def _canonical_entity_body(message: Message) -> list[bytes]:
-    """Walk the MIME tree of a message that has binary parts (rare; not streamed)."""
-    body = message.raw[message.body_start :]
-    if message.transfer_encoding == "binary":
-        return [body]
+def _canonical_entity_body(
+    message: Message, end: int | None = None, depth: int = 0
+) -> list[bytes | memoryview]:
+    """Walk the MIME tree of a message that has binary parts (rare; not streamed).
+
+    Parts are addressed by offsets into the one message buffer, so no level copies what it
+    contains, and entities nested deeper than MAX_DEPTH are left as they are: the work is
+    linear in the message size and the recursion bounded, however deep the nesting.
+    """
+    raw, start = message.raw, message.body_start
+    end = len(raw) if end is None else end
+    if message.transfer_encoding == "binary" or depth >= MAX_DEPTH:
+        return [memoryview(raw)[start:end]]
     media, parameters = message.content_type
     if media.startswith("multipart/") and parameters.get("boundary"):
-        return _canonical_multipart(body, parameters["boundary"].encode("latin-1"))
+        boundary = parameters["boundary"].encode("latin-1")
+        return _canonical_multipart(raw, start, end, boundary, depth)
     if media in ("message/rfc822", "message/global"):
-        return _canonical_entity(body)
-    return [to_crlf(body)]
+        return _canonical_entity(raw, start, end, depth + 1)
+    return [to_crlf(raw[start:end])]
 
 
-def _canonical_entity(entity: bytes) -> list[bytes]:
-    part = parse_message(entity)
+def _canonical_entity(raw: bytes, start: int, end: int, depth: int) -> list[bytes | memoryview]:
+    header_end, body_start = split_header(raw, start, end)
+    part = Message(raw, parse_header_block(raw[start:header_end]), body_start)
     header = b"".join(field.raw for field in part.fields) + CRLF
-    return [header, *_canonical_entity_body(part)]
+    return [header, *_canonical_entity_body(part, end, depth)]
 
 
-def _canonical_multipart(body: bytes, boundary: bytes) -> list[bytes]:
-    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
-    pieces: list[bytes] = []
-    position = 0
+def _canonical_multipart(
+    raw: bytes, start: int, end: int, boundary: bytes, depth: int
+) -> list[bytes | memoryview]:
+    pieces: list[bytes | memoryview] = []
+    position = start
     closed = False
-    for match in delimiter.finditer(body):
-        between = body[position : match.start()]
-        if position == 0 or closed:
-            pieces.append(to_crlf(between))  # preamble
+    for match_start, match_end, closing in delimiter_lines(raw, start, end, boundary):
+        if position == start or closed:
+            pieces.append(to_crlf(raw[position:match_start]))  # preamble
         else:
-            pieces.extend(_canonical_entity(between))
-        pieces.append(to_crlf(match.group()))
-        closed = closed or match.group(1) is not None
-        position = match.end()
-    pieces.append(to_crlf(body[position:]))  # epilogue
+            pieces.extend(_canonical_entity(raw, position, match_start, depth + 1))
+        pieces.append(to_crlf(raw[match_start:match_end]))
+        closed = closed or closing
+        position = match_end
+    pieces.append(to_crlf(raw[position:end]))  # epilogue
     return pieces
+
+
+def delimiter_lines(
+    raw: bytes, start: int, end: int, boundary: bytes
+) -> Iterator[tuple[int, int, bool]]:
+    r"""The delimiter lines of a multipart body raw[start:end] (RFC 2046 5.1.1): `--boundary`,
+    `--` if it is the closing one, blanks, the line break. Each is (start, end, closing), its
+    span taking the line break before it (except at `start`) and the one ending it.
+
+    What the regex `(?:\A|\r?\n)--B(--)?[ \t]*(?:\r?\n|\Z)` finds, non-overlapping, but
+    found with bytes.find: a regex that starts with an alternation tries every position in
+    Python's engine, a hundred times slower on a body of many megabytes."""
+    dash = b"--" + boundary
+    position = start
+    if raw.startswith(dash, start) and start + len(dash) <= end:
+        line = _delimiter_end(raw, start + len(dash), end)
+        if line is not None:
+            yield start, line[0], line[1]
+            position = line[0]
+    while True:
+        line_feed = raw.find(b"\n" + dash, position, end)
+        if line_feed < 0:
+            return
+        match_start = line_feed
+        if line_feed > position and raw[line_feed - 1] == 13:
+            match_start -= 1  # the CR before it, unless the previous delimiter took it
+        line = _delimiter_end(raw, line_feed + 1 + len(dash), end)
+        if line is None:
+            position = line_feed + 1
+            continue
+        yield match_start, line[0], line[1]
+        position = line[0]
+
+
+def _delimiter_end(raw: bytes, after: int, end: int) -> tuple[int, bool] | None:
+    """Where a delimiter line whose `--boundary` ends at `after` ends, and whether it is the
+    closing one; None if the rest of the line is not `--`, blanks and a line break."""
+    for closing in (True, False):
+        position = after
+        if closing:
+            if not (raw.startswith(b"--", position) and position + 2 <= end):
+                continue
+            position += 2
+        while position < end and raw[position] in (32, 9):
+            position += 1
+        if position == end:
+            return end, closing
+        if raw[position] == 10:
+            return position + 1, closing
+        if raw[position] == 13 and position + 1 < end and raw[position + 1] == 10:
+            return position + 2, closing
+    return None
 
 
 def protected_header(message: Message, outer: list[HeaderField]) -> bytes:

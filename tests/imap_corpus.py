@@ -183,6 +183,119 @@ ODD_HEADERS = (
     b"body\r\n"
 )
 
+# Fields folded over several lines, as real mail has them (mail-parser's mail_test_6): a
+# Subject that begins on a continuation line, an In-Reply-To whose first line is empty.
+FOLDED_HEADERS = (
+    b"From: a@example.org\r\n"
+    b"To:\r\n b@example.org\r\n"
+    b"Subject:\r\n =?UTF-8?B?0JHRi9GB0YLRgNC1?=\r\n =?UTF-8?B?0LvQvtGC0L4h?=\r\n"
+    b"Date: Sat, 15 Jul 2017 12:18:41 +0300 (MSK)\r\n"
+    b"In-Reply-To:\r\n <earlier@example.org>\r\n"
+    b"Message-ID:\r\n\t<folded@example.org>\r\n"
+    b"Content-Description:\r\n  two lines\r\n"
+    b"\r\n"
+    b"body\r\n"
+)
+
+# Content-* fields in a header that is not MIME (no Content-Type, no MIME-Version), at the
+# top and in a forwarded message: Dovecot reads none of them.
+NOT_MIME = _crlf(
+    "From: a@example.org\n"
+    "Subject: not MIME\n"
+    "Content-Description: a description\n"
+    "Content-ID: <id@example.org>\n"
+    "Content-Disposition: inline\n"
+    "Content-Language: en\n"
+    "Content-Transfer-Encoding: base64\n"
+    "\n"
+    "body\n"
+)
+
+# A bare CR inside header values (not a line break): Dovecot serves it as a blank in
+# display strings and plain values, and keeps it in a quoted parameter.
+BARE_CR = (
+    b"From: a@example.org\r\nSubject: endings\rX-A: b\r\nMessage-ID: <a\rb@example.org>\r\n"
+    b"In-Reply-To: <c\rd@example.org>\r\nDate: Mon, 1 Jan 2024\r10:00:00 +0000\r\n"
+    b"To: Na\rme <t@example.org>\r\nContent-Description: de\rsc\r\n"
+    b'Content-Type: text/plain; name="a\rb"\r\n\r\nx\r\n'
+)
+
+# Boundaries reused inside and boundaries that are prefixes of one another: a delimiter line
+# belongs to the longest open boundary it starts with, of equal ones the innermost (Dovecot).
+SHARED_BOUNDARIES = _crlf(
+    "From: a@example.org\n"
+    "Subject: shared boundaries\n"
+    "MIME-Version: 1.0\n"
+    "Content-Type: multipart/mixed; boundary=b1\n"
+    "\n"
+    "--b1\n"
+    "Content-Type: multipart/alternative; boundary=b1\n"
+    "\n"
+    "--b1\n"
+    "Content-Type: text/plain\n"
+    "\n"
+    "inner plain\n"
+    "--b1\n"
+    "Content-Type: text/html\n"
+    "\n"
+    "<p>inner html</p>\n"
+    "--b1--\n"
+    "--b1\n"
+    "Content-Type: multipart/mixed; boundary=b10\n"
+    "\n"
+    "--b10\n"
+    "Content-Type: application/octet-stream\n"
+    "\n"
+    "AAAA\n"
+    "--b10\n"
+    "\n"
+    "default part\n"
+    "--b10--\n"
+    "--b1\n"
+    "Content-Type: message/rfc822\n"
+    "\n"
+    "From: inner@example.org\n"
+    "Content-Type: multipart/mixed; boundary=b\n"
+    "\n"
+    "--b\n"
+    "\n"
+    "cut short by the outer boundary\n"
+    "--b1--\n"
+    "epilogue\n"
+)
+
+# Content-Language with a comment, read by an RFC 822 tokenizer as Dovecot does.
+COMMENTED_LANGUAGE = _crlf(
+    "From: a@example.org\nMIME-Version: 1.0\nContent-Type: text/plain\n"
+    "Content-Language: en-US, (the old one) de\nContent-Location: http://example.org/x\n"
+    "Content-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==\n\nx\n"
+)
+
+# An empty boundary is a boundary: `--` alone is its delimiter line, `----` the closing one.
+EMPTY_BOUNDARY = _crlf(
+    "From: a@example.org\nMIME-Version: 1.0\n"
+    'Content-Type: multipart/alternative; boundary=""\n\n--\n\nx\n----\n'
+)
+
+# Quoted strings that are never closed: the address is invalid as a whole, the parameter is
+# dropped (Dovecot).
+UNTERMINATED_QUOTES = _crlf(
+    'From: "unterminated name <a@example.org>\nTo: x@example.org, "open\n'
+    'Cc: "a\\"b <c@example.org>\nSubject: quotes\nMIME-Version: 1.0\n'
+    'Content-Type: text/plain; charset=utf-8; name="unterminated\n\nx\n'
+)
+
+# Half a media type: a bare type keeps it with an empty subtype; `text/`, `/plain` and a bare
+# type with parameters are none at all ("" "" without parameters), as Dovecot serves them.
+HALF_TYPES = _crlf(
+    "From: a@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=h\n\n"
+    "--h\nContent-Type: text/; charset=utf-8\n\nx\n"
+    "--h\nContent-Type: /plain\n\ny\n"
+    "--h\nContent-Type: text\n\nz\n"
+    "--h\nContent-Type: application\n\nz\n"
+    "--h\nContent-Type: text; charset=utf-8\n\nz\n--h--\n"
+)
+
 # What mailbox-import tools send over LMTP: the message still begins with its mbox line.
 MBOX_FROM_LINE = b"From sender@example.org Mon Jan  1 10:00:00 2024\r\n" + PLAIN
 
@@ -196,5 +309,13 @@ CORPUS: dict[str, bytes] = {
     "missing_parts": MISSING_PARTS,
     "smime": SMIME,
     "odd_headers": ODD_HEADERS,
+    "folded_headers": FOLDED_HEADERS,
+    "not_mime": NOT_MIME,
+    "bare_cr": BARE_CR,
+    "shared_boundaries": SHARED_BOUNDARIES,
+    "commented_language": COMMENTED_LANGUAGE,
+    "empty_boundary": EMPTY_BOUNDARY,
+    "unterminated_quotes": UNTERMINATED_QUOTES,
+    "half_types": HALF_TYPES,
     "mbox_from_line": MBOX_FROM_LINE,
 }

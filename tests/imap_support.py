@@ -135,6 +135,12 @@ def login(port: int, tls_ca: trustme.CA, account: Box | DemoVaultbox) -> imaplib
     return client
 
 
+# The longest response line fetch_from_both reads (BODYSTRUCTURE of a message with 10,000
+# parts is about 1 MB on one line). Not the default: a reader buffers up to twice its limit,
+# which the memory-measuring tests would count.
+LONG_LINES = 16 << 20
+
+
 class RawClient:
     """Speaks IMAP bytes directly (implicit TLS), for malformed input and exact responses."""
 
@@ -144,10 +150,16 @@ class RawClient:
         self.greeting = b""
 
     @classmethod
-    async def connect(cls, port: int, tls_ca: trustme.CA | None = None) -> RawClient:
+    async def connect(
+        cls, port: int, tls_ca: trustme.CA | None = None, *, limit: int = 1 << 16
+    ) -> RawClient:
         context = client_context(tls_ca) if tls_ca else None
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=context, server_hostname="localhost" if context else None
+            "127.0.0.1",
+            port,
+            ssl=context,
+            server_hostname="localhost" if context else None,
+            limit=limit,
         )
         client = cls(reader, writer)
         client.greeting = await asyncio.wait_for(reader.readline(), 10)
@@ -228,7 +240,7 @@ async def fetch_from_both(
     dovecot = dovecot_support.Dovecot(stored)
     await asyncio.to_thread(dovecot.start)
     try:
-        client = await RawClient.connect(dovecot.port)
+        client = await RawClient.connect(dovecot.port, limit=LONG_LINES)
         await client.command("l", f"LOGIN {dovecot.user} {dovecot.password}")
         await client.command("s", "EXAMINE INBOX")
         theirs = await fetch_items(client, len(stored), items)
@@ -237,7 +249,7 @@ async def fetch_from_both(
         await asyncio.to_thread(dovecot.stop)
     cfg = imap_config(databases, tls_files)
     async with running_imap(cfg):
-        client = await RawClient.connect(ports(cfg)[1], tls_ca)
+        client = await RawClient.connect(ports(cfg)[1], tls_ca, limit=LONG_LINES)
         await client.login(box)
         await client.command("s", "EXAMINE INBOX")
         ours = await fetch_items(client, len(stored), items)

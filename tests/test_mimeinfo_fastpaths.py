@@ -38,9 +38,9 @@ def test_human_string_fast_path_equals_general_code(value):
 
 def test_plain_values_take_the_fast_paths():
     assert strings._QUOTABLE_AS_IS("<20240603.12345@bench.test>")
-    assert strings._HUMAN_AS_IS("Sender Person")
+    assert strings._human_as_is("Sender Person")
     assert not strings._QUOTABLE_AS_IS('say "hi"')
-    assert not strings._HUMAN_AS_IS("two  spaces")
+    assert not strings._human_as_is("two  spaces")
     assert mimeinfo.nstring("smime.p7m") == '"smime.p7m"'
     assert mimeinfo.human_string("Sender Person") == '"Sender Person"'
 
@@ -65,19 +65,19 @@ def test_split_header_finds_the_first_empty_line(data, start, length):
 
 def _fields_by_spec(block: bytes) -> list[tuple[str, str]]:
     """A field runs from its `name:` at a line start to the next one, or to a line that is
-    not folded (no leading white space); CR/LF removed."""
+    not folded (no leading white space); its final line break, the blanks before the first
+    line's text and its other line breaks (CRLF or LF) removed, a bare CR kept."""
     matches = list(re.finditer(rb"(?m)^([^:\s]+)[ \t]*:", block))
     ends = [match.start() for match in matches[1:]]
     ends.append(len(block))
+
+    def value(text: bytes) -> str:
+        text = re.split(rb"\n(?=[^ \t])", text)[0]
+        text = re.sub(rb"\r?\n?\Z", b"", text).lstrip(b" \t")
+        return strings.decode_raw(re.sub(rb"\r?\n", b"", text))
+
     return [
-        (
-            match[1].decode("latin-1").lower(),
-            strings.decode_raw(
-                re.sub(
-                    rb"[\r\n]", b"", re.split(rb"\n(?=[^ \t])", block[match.end() : end])[0]
-                ).lstrip(b" \t")
-            ),
-        )
+        (match[1].decode("latin-1").lower(), value(block[match.end() : end]))
         for match, end in zip(matches, ends[: len(matches)], strict=True)
     ]
 

@@ -16,6 +16,10 @@ from encimap.mimeinfo import split_header
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")  # RFC 5322 2.2 field name, then a colon
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)")
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
+# A msg-id cannot be folded (RFC 5322 3.6.4), so a real one fits on a 998-byte line. A longer
+# value is not recorded: it could not be indexed (PostgreSQL's B-tree rows end near 2.7 KB)
+# and would fail every delivery of the message with a 451.
+MAX_MESSAGE_ID = 998
 # The separator line of an mbox file (RFC 4155), which mailbox-import tools leave in front of
 # the message: not a header field, so it would otherwise end the header before it starts.
 _MBOX_FROM_LINE = re.compile(rb"From [^\r\n]*\r?\n")
@@ -62,13 +66,15 @@ def prepare(raw: bytes, trace: Trace) -> Prepared:
 
     The body hash is over the message as received, so a redelivery of the same bytes has the
     same hash, and a generated Message-ID is derived from it: a retried message without one
-    gets the same ID again, which keeps duplicate detection working for it too.
+    (or with one too long to be real) gets the same ID again, which keeps duplicate detection
+    working for it too.
     """
     digest = hashlib.sha256(raw).hexdigest()
     mbox_line = _MBOX_FROM_LINE.match(raw)
     if mbox_line is not None:
         raw = raw[mbox_line.end() :]
     found = message_id(raw)
+    generated = f"<{digest[:32]}@{trace.hostname}>"
     added = [
         f"Return-Path: <{_clean(trace.sender)}>\r\n",
         (
@@ -78,8 +84,10 @@ def prepare(raw: bytes, trace: Trace) -> Prepared:
         ),
     ]
     if found is None:
-        found = f"<{digest[:32]}@{trace.hostname}>"
+        found = generated
         added.append(f"Message-ID: {found}\r\n")
+    elif len(found) > MAX_MESSAGE_ID:
+        found = generated  # recorded instead; the message keeps its own field
     if not header_block(raw) and not raw.startswith((b"\r\n", b"\n")):
         # No header section at all: the added fields must not run into the body.
         raw = b"\r\n" + raw

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from encimap.mimeinfo.addresses import Address, address_list, parse_addresses, search_text
-from encimap.mimeinfo.bodystructure import MAX_DEPTH, Part, _message, split_multipart
+from encimap.mimeinfo.bodystructure import MAX_DEPTH, Part, _message
 from encimap.mimeinfo.content import parse_content_value
 from encimap.mimeinfo.dates import parse_date
 from encimap.mimeinfo.envelope import envelope
 from encimap.mimeinfo.headers import Headers, parse_headers, split_header
+from encimap.mimeinfo.layout import multipart_spans
 from encimap.mimeinfo.strings import human_string, literal, nstring, wire
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "parse_content_value",
     "parse_headers",
     "split_header",
-    "split_multipart",
     "wire",
 ]
 
@@ -64,7 +64,8 @@ SEARCH_HEADERS = ("from", "to", "cc", "bcc", "subject")
 def describe(data: bytes) -> MessageInfo:
     """Everything FETCH and SEARCH need from a message, computed once when it is stored."""
     parts: list[Part] = []
-    headers, body_start, extended, basic = _message(data, 0, len(data), "", parts, 0)
+    spans = multipart_spans(data)
+    headers, body_start, extended, basic = _message(data, 0, len(data), "", parts, 0, spans)
     parts.insert(0, Part("", 0, body_start, len(data)))
     return MessageInfo(
         envelope=envelope(headers),

@@ -12,12 +12,20 @@ Address = tuple[str | None, str | None, str | None, str | None]  # name, route, 
 
 # Fast path: a list of plain `local@domain` / `Name Words <local@domain>` (ASCII atoms only: no
 # quotes, comments, groups, routes, dots in names or 8-bit) is read by one regex per address.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+# Only character classes repeat in it (a group repeated per word or per dot makes the regex
+# engine keep state for each, hundreds of bytes per word of a long header); a dot-atom is
+# matched loosely and its dots checked after.
+_ATOM_CHARS = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_LOOSE_DOT_ATOM = rf"[{_ATOM_CHARS}][{_ATOM_CHARS}.]*"
 _SIMPLE_MAILBOX = re.compile(
-    rf"[ \t]*(?:({_ATOM}(?:[ \t]+{_ATOM})*)?[ \t]*<({_DOT_ATOM})@({_DOT_ATOM})>"
-    rf"|({_DOT_ATOM})@({_DOT_ATOM}))[ \t]*(?:,|\Z)"
+    rf"[ \t]*(?:([{_ATOM_CHARS}][{_ATOM_CHARS} \t]*)?<({_LOOSE_DOT_ATOM})@({_LOOSE_DOT_ATOM})>"
+    rf"|({_LOOSE_DOT_ATOM})@({_LOOSE_DOT_ATOM}))[ \t]*(?:,|\Z)"
 )
+
+
+def _dot_atom(text: str) -> bool:
+    """A loose match is a dot-atom: no dot at its end, no two dots in a row."""
+    return not text.endswith(".") and ".." not in text
 
 
 def parse_addresses(value: str) -> list[Address]:
@@ -35,6 +43,8 @@ def _simple_addresses(value: str) -> list[Address] | None:
         if match is None:
             return None
         name, angle_mailbox, angle_host, mailbox, host = match.groups()
+        if not all(_dot_atom(text) for text in (angle_mailbox or mailbox, angle_host or host)):
+            return None
         if mailbox is None:
             addresses.append((name and " ".join(name.split()), None, angle_mailbox, angle_host))
         else:
@@ -85,6 +95,15 @@ def _parse_group(tokens: _Tokens, out: list[Address]) -> bool:
 
 
 def _parse_mailbox(tokens: _Tokens, out: list[Address]) -> None:
+    """One mailbox; one whose quoted string is never closed is invalid as a whole: no name,
+    missing mailbox and domain (Dovecot)."""
+    tokens.unterminated = False
+    _parse_mailbox_parts(tokens, out)
+    if tokens.unterminated:
+        out[-1] = (None, None, "MISSING_MAILBOX", "MISSING_DOMAIN")
+
+
+def _parse_mailbox_parts(tokens: _Tokens, out: list[Address]) -> None:
     start = tokens.pos
     name = tokens.phrase()
     if tokens.peek() == "<":

@@ -9,16 +9,21 @@ from encimap.mimeinfo.content import (
     _disposition,
     _languages,
     _params,
-    _raw,
     _rendered_content_params,
+    media_type,
     param,
     parse_content_value,
 )
 from encimap.mimeinfo.envelope import envelope
 from encimap.mimeinfo.headers import Headers, parse_headers, split_header
+from encimap.mimeinfo.layout import MAX_DEPTH, Spans
 from encimap.mimeinfo.strings import nstring
 
-MAX_DEPTH = 20  # nesting beyond this is served as an opaque part
+# Dovecot's limits (message-parser): a multipart or message/rfc822 part this deep is served
+# as an opaque application/octet-stream part, and a message has at most MAX_PARTS parts (the
+# last one runs to the end of its multipart). They bound what a hostile message costs.
+MAX_PARTS = 10_000
+_NOT_MIME = Headers([])
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class Part:
 
 
 def _message(
-    data: bytes, start: int, end: int, section: str, parts: list[Part], depth: int
+    data: bytes, start: int, end: int, section: str, parts: list[Part], depth: int, spans: Spans
 ) -> tuple[Headers, int, str, str]:
     """A message (the whole one or a message/rfc822 body): its headers, body offset and
     structures. A body that is not multipart is its own section `<section>.1`, whose MIME
@@ -42,7 +47,13 @@ def _message(
     header_end, body_start = split_header(data, start, end)
     headers = parse_headers(data, start, header_end)
     known = len(parts)
-    extended, basic = _structure(data, headers, body_start, end, section, parts, depth, False)
+    # A message header with neither Content-Type nor MIME-Version is not MIME: its other
+    # Content-* fields are not read either (Dovecot; a multipart's parts need neither).
+    mime = headers.first("content-type") is not None or headers.first("mime-version") is not None
+    described = headers if mime else _NOT_MIME
+    extended, basic = _structure(
+        data, described, body_start, end, section, parts, depth, False, spans
+    )
     if len(parts) == known or not extended.startswith("(("):
         first = f"{section}.1" if section else "1"
         parts.insert(known, Part(first, start, body_start, end))
@@ -58,34 +69,27 @@ def _structure(
     parts: list[Part],
     depth: int,
     digest_child: bool,
+    spans: Spans,
 ) -> tuple[str, str]:
     """(BODYSTRUCTURE, BODY) of the part whose headers are `headers`."""
+    main, sub, params = media_type(headers, digest_child)
     content_type = headers.first("content-type")
-    if content_type is not None:
-        mime_type, params = parse_content_value(content_type)
-        params_text = _rendered_content_params(content_type)
-    else:
-        mime_type, params, params_text = "", (), "NIL"
-    main, _, sub = mime_type.partition("/")
-    if content_type is not None and mime_type and "/" not in mime_type:
-        # a type without a subtype is no type at all: Dovecot serves "" "" without parameters
-        main, sub, params, params_text = "", "", (), "NIL"
-    elif not main or not sub:
-        main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
-    if main.lower() == "message" and sub.lower() == "rfc822":
-        main, sub = "message", "rfc822"  # Dovecot writes this one type in lower case
+    params_text = _rendered_content_params(content_type) if params and content_type else "NIL"
+    nesting = main.lower() == "multipart" or (main, sub) == ("message", "rfc822")
+    if nesting and (depth >= MAX_DEPTH or len(parts) + 1 >= MAX_PARTS):
+        main, sub = "application", "octet-stream"  # too deep or too many parts: opaque
     is_text = main.lower() == "text"
     if is_text and param(params, "charset") is None:
         params = (*params, ("charset", "us-ascii"))
         params_text = _params(params)
-    if main.lower() == "multipart" and depth < MAX_DEPTH:  # without a boundary: no parts
-        return _multipart(data, headers, body_start, end, section, parts, depth, sub, params)
+    if main.lower() == "multipart":  # without a boundary: no parts
+        return _multipart(data, headers, body_start, end, section, parts, depth, sub, params, spans)
     ext_tail = " ".join(
         (
-            _raw(headers, "content-md5"),
+            headers.nstring("content-md5"),
             _disposition(headers.first("content-disposition")),
             _languages(headers.first("content-language")),
-            _raw(headers, "content-location"),
+            headers.nstring("content-location"),
         )
     )
     encoding = headers.first("content-transfer-encoding")
@@ -93,26 +97,26 @@ def _structure(
     fields = " ".join(
         (
             nstring(main),
-            nstring(sub) if sub or not main else ('"plain"' if is_text else '"unknown"'),
+            nstring(sub),
             params_text,
-            _raw(headers, "content-id"),
-            _raw(headers, "content-description"),
+            headers.nstring("content-id"),
+            headers.nstring("content-description"),
             nstring(encoding_token) if encoding_token else '"7bit"',
-            str(end - body_start),
+            str(_crlf_size(data, body_start, end)),
         )
     )
     if is_text:
         lines = data.count(b"\n", body_start, end)  # counted only where it is sent: scans the body
         basic = f"({fields} {lines})"
         return f"({fields} {lines} {ext_tail})", basic
-    if main.lower() == "message" and sub.lower() == "rfc822" and depth < MAX_DEPTH:
+    if main == "message" and sub == "rfc822":
         for index in range(len(parts) - 1, -1, -1):
             if parts[index].section == section:
                 part = parts[index]
                 parts[index] = Part(section, part.header_start, part.body_start, part.end, True)
                 break
         inner, _, inner_ext, inner_basic = _message(
-            data, body_start, end, section, parts, depth + 1
+            data, body_start, end, section, parts, depth + 1, spans
         )
         env = envelope(inner)
         lines = data.count(b"\n", body_start, end)
@@ -121,6 +125,14 @@ def _structure(
             f"({fields} {env} {inner_basic} {lines})",
         )
     return f"({fields} {ext_tail})", f"({fields})"
+
+
+def _crlf_size(data: bytes, start: int, end: int) -> int:
+    """The size of data[start:end] with every bare LF counted as CRLF, as Dovecot gives a
+    part's size (the bytes IMAP clients are meant to see)."""
+    size = end - start
+    line_feeds = data.count(b"\n", start, end)
+    return size if not line_feeds else size + line_feeds - data.count(b"\r\n", start, end)
 
 
 def _multipart(
@@ -133,15 +145,15 @@ def _multipart(
     depth: int,
     subtype: str,
     params: Params,
+    spans: Spans,
 ) -> tuple[str, str]:
-    boundary = param(params, "boundary")
-    spans = (
-        split_multipart(data, body_start, end, boundary.encode("utf-8", "replace"))
-        if boundary
-        else []
-    )
+    children = spans.get(body_start, []) if param(params, "boundary") is not None else []
     extended_children, basic_children = [], []
-    for number, (start, stop) in enumerate(spans, 1):
+    for number, (start, stop) in enumerate(children, 1):
+        if len(parts) + 1 >= MAX_PARTS:  # the root counts too (it is added last)
+            break
+        if len(parts) + 2 >= MAX_PARTS:
+            stop = len(data)  # the last part Dovecot makes: no delimiter ends it any more
         child_section = f"{section}.{number}" if section else str(number)
         header_end, child_body = split_header(data, start, stop)
         child_headers = parse_headers(data, start, header_end)
@@ -155,10 +167,11 @@ def _multipart(
             parts,
             depth + 1,
             subtype.lower() == "digest",
+            spans,
         )
         extended_children.append(ext)
         basic_children.append(basic)
-    if not spans:
+    if not children:
         empty = '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
         extended_children, basic_children = [empty + " NIL NIL NIL NIL)"], [empty + ")"]
     ext_tail = " ".join(
@@ -166,7 +179,7 @@ def _multipart(
             _params(params),
             _disposition(headers.first("content-disposition")),
             _languages(headers.first("content-language")),
-            _raw(headers, "content-location"),
+            headers.nstring("content-location"),
         )
     )
     sub = nstring(subtype) if subtype else '"x-unknown"'
@@ -174,35 +187,3 @@ def _multipart(
         f"({''.join(extended_children)} {sub} {ext_tail})",
         f"({''.join(basic_children)} {sub})",
     )
-
-
-def split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """The [start, end) spans of a multipart body's parts (RFC 2046 5.1.1)."""
-    delimiter = b"--" + boundary
-    spans: list[tuple[int, int]] = []
-    part_start: int | None = None
-    position = start
-    while position < end:
-        if data.startswith(delimiter, position) and (position == start or data[position - 1] == 10):
-            line_end = data.find(b"\n", position, end)
-            line_end = end if line_end < 0 else line_end + 1
-            if part_start is not None:
-                stop = position
-                if stop > part_start and data[stop - 1] == 10:
-                    stop -= 1
-                    if stop > part_start and data[stop - 1] == 13:
-                        stop -= 1
-                spans.append((part_start, max(stop, part_start)))
-            closing = data.startswith(delimiter + b"--", position)
-            if closing:
-                return spans
-            part_start = line_end
-            position = line_end
-            continue
-        next_line = data.find(b"\n", position, end)
-        if next_line < 0:
-            break
-        position = next_line + 1
-    if part_start is not None:
-        spans.append((part_start, end))
-    return spans

@@ -60,10 +60,31 @@ def parse_content_value(value: str) -> tuple[str, Params]:
         tokens.skip_cfws()
         if tokens.peek() == '"':
             param_value = tokens.quoted()
+            if tokens.unterminated:  # never closed: not a parameter (Dovecot)
+                break
         else:
             param_value = tokens.atom()
         params.append((key, param_value))  # names as written: Dovecot serves them so
     return token, tuple(_join_rfc2231(params))
+
+
+def media_type(headers: Headers, digest_child: bool) -> tuple[str, str, Params]:
+    """(type, subtype, parameters) of a part as Dovecot reads them: a bare type is that type
+    with an empty subtype, a type without a subtype but with parameters (or a subtype without
+    a type) is none at all (no parameters either), a missing one is text/plain
+    (message/rfc822 in a multipart/digest), message/rfc822 is lower case."""
+    content_type = headers.first("content-type")
+    mime_type, params = ("", ()) if content_type is None else parse_content_value(content_type)
+    main, slash, sub = mime_type.partition("/")
+    if mime_type and not slash and not params:
+        pass  # a bare `text`: that type, an empty subtype
+    elif mime_type and not (slash and main and sub):  # `text; a=b`, `text/`, `/plain`
+        main, sub, params = "", "", ()
+    elif not main or not sub:
+        main, sub = ("message", "rfc822") if digest_child else ("text", "plain")
+    if main.lower() == "message" and sub.lower() == "rfc822":
+        main, sub = "message", "rfc822"
+    return main, sub, params
 
 
 def param(params: Params, name: str) -> str | None:
@@ -72,17 +93,20 @@ def param(params: Params, name: str) -> str | None:
 
 
 def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """RFC 2231 continuations `name*0`, `name*1*` joined into `name` or `name*`."""
+    """RFC 2231 continuations `name*0`, `name*1*` joined into `name` or `name*`. As in
+    Dovecot, the RFC 2231 parameters (`name*` included) follow the others, sorted by name."""
     plain: list[tuple[str, str]] = []
     continued: dict[str, list[tuple[int, str, bool]]] = {}
     for key, value in params:
-        match = re.fullmatch(r"(.+?)\*(\d+)(\*?)", key)
-        if match:
-            continued.setdefault(match[1], []).append((int(match[2]), value, bool(match[3])))
-        else:
+        match = re.fullmatch(r"(.+?)\*(?:(\d+)(\*?))?", key)
+        if match is None:
             plain.append((key, value))
-    for name, pieces in continued.items():
-        pieces.sort()
+        elif match[2] is None:  # `name*`: one extended value
+            continued.setdefault(match[1], []).append((0, value, True))
+        else:
+            continued.setdefault(match[1], []).append((int(match[2]), value, bool(match[3])))
+    for name in sorted(continued):
+        pieces = sorted(continued[name])
         extended = pieces[0][2]
         plain.append((name + ("*" if extended else ""), "".join(p[1] for p in pieces)))
     return plain
@@ -95,9 +119,22 @@ def _params(params: Params) -> str:
 
 
 def _languages(value: str | None) -> str:
+    """Content-Language: atoms separated by commas, comments and blanks skipped (Dovecot
+    reads it with its RFC 822 tokenizer, so `en, (old) de` is ("en" "de"))."""
     if value is None:
         return "NIL"
-    tags = [t.strip() for t in value.split(",") if t.strip()]
+    tokens = _Tokens(value)
+    tags = []
+    while True:
+        tokens.skip_cfws()
+        tag = tokens.atom()
+        if not tag:
+            break
+        tags.append(tag)
+        tokens.skip_cfws()
+        if tokens.peek() != ",":
+            break
+        tokens.pos += 1
     return "(" + " ".join(nstring(t) for t in tags) + ")" if tags else "NIL"
 
 
@@ -116,8 +153,3 @@ def _rendered_disposition(value: str) -> str:
 @_cached_when_short
 def _rendered_content_params(value: str) -> str:
     return _params(parse_content_value(value)[1])
-
-
-def _raw(headers: Headers, name: str) -> str:
-    value = headers.first(name)
-    return "NIL" if value is None else nstring(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from encimap.mimeinfo.addresses import Address, address_list, parse_addresses
 from encimap.mimeinfo.headers import Headers
-from encimap.mimeinfo.strings import human_string, nstring
+from encimap.mimeinfo.strings import human_string
 
 
 def envelope(headers: Headers) -> str:
@@ -15,10 +15,6 @@ def envelope(headers: Headers) -> str:
         values = headers.all(name)
         return parse_addresses(", ".join(values)) if values else None
 
-    def plain(name: str) -> str:
-        value = headers.first(name)
-        return "NIL" if value is None else nstring(value)
-
     def defaulting_to_from(name: str) -> str:
         found = addresses(name)
         return address_list(found) if found else from_text
@@ -26,15 +22,15 @@ def envelope(headers: Headers) -> str:
     subject = headers.first("subject")
     from_text = address_list(addresses("from"))
     fields = [
-        plain("date"),
-        "NIL" if subject is None else human_string(subject),
+        headers.nstring("date"),
+        "NIL" if subject is None else human_string(subject, folded="subject" in headers.folded),
         from_text,
         defaulting_to_from("sender"),
         defaulting_to_from("reply-to"),
         address_list(addresses("to")),
         address_list(addresses("cc")),
         address_list(addresses("bcc")),
-        plain("in-reply-to"),
-        plain("message-id"),
+        headers.nstring("in-reply-to"),
+        headers.nstring("message-id"),
     ]
     return "(" + " ".join(fields) + ")"

@@ -36,9 +36,14 @@ def wire(text: str) -> bytes:
 # Fast paths: values made only of these characters come out as they are, in quotes; a regex
 # match is one C scan where the general code below loops over every character in Python.
 _QUOTABLE_AS_IS = re.compile(r'[^"\\\r\n\x80-\U0010ffff]*').fullmatch
-_HUMAN_AS_IS = re.compile(
-    r'(?:[^ \t\r\n"\\\x00\x80-\U0010ffff]+(?: [^ \t\r\n"\\\x00\x80-\U0010ffff]+)*)?'
-).fullmatch
+# A display string is as-is when nothing in it would change: no character outside printable
+# ASCII-with-space, no quote or backslash, no blank at either end or two in a row. Searched
+# for, not matched word by word (a repeated group costs the regex engine memory per word).
+_HUMAN_CHANGES = re.compile(r'[\t\r\n"\\\x00\x80-\U0010ffff]|  |\A | \Z').search
+
+
+def _human_as_is(value: str) -> bool:
+    return _HUMAN_CHANGES(value) is None
 
 
 def nstring(value: str | None) -> str:
@@ -66,18 +71,19 @@ def literal(value: str) -> str:
     return f"{{{len(wire(value))}}}\r\n{value}"
 
 
-def human_string(value: str) -> str:
-    """A display string (Subject, address names): CR/LF dropped, whitespace runs collapsed,
-    trimmed; quoted as it is when nothing needed changing, a literal otherwise."""
-    if _HUMAN_AS_IS(value):
+def human_string(value: str, *, folded: bool = False) -> str:
+    """A display string (Subject, address names): runs of blanks, CR and LF made one space,
+    trimmed; quoted as it is when nothing needed changing, a literal otherwise. `folded`: the
+    value was unfolded from several lines, which counts as a change (Dovecot)."""
+    if not folded and _human_as_is(value):
         return f'"{value}"'
-    return _cleaned_human_string(value)
+    return _cleaned_human_string(value, folded=folded)
 
 
-def _cleaned_human_string(value: str) -> str:
-    cleaned = re.sub(r"[ \t]+", " ", value.replace("\r", "").replace("\n", "")).strip(" ")
+def _cleaned_human_string(value: str, *, folded: bool = False) -> str:
+    cleaned = re.sub(r"[ \t\r\n]+", " ", value).strip(" ")
     cleaned = cleaned.replace("\0", "\x80")
-    if cleaned == value and not any(c in '"\\' or ord(c) >= 0x80 for c in value):
+    if not folded and cleaned == value and not any(c in '"\\' or ord(c) >= 0x80 for c in value):
         return f'"{value}"'
     if not cleaned:
         return '""'

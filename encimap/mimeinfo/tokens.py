@@ -11,6 +11,7 @@ class _Tokens:
         self.pos = 0
         self.specials = specials
         self.last_comment = ""
+        self.unterminated = False  # a quoted string ran to the end without its closing quote
 
     def at_end(self) -> bool:
         return self.pos >= len(self.text)
@@ -68,8 +69,10 @@ class _Tokens:
                 self.pos += 1
             elif char == '"':
                 break
-            elif char not in "\r\n":
+            elif char != "\n":  # a bare CR stays (Dovecot keeps it in a parameter)
                 out.append(char)
+        else:
+            self.unterminated = True
         return "".join(out)
 
     def word(self) -> str | None:

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from encimap import encryption, openpgp, smime
+from encimap import encryption, mimeinfo, openpgp, smime
 from encimap.imap import wire
 from encimap.imap.commands import AUTHENTICATED, catenate, command, quota
 from encimap.imap.commands.mailbox import vaultbox_id
@@ -89,7 +89,8 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     if recipient is None:
         raise NotFound(f"no vaultbox {owner}")
     keys = _keys(session, recipient)
-    stored = [await _encrypted(keys, message.data) for message in appended]
+    described = [await _encrypted(keys, message.data) for message in appended]
+    stored = [result for result, _ in described]
     if quota.over_quota(recipient, len(stored), sum(len(r.message) for r in stored)):
         raise no("[OVERQUOTA] The vaultbox is full")
     async with pool.acquire() as conn:
@@ -108,8 +109,9 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
                     subject_encrypted=result.subject_encrypted,
                     encryption_method=result.algorithm or "none",
                     certificate_fingerprints=result.recipient_fingerprints,
+                    info=info,
                 )
-                for message, result in zip(appended, stored, strict=True)
+                for message, (result, info) in zip(appended, described, strict=True)
             ]
     if session.selected is not None and session.selected.mailbox.id == mailbox.id:
         session.selected.expect_new()
@@ -144,9 +146,16 @@ def _keys(session: Session, recipient: recipients.Recipient) -> encryption.Keys:
     )
 
 
-async def _encrypted(keys: encryption.Keys, data: bytes) -> EncryptionResult:
-    def encrypt() -> EncryptionResult:
-        return encryption.encrypt(data, keys)
+async def _encrypted(
+    keys: encryption.Keys, data: bytes
+) -> tuple[EncryptionResult, mimeinfo.MessageInfo]:
+    """The message to store and its description, both made in a worker thread when large:
+    already-encrypted mail is stored (and described) as it is, and a hostile structure costs
+    seconds to describe at tens of megabytes."""
+
+    def encrypt() -> tuple[EncryptionResult, mimeinfo.MessageInfo]:
+        result = encryption.encrypt(data, keys)
+        return result, mimeinfo.describe(result.message)
 
     try:
         if len(data) > _OFFLOAD_AT:
