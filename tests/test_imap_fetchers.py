@@ -1,0 +1,168 @@
+"""Real mail retrievers we did not write: fetchmail (STARTTLS, certificate checked against the
+test CA, `--keep --all`) and getmail6 (implicit TLS, `read_all`, no delete, then `--new`) fetch
+a vaultbox into local files through a delivery command. Each must end with every stored
+message, byte for byte apart from the trace header it adds, each decrypting with `openssl cms`,
+and the server must still hold them all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.imap_support import imap_config, login, make_box, ports, running_imap, store_mail
+from tests.intake_support import openssl_decrypt
+
+COUNT = 20
+
+
+@pytest.fixture(scope="module")
+def named_tls_files(tls_ca, tmp_path_factory) -> tuple[Path, Path]:
+    """A server certificate whose subject names localhost: fetchmail refuses one that names
+    its host only in subjectAltName ("Server name not specified in certificate!")."""
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+    directory = tmp_path_factory.mktemp("named-tls")
+    chain, key = directory / "fullchain.pem", directory / "privkey.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key))
+    return chain, key
+
+
+def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, timeout=60, check=False, **kwargs)
+
+
+def _without_trace(data: bytes) -> bytes:
+    """The message as stored: LF turned back into CRLF, the trace fields the client put in front
+    (Received, Delivered-To, Return-Path) and getmail's X-getmail-retrieved-from-mailbox
+    (last in the header) dropped."""
+    data = data.replace(b"\r\n", b"\n")
+    trace = re.compile(rb"(?:Received|Delivered-To|Return-Path):[^\n]*\n(?:[ \t][^\n]*\n)*")
+    while match := trace.match(data):
+        data = data[match.end() :]
+    data = re.sub(rb"(?m)^X-getmail-retrieved-from-mailbox: [^\n]*\n", b"", data, count=1)
+    return data.replace(b"\n", b"\r\n")
+
+
+def _unfolded(message: bytes) -> bytes:
+    header, _, body = message.partition(b"\r\n\r\n")
+    return re.sub(rb"\r\n[ \t]+", b" ", header) + b"\r\n\r\n" + body
+
+
+def _server_flags(port: int, tls_ca, box) -> list[bytes]:
+    client = login(port, tls_ca, box)
+    try:
+        client.select("INBOX", readonly=True)
+        _, data = client.fetch("1:*", "(FLAGS)")
+        return data
+    finally:
+        client.logout()
+
+
+@pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
+async def test_fetchmail_keeps_and_retrieves_every_message_over_starttls(
+    databases, named_tls_files, tls_ca, tmp_path
+):
+    box = await make_box(databases, "fetchmail@example.test", tmp_path)
+    stored = await store_mail(databases, box, COUNT)
+    cfg = imap_config(databases, named_tls_files)
+    starttls_port, _ = ports(cfg)
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    out = tmp_path / "out"
+    out.mkdir()
+    mda = tmp_path / "mda.sh"
+    mda.write_text(f'#!/bin/sh\nexec cat > "$(mktemp -p {out} msg.XXXXXXXX)"\n')
+    mda.chmod(0o755)
+    rc = tmp_path / "fetchmailrc"
+    rc.write_text(
+        f"set no syslog\n"
+        f"poll localhost service {starttls_port} protocol IMAP auth password\n"
+        f'  user "{box.username}" password "{box.password}"\n'
+        f"  sslproto tls1.2+ sslcertck sslcertfile {ca_file}\n"
+        f'  keep fetchall mda "{mda}"\n'
+    )
+    rc.chmod(0o600)
+    env = {**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)}
+    async with running_imap(cfg):
+        result = await asyncio.to_thread(
+            _run, ["fetchmail", "-f", str(rc), "-i", str(tmp_path / "ids"), "-v"], env=env
+        )
+        flags = await asyncio.to_thread(_server_flags, starttls_port, tls_ca, box)
+    log = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+    assert result.returncode == 0, log
+    # fetchmail upgraded the connection with STARTTLS and checked the certificate
+    assert "STARTTLS" in log, log
+    files = sorted(out.iterdir())
+    assert len(files) == COUNT, log
+    assert sorted(_without_trace(path.read_bytes()) for path in files) == sorted(stored)
+    for path in files[:: COUNT // 4]:
+        assert b"line of text" in openssl_decrypt(_without_trace(path.read_bytes()), box.key_path)
+    # --keep: all still there, and fetchmail marked what it delivered as seen
+    assert len(flags) == COUNT
+    assert all(b"\\Seen" in item for item in flags), flags
+
+
+@pytest.mark.skipif(shutil.which("getmail") is None, reason="getmail6 is not installed")
+async def test_getmail_retrieves_every_message_into_a_maildir_over_tls(
+    databases, tls_files, tls_ca, tmp_path
+):
+    box = await make_box(databases, "getmail@example.test", tmp_path)
+    stored = await store_mail(databases, box, COUNT)
+    cfg = imap_config(databases, tls_files)
+    starttls_port, tls_port = ports(cfg)
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    out = tmp_path / "out"
+    out.mkdir()
+    home = tmp_path / "getmail"
+    home.mkdir()
+    (home / "getmailrc").write_text(
+        f"""[retriever]
+type = SimpleIMAPSSLRetriever
+server = localhost
+port = {tls_port}
+username = {box.username}
+password = {box.password}
+ca_certs = {ca_file}
+mailboxes = ("INBOX",)
+
+[destination]
+# getmail's Maildir delivery refuses to run as root; an external MDA may be allowed to
+type = MDA_external
+path = /bin/sh
+arguments = ("-c", "exec cat > $(mktemp -p {out} msg.XXXXXXXX)")
+allow_root_commands = true
+
+[options]
+read_all = true
+delete = false
+verbose = 2
+"""
+    )
+    argv = ["getmail", f"--getmaildir={home}", "--rcfile=getmailrc"]
+    async with running_imap(cfg):
+        first = await asyncio.to_thread(_run, argv)
+        # a second run retrieves nothing new (getmail's own record of UIDVALIDITY/UID)
+        second = await asyncio.to_thread(_run, [*argv, "--new"])
+        flags = await asyncio.to_thread(_server_flags, starttls_port, tls_ca, box)
+    log = first.stdout.decode(errors="replace") + first.stderr.decode(errors="replace")
+    assert first.returncode == 0, log
+    assert second.returncode == 0, second.stderr.decode(errors="replace")
+    files = sorted(out.iterdir())
+    assert len(files) == COUNT, log
+    # getmail re-generates the header with Python's email package, which folds the long
+    # Content-Type line; the rest is the stored bytes
+    assert sorted(_unfolded(_without_trace(path.read_bytes())) for path in files) == sorted(
+        _unfolded(body) for body in stored
+    )
+    for path in files[:: COUNT // 4]:
+        assert b"line of text" in openssl_decrypt(_without_trace(path.read_bytes()), box.key_path)
+    assert f"{COUNT} messages".encode() in first.stdout or str(COUNT).encode() in first.stdout
+    assert b"0 messages (0 bytes) retrieved" in second.stdout, second.stdout
+    assert len(flags) == COUNT
