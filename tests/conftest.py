@@ -82,6 +82,21 @@ def tls_files(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> t
     return chain, key
 
 
+@pytest.fixture(scope="session")
+def named_tls_files(
+    tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """As `tls_files`, with localhost also as the subject's common name: fetchmail and
+    offlineimap (implicit TLS) refuse a certificate that names its host only in
+    subjectAltName ("Server name not specified in certificate!")."""
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+    directory = tmp_path_factory.mktemp("named-tls")
+    chain, key = directory / "fullchain.pem", directory / "privkey.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key))
+    return chain, key
+
+
 @pytest.fixture
 def config(databases: Databases, tls_files: tuple[Path, Path]):
     return make_config(databases, tls_files)

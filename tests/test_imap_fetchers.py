@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -19,18 +18,6 @@ from tests.imap_support import imap_config, login, make_box, ports, running_imap
 from tests.intake_support import openssl_decrypt
 
 COUNT = 20
-
-
-@pytest.fixture(scope="module")
-def named_tls_files(tls_ca, tmp_path_factory) -> tuple[Path, Path]:
-    """A server certificate whose subject names localhost: fetchmail refuses one that names
-    its host only in subjectAltName ("Server name not specified in certificate!")."""
-    cert = tls_ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
-    directory = tmp_path_factory.mktemp("named-tls")
-    chain, key = directory / "fullchain.pem", directory / "privkey.pem"
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key))
-    return chain, key
 
 
 def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
