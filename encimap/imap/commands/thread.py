@@ -1,6 +1,11 @@
 """THREAD and UID THREAD (RFC 5256): REFERENCES and ORDEREDSUBJECT over the clear outer header
 fields (Message-ID, References, In-Reply-To, Subject, Date). The messages are chosen by
-SEARCH's program (commands/search.py); the keys are SORT's (commands/sort.py)."""
+SEARCH's program (commands/search.py); the keys are SORT's (commands/sort.py).
+
+A Subject that header protection replaced by its placeholder (`[...]`, RFC 9788) says nothing
+about the message: the real subject is inside the encryption. Such messages are not gathered
+by subject (REFERENCES step 5) nor made one ORDEREDSUBJECT thread, or every message with a
+hidden subject would land in a single thread."""
 
 from __future__ import annotations
 
@@ -18,9 +23,11 @@ from encimap.imap.commands.sort import (
 )
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.session import Session
+from encimap.mime import SUBJECT_PLACEHOLDER
 
 ALGORITHMS = ("REFERENCES", "ORDEREDSUBJECT")
 _MESSAGE_ID = re.compile(r"<[^<>\s]*>")
+_HIDDEN = base_subject(SUBJECT_PLACEHOLDER.decode())
 
 
 @command("THREAD", states=SELECTED, expunge_ok=False, writes=never_writes)
@@ -191,7 +198,8 @@ def _subject(container: _Container) -> tuple[str, bool]:
     """(base subject, is a reply or forward) of the container's message or first child's."""
     node = container if container.message is not None else container.children[0]
     assert node.message is not None
-    return subject_info(node.message.fields.headers.first("subject") or "")
+    subject, reply = subject_info(node.message.fields.headers.first("subject") or "")
+    return ("" if subject == _HIDDEN else subject), reply
 
 
 def _merged_by_subject(roots: list[_Container]) -> list[_Container]:
@@ -238,9 +246,10 @@ def _merged_by_subject(roots: list[_Container]) -> list[_Container]:
 def ordered_subject(items: list[_Message]) -> list[_Container]:
     """RFC 5256 3 ORDEREDSUBJECT: by base subject, then date; the first of each subject is
     the parent of the others."""
-    groups: dict[str, list[_Message]] = {}
+    groups: dict[tuple[str, int], list[_Message]] = {}
     for item in sorted(items, key=lambda i: (_base(i), i.date, i.seq)):
-        groups.setdefault(_base(item), []).append(item)
+        base = _base(item)
+        groups.setdefault((base, item.seq if base == _HIDDEN else 0), []).append(item)
     roots = []
     for members in groups.values():
         root = _Container(members[0])
