@@ -32,6 +32,11 @@ def server_context(config: TLSConfig) -> ssl.SSLContext:
         context.load_cert_chain(config.cert, config.key)
     except (OSError, ssl.SSLError) as exc:
         raise TLSError(f"tls: cannot load {config.cert} / {config.key}: {exc}") from exc
+    # No TLS 1.3 session tickets. OpenSSL sends two right after the handshake, and a client
+    # that reads and writes one TLS connection from two threads (imaplib2, so offlineimap)
+    # then fails at random after STARTTLS (its first command unanswered or an EOF). Resuming
+    # saves one handshake per reconnect, and worker processes do not share ticket keys.
+    context.num_tickets = 0
     return context
 
 

@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,68 @@ folderfilter = lambda name: name == "INBOX"
     assert len(uploaded) == 1
     assert b"line of text 900" not in uploaded[0]
     assert b"line of text 900" in openssl_decrypt(uploaded[0], box.key_path)
+
+
+def _imaplib2():
+    """offlineimap's IMAP library (Debian installs it beside offlineimap3)."""
+    sys.path.append("/usr/lib/python3/dist-packages")
+    try:
+        import imaplib2
+    except ImportError:
+        pytest.skip("imaplib2 (offlineimap3's IMAP library) is not installed")
+    finally:
+        sys.path.remove("/usr/lib/python3/dist-packages")
+    return imaplib2
+
+
+async def test_imaplib2_logs_in_after_starttls_every_time(
+    databases, named_tls_files, tls_ca, tmp_path
+):
+    """imaplib2 reads and writes the connection from two threads. With TLS 1.3 session tickets
+    sent after the STARTTLS handshake, its CAPABILITY went unanswered or failed with an EOF
+    in about one login of ten; the server sends no tickets (openssl s_client receives none)."""
+    imaplib2 = _imaplib2()
+    box = await make_box(databases, "imaplib2@example.test", tmp_path)
+    cfg = imap_config(databases, named_tls_files)
+    starttls_port, _ = ports(cfg)
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+
+    def logins(count: int) -> list[str]:
+        failures = []
+        for number in range(count):
+            client = imaplib2.IMAP4("localhost", starttls_port, timeout=10)
+            try:
+                client.starttls(ca_certs=str(ca_file))
+                client.login(box.username, box.password)
+                client.logout()
+            except Exception as exc:
+                failures.append(f"{number}: {exc!r}")
+                client.shutdown()
+        return failures
+
+    async with running_imap(cfg):
+        failures = await asyncio.to_thread(logins, 40)
+        s_client = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{starttls_port}",
+                "-starttls",
+                "imap",
+                "-CAfile",
+                str(ca_file),
+                "-ign_eof",
+            ],
+            input=b"a CAPABILITY\r\na LOGOUT\r\n",
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    assert failures == []
+    assert b"a OK" in s_client.stdout, s_client.stdout
+    # s_client prints each ticket it gets ("Post-Handshake New Session Ticket arrived")
+    assert b"New, TLSv1.3" in s_client.stdout, s_client.stdout
+    assert b"Session Ticket" not in s_client.stdout, s_client.stdout
