@@ -11,10 +11,21 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.imap_support import imap_config, login, make_box, ports, running_imap, store_mail
+from tests.imap_support import (
+    encrypt_for,
+    imap_config,
+    login,
+    make_box,
+    plain_message,
+    ports,
+    running_imap,
+    store,
+    store_mail,
+)
 from tests.intake_support import openssl_decrypt
 
 COUNT = 20
@@ -51,14 +62,11 @@ def _server_flags(port: int, tls_ca, box) -> list[bytes]:
         client.logout()
 
 
-@pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
-async def test_fetchmail_keeps_and_retrieves_every_message_over_starttls(
-    databases, named_tls_files, tls_ca, tmp_path
-):
-    box = await make_box(databases, "fetchmail@example.test", tmp_path)
-    stored = await store_mail(databases, box, COUNT)
-    cfg = imap_config(databases, named_tls_files)
-    starttls_port, _ = ports(cfg)
+def _fetchmail_setup(
+    tmp_path: Path, tls_ca, port: int, box, *options: str
+) -> tuple[list[str], dict[str, str], Path]:
+    """(argv, environment, delivery directory) of fetchmail polling `box` over STARTTLS on
+    `port`, checking the certificate, delivering each message to a file of its own."""
     ca_file = tmp_path / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(ca_file))
     out = tmp_path / "out"
@@ -69,17 +77,27 @@ async def test_fetchmail_keeps_and_retrieves_every_message_over_starttls(
     rc = tmp_path / "fetchmailrc"
     rc.write_text(
         f"set no syslog\n"
-        f"poll localhost service {starttls_port} protocol IMAP auth password\n"
+        f"poll localhost service {port} protocol IMAP auth password\n"
         f'  user "{box.username}" password "{box.password}"\n'
         f"  sslproto tls1.2+ sslcertck sslcertfile {ca_file}\n"
-        f'  keep fetchall mda "{mda}"\n'
+        f'  keep {" ".join(options)} mda "{mda}"\n'
     )
     rc.chmod(0o600)
     env = {**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)}
+    return ["fetchmail", "-f", str(rc), "-i", str(tmp_path / "ids"), "-v"], env, out
+
+
+@pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
+async def test_fetchmail_keeps_and_retrieves_every_message_over_starttls(
+    databases, named_tls_files, tls_ca, tmp_path
+):
+    box = await make_box(databases, "fetchmail@example.test", tmp_path)
+    stored = await store_mail(databases, box, COUNT)
+    cfg = imap_config(databases, named_tls_files)
+    starttls_port, _ = ports(cfg)
+    argv, env, out = _fetchmail_setup(tmp_path, tls_ca, starttls_port, box, "fetchall")
     async with running_imap(cfg):
-        result = await asyncio.to_thread(
-            _run, ["fetchmail", "-f", str(rc), "-i", str(tmp_path / "ids"), "-v"], env=env
-        )
+        result = await asyncio.to_thread(_run, argv, env=env)
         flags = await asyncio.to_thread(_server_flags, starttls_port, tls_ca, box)
     log = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
     assert result.returncode == 0, log
@@ -93,6 +111,45 @@ async def test_fetchmail_keeps_and_retrieves_every_message_over_starttls(
     # --keep: all still there, and fetchmail marked what it delivered as seen
     assert len(flags) == COUNT
     assert all(b"\\Seen" in item for item in flags), flags
+
+
+@pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
+async def test_fetchmail_idle_retrieves_new_mail_as_it_arrives(
+    databases, named_tls_files, tls_ca, tmp_path
+):
+    """fetchmail's `idle`: after the first poll it waits in IDLE, and a message stored then
+    wakes it and is retrieved without a new poll (only it: the others are \\Seen by then)."""
+    box = await make_box(databases, "fetchidle@example.test", tmp_path)
+    stored = await store_mail(databases, box, 2)
+    cfg = imap_config(databases, named_tls_files)
+    starttls_port, _ = ports(cfg)
+    argv, env, out = _fetchmail_setup(tmp_path, tls_ca, starttls_port, box, "idle")
+
+    async def files(count: int) -> list[Path]:
+        for _ in range(300):  # bounded: 30 s at most
+            found = sorted(out.iterdir())
+            if len(found) >= count or process.returncode is not None:
+                return found
+            await asyncio.sleep(0.1)
+        return sorted(out.iterdir())
+
+    async with running_imap(cfg):
+        process = await asyncio.create_subprocess_exec(
+            *argv, "--nodetach", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            first = await files(2)
+            late = encrypt_for(box, plain_message(77))
+            await store(databases, box, late)
+            second = await files(3)
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            log = (await process.communicate())[0].decode(errors="replace")
+    assert len(first) == 2, log
+    assert "IDLE" in log, log
+    assert len(second) == 3, log
+    assert sorted(_without_trace(path.read_bytes()) for path in second) == sorted([*stored, late])
 
 
 @pytest.mark.skipif(shutil.which("getmail") is None, reason="getmail6 is not installed")
