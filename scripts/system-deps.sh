@@ -4,7 +4,7 @@
 set -euo pipefail
 
 runtime=(openssl gnupg)  # gnupg: `encimap key generate` and the demo's OpenPGP key
-testing=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl isync fetchmail getmail6 offlineimap3 dovecot-imapd fail2ban patroni etcd-server etcd-client pgbouncer sq rnp)
+testing=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl isync fetchmail getmail6 offlineimap3 mutt dovecot-imapd fail2ban patroni etcd-server etcd-client pgbouncer sq rnp)
 want=("${runtime[@]}")
 [ "${1:-}" = "--runtime" ] || want+=("${testing[@]}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import imaplib
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -114,6 +115,13 @@ async def store_mail(databases: Databases, box: Box, count: int) -> list[bytes]:
     finally:
         await conn.close()
     return bodies
+
+
+def unfolded_header(message: bytes, newline: bytes = b"\r\n") -> bytes:
+    """`message` with its header fields unfolded: clients that write a message back out
+    (getmail, mutt) fold the stored 84-character Content-Type line of an S/MIME message."""
+    header, _, body = message.partition(newline * 2)
+    return re.sub(newline + rb"[ \t]+", b" ", header) + newline * 2 + body
 
 
 def client_context(tls_ca: trustme.CA) -> ssl.SSLContext:

@@ -25,6 +25,7 @@ from tests.imap_support import (
     running_imap,
     store,
     store_mail,
+    unfolded_header,
 )
 from tests.intake_support import openssl_decrypt
 
@@ -45,11 +46,6 @@ def _without_trace(data: bytes) -> bytes:
         data = data[match.end() :]
     data = re.sub(rb"(?m)^X-getmail-retrieved-from-mailbox: [^\n]*\n", b"", data, count=1)
     return data.replace(b"\n", b"\r\n")
-
-
-def _unfolded(message: bytes) -> bytes:
-    header, _, body = message.partition(b"\r\n\r\n")
-    return re.sub(rb"\r\n[ \t]+", b" ", header) + b"\r\n\r\n" + body
 
 
 def _server_flags(port: int, tls_ca, box) -> list[bytes]:
@@ -202,8 +198,8 @@ verbose = 2
     assert len(files) == COUNT, log
     # getmail re-generates the header with Python's email package, which folds the long
     # Content-Type line; the rest is the stored bytes
-    assert sorted(_unfolded(_without_trace(path.read_bytes())) for path in files) == sorted(
-        _unfolded(body) for body in stored
+    assert sorted(unfolded_header(_without_trace(path.read_bytes())) for path in files) == sorted(
+        unfolded_header(body) for body in stored
     )
     for path in files[:: COUNT // 4]:
         assert b"line of text" in openssl_decrypt(_without_trace(path.read_bytes()), box.key_path)
