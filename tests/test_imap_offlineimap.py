@@ -1,5 +1,5 @@
 """A real two-way sync client we did not write: offlineimap3 syncs a vaultbox with a local
-Maildir over implicit TLS (certificate checked against the test CA). The first run copies every
+Maildir over STARTTLS (certificate checked against the test CA). The first run copies every
 message (byte for byte, each decrypting with `openssl cms`) with its flags; then flags changed
 on either side reach the other, a message deleted locally is expunged on the server, and a
 message written locally is uploaded (APPEND: stored encrypted, so the server never holds its
@@ -79,7 +79,7 @@ async def test_offlineimap_syncs_messages_and_flags_both_ways(
     box = await make_box(databases, "offlineimap@example.test", tmp_path)
     stored = await store_mail(databases, box, COUNT)
     cfg = imap_config(databases, named_tls_files)
-    starttls_port, tls_port = ports(cfg)
+    starttls_port, _ = ports(cfg)
     ca_file = tmp_path / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(ca_file))
     local = tmp_path / "mail"
@@ -102,11 +102,11 @@ localfolders = {local}
 [Repository remote]
 type = IMAP
 remotehost = localhost
-remoteport = {tls_port}
+remoteport = {starttls_port}
 remoteuser = {box.username}
 remotepass = {box.password}
-ssl = yes
-starttls = no
+ssl = no
+starttls = yes
 sslcacertfile = {ca_file}
 folderfilter = lambda name: name == "INBOX"
 """
