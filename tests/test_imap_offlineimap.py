@@ -1,9 +1,9 @@
 """A real two-way sync client we did not write: offlineimap3 syncs a vaultbox with a local
 Maildir over STARTTLS (certificate checked against the test CA). The first run copies every
-message (byte for byte, each decrypting with `openssl cms`) with its flags; then flags changed
-on either side reach the other, a message deleted locally is expunged on the server, and a
-message written locally is uploaded (APPEND: stored encrypted, so the server never holds its
-plaintext)."""
+message (byte for byte, each decrypting with `openssl cms`) with its flags and a keyword;
+then flags changed on either side reach the other, a message deleted locally is expunged on
+the server, and a message written locally is uploaded (APPEND: stored encrypted, so the
+server never holds its plaintext)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,7 @@ remoterepository = remote
 [Repository local]
 type = Maildir
 localfolders = {local}
+customflag_a = $Label1
 
 [Repository remote]
 type = IMAP
@@ -128,9 +129,11 @@ folderfilter = lambda name: name == "INBOX"
 
     ids = [f"Message-ID: <m{number}@example.org>".encode() for number in range(COUNT)]
     async with running_imap(cfg):
-        # the server knows message 0 as read and 1 as flagged before the first sync
+        # the server knows message 0 as read, 1 as flagged and 5 with a keyword before the
+        # first sync
         await asyncio.to_thread(_server_store, starttls_port, tls_ca, box, 1, "+FLAGS", r"\Seen")
         await asyncio.to_thread(_server_store, starttls_port, tls_ca, box, 2, "+FLAGS", r"\Flagged")
+        await asyncio.to_thread(_server_store, starttls_port, tls_ca, box, 6, "+FLAGS", "$Label1")
         await asyncio.to_thread(sync)
         files = _maildir_files(local / "INBOX")
         assert sorted(files) == sorted(ids)
@@ -141,6 +144,7 @@ folderfilter = lambda name: name == "INBOX"
         assert _maildir_flags(files[ids[0]]) == "S"
         assert _maildir_flags(files[ids[1]]) == "F"
         assert _maildir_flags(files[ids[2]]) == ""
+        assert _maildir_flags(files[ids[5]]) == "a"  # the keyword, through customflag_a
 
         # local changes: 2 read and answered, 0 unread, 3 deleted, a new message written
         path = files[ids[2]]
