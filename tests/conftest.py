@@ -70,16 +70,18 @@ def tls_ca() -> trustme.CA:
     return trustme.CA()
 
 
+def _server_files(cert: trustme.LeafCert, directory: Path) -> tuple[Path, Path]:
+    chain, key = directory / "fullchain.pem", directory / "privkey.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key))
+    return chain, key
+
+
 @pytest.fixture(scope="session")
 def tls_files(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(certificate chain, key) PEM files for localhost / 127.0.0.1."""
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
-    directory = tmp_path_factory.mktemp("tls")
-    chain, key = directory / "fullchain.pem", directory / "privkey.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(key))
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key))
-    return chain, key
+    return _server_files(cert, tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +92,15 @@ def named_tls_files(
     offlineimap (implicit TLS) refuse a certificate that names its host only in
     subjectAltName ("Server name not specified in certificate!")."""
     cert = tls_ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
-    directory = tmp_path_factory.mktemp("named-tls")
-    chain, key = directory / "fullchain.pem", directory / "privkey.pem"
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key))
-    return chain, key
+    return _server_files(cert, tmp_path_factory.mktemp("named-tls"))
+
+
+@pytest.fixture(scope="session")
+def ca_file(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test CA's certificate as a PEM file, for clients run as processes."""
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(path))
+    return path
 
 
 @pytest.fixture

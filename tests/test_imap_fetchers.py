@@ -59,12 +59,10 @@ def _server_flags(port: int, tls_ca, box) -> list[bytes]:
 
 
 def _fetchmail_setup(
-    tmp_path: Path, tls_ca, port: int, box, *options: str
+    tmp_path: Path, ca_file: Path, port: int, box, *options: str
 ) -> tuple[list[str], dict[str, str], Path]:
     """(argv, environment, delivery directory) of fetchmail polling `box` over STARTTLS on
     `port`, checking the certificate, delivering each message to a file of its own."""
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
     out = tmp_path / "out"
     out.mkdir()
     mda = tmp_path / "mda.sh"
@@ -85,13 +83,13 @@ def _fetchmail_setup(
 
 @pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
 async def test_fetchmail_keeps_and_retrieves_every_message_over_starttls(
-    databases, named_tls_files, tls_ca, tmp_path
+    databases, named_tls_files, tls_ca, ca_file, tmp_path
 ):
     box = await make_box(databases, "fetchmail@example.test", tmp_path)
     stored = await store_mail(databases, box, COUNT)
     cfg = imap_config(databases, named_tls_files)
     starttls_port, _ = ports(cfg)
-    argv, env, out = _fetchmail_setup(tmp_path, tls_ca, starttls_port, box, "fetchall")
+    argv, env, out = _fetchmail_setup(tmp_path, ca_file, starttls_port, box, "fetchall")
     async with running_imap(cfg):
         result = await asyncio.to_thread(_run, argv, env=env)
         flags = await asyncio.to_thread(_server_flags, starttls_port, tls_ca, box)
@@ -111,7 +109,7 @@ async def test_fetchmail_keeps_and_retrieves_every_message_over_starttls(
 
 @pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
 async def test_fetchmail_idle_retrieves_new_mail_as_it_arrives(
-    databases, named_tls_files, tls_ca, tmp_path
+    databases, named_tls_files, tls_ca, ca_file, tmp_path
 ):
     """fetchmail's `idle`: after the first poll it waits in IDLE, and a message stored then
     wakes it and is retrieved without a new poll (only it: the others are \\Seen by then)."""
@@ -119,7 +117,7 @@ async def test_fetchmail_idle_retrieves_new_mail_as_it_arrives(
     stored = await store_mail(databases, box, 2)
     cfg = imap_config(databases, named_tls_files)
     starttls_port, _ = ports(cfg)
-    argv, env, out = _fetchmail_setup(tmp_path, tls_ca, starttls_port, box, "idle")
+    argv, env, out = _fetchmail_setup(tmp_path, ca_file, starttls_port, box, "idle")
 
     async def files(count: int) -> list[Path]:
         for _ in range(300):  # bounded: 30 s at most
@@ -150,14 +148,12 @@ async def test_fetchmail_idle_retrieves_new_mail_as_it_arrives(
 
 @pytest.mark.skipif(shutil.which("getmail") is None, reason="getmail6 is not installed")
 async def test_getmail_retrieves_every_message_into_a_maildir_over_tls(
-    databases, tls_files, tls_ca, tmp_path
+    databases, tls_files, tls_ca, ca_file, tmp_path
 ):
     box = await make_box(databases, "getmail@example.test", tmp_path)
     stored = await store_mail(databases, box, COUNT)
     cfg = imap_config(databases, tls_files)
     starttls_port, tls_port = ports(cfg)
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
     out = tmp_path / "out"
     out.mkdir()
     home = tmp_path / "getmail"

@@ -24,13 +24,11 @@ pytestmark = pytest.mark.skipif(shutil.which("mbsync") is None, reason="isync is
 COUNT = 100
 
 
-async def test_mbsync_pulls_every_message_byte_for_byte(databases, tls_files, tls_ca, tmp_path):
+async def test_mbsync_pulls_every_message_byte_for_byte(databases, tls_files, ca_file, tmp_path):
     box = await make_box(databases, "mbsync@example.test", tmp_path)
     stored = await store_mail(databases, box, COUNT)
     cfg = imap_config(databases, tls_files)
     _, tls_port = ports(cfg)
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
     local = tmp_path / "mail"
     local.mkdir()
     config = tmp_path / "mbsyncrc"

@@ -86,13 +86,11 @@ def _maildir_flags(path: Path) -> set[bytes]:
 
 
 async def test_mbsync_moves_a_dovecot_tree_into_a_vaultbox_and_out(
-    databases, tls_files, tls_ca, tmp_path
+    databases, tls_files, tls_ca, ca_file, tmp_path
 ):
     box = await make_box(databases, "migrate@example.test", tmp_path)
     cfg = imap_config(databases, tls_files)
     starttls_port, tls_port = ports(cfg)
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
     local = tmp_path / "out"
     local.mkdir()
     config = tmp_path / "mbsyncrc"

@@ -44,13 +44,13 @@ def _flagged(port: int, tls_ca, box) -> list[bytes]:
         client.logout()
 
 
-async def test_mutt_copies_every_message_and_flags_one(databases, tls_files, tls_ca, tmp_path):
+async def test_mutt_copies_every_message_and_flags_one(
+    databases, tls_files, tls_ca, ca_file, tmp_path
+):
     box = await make_box(databases, "mutt@example.test", tmp_path)
     stored = await store_mail(databases, box, COUNT)
     cfg = imap_config(databases, tls_files)
     starttls_port, tls_port = ports(cfg)
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
     target = tmp_path / "copy.mbox"
     rc = tmp_path / "muttrc"
     rc.write_text(

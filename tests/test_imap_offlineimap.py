@@ -74,14 +74,12 @@ def _server_store(port: int, tls_ca, box, uid: int, command: str, flags: str) ->
 
 
 async def test_offlineimap_syncs_messages_and_flags_both_ways(
-    databases, named_tls_files, tls_ca, tmp_path
+    databases, named_tls_files, tls_ca, ca_file, tmp_path
 ):
     box = await make_box(databases, "offlineimap@example.test", tmp_path)
     stored = await store_mail(databases, box, COUNT)
     cfg = imap_config(databases, named_tls_files)
     starttls_port, _ = ports(cfg)
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
     local = tmp_path / "mail"
     local.mkdir()
     rc = tmp_path / "offlineimaprc"
@@ -194,7 +192,7 @@ def _imaplib2():
 
 
 async def test_imaplib2_logs_in_after_starttls_every_time(
-    databases, named_tls_files, tls_ca, tmp_path
+    databases, named_tls_files, ca_file, tmp_path
 ):
     """imaplib2 reads and writes the connection from two threads. With TLS 1.3 session tickets
     sent after the STARTTLS handshake, its CAPABILITY went unanswered or failed with an EOF
@@ -203,8 +201,6 @@ async def test_imaplib2_logs_in_after_starttls_every_time(
     box = await make_box(databases, "imaplib2@example.test", tmp_path)
     cfg = imap_config(databases, named_tls_files)
     starttls_port, _ = ports(cfg)
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
 
     def logins(count: int) -> list[str]:
         failures = []

@@ -422,9 +422,7 @@ async def test_sighup_reload_new_certificate_keeps_sessions(
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
-async def test_swaks(service, upstream, mechanism, tls_ca, tmp_path):
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
+async def test_swaks(service, upstream, mechanism, ca_file, tmp_path):
     process = await asyncio.create_subprocess_exec(
         "swaks",
         "--server",
