@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import re
 import shutil
 import smtplib
 import socket
@@ -153,6 +154,51 @@ async def test_auth_required_after_tls(service, tls_ca):
     assert again == (554, b"5.5.1 Error: TLS already active")
     assert syntax == (501, b"5.5.4 Syntax: STARTTLS")
     assert mail[0] == 530 and b"Authentication required" in mail[1]
+
+
+ENHANCED_CODE = re.compile(rb"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+async def test_every_reply_carries_an_enhanced_status_code(service, upstream, tls_ca):
+    """RFC 2034: once ENHANCEDSTATUSCODES is announced, every reply but the greeting and the EHLO
+    keywords carries a code: aiosmtpd's own replies and upstream ones without a code too."""
+    sender = f"a@{MB_DOMAIN}"
+    commands = [
+        ("NOOP", ""),
+        ("HELP", ""),
+        ("VRFY", "someone"),
+        ("FROBNICATE", ""),
+        ("EHLO", ""),
+        ("MAIL", ""),
+        ("RCPT", "TO:<ok@x.test>"),
+        ("DATA", ""),
+        ("MAIL", f"FROM:<{sender}>"),
+        ("RCPT", "TO:<ok@x.test>"),  # the upstream's "250 OK", passed through
+        ("RCPT", f"TO:<{REFUSED_RECIPIENT_PREFIX}@x.test>"),
+        ("RSET", ""),
+    ]
+
+    def exchange():
+        with smtplib.SMTP("127.0.0.1", starttls_port(service), timeout=10) as client:
+            client.ehlo()
+            before_tls = [client.docmd("MAIL", f"FROM:<{sender}>"), client.docmd("NOOP")]
+            client.starttls(context=client_context(tls_ca))
+            client.ehlo()
+            features = dict(client.esmtp_features)
+            client.login(MB_USER, MB_PASS)
+            replies = [client.docmd(verb, argument) for verb, argument in commands]
+            return features, before_tls + replies + [client.docmd("QUIT")]
+
+    features, replies = await in_thread(exchange)
+    assert "enhancedstatuscodes" in features
+    assert [code // 100 for code, _ in replies] == [5, 2, 2, 2, 5, 5, 5, 5, 5, 5, 2, 2, 5, 2, 2]
+    unmarked = [
+        (code, line)
+        for code, text in replies
+        for line in text.split(b"\n")
+        if not ENHANCED_CODE.match(line)
+    ]
+    assert unmarked == []
 
 
 async def test_plaintext_pipelined_after_starttls_is_discarded(service, tls_ca):

@@ -76,7 +76,7 @@ async def test_an_overlong_sasl_response_is_refused_and_read_to_its_end(port, tl
         (500, b"5.5.6 Authentication exchange line is too long"),
         (334, b"UGFzc3dvcmQ6"),
         (500, b"5.5.6 Authentication exchange line is too long"),
-        (250, b"OK"),
+        (250, b"2.0.0 OK"),
         (235, b"2.7.0 Authentication successful"),
     ]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 
@@ -51,36 +50,3 @@ DATA_PHASE_REPLIES = frozenset({MESSAGE_TOO_BIG, LINE_TOO_LONG})
 # RFC 2033 section 5: an LMTP server implements PIPELINING and ENHANCEDSTATUSCODES; the intake
 # announces both in SMTP mode too.
 EXTENSIONS = ("PIPELINING", "ENHANCEDSTATUSCODES")
-
-_HAS_ENHANCED_CODE = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
-_NEEDS_ENHANCED_CODE = re.compile(r"([245]\d\d)([ -])")
-# RFC 3463 codes for the replies aiosmtpd words itself (syntax and sequence errors, NOOP, RSET,
-# QUIT); any other reply without one gets its class alone (X.0.0, "other or undefined").
-_ENHANCED_BY_CODE = {
-    "221": "2.0.0",
-    "250": "2.0.0",
-    "500": "5.5.2",
-    "501": "5.5.4",
-    "502": "5.5.1",
-    "503": "5.5.1",
-    "504": "5.5.4",
-    "555": "5.5.4",
-}
-
-
-def with_enhanced_codes(text: str) -> str:
-    """Each line of reply `text` with an enhanced status code after its reply code (RFC 2034).
-
-    Lines that have one, and the greeting (220), stay as they are; so must the lines of the
-    LHLO/EHLO reply, which are keywords (the caller leaves those out).
-    """
-    return "\r\n".join(_with_enhanced_code(line) for line in text.split("\r\n"))
-
-
-def _with_enhanced_code(line: str) -> str:
-    match = _NEEDS_ENHANCED_CODE.match(line)
-    if match is None or match[1] == "220" or _HAS_ENHANCED_CODE.match(line):
-        return line
-    code = match[1]
-    enhanced = _ENHANCED_BY_CODE.get(code, f"{code[0]}.0.0")
-    return f"{code}{match[2]}{enhanced} {line[4:]}"

@@ -22,6 +22,7 @@ from encimap.delivery import replies
 from encimap.delivery.recipients import Target
 from encimap.service.connlimits import ConnectionLimiter, Ticket, peer_ip
 from encimap.smtpaddress import StrictAddressParsing
+from encimap.smtpcodes import EnhancedStatusCodes
 from encimap.smtpdata import FastDataReading
 
 log = logs.get_logger(__name__)
@@ -74,7 +75,9 @@ class Connections:
         return len(left)
 
 
-class IntakeProtocol(StrictAddressParsing, FastDataReading):
+class IntakeProtocol(EnhancedStatusCodes, StrictAddressParsing, FastDataReading):
+    extensions = replies.EXTENSIONS
+
     def __init__(
         self,
         handler: Any,
@@ -92,7 +95,6 @@ class IntakeProtocol(StrictAddressParsing, FastDataReading):
         self._in_data = False
         self._data_recipients = 0
         self._tracked = False
-        self._keyword_lines = 0  # lines of the LHLO/EHLO reply still to send
         self.opened = time.monotonic()
         self.transactions = 0
 
@@ -135,24 +137,12 @@ class IntakeProtocol(StrictAddressParsing, FastDataReading):
             self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
             self.transport.close()
 
-    def extension_reply(self, lines: list[str]) -> list[str]:
-        """The LHLO/EHLO reply aiosmtpd made, with our extensions; sent without enhanced codes
-        (RFC 2034: the reply to EHLO lists keywords)."""
-        keywords = [f"250-{name}" for name in replies.EXTENSIONS]
-        reply = [*lines[:-1], *keywords, *lines[-1:]]
-        self._keyword_lines = len(reply)
-        return reply
-
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
         reply = replies.AIOSMTPD_REWRITES.get(text)
         if reply is not None:
             count = self._data_recipients if self._lmtp_data_reply(reply) else 1
             text = "\r\n".join([str(reply)] * max(count, 1))
-        elif self._keyword_lines:
-            self._keyword_lines -= 1
-        else:
-            text = replies.with_enhanced_codes(text)
         await super().push(text)
 
     def _lmtp_data_reply(self, reply: replies.Reply) -> bool:

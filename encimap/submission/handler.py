@@ -204,7 +204,7 @@ class SubmissionHandler:
         session.host_name = hostname
         self._note_session(server)
         await self._abort()
-        return responses
+        return server.extension_reply(responses)
 
     async def handle_RSET(self, server: Any, session: Session, envelope: Envelope) -> str:
         await self._abort()

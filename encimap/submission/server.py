@@ -4,6 +4,8 @@
   `538 5.7.11`); MAIL before TLS gets `530 5.7.0`.
 - Implicit-TLS listener: the connection is TLS from the first byte, so no STARTTLS is offered.
 - MAIL needs a successful AUTH (`530 5.7.0`) and a non-null sender (`553 5.7.1`).
+- ENHANCEDSTATUSCODES is announced and every reply carries an RFC 3463 code
+  (encimap.smtpcodes), aiosmtpd's own and upstream ones passed through included.
 - Connection limits (encimap.service.connlimits): over a limit the connection gets
   `421 4.7.0` instead of the greeting; without a successful AUTH within `login_timeout` it
   gets `421 4.7.0` and is closed. aiosmtpd's `timeout` runs from one valid command to the
@@ -34,11 +36,12 @@ from aiosmtpd.smtp import MISSING, TLSSetupException, syntax
 
 from encimap.service.connlimits import ConnectionLimiter, Ticket, peer_ip
 from encimap.smtpaddress import StrictAddressParsing
+from encimap.smtpcodes import EnhancedStatusCodes
 from encimap.smtpdata import FastDataReading
 from encimap.submission import replies
 
 
-class SubmissionServer(StrictAddressParsing, FastDataReading):
+class SubmissionServer(EnhancedStatusCodes, StrictAddressParsing, FastDataReading):
     def __init__(
         self,
         handler: Any,
