@@ -30,6 +30,7 @@ import imaplib
 import os
 import random
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -85,7 +86,8 @@ async def prepare(cluster: LocalCluster, count: int) -> tuple[str, list[bytes]]:
 
 
 def cpu_of_tree(root: int) -> float:
-    """CPU seconds (user+system) of `root` and all its descendants now alive."""
+    """CPU seconds (user+system) of `root` and all its descendants now alive, and of the
+    descendants they have reaped (Dovecot's imap processes end with their connection)."""
     children: dict[int, list[int]] = {}
     times: dict[int, float] = {}
     for entry in os.listdir("/proc"):
@@ -98,7 +100,7 @@ def cpu_of_tree(root: int) -> float:
             continue
         pid = int(entry)
         children.setdefault(int(fields[1]), []).append(pid)
-        times[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+        times[pid] = sum(int(value) for value in fields[11:15]) / _TICK
     total, stack = 0.0, [root]
     while stack:
         pid = stack.pop()
@@ -207,6 +209,8 @@ class Stressed:
     busy: float
     connected: float  # imaptest's clients connected, on average
     server_ms: dict[str, float]  # encimap's own time per command (encimap_imap_command_seconds)
+    server_cpu: float  # CPU seconds of the server (encimap: with PostgreSQL) during the run
+    client_cpu: float  # CPU seconds of imaptest
 
 
 def command_seconds(metrics_port: int | None) -> dict[str, tuple[float, float]]:
@@ -234,6 +238,7 @@ def stress(target: Target, clients: int, seconds: int) -> Stressed:
     """imaptest's stress run against `target`."""
     busy_before, total_before = machine_busy()
     timed_before = command_seconds(target.metrics_port)
+    server_before, client_before = target.cpu(), children_cpu()
     output = subprocess.run(
         imaptest_support.stress_command(
             target.port, target.user, target.password, f"clients={clients}", f"secs={seconds}"
@@ -244,6 +249,7 @@ def stress(target: Target, clients: int, seconds: int) -> Stressed:
         check=False,
     ).stdout
     busy_after, total_after = machine_busy()
+    server_cpu, client_cpu = target.cpu() - server_before, children_cpu() - client_before
     server_ms = {}
     for command, (total, count) in command_seconds(target.metrics_port).items():
         total_then, count_then = timed_before.get(command, (0.0, 0.0))
@@ -256,7 +262,15 @@ def stress(target: Target, clients: int, seconds: int) -> Stressed:
         (busy_after - busy_before) / (total_after - total_before),
         imaptest_support.connected(output),
         server_ms,
+        server_cpu,
+        client_cpu,
     )
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's ended children (imaptest's runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def print_stress(results: dict[str, Stressed], args: argparse.Namespace) -> None:
@@ -280,6 +294,9 @@ def print_stress(results: dict[str, Stressed], args: argparse.Namespace) -> None
     cores = os.cpu_count() or 1
     per_command = [run.busy * cores * 1000 / run.rate for run in (theirs, ours)]
     print(f"{'CPU ms/cmd':<10} {per_command[0]:>8.2f} {per_command[1]:>8.2f}  (machine-wide)")
+    for label, share in (("server", "server_cpu"), ("imaptest", "client_cpu")):
+        mine = [getattr(run, share) * 1000 / (run.rate * args.seconds) for run in (theirs, ours)]
+        print(f"{'  ' + label:<10} {mine[0]:>8.2f} {mine[1]:>8.2f}")
     whose = " (the first process's sessions)" if args.workers > 1 else ""
     print(f"\nencimap's own time per command{whose}, first line to tagged reply; ms")
     for command, value in sorted(ours.server_ms.items()):
