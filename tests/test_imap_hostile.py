@@ -304,6 +304,14 @@ async def test_a_thread_thousands_deep_is_threaded(databases, tls_files, tls_ca,
         await raw.close()
 
 
+def test_a_subject_of_many_blobs_is_stripped_without_backtracking():
+    """RFC 5256 2.1 strips `[blob]`s and `Re:` leaders; a Subject of 40 blobs and no leader
+    once backtracked through 2^40 ways to split its spaces (SORT SUBJECT, THREAD)."""
+    assert sort.subject_info("[b] " * 40 + "x") == ("X", False)
+    assert sort.subject_info("[b] " * 40 + "re [b]: x") == ("X", True)
+    assert sort.subject_info("[b] " * 40) == ("[B]", False)
+
+
 async def test_list_costs_each_name_once(databases, tls_files, tls_ca, tmp_path):
     """LIST over a folder tree: whether a name has children is looked up, not found by
     comparing it with every other name (1,000 names 16 levels deep made that 15,000 x 1,000
