@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from encimap.imap.commands import thread
 from encimap.imap.commands.sort import MessageFields, subject_info
 from encimap.mime import SUBJECT_PLACEHOLDER
+from tests.imap_support import thread_items
 
 IDS = [f"<{n}@x>" for n in range(6)]
 SUBJECTS = ["a", "Re: a", "Fwd: a", "a (fwd)", "b", "RE: b", "", "[...]", "Re: [...]"]
@@ -57,13 +58,6 @@ mails = st.builds(
     subject=st.none() | st.sampled_from(SUBJECTS),
     day=st.none() | st.integers(min_value=1, max_value=3),
 )
-
-
-def _fields(mail: Mail) -> MessageFields:
-    header = mail.header()
-    return MessageFields(
-        {"header": header, "internal_date": datetime(2024, 1, 2, tzinfo=UTC), "size_bytes": 1}
-    )
 
 
 Tree = tuple[int | None, list["Tree"]]  # (sequence number or None for a dummy, children)
@@ -185,6 +179,6 @@ def _threads(roots: list[thread._Container]) -> list[Tree]:
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(mails, max_size=9))
 def test_references_threads_as_the_rfc_states(mails):
-    fields = [_fields(mail) for mail in mails]
-    items = [thread._Message(seq, seq, f) for seq, f in enumerate(fields, 1)]
+    items = thread_items([mail.header() for mail in mails])
+    fields = [item.fields for item in items]
     assert _threads(thread.references(items)) == _rfc_references(mails, fields)
