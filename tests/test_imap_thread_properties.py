@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from encimap.imap.commands import thread
 from encimap.imap.commands.sort import MessageFields, subject_info
+from encimap.imap.linkcut import Forest
 from encimap.mime import SUBJECT_PLACEHOLDER
 from tests.imap_support import thread_items
 
@@ -182,3 +183,31 @@ def test_references_threads_as_the_rfc_states(mails):
     items = thread_items([mail.header() for mail in mails])
     fields = [item.fields for item in items]
     assert _threads(thread.references(items)) == _rfc_references(mails, fields)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40), st.integers(0, 40)), max_size=120))
+def test_the_link_cut_forest_finds_the_roots_that_parent_links_name(steps):
+    """Each step links a root below a node of another tree (True) or cuts a node from its
+    parent (False); after each, every node's root is the one its parent links lead to."""
+    forest = Forest()
+    parent: list[int | None] = []
+    for _ in range(41):
+        forest.add()
+        parent.append(None)
+
+    def root(node: int) -> int:
+        while (above := parent[node]) is not None:
+            node = above
+        return node
+
+    for linking, a, b in steps:
+        if linking:
+            child = root(a)
+            if root(b) != child:
+                forest.link(child, b)
+                parent[child] = b
+        else:
+            forest.cut(a)
+            parent[a] = None
+        assert [forest.root(node) for node in range(41)] == [root(n) for n in range(41)]
