@@ -12,6 +12,7 @@ made for."""
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -211,3 +212,46 @@ def test_the_link_cut_forest_finds_the_roots_that_parent_links_name(steps):
             forest.cut(a)
             parent[a] = None
         assert [forest.root(node) for node in range(41)] == [root(n) for n in range(41)]
+
+
+def _rfc_base_subject(subject: str) -> tuple[str, bool]:
+    """RFC 5256 2.1 step by step, each cut a new string (the blob pattern kept apart from the
+    spaces around it, which a backtracking regex would try every split of)."""
+    text = " ".join(subject.split())
+    reply = False
+    while True:
+        before = text
+        trailer = re.sub(r"\s*\(fwd\)\s*$", "", text, flags=re.I)  # (2)
+        reply = reply or trailer != text
+        text = trailer
+        while True:  # (3) and (4)
+            stripped = re.sub(
+                r"^\s*(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\s*(?:\[[^\[\]]*\])?\s*:",
+                "",
+                text,
+                count=1,
+                flags=re.I,
+            )
+            if stripped != text:
+                reply = True
+            else:
+                blob = re.sub(r"^\s*\[[^\[\]]*\]\s*", "", text, count=1)
+                stripped = blob or text
+            if stripped == text:
+                break
+            text = stripped.strip()
+        if text[:5].lower() == "[fwd:" and text.endswith("]"):  # (5)
+            text = text[5:-1].strip()
+            reply = True
+        if text == before:
+            return text.upper(), reply
+
+
+SUBJECT_TOKENS = ["re", "Re", "FWD", "fw", "fwd", ":", " ", "  ", "\t", "[", "]", "[b]", "[fwd:",
+                  "(fwd)", "(FwD)", "x", "y z"]  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(SUBJECT_TOKENS), max_size=24).map("".join))
+def test_base_subjects_are_as_the_rfc_states(subject):
+    assert subject_info(subject) == _rfc_base_subject(subject)
