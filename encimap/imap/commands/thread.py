@@ -138,7 +138,9 @@ def references(items: list[_Message]) -> list[_Container]:
             if child.parent is None:  # a parent once set stays
                 link(parent, child)
         last = chain[-1] if chain else None
-        if container.parent is not last:  # its parent is the last reference now, if no loop
+        # its parent is the last reference now, if that makes no loop (and if it is already,
+        # a cut and the same link again would change nothing)
+        if container.parent is not last:
             if container.parent is not None:
                 container.parent.below -= 1
                 container.parent = None
