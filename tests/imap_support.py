@@ -10,12 +10,15 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trustme
 
 from encimap import config as config_module
 from encimap import smime
+from encimap.imap.commands import thread
+from encimap.imap.commands.sort import MessageFields
 from encimap.pgcluster import free_port
 from encimap.store import messages
 from tests import dovecot_support
@@ -115,6 +118,18 @@ async def store_mail(databases: Databases, box: Box, count: int) -> list[bytes]:
     finally:
         await conn.close()
     return bodies
+
+
+def thread_items(headers: Sequence[bytes]) -> list[thread._Message]:
+    """THREAD's input for a mailbox of messages with these outer headers (numbered from 1, all
+    arrived at one time), to call `thread.references` without a server."""
+    arrived = datetime(2024, 1, 2, tzinfo=UTC)
+    return [
+        thread._Message(
+            seq, seq, MessageFields({"header": h, "internal_date": arrived, "size_bytes": 1})
+        )
+        for seq, h in enumerate(headers, 1)
+    ]
 
 
 def unfolded_header(message: bytes, newline: bytes = b"\r\n") -> bytes:

@@ -18,7 +18,7 @@ from array import array
 import pytest
 
 from encimap.imap import session as session_module
-from encimap.imap.commands import sort
+from encimap.imap.commands import sort, thread
 from encimap.imap.selected import Selected
 from encimap.store import uidsets
 from tests.imap_support import (
@@ -31,7 +31,9 @@ from tests.imap_support import (
     running_imap,
     selected_session,
     store,
+    thread_items,
 )
+from tests.opcount import lines_executed
 
 
 @pytest.fixture
@@ -302,6 +304,75 @@ async def test_a_thread_thousands_deep_is_threaded(databases, tls_files, tls_ca,
         reply = await raw.command("t", "THREAD REFERENCES UTF-8 ALL")
         assert reply == [b"* THREAD (1 2 3)\r\n", b"t OK Thread completed.\r\n"], reply
         await raw.close()
+
+
+def test_a_subject_of_many_blobs_is_stripped_without_backtracking():
+    """RFC 5256 2.1 strips `[blob]`s and `Re:` leaders; a Subject of 40 blobs and no leader
+    once backtracked through 2^40 ways to split its spaces (SORT SUBJECT, THREAD)."""
+    assert sort.subject_info("[b] " * 40 + "x") == ("X", False)
+    assert sort.subject_info("[b] " * 40 + "re [b]: x") == ("X", True)
+    assert sort.subject_info("[b] " * 40) == ("[B]", False)
+
+
+def _deep_thread(n: int) -> list[str]:
+    """A thread n messages deep: each replies to the one before."""
+    return [f"Message-ID: <m{i}@x>\r\nIn-Reply-To: <m{i - 1}@x>" for i in range(n)]
+
+
+# Mailboxes of n crafted messages (and a deep tree) for THREAD REFERENCES; each header gets a
+# Subject and a Date. Walking up from a reference for every loop check, or splicing a chain
+# of dummies' children level by level, made each of them cost n x n.
+CRAFTED_THREADS = {
+    "References naming subtrees' roots below a deep thread": lambda n: (
+        _deep_thread(n)
+        + [
+            f"Message-ID: <c{i}@x>\r\nReferences: <r{i}@x> <x{i}@x> <m{n - 1}@x> <r{i}@x>"
+            for i in range(n)
+        ]
+    ),
+    "subtrees' roots arriving as replies in a deep thread": lambda n: (
+        _deep_thread(n)
+        + [
+            header
+            for i in range(n)
+            for header in (
+                f"Message-ID: <x{i}@x>\r\nReferences: <r{i}@x>",
+                f"Message-ID: <r{i}@x>\r\nReferences: <m{n - 1}@x>",
+            )
+        ]
+    ),
+    "replies below a deep chain of unknown ids": lambda n: [
+        "Message-ID: <m@x>\r\nReferences: " + " ".join(f"<d{i}@x>" for i in range(n)),
+        *(f"Message-ID: <c{i}@x>\r\nIn-Reply-To: <d{n - 1}@x>" for i in range(n)),
+    ],
+    "one subject of many [blobs] met again by every thread": lambda n: [
+        "Message-ID: <first@x>\r\nSubject: " + "[b] " * n + "x",
+        *(f"Message-ID: <{i}@x>\r\nSubject: x" for i in range(n)),
+    ],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(CRAFTED_THREADS))
+def test_thread_references_costs_n_log_n_on_crafted_mailboxes(shape):
+    """Loop checks answered by a link-cut forest (O(log n) each), dummies pruned in one walk
+    and each subject read once: four times the crafted mailbox costs about four times the
+    steps (n log n), where it cost sixteen times (n x n). Steps are executed lines of
+    encimap, not time."""
+
+    def items(n: int) -> list[thread._Message]:
+        headers = [
+            h if "Subject:" in h else f"{h}\r\nSubject: s{number % 7}"
+            for number, h in enumerate(CRAFTED_THREADS[shape](n))
+        ]
+        return thread_items(
+            [f"{h}\r\nDate: 1 Jan 2024 10:00:00 +0000\r\n\r\n".encode() for h in headers]
+        )
+
+    counts = (
+        lines_executed(thread.references, items(200)),
+        lines_executed(thread.references, items(800)),
+    )
+    assert counts[1] <= 5 * counts[0], counts
 
 
 async def test_list_costs_each_name_once(databases, tls_files, tls_ca, tmp_path):

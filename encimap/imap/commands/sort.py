@@ -148,11 +148,10 @@ async def program_fields(
     return keyed
 
 
-_SUBJECT_LEADER = re.compile(
-    r"^(?:\s*\[[^\[\]]*\]\s*)*\s*(?:re|fwd?)\s*(?:\[[^\[\]]*\])?\s*:", re.I
-)
-_SUBJECT_BLOB = re.compile(r"^\s*\[[^\[\]]*\]\s*")
-_SUBJECT_TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.I)
+# One way to match each space: with `\s*` both after a blob and before the next, n blobs
+# not followed by `re:` backtracked through 2^n splits (24 blobs: seconds, 40: hours).
+_SUBJECT_LEADER = re.compile(r"\s*(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\s*(?:\[[^\[\]]*\])?\s*:", re.I)
+_SUBJECT_BLOB = re.compile(r"\s*\[[^\[\]]*\]\s*")
 
 
 def base_subject(subject: str) -> str:
@@ -162,29 +161,39 @@ def base_subject(subject: str) -> str:
 
 def subject_info(subject: str) -> tuple[str, bool]:
     """(base subject, whether it is a reply or forward): RFC 2047 decoded, without Re:/Fwd:
-    leaders, [blob]s, (fwd) trailers and [fwd: ...] wrappers (RFC 5256 2.1)."""
-    text = " ".join(_decoded(subject).split())
+    leaders, [blob]s, (fwd) trailers and [fwd: ...] wrappers (RFC 5256 2.1).
+
+    What is left is `text[start:end]`: a cut moves an end, never copies the rest, and where
+    no leader starts no later blob can start one either, so a subject costs its length, not
+    its length once per blob, trailer or wrapper."""
+    text = " ".join(_decoded(subject).split())  # single spaces: a strip is one step
+    start, end = 0, len(text)
     reply = False
+    stuck = -1  # a start where neither a leader nor a blob (but the last) can be cut
     while True:
-        before = text
-        trailer = _SUBJECT_TRAILER.sub("", text)
-        reply = reply or trailer != text
-        text = trailer
-        while True:
-            stripped = _SUBJECT_LEADER.sub("", text, count=1)
-            if stripped != text:
-                reply = True
-            else:
-                blob = _SUBJECT_BLOB.sub("", text, count=1)
-                stripped = blob if blob else text
-            if stripped == text:
-                break
-            text = stripped.strip()
-        if text[:5].lower() == "[fwd:" and text.endswith("]"):
-            text = text[5:-1].strip()
+        before = start, end
+        if end - start >= 5 and text[end - 5 : end].lower() == "(fwd)":  # (2)
+            end -= 5
             reply = True
-        if text == before:
-            return text.upper(), reply
+            if end > start and text[end - 1] == " ":
+                end -= 1
+        while start != stuck:  # (3) and (4)
+            leader = _SUBJECT_LEADER.match(text, start, end)
+            if leader is not None:
+                start = leader.end()
+                start += start < end and text[start] == " "
+                reply = True
+                continue
+            while (blob := _SUBJECT_BLOB.match(text, start, end)) and blob.end() < end:
+                start = blob.end()
+            stuck = start
+        if end - start >= 6 and text[start : start + 5].lower() == "[fwd:" and text[end - 1] == "]":
+            start, end = start + 5, end - 1  # (5)
+            reply = True
+            start += start < end and text[start] == " "
+            end -= end > start and text[end - 1] == " "
+        if (start, end) == before:
+            return text[start:end].upper(), reply
 
 
 def _decoded(value: str) -> str:

@@ -21,6 +21,7 @@ from encimap.imap.commands.sort import (
     matching_fields,
     subject_info,
 )
+from encimap.imap.linkcut import Forest
 from encimap.imap.parser import ParseError, Reader
 from encimap.imap.session import Session
 from encimap.mime import SUBJECT_PLACEHOLDER
@@ -75,27 +76,13 @@ class _Container:
     message: _Message | None = None
     parent: _Container | None = None
     children: list[_Container] = field(default_factory=list)
-
-    def is_ancestor_of(self, other: _Container) -> bool:
-        if not self.children:  # no walk up from `other` (a long thread, message by message)
-            return other is self
-        node: _Container | None = other
-        while node is not None:
-            if node is self:
-                return True
-            node = node.parent
-        return False
+    node: int = -1  # its number in step 1's forest
+    below: int = 0  # its children in step 1, before the lists are made
 
     def adopt(self, child: _Container) -> None:
-        if child.parent is not None:
-            child.parent.children.remove(child)
+        """`child`, a root, becomes the last child."""
         child.parent = self
         self.children.append(child)
-
-    def orphan(self) -> None:
-        if self.parent is not None:
-            self.parent.children.remove(self)
-            self.parent = None
 
     def sort_key(self) -> tuple[datetime, int]:
         """A message's sent date; a dummy's is its first child's (children sorted first)."""
@@ -111,18 +98,32 @@ def _ids(value: str | None) -> list[str]:
 
 
 def references(items: list[_Message]) -> list[_Container]:
-    """RFC 5256 4 REFERENCES, steps 1-6."""
+    """RFC 5256 4 REFERENCES, steps 1-6.
+
+    Step 1 links a container only if that makes no loop, that is if the parent is not in the
+    child's subtree. Walking up from the parent costs the tree's depth, and crafted References
+    can ask that of a deep tree again and again (quadratic); a link-cut forest that mirrors
+    the links answers in O(log n) amortised (its root is the child's or not)."""
     table: dict[str, _Container] = {}
     every: list[_Container] = []
+    forest = Forest()
 
     def container_for(message_id: str | None) -> _Container:
         found = table.get(message_id) if message_id else None
         if found is None:
-            found = _Container()
+            found = _Container(node=forest.add())
             every.append(found)
             if message_id:
                 table[message_id] = found
         return found
+
+    def link(parent: _Container, child: _Container) -> None:
+        """`child`, a root, below `parent` unless `parent` is in its tree (a loop)."""
+        if parent is child or (child.below and forest.root(parent.node) == child.node):
+            return
+        child.parent = parent
+        parent.below += 1
+        forest.link(child.node, parent.node)
 
     for item in items:
         headers = item.fields.headers
@@ -134,12 +135,22 @@ def references(items: list[_Message]) -> list[_Container]:
         refs = _ids(" ".join(headers.all("references"))) or _ids(headers.first("in-reply-to"))[:1]
         chain = [container_for(ref) for ref in refs]
         for parent, child in itertools.pairwise(chain):
-            if child.parent is None and parent is not child and not child.is_ancestor_of(parent):
-                parent.adopt(child)
-        container.orphan()  # its parent is the last reference now, if that makes no loop
-        if chain and chain[-1] is not container and not container.is_ancestor_of(chain[-1]):
-            chain[-1].adopt(container)
-    roots = _pruned([c for c in every if c.parent is None], root=True)
+            if child.parent is None:  # a parent once set stays
+                link(parent, child)
+        last = chain[-1] if chain else None
+        # its parent is the last reference now, if that makes no loop (and if it is already,
+        # a cut and the same link again would change nothing)
+        if container.parent is not last:
+            if container.parent is not None:
+                container.parent.below -= 1
+                container.parent = None
+                forest.cut(container.node)
+            if last is not None:
+                link(last, container)
+    for container in every:
+        if container.parent is not None:
+            container.parent.children.append(container)
+    roots = _pruned([c for c in every if c.parent is None])
     for root in roots:
         _sort_children(root)
     roots.sort(key=_Container.sort_key)
@@ -161,29 +172,32 @@ def _descendants(containers: list[_Container]) -> list[_Container]:
     return found
 
 
-def _pruned(siblings: list[_Container], *, root: bool) -> list[_Container]:
-    """Step 3: dummies without children go; a dummy's children move up to its level (at the
-    root level only a single child). The levels below are pruned first, deepest first."""
-    for container in reversed(_descendants(siblings)):
-        container.children = _pruned_level(container.children, root=False)
-    return _pruned_level(siblings, root=root)
-
-
-def _pruned_level(siblings: list[_Container], *, root: bool) -> list[_Container]:
-    """Step 3 for one level whose children are pruned already."""
+def _pruned(roots: list[_Container]) -> list[_Container]:
+    """Step 3: dummies go and their children move up, so each message hangs below the
+    nearest message above it; below a root that is a dummy, the messages with none above
+    them stay its children if there are two or more, and a single one takes its place.
+    Found in one walk from the top: splicing level by level copies a deep chain of dummies'
+    children at every level."""
     result: list[_Container] = []
-    for container in siblings:
-        for child in container.children:
-            child.parent = container
-        if container.message is None:
-            if not container.children:
-                continue
-            if not root or len(container.children) == 1:
-                for child in container.children:
-                    child.parent = container.parent
-                result.extend(container.children)
-                continue
-        result.append(container)
+    for root in roots:
+        tops: list[_Container] = []  # the messages with no message above them
+        stack: list[tuple[_Container, _Container | None]] = [(root, None)]
+        while stack:
+            container, above = stack.pop()
+            children = container.children
+            if container.message is not None:
+                container.children = []
+                container.parent = above
+                (tops if above is None else above.children).append(container)
+                above = container
+            stack.extend((child, above) for child in children)
+        if root.message is None and len(tops) > 1:
+            root.children = tops
+            for top in tops:
+                top.parent = root
+            result.append(root)
+        else:  # the root itself, a dummy root's single message, or nothing
+            result.extend(tops)
     return result
 
 
@@ -203,43 +217,51 @@ def _subject(container: _Container) -> tuple[str, bool]:
 
 
 def _merged_by_subject(roots: list[_Container]) -> list[_Container]:
-    """Step 5: threads whose base subjects are equal are gathered under one root."""
+    """Step 5: threads whose base subjects are equal are gathered under one root. Each
+    root's subject is read once, and a thread's place is looked up, not searched for."""
+    subjects = {root: _subject(root) for root in roots}
     table: dict[str, _Container] = {}
     for root in roots:
-        subject, reply = _subject(root)
+        subject, reply = subjects[root]
         if not subject:
             continue
         old = table.get(subject)
         if (
             old is None
             or (old.message is not None and root.message is None)
-            or (_subject(old)[1] and not reply)
+            or (subjects[old][1] and not reply)
         ):
             table[subject] = root
     result: list[_Container] = []
+    placed: dict[_Container, int] = {}  # a thread of the result -> its index there
+    later = {root: index for index, root in enumerate(roots)}
     for root in roots:
-        subject, reply = _subject(root)
+        subject, reply = subjects[root]
         target = table.get(subject) if subject else None
         if target is None or target is root:
+            placed[root] = len(result)
             result.append(root)
             continue
         if target.message is None and root.message is None:
-            for child in list(root.children):
-                target.adopt(child)
+            for child in root.children:
+                child.parent = target
+            target.children.extend(root.children)
+            root.children = []
         elif target.message is None:
             target.adopt(root)
-        elif reply and not _subject(target)[1]:
+        elif reply and not subjects[target][1]:
             target.adopt(root)
-        else:
+        else:  # the dummy takes the target's place, in the result or still to come
             dummy = _Container()
-            index = result.index(target) if target in result else None
             dummy.adopt(target)
             dummy.adopt(root)
+            subjects[dummy] = subjects[target]  # a dummy's subject is its first child's
             table[subject] = dummy
-            if index is not None:
-                result[index] = dummy
+            if target in placed:
+                result[placed[target]] = dummy
+                placed[dummy] = placed.pop(target)
             else:
-                roots[roots.index(target)] = dummy
+                roots[later[target]] = dummy
     return result
 
 
