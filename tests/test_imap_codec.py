@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from encimap import mimeinfo
-from encimap.imap import parser, wire
+from encimap.imap import parser, shared, wire
 from encimap.imap.cache import MessageCache
 from encimap.imap.commands import fetch
 from encimap.store import search as keys
@@ -130,3 +132,32 @@ def test_a_fetch_that_may_set_seen_counts_as_a_write(line, may_write):
     """Only a FETCH that cannot set \\Seen may gather other sessions' changes while it runs
     (Session.after_command): one that may, and reads too early, reports stale flags."""
     assert fetch.may_set_seen(line) is may_write
+
+
+async def test_a_read_from_before_the_process_own_write_is_not_shared_after_it():
+    """After a session's own change (`shared.written`), its report must not use a read that
+    began, or was answered, before it: the change's NOTIFY may not have counted yet."""
+    asked: list[int] = []
+
+    def query(answer: int):
+        async def run() -> int:
+            asked.append(answer)
+            await asyncio.sleep(0)
+            return answer
+
+        return run
+
+    shared.selected(-7)
+    try:
+        assert await shared.read(-7, "flags", query(1)) == 1
+        assert await shared.read(-7, "flags", query(2)) == 1  # kept until the next event
+        shared.written(-7)
+        assert await shared.read(-7, "flags", query(3)) == 3
+        under_way = asyncio.ensure_future(shared.read(-7, "new", query(4)))
+        await asyncio.sleep(0)  # the first read has begun
+        shared.written(-7)
+        assert await shared.read(-7, "new", query(5)) == 5
+        assert await under_way == 4
+        assert asked == [1, 3, 4, 5]
+    finally:
+        shared.unselected(-7)

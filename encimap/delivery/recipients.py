@@ -242,16 +242,7 @@ async def resolve(
         return replies.MAILBOX_DISABLED
     if _over_quota(vaultbox.limits, found):
         return replies.OVER_QUOTA
-    mismatch = config.smime.allow_address_mismatch
-    certificates = cache.usable(
-        found.certificates, vaultbox.address, allow_address_mismatch=mismatch
-    )
-    openpgp_keys = cache.openpgp.usable(
-        found.openpgp_keys, vaultbox.address, allow_address_mismatch=mismatch
-    )
-    keys = encryption.choose(
-        certificates, openpgp_keys, found.key_preference, vaultbox.limits, config.smime
-    )
+    keys = recipient_keys(found, config, cache)
     if not keys:
         return (
             replies.NO_CERTIFICATE_REJECT
@@ -259,6 +250,25 @@ async def resolve(
             else replies.NO_CERTIFICATE_TEMPFAIL
         )
     return Target(address=address, vaultbox=vaultbox, keys=keys)
+
+
+def recipient_keys(
+    found: store_recipients.Recipient, config: Config, cache: CertificateCache
+) -> encryption.Keys:
+    """What mail to `found`'s vaultbox is encrypted with (delivery, and IMAP APPEND): its
+    usable certificates and OpenPGP keys, parsed once per process in `cache`, as its
+    preference and limits choose."""
+    vaultbox = found.vaultbox
+    mismatch = config.smime.allow_address_mismatch
+    certificates = cache.usable(
+        found.certificates, vaultbox.address, allow_address_mismatch=mismatch
+    )
+    openpgp_keys = cache.openpgp.usable(
+        found.openpgp_keys, vaultbox.address, allow_address_mismatch=mismatch
+    )
+    return encryption.choose(
+        certificates, openpgp_keys, found.key_preference, vaultbox.limits, config.smime
+    )
 
 
 def _over_quota(limits: dict[str, Any], used: store_recipients.Recipient) -> bool:

@@ -19,6 +19,7 @@ import asyncpg
 from encimap import db
 from encimap.auth import AuthUnavailable
 from encimap.config import Config, listeners
+from encimap.delivery.recipients import CertificateCache
 from encimap.imap import proxy
 from encimap.imap.cache import MessageCache
 from encimap.imap.session import Session
@@ -58,6 +59,8 @@ class Server:
         self.listener = listener
         self.sessions = Sessions()
         self.cache = MessageCache()
+        # APPEND's certificates and OpenPGP keys, parsed once (as the intake's)
+        self.certificates = CertificateCache()
         self.servers: list[asyncio.Server] = []
         self._per_user, per_ip = counts
         self._user_tokens: dict[str, Any] = {}  # session id -> its place in the user's count

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from encimap.db import DATABASE_ERRORS, LIMIT_ERRORS
-from encimap.imap import parser
+from encimap.imap import parser, shared
 from encimap.imap.selected import Selected
 from encimap.logs import get_logger
 from encimap.metrics import IMAP_COMMAND_SECONDS, IMAP_OUTPUT_PEAK, IMAP_SESSIONS_ENDED
@@ -109,8 +109,10 @@ class Session:
         self._interruptible = False  # waiting for the client between commands (or in IDLE)
         # NOTIFY's notification set (encimap.imap.commands.notify.Notify) while one is set
         self.notify: Any = None
-        # The events barrier of a command that cannot write, started when it arrived
+        # The events barrier started when the command arrived (`_early_barrier`), and whether
+        # the command may have changed the selected mailbox
         self._barrier: asyncio.Future[None] | None = None
+        self._wrote = False
 
     @property
     def waiting(self) -> bool:
@@ -411,8 +413,7 @@ class Session:
             timed = name
             if self.state not in command.states:
                 raise bad(f"{name} not allowed now ({self.state.value})")
-            reads_only = self.selected is not None and not command.writes(raw)
-            self._barrier = self.server.listener.barrier() if reads_only else None
+            self._barrier, self._wrote = self._early_barrier(command.writes(raw))
             try:
                 result = await command.handler(self, tag, reader)
             except parser.ParseError as exc:
@@ -445,18 +446,34 @@ class Session:
             if timed is not None:
                 IMAP_COMMAND_SECONDS.labels(timed).observe(time.perf_counter() - started)
 
+    def _early_barrier(self, writes: bool) -> tuple[asyncio.Future[None] | None, bool]:
+        """(the events barrier, started now if the session has a mailbox selected; whether the
+        command may write). Started when the command arrives, its round trip runs alongside the
+        command's own work.
+
+        With QRESYNC a command that may write starts it only after its work (`after_command`):
+        the HIGHESTMODSEQ its reply may carry is read then (`Selected.before_sync`), and every
+        change up to it must have been dispatched by the barrier that follows."""
+        selected = self.selected
+        if selected is None or (writes and selected.qresync):
+            return None, writes
+        return self.server.listener.barrier(), writes
+
     async def after_command(self, *, expunge_ok: bool) -> None:
         """Report what other sessions changed (RFC 3501 7: EXPUNGE only where allowed):
-        every change committed before the command arrived, whatever the NOTIFY timing.
+        every change committed before the command arrived, whatever the NOTIFY timing (the
+        barrier started then, or now when none was).
 
-        After a command that may have changed the mailbox, the barrier starts only now, so that
-        the session's own changes have been dispatched before anything is read: a read shared
-        with other sessions is valid until the mailbox's next event (encimap.imap.shared), and
-        one from before the session's change would report the old flags. A command that cannot
-        write started it when it arrived, so its round trip ran alongside the command."""
+        After a command that may have changed the mailbox, reads shared with other sessions
+        (encimap.imap.shared) that began before now are not joined: one from before the
+        session's own change, whose NOTIFY may not have been dispatched yet, would report the
+        old flags and mod-sequences after the command's reply reported the new ones."""
         notify = self.notify
         barrier, self._barrier = self._barrier, None
+        wrote, self._wrote = self._wrote, False
         if self.selected is not None:
+            if wrote:
+                shared.written(self.selected.mailbox.id)
             await self.selected.before_sync()
             await (barrier if barrier is not None else self.server.listener.barrier())
             if notify is not None:

@@ -48,6 +48,16 @@ def note(mailbox_id: int, event: object) -> None:
         entry[3] = {}
 
 
+def written(mailbox_id: int) -> None:
+    """This process has just changed the mailbox (its own NOTIFY may still be on the way):
+    counted as an event, so no read begun before, nor an answer kept from before, is used
+    after it."""
+    entry = _mailboxes.get(mailbox_id)
+    if entry is not None:
+        entry[2] += 1
+        entry[3] = {}
+
+
 async def read(mailbox_id: int, question: Hashable, query: Callable[[], Awaitable[Any]]) -> Any:
     """The answer of `query()` about the mailbox, shared with every caller asking the same
     `question` in the same generation: while it runs and until the mailbox's next event. The

@@ -34,9 +34,10 @@ class Command:
     states: frozenset[State]
     # RFC 3501 7.4.1: no untagged EXPUNGE after FETCH, STORE or SEARCH (UID forms allow it).
     expunge_ok: bool = True
-    # Whether this command (its whole line) may change the mailbox. One that cannot lets the
-    # session start the round trip that gathers other sessions' changes when the command
-    # arrives, overlapping it with the command's own work (Session.after_command).
+    # Whether this command (its whole line) may change the mailbox. After one that may, the
+    # session's report of other sessions' changes uses no read begun before the change
+    # (Session.after_command); with QRESYNC it also starts the round trip that gathers them
+    # only after its work, not when it arrives (Session._early_barrier).
     writes: Callable[[bytes], bool] = _may_write
 
 

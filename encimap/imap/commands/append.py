@@ -11,7 +11,8 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from encimap import encryption, mimeinfo, openpgp, smime
+from encimap import encryption, mimeinfo, smime
+from encimap.delivery import recipients as delivery_recipients
 from encimap.imap import wire
 from encimap.imap.commands import AUTHENTICATED, catenate, command, quota
 from encimap.imap.commands.mailbox import vaultbox_id
@@ -88,7 +89,8 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
     recipient = await recipients.recipient_by_id(pool, owner)
     if recipient is None:
         raise NotFound(f"no vaultbox {owner}")
-    keys = _keys(session, recipient)
+    server = session.server
+    keys = delivery_recipients.recipient_keys(recipient, server.config, server.certificates)
     described = [await _encrypted(keys, message.data) for message in appended]
     stored = [result for result, _ in described]
     if quota.over_quota(recipient, len(stored), sum(len(r.message) for r in stored)):
@@ -126,24 +128,6 @@ async def append(session: Session, _tag: str, reader: Reader) -> str:
         )
     uids = wire.ordered_sequence_set([row.uid for row in inserted])
     return f"OK [APPENDUID {inserted[0].uidvalidity} {uids}] Append completed."
-
-
-def _keys(session: Session, recipient: recipients.Recipient) -> encryption.Keys:
-    """What the vaultbox's messages are encrypted with (as delivery chooses them)."""
-    vaultbox = recipient.vaultbox
-    config = session.server.config.smime
-    mismatch = config.allow_address_mismatch
-    return encryption.choose(
-        smime.usable_certificates(
-            list(recipient.certificates), vaultbox.address, allow_address_mismatch=mismatch
-        ),
-        openpgp.usable_keys(
-            list(recipient.openpgp_keys), vaultbox.address, allow_address_mismatch=mismatch
-        ),
-        recipient.key_preference,
-        vaultbox.limits,
-        config,
-    )
 
 
 async def _encrypted(

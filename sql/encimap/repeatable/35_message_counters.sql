@@ -130,13 +130,18 @@ CREATE OR REPLACE TRIGGER encrypted_emails_count_deleted
 
 -- Lock mailboxes before changing their messages (the lock order above); the caller's
 -- transaction keeps the locks. Returns the ids locked (those of this vaultbox that exist).
+-- PL/pgSQL, not SQL: a SQL function that cannot be inlined (this one locks) is parsed and
+-- planned again at every call, and every STORE, EXPUNGE, COPY and MOVE calls it; PL/pgSQL
+-- keeps the plan for the session.
 CREATE OR REPLACE FUNCTION encimap_lock_mailboxes(p_vaultbox_id uuid, p_ids bigint[])
 RETURNS bigint[]
-LANGUAGE sql SECURITY INVOKER
+LANGUAGE plpgsql SECURITY INVOKER
 AS $$
-    SELECT ARRAY(SELECT m.id FROM mailboxes m
+BEGIN
+    RETURN ARRAY(SELECT m.id FROM mailboxes m
                   WHERE m.id = ANY (p_ids) AND m.vaultbox_id = p_vaultbox_id
-                  ORDER BY m.id FOR NO KEY UPDATE)
+                  ORDER BY m.id FOR NO KEY UPDATE);
+END
 $$;
 REVOKE EXECUTE ON FUNCTION encimap_lock_mailboxes(uuid, bigint[]) FROM PUBLIC;
 

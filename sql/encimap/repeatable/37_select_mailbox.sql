@@ -6,11 +6,15 @@
 -- The row is locked only when there is something to claim (a claim waits for the writers of
 -- the mailbox, which hold its row until they commit), and FOR NO KEY UPDATE does not wait for
 -- inserts that only reference the mailbox; the condition is checked again on the row as it is
--- once locked (a session that claimed in between leaves this one nothing).
+-- once locked (a session that claimed in between leaves this one nothing). PL/pgSQL, which
+-- keeps its plan for the session (a SQL function with an UPDATE is planned at every call).
 CREATE OR REPLACE FUNCTION encimap_claim_recent(p_mailbox_id bigint, p_up_to_uid bigint)
 RETURNS bigint
-LANGUAGE sql SECURITY INVOKER
+LANGUAGE plpgsql SECURITY INVOKER
 AS $$
+DECLARE
+    first_claimed bigint;
+BEGIN
     WITH claimed AS (
         UPDATE mailboxes m SET first_recent_uid = p_up_to_uid + 1
           FROM (SELECT o.id, o.first_recent_uid FROM mailboxes o
@@ -18,7 +22,9 @@ AS $$
                    FOR NO KEY UPDATE) old
          WHERE m.id = old.id
         RETURNING old.first_recent_uid)
-    SELECT coalesce((SELECT c.first_recent_uid FROM claimed c), p_up_to_uid + 1)
+    SELECT c.first_recent_uid INTO first_claimed FROM claimed c;
+    RETURN coalesce(first_claimed, p_up_to_uid + 1);
+END
 $$;
 REVOKE EXECUTE ON FUNCTION encimap_claim_recent(bigint, bigint) FROM PUBLIC;
 
