@@ -106,6 +106,10 @@ class LocalCluster:
     def start(self) -> None:
         if not self.initialised:
             self.init()
+        elif self._as_root:
+            # a parent may have been closed again since init (pytest makes its temporary root
+            # 0700 whenever a session starts)
+            _open_path_for(self.datadir)
         self.port = self.port or free_port()
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 "

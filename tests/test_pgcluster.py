@@ -1,10 +1,15 @@
-"""Test infrastructure that the product's `encimap dev` shares: loopback ports."""
+"""Test infrastructure that the product's `encimap dev` shares: loopback ports, the private
+cluster."""
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
-from encimap.pgcluster import free_port
+import pytest
+
+from encimap.pgcluster import LocalCluster, free_port
 
 
 def test_free_port_is_bindable_and_outside_the_ephemeral_range():
@@ -14,3 +19,20 @@ def test_free_port_is_bindable_and_outside_the_ephemeral_range():
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server user's path rights matter as root")
+def test_a_cluster_starts_again_after_a_parent_was_closed(tmp_path: Path):
+    """As root the server runs as `postgres`; `encimap dev` starts an existing cluster again.
+    pytest makes its temporary root 0700 whenever a session starts, and an operator may close
+    a parent too: the second start must open the path again, not fail with EACCES."""
+    parent = tmp_path / "closed"
+    cluster = LocalCluster(parent / "pg")
+    cluster.start()
+    cluster.stop()
+    parent.chmod(0o700)
+    try:
+        cluster.start()
+        assert cluster.running
+    finally:
+        cluster.stop()
