@@ -75,6 +75,7 @@ class FastDataReading(SMTP):
         buffer = bytearray(b"\r\n")  # DATA starts at a line start
         kept = 2  # bytes of `buffer` before the current chunk's search window
         state = _DataState.NOMINAL
+        checked, size = 2, 0  # complete lines checked so far (over the limit): end, size
         while True:
             try:
                 chunk = await self._reader.read(_READ_SIZE)
@@ -91,40 +92,44 @@ class FastDataReading(SMTP):
                 if state is not _DataState.NOMINAL:
                     return b"", state
                 body = bytes(buffer[2 : end + 2])
-                return body, self._check(body)
+                return body, self._check(body)[0]
             if state is _DataState.NOMINAL and limit and len(buffer) - 2 > limit:
-                state = self._refusal(buffer)
+                state, checked, size = self._refusal(buffer, checked, size)
             if state is not _DataState.NOMINAL:
                 del buffer[:-4]  # keep what may begin the end of data
             kept = len(buffer)
 
-    def _refusal(self, buffer: bytearray) -> _DataState:
+    def _refusal(self, buffer: bytearray, checked: int, size: int) -> tuple[_DataState, int, int]:
         """More than data_size_limit arrived: the error aiosmtpd's order gives, NOMINAL while
-        that depends on how the last, incomplete line ends."""
+        that depends on how the last, incomplete line ends; and how far (and how many bytes
+        of) complete lines are checked. The lines before `checked` (`size` bytes) were found
+        NOMINAL by an earlier call and are not read again: a client that sent the last line
+        a byte at a time made each byte cost the whole buffer (25 MB: 37 ms a byte, for up
+        to a line's length of bytes per DATA)."""
         last = buffer.rfind(b"\r\n")
-        state = self._check(bytes(buffer[2 : last + 2]))
+        state, size = self._check(bytes(buffer[checked : last + 2]), size)
         # The incomplete line's known length, without a CR that may begin its CRLF.
         tail = len(buffer) - last - 2 - buffer.endswith(b"\r")
         if state is _DataState.NOMINAL and tail > self.line_length_limit:
-            return _DataState.TOO_LONG  # aiosmtpd's StreamReader overruns on it
-        return state
+            return _DataState.TOO_LONG, last + 2, size  # aiosmtpd's StreamReader overruns
+        return state, last + 2, size
 
-    def _check(self, body: bytes) -> _DataState:
-        """The outcome aiosmtpd's DATA loop reaches for these complete lines."""
+    def _check(self, body: bytes, size: int = 0) -> tuple[_DataState, int]:
+        """The outcome aiosmtpd's DATA loop reaches for these complete lines after `size`
+        bytes of lines it passed, and the size of all of them when it passes these too."""
         lines = body.split(b"\r\n")
         lines.pop()  # after the last CRLF
         limit = self.data_size_limit
         longest = max(map(len, lines), default=0) + 2
-        if longest <= self.line_length_limit and not (limit and len(body) > limit):
-            return _DataState.NOMINAL
-        size = 0
+        if longest <= self.line_length_limit and not (limit and size + len(body) > limit):
+            return _DataState.NOMINAL, size + len(body)
         for line in lines:
             length = len(line) + 2
             if length - 2 > self.line_length_limit:  # aiosmtpd: StreamReader limit overrun
-                return _DataState.TOO_LONG
+                return _DataState.TOO_LONG, size
             size += length
             if limit and size > limit:
-                return _DataState.TOO_MUCH
+                return _DataState.TOO_MUCH, size
             if length > self.line_length_limit:
-                return _DataState.TOO_LONG
-        return _DataState.NOMINAL
+                return _DataState.TOO_LONG, size
+        return _DataState.NOMINAL, size

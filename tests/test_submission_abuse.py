@@ -151,6 +151,7 @@ async def test_header_blocks_read_two_ways_are_refused(service, upstream, tls_ca
         OWN_FROM + b"From: ceo@bank.test\r\n",  # a second From: field, well formed
         b"From: " + SENDER.encode() + b" <ceo@bank.test>\r\n",  # one field read two ways
         b"From: " + b"(" * 900 + SENDER.encode() + b"\r\n",
+        b"From: g:;" + SENDER.encode() + b"\r\n",  # the email package: AttributeError (451)
     ],
 )
 async def test_from_fields_that_are_not_exactly_one_owned_address_are_refused(

@@ -74,11 +74,28 @@ def test_every_trace_header_spelling_is_dropped(before, after, body):
         (b"From:\r\n", None),
         (b"From: <ceo@bank.test\r\n", None),
         (b"From: " + b"a" * 1000 + b"@x.test\r\n", None),
+        (b"From: g:;a@x.test\r\n", None),  # the email package: AttributeError
+        (b"From: a:b;a:b;\r\n", None),
     ],
 )
 def test_from_addresses(block, expected):
     scanned, _ = headers.scan(block + b"\r\nbody\r\n")
     assert headers.from_addresses(scanned) == expected
+
+
+ADDRESS_TOKENS = ["a", "b@x.test", "@", ":", ";", ",", "<", ">", '"', "\\", "(", ")", " ", ".",
+                  "[", "]", "g", "=?utf-8?q?a?=", "=?x?b?a?=", "\t", "\xe9", "\udcff"]  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(ADDRESS_TOKENS), min_size=1, max_size=12).map("".join))
+def test_any_from_value_is_read_or_refused(value):
+    """Whatever the email package's parser raises on a From: value (IndexError, TypeError,
+    AttributeError, UnboundLocalError...) is a From: that cannot be read, not an error of
+    the session (which answered 451 and logged an error, retried by the client forever)."""
+    field = headers.Field("From", b"From: " + value.encode("utf-8", "surrogateescape") + b"\r\n")
+    found = headers.from_addresses([field])
+    assert found is None or all(isinstance(address, str) for address in found)
 
 
 @pytest.mark.parametrize(

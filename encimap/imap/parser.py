@@ -73,6 +73,7 @@ class Reader:
         self.data = data
         self.pos = 0
         self.keys_left = 0  # search keys still allowed (parse_search sets it)
+        self.text_left = 0  # bytes of search strings still allowed (parse_search sets it)
         # IMAP4rev2 (RFC 9051 5.1): mailbox names on the wire are UTF-8; they are kept (and
         # compared) in the modified UTF-7 form that IMAP4rev1 uses
         self.utf8_names = False
@@ -520,9 +521,22 @@ class TooManyKeys(ParseError):
     """A search program with more keys than the caller allows (answered NO [LIMIT])."""
 
 
+class SearchTextTooLong(ParseError):
+    """A search program whose strings exceed MAX_SEARCH_TEXT bytes in all (NO [LIMIT])."""
+
+
+# Bytes of search strings in one program. PostgreSQL's strpos (store/search.py) costs up to
+# the text's length times the string's when the string almost matches everywhere (`baaa...`
+# in a Subject of `aaaa...`): a 1 MB string against a 2 MB field was hours. Bounded in all,
+# a search reads each message's text at most this many times, the order max_search_keys
+# already allows.
+MAX_SEARCH_TEXT = 1024
+
+
 def parse_search(reader: Reader, max_keys: int = 1000) -> SearchProgram:
     program = SearchProgram(keys.All())
     reader.keys_left = max_keys
+    reader.text_left = MAX_SEARCH_TEXT
     if reader.accept(b"RETURN "):
         program.return_options = [option.upper() for option in reader.parenthesized(reader.atom)]
         reader.sp()
@@ -613,4 +627,8 @@ def _search_key(reader: Reader, depth: int) -> object:
 
 
 def _search_text(reader: Reader) -> str:
-    return reader.astring().decode("utf-8", "replace")
+    text = reader.astring()
+    reader.text_left -= len(text)
+    if reader.text_left < 0:
+        raise SearchTextTooLong(f"search strings too long (at most {MAX_SEARCH_TEXT} bytes)")
+    return text.decode("utf-8", "replace")

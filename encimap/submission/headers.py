@@ -103,7 +103,8 @@ def from_addresses(fields: list[Field]) -> list[str] | None:
     try:
         parsed = policy.default.header_factory("From", value)
         addresses = [address.addr_spec for address in parsed.addresses]
-    except (ValueError, IndexError, TypeError, RecursionError):
+    except Exception:  # on malformed lists that parser raises IndexError, TypeError,
+        # AttributeError (`g:;x`), UnboundLocalError, RecursionError...: not readable
         return None
     if parsed.defects or not addresses:
         return None

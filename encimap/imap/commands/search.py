@@ -12,7 +12,15 @@ from encimap.imap.commands import (
     rev2,
     searchres,
 )
-from encimap.imap.parser import Reader, RecentKey, SetKey, TooManyKeys, parse_search
+from encimap.imap.parser import (
+    MAX_SEARCH_TEXT,
+    Reader,
+    RecentKey,
+    SearchTextTooLong,
+    SetKey,
+    TooManyKeys,
+    parse_search,
+)
 from encimap.imap.selected import Selected, stretches
 from encimap.imap.session import Session, no
 from encimap.store import search as keys
@@ -88,6 +96,8 @@ async def _search(session: Session, tag: str, reader: Reader, *, by_uid: bool) -
         program = parse_search(reader, max_keys=limit)
     except TooManyKeys:
         raise no(f"[LIMIT] Too many search keys (at most {limit})") from None
+    except SearchTextTooLong:
+        raise no(f"[LIMIT] Search strings too long (at most {MAX_SEARCH_TEXT} bytes)") from None
     save = False
     options: context.ReturnOptions | None = None
     if program.return_options is not None:

@@ -9,10 +9,11 @@ import functools
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from email.header import decode_header, make_header
+from email.errors import HeaderParseError
 from typing import Any
 
 from encimap import mimeinfo
+from encimap.imap import encodedwords
 from encimap.imap.commands import SELECTED, command, context, never_writes
 from encimap.imap.commands.search import matching_uids, resolve
 from encimap.imap.parser import ParseError, Reader, SearchProgram, parse_search
@@ -197,9 +198,11 @@ def subject_info(subject: str) -> tuple[str, bool]:
 
 
 def _decoded(value: str) -> str:
+    """RFC 2047 words decoded; a value with a word that cannot be (bad base64, an unknown
+    charset, bytes that are not in it) sorts as it is written."""
     try:
-        return str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError):
+        return encodedwords.decoded(value)
+    except (ValueError, LookupError, UnicodeError, HeaderParseError):
         return value
 
 
