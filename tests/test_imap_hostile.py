@@ -150,23 +150,25 @@ async def test_a_search_of_many_sets_costs_the_sets_not_sets_times_messages(
     assert sum(handed[:128]) == 128, handed[:10]
 
 
-async def test_search_strings_are_bounded_in_all(databases, cfg, tls_ca, tmp_path):
+async def test_search_strings_are_bounded_in_all(databases, tls_files, tls_ca, tmp_path):
     """PostgreSQL's strpos costs up to the field's length times the string's when the string
     almost matches everywhere: `SUBJECT "baaa..."` (a 4 KB literal) against a Subject of
     `aaaa...` cost each message 4,000 reads of its text (1 MB against 2 MB: hours). The
-    strings of one program are bounded in all (1,024 bytes), like the keys."""
+    strings of one program are bounded in all (4,096 bytes), like the keys."""
     box = await make_box(databases, "searchtext@example.test", tmp_path)
     message = encrypt_for(box, plain_message(1)).replace(
         b"Subject: [...]", b"Subject: " + b"a" * 20_000, 1
     )
     await store(databases, box, message)
     needle = b"b" + b"a" * 4_000
+    cfg = imap_config(databases, tls_files, max_literal_size=64 * 1024)
     async with running_imap(cfg):
         raw = await selected_session(ports(cfg)[1], tls_ca, box)
-        await raw.send(b"q SEARCH SUBJECT {%d+}\r\n%b\r\n" % (len(needle), needle))
+        size = len(needle)
+        await raw.send(b"q SEARCH SUBJECT {%d+}\r\n%b TEXT {%d+}\r\n%b\r\n" % ((size, needle) * 2))
         reply = await raw.until("q")
-        assert reply == [b"q NO [LIMIT] Search strings too long (at most 1024 bytes)\r\n"]
-        half = "a" * 512
+        assert reply == [b"q NO [LIMIT] Search strings too long (at most 4096 bytes)\r\n"]
+        half = "a" * 2048
         reply = await raw.command("h", f"SEARCH SUBJECT {half} FROM {half}")
         assert reply == [b"* SEARCH\r\n", b"h OK Search completed.\r\n"], reply
         reply = await raw.command("s", f"SEARCH SUBJECT {half} FROM {half}b")

@@ -529,8 +529,8 @@ class SearchTextTooLong(ParseError):
 # the text's length times the string's when the string almost matches everywhere (`baaa...`
 # in a Subject of `aaaa...`): a 1 MB string against a 2 MB field was hours. Bounded in all,
 # a search reads each message's text at most this many times, the order max_search_keys
-# already allows.
-MAX_SEARCH_TEXT = 1024
+# already allows; 4 KB leaves room for a search by a thread's Message-IDs.
+MAX_SEARCH_TEXT = 4096
 
 
 def parse_search(reader: Reader, max_keys: int = 1000) -> SearchProgram:
