@@ -180,6 +180,17 @@ def test_keys_with_too_many_user_ids_are_refused(keys) -> None:
     assert f"{MAX_USER_IDS + 1} user IDs, at most {MAX_USER_IDS}" in reason, reason
 
 
+def test_a_user_id_of_nested_comments_is_refused_not_a_crash(keys) -> None:
+    """The email package reads nested comments recursively: a user ID of thousands of `(`
+    overflowed the stack, so the import ended in a traceback. It names no address."""
+    key = make_key("other@pgp.test")
+    keys.append(key)
+    secret, cert = pysequoia.Tsk.from_bytes(key.secret), pysequoia.Cert.from_bytes(key.public)
+    cert = cert.add_user_id("(" * 5000 + f"<{ADDRESS}>", secret.certifier())
+    reason = refusal(str(cert).encode())
+    assert f"no user ID with the address {ADDRESS}" in reason, reason[:200]
+
+
 def test_malformed_and_secret_inputs_are_refused(keys) -> None:
     key = make_key(ADDRESS)
     keys.append(key)

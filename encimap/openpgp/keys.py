@@ -270,8 +270,12 @@ def _pkesk_bodies(message: bytes) -> list[bytes]:
 
 
 def user_id_address(user_id: str) -> str | None:
-    """The email address of a user ID ("Name <a@b>" or a bare "a@b")."""
-    _, found = email.utils.parseaddr(user_id)
+    """The email address of a user ID ("Name <a@b>" or a bare "a@b"); None for one that names
+    none, or that the email package cannot read (it recurses into nested comments)."""
+    try:
+        _, found = email.utils.parseaddr(user_id)
+    except RecursionError:
+        return None
     return found if "@" in found else None
 
 
