@@ -14,7 +14,6 @@ import email.header
 import secrets
 import ssl
 import sys
-import time
 import tracemalloc
 import zlib
 from array import array
@@ -40,7 +39,7 @@ from tests.imap_support import (
     store,
     thread_items,
 )
-from tests.opcount import lines_executed
+from tests.opcount import best_cpu_time, lines_executed
 
 
 @pytest.fixture
@@ -391,15 +390,7 @@ def test_encoded_words_cost_their_length(shape):
     word cost the line's length); the decoder's own steps are counted too."""
     build = ENCODED_WORD_SUBJECTS[shape]
 
-    def cpu(value: str) -> float:
-        best = []
-        for _ in range(5):
-            started = time.process_time()
-            sort.subject_info(value)
-            best.append(time.process_time() - started)
-        return min(best)
-
-    small, large = cpu(build(1_000)), cpu(build(16_000))
+    small, large = (best_cpu_time(sort.subject_info, build(n), 5) for n in (1_000, 16_000))
     assert large < 64 * small, (small, large)
     steps = [lines_executed(encodedwords.decoded, build(n)) for n in (250, 1_000)]
     assert steps[1] <= 4.4 * steps[0] + 100, steps

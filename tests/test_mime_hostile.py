@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 import tracemalloc
 
 import pytest
@@ -19,7 +18,7 @@ from encimap import mime, mimeinfo, smime
 from encimap.delivery import trace
 from encimap.mimeinfo import bodystructure
 from tests import hostile_mail
-from tests.opcount import lines_executed
+from tests.opcount import best_cpu_time, lines_executed
 from tests.smime_support import Identity, make_identity, openssl_decrypt_files
 from tests.test_delivery_mbox_import import TRACE
 
@@ -88,15 +87,7 @@ def test_describe_cpu_time_grows_linearly(case):
     the message made 2,000 more parts cost 16 times as much)."""
     build, n = hostile_mail.CASES[case]
 
-    def cpu(data: bytes) -> float:
-        best = []
-        for _ in range(3):
-            started = time.process_time()
-            mimeinfo.describe(data)
-            best.append(time.process_time() - started)
-        return min(best)
-
-    small, large = cpu(build(n)), cpu(build(4 * n))
+    small, large = (best_cpu_time(mimeinfo.describe, build(m), 3) for m in (n, 4 * n))
     assert large <= 8 * small, (small, large)
 
 
