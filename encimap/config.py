@@ -179,6 +179,11 @@ class IMAPConfig:
     # Largest literal before login (a username or a password); more is answered with
     # `* BYE` and the connection ends, as Dovecot's imap-login does.
     max_literal_before_login: int = 8192
+    # Literal bytes held by the commands being read or run in one process, all sessions
+    # together (0 = no limit): about 20 APPENDs of `max_literal_size` at once (one user's
+    # `max_connections_per_user`). A literal that would pass it is refused before it is sent:
+    # `NO [UNAVAILABLE]`, the client may retry.
+    max_literal_bytes_in_flight: int = 1024 * 1024 * 1024
     max_connections_per_user: int = 20
     # Folder names a client may create: bytes of the name as sent (modified UTF-7, so a
     # non-ASCII character takes 3-8 bytes), levels of hierarchy, folders per vaultbox.
@@ -423,6 +428,12 @@ def _check_imap(section: IMAPConfig) -> None:
         raise ConfigError(
             "imap.max_literal_before_login: must be between 1 and imap.max_literal_size, "
             f"got {section.max_literal_before_login}"
+        )
+    budget = section.max_literal_bytes_in_flight
+    if budget != 0 and budget < section.max_literal_size:
+        raise ConfigError(
+            "imap.max_literal_bytes_in_flight: must be 0 (no limit) or at least "
+            f"imap.max_literal_size ({section.max_literal_size}), got {budget}"
         )
 
 

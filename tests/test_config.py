@@ -69,6 +69,10 @@ def test_same_database_for_both_urls_is_allowed(tmp_path: Path):
             "[imap]\nmax_literal_before_login = 100000000\n",
             "imap.max_literal_before_login: must be between 1 and imap.max_literal_size",
         ),
+        (
+            "[imap]\nmax_literal_bytes_in_flight = 1000\n",
+            "imap.max_literal_bytes_in_flight: must be 0",
+        ),
         ("[imap]\nmax_mailboxes = 0\n", "imap.max_mailboxes: must be at least 1"),
         ("[imap]\nmax_search_keys = 40000\n", "imap.max_search_keys: must be between 1 and"),
         ("[imap]\nworkers = 0\n", "imap.workers: must be at least 1"),

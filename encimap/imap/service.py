@@ -22,6 +22,7 @@ from encimap.config import Config, listeners
 from encimap.delivery.recipients import CertificateCache
 from encimap.imap import proxy
 from encimap.imap.cache import MessageCache
+from encimap.imap.literalbudget import LiteralBudget
 from encimap.imap.session import Session
 from encimap.logs import get_logger
 from encimap.metrics import IMAP_SESSIONS
@@ -59,6 +60,8 @@ class Server:
         self.listener = listener
         self.sessions = Sessions()
         self.cache = MessageCache()
+        # literal bytes held by commands being read or run, in all sessions
+        self.literal_budget = LiteralBudget(config.imap.max_literal_bytes_in_flight)
         # APPEND's certificates and OpenPGP keys, parsed once (as the intake's)
         self.certificates = CertificateCache()
         self.servers: list[asyncio.Server] = []

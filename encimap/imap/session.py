@@ -113,6 +113,7 @@ class Session:
         # the command may have changed the selected mailbox
         self._barrier: asyncio.Future[None] | None = None
         self._wrote = False
+        self._literal_bytes = 0  # reserved in server.literal_budget by the current command
 
     @property
     def waiting(self) -> bool:
@@ -317,6 +318,13 @@ class Session:
                     f"[TOOBIG] Literal too large (at most {limit} bytes)",
                     parser.guess_tag(bytes(command[:100])),
                 )
+            if not self._reserve_literal(size):
+                await self._skip_command(announced)
+                raise Reply(
+                    "NO",
+                    "[UNAVAILABLE] Server busy, try again later",
+                    parser.guess_tag(bytes(command[:100])),
+                )
             if synchronizing:
                 self.send(b"+ Ready for literal data\r\n")
                 await self.flush()
@@ -326,6 +334,29 @@ class Session:
             command += b"\r\n"
             command += data
             line, tail = await self._next_line()
+
+    def _reserve_literal(self, size: int) -> bool:
+        """Reserve a literal's bytes in the process's budget (`max_literal_bytes_in_flight`)
+        until the command ends (`_release_literals`): whether they fit. A refused literal is
+        never read into memory: a synchronizing one is not sent (no "+"), a non-synchronizing
+        one is skipped."""
+        budget = self.server.literal_budget
+        if not budget.reserve(size):
+            log.warning(
+                "imap.literal_budget",
+                session=self.id,
+                size=size,
+                command_held=self._literal_bytes,
+                held=budget.held,
+                limit=budget.limit,
+            )
+            return False
+        self._literal_bytes += size
+        return True
+
+    def _release_literals(self) -> None:
+        self.server.literal_budget.release(self._literal_bytes)
+        self._literal_bytes = 0
 
     async def _skip(self, size: int, deadline: float) -> None:
         try:
@@ -443,6 +474,7 @@ class Session:
             log.exception("imap.server_bug", session=self.id)
             self.send(f"{tag} NO [SERVERBUG] Internal error\r\n".encode())
         finally:
+            self._release_literals()
             if timed is not None:
                 IMAP_COMMAND_SECONDS.labels(timed).observe(time.perf_counter() - started)
 
