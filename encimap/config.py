@@ -94,6 +94,8 @@ class IntakeConfig:
     offload_threshold: int = 256 * 1024
     timeout: float = 300.0  # seconds for one whole command, from the previous one
     data_timeout: float = 600.0  # seconds from DATA's 354 to the final dot
+    # DATA bytes held by all sessions of one process (0 = no limit); beyond, 452 4.3.1.
+    max_data_bytes_in_flight: int = 1024 * 1024 * 1024
     # Connection limits (encimap.service.connlimits); 0 = none.
     max_connections: int = 200
     max_connections_per_ip: int = 100
@@ -126,6 +128,8 @@ class SubmissionConfig:
     local_delivery: bool = False
     timeout: float = 300.0  # seconds for one whole command, from the previous one
     data_timeout: float = 600.0  # seconds from DATA's 354 to the final dot
+    # DATA bytes held by all sessions of one process (0 = no limit); beyond, 452 4.3.1.
+    max_data_bytes_in_flight: int = 1024 * 1024 * 1024
     # Refusals (4xx/5xx) one session may get before it is closed (0 = no limit).
     max_errors: int = 20
     # Connection limits (encimap.service.connlimits); 0 = none.
@@ -397,6 +401,19 @@ def _check_constraints(section: Any, prefix: str) -> None:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
     if prefix == "imap.":
         _check_imap(section)
+    if prefix in ("intake.", "submission."):
+        _check_budget(section, prefix, "max_data_bytes_in_flight", "max_message_size")
+
+
+def _check_budget(section: Any, prefix: str, budget: str, largest: str) -> None:
+    """A process's budget of bytes in flight (encimap.service.bytebudget) holds the largest
+    command's bytes."""
+    value, size = getattr(section, budget), getattr(section, largest)
+    if value != 0 and value < size:
+        raise ConfigError(
+            f"{prefix}{budget}: must be 0 (no limit) or at least {prefix}{largest} ({size}), "
+            f"got {value}"
+        )
 
 
 # The largest limit encimap.service.slots counts across processes (slots per key).
@@ -429,12 +446,7 @@ def _check_imap(section: IMAPConfig) -> None:
             "imap.max_literal_before_login: must be between 1 and imap.max_literal_size, "
             f"got {section.max_literal_before_login}"
         )
-    budget = section.max_literal_bytes_in_flight
-    if budget != 0 and budget < section.max_literal_size:
-        raise ConfigError(
-            "imap.max_literal_bytes_in_flight: must be 0 (no limit) or at least "
-            f"imap.max_literal_size ({section.max_literal_size}), got {budget}"
-        )
+    _check_budget(section, "imap.", "max_literal_bytes_in_flight", "max_literal_size")
 
 
 def listeners(value: str | list[str]) -> list[str]:

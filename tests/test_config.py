@@ -73,6 +73,14 @@ def test_same_database_for_both_urls_is_allowed(tmp_path: Path):
             "[imap]\nmax_literal_bytes_in_flight = 1000\n",
             "imap.max_literal_bytes_in_flight: must be 0",
         ),
+        (
+            "[intake]\nmax_data_bytes_in_flight = 1000\n",
+            "intake.max_data_bytes_in_flight: must be 0 .* at least intake.max_message_size",
+        ),
+        (
+            "[submission]\nmax_message_size = 2000\nmax_data_bytes_in_flight = 1999\n",
+            "submission.max_data_bytes_in_flight: must be 0",
+        ),
         ("[imap]\nmax_mailboxes = 0\n", "imap.max_mailboxes: must be at least 1"),
         ("[imap]\nmax_search_keys = 40000\n", "imap.max_search_keys: must be between 1 and"),
         ("[imap]\nworkers = 0\n", "imap.workers: must be at least 1"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from encimap import smtpdata
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -37,15 +39,18 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message too big")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6)")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+_code, _enhanced, _text = smtpdata.INSUFFICIENT_STORAGE.split(" ", 2)
+INSUFFICIENT_STORAGE = Reply(int(_code), _enhanced, _text)  # the DATA budget is spent
 
 # aiosmtpd's own replies for limits it enforces, in the form of the rest of ours.
 AIOSMTPD_REWRITES: dict[str, Reply] = {
     "552 Error: Too much mail data": MESSAGE_TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": LINE_TOO_LONG,
+    smtpdata.INSUFFICIENT_STORAGE: INSUFFICIENT_STORAGE,
 }
 # Replies aiosmtpd sends once at the end of DATA; LMTP needs one per accepted recipient.
-DATA_PHASE_REPLIES = frozenset({MESSAGE_TOO_BIG, LINE_TOO_LONG})
+DATA_PHASE_REPLIES = frozenset({MESSAGE_TOO_BIG, LINE_TOO_LONG, INSUFFICIENT_STORAGE})
 
 # RFC 2033 section 5: an LMTP server implements PIPELINING and ENHANCEDSTATUSCODES; the intake
 # announces both in SMTP mode too.

@@ -22,11 +22,11 @@ from encimap.config import Config, listeners
 from encimap.delivery.recipients import CertificateCache
 from encimap.imap import proxy
 from encimap.imap.cache import MessageCache
-from encimap.imap.literalbudget import LiteralBudget
 from encimap.imap.session import Session
 from encimap.logs import get_logger
 from encimap.metrics import IMAP_SESSIONS
 from encimap.service import slots, workers
+from encimap.service.bytebudget import ByteBudget
 from encimap.service.connlimits import ConnectionLimiter, Limits, Ticket, peer_ip
 from encimap.service.listeners import Sessions, bind
 from encimap.store import events
@@ -61,7 +61,7 @@ class Server:
         self.sessions = Sessions()
         self.cache = MessageCache()
         # literal bytes held by commands being read or run, in all sessions
-        self.literal_budget = LiteralBudget(config.imap.max_literal_bytes_in_flight)
+        self.literal_budget = ByteBudget(config.imap.max_literal_bytes_in_flight)
         # APPEND's certificates and OpenPGP keys, parsed once (as the intake's)
         self.certificates = CertificateCache()
         self.servers: list[asyncio.Server] = []

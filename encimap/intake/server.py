@@ -20,6 +20,7 @@ from aiosmtpd.smtp import Envelope
 from encimap import logs
 from encimap.delivery import replies
 from encimap.delivery.recipients import Target
+from encimap.service.bytebudget import ByteBudget
 from encimap.service.connlimits import ConnectionLimiter, Ticket, peer_ip
 from encimap.smtpaddress import StrictAddressParsing
 from encimap.smtpcodes import EnhancedStatusCodes
@@ -85,9 +86,11 @@ class IntakeProtocol(EnhancedStatusCodes, StrictAddressParsing, FastDataReading)
         connections: Connections,
         limiter: ConnectionLimiter,
         data_timeout: float = 0.0,
+        data_budget: ByteBudget | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        self.data_budget = data_budget
         self._connections = connections
         self._limiter = limiter
         self._ticket: Ticket | None = None

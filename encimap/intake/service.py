@@ -12,6 +12,7 @@ from encimap.delivery.certificates import CertificateCompleter
 from encimap.intake.handler import IntakeHandler
 from encimap.intake.server import Connections, IntakeLMTP, IntakeSMTP
 from encimap.service import Runtime, workers
+from encimap.service.bytebudget import ByteBudget
 from encimap.service.connlimits import ConnectionLimiter, Limits
 from encimap.service.listeners import bind
 
@@ -64,6 +65,7 @@ def protocol_factory(
 ):
     settings = config.intake
     limiter = ConnectionLimiter("intake", Limits.of(settings))
+    data_budget = ByteBudget(settings.max_data_bytes_in_flight)
     protocol = IntakeLMTP if settings.protocol == "lmtp" else IntakeSMTP
     proxy_timeout = PROXY_PROTOCOL_TIMEOUT if settings.proxy_protocol else None
 
@@ -73,6 +75,7 @@ def protocol_factory(
             connections=connections,
             limiter=limiter,
             data_timeout=settings.data_timeout,
+            data_budget=data_budget,
             data_size_limit=settings.max_message_size or None,
             enable_SMTPUTF8=True,
             hostname=hostname,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 
+from encimap import smtpdata
+
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure, try again later"
@@ -33,11 +35,18 @@ TIMEOUT = "421 4.4.2 Timeout, closing connection"
 LOGIN_TIMEOUT = "421 4.7.0 Login time limit exceeded, closing connection"
 
 # Replies that do not count towards `max_errors`: the server's own unavailability (a client
-# retrying through a database failover must not be cut off for it) and recipients over the
-# per-message limit (answered without the database).
+# retrying through a database failover must not be cut off for it, nor one whose DATA did not
+# fit in the process's budget) and recipients over the per-message limit (answered without
+# the database).
 NOT_CLIENT_ERRORS = tuple(
     reply.encode()
-    for reply in (TOO_MANY_RECIPIENTS, AUTH_UNAVAILABLE, UPSTREAM_UNAVAILABLE, DATABASE_UNAVAILABLE)
+    for reply in (
+        TOO_MANY_RECIPIENTS,
+        AUTH_UNAVAILABLE,
+        UPSTREAM_UNAVAILABLE,
+        DATABASE_UNAVAILABLE,
+        smtpdata.INSUFFICIENT_STORAGE,
+    )
 )
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, TLSSetupException, syntax
 
+from encimap.service.bytebudget import ByteBudget
 from encimap.service.connlimits import ConnectionLimiter, Ticket, peer_ip
 from encimap.smtpaddress import StrictAddressParsing
 from encimap.smtpcodes import EnhancedStatusCodes
@@ -54,6 +55,7 @@ class SubmissionServer(EnhancedStatusCodes, StrictAddressParsing, FastDataReadin
         data_timeout: float,
         max_errors: int = 0,
         limiter: ConnectionLimiter,
+        data_budget: ByteBudget | None = None,
         on_session: Callable[[asyncio.Task[None]], None],
     ) -> None:
         super().__init__(
@@ -70,6 +72,7 @@ class SubmissionServer(EnhancedStatusCodes, StrictAddressParsing, FastDataReadin
         self.max_errors = max_errors
         self.errors = 0
         self.data_timeout = data_timeout
+        self.data_budget = data_budget
         self._limiter = limiter
         self._ticket: Ticket | None = None
         self._on_session = on_session

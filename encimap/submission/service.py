@@ -12,6 +12,7 @@ from encimap.auth import engine_for
 from encimap.delivery.deliverer import Deliverer
 from encimap.delivery.recipients import CertificateCache
 from encimap.service import Runtime
+from encimap.service.bytebudget import ByteBudget
 from encimap.service.connlimits import ConnectionLimiter, Limits
 from encimap.service.listeners import Sessions, bind
 from encimap.submission.handler import Context, LocalDelivery, Settings, SubmissionHandler
@@ -40,6 +41,7 @@ class SubmissionService:
         self.sessions = Sessions()
         self.servers: list[asyncio.Server] = []
         self.limiter = ConnectionLimiter("submission", Limits.of(self.config))
+        self.data_budget = ByteBudget(self.config.max_data_bytes_in_flight)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -68,6 +70,7 @@ class SubmissionService:
             data_timeout=self.config.data_timeout,
             max_errors=self.config.max_errors,
             limiter=self.limiter,
+            data_budget=self.data_budget,
             on_session=self.sessions.add,
         )
 

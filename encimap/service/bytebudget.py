@@ -1,0 +1,27 @@
+"""The bytes of client data one process holds for all its sessions, in all.
+
+Each command's data is bounded on its own (a literal by `imap.max_literal_size`, a DATA by
+`max_message_size`); a budget bounds their sum over every session of the process:
+`imap.max_literal_bytes_in_flight` (a literal's size is reserved when it is announced, before
+"+") and `intake`/`submission.max_data_bytes_in_flight` (a DATA's bytes as they arrive, see
+encimap.smtpdata). A session gives its reservation back when the command has been answered or
+has ended in any other way (refused, aborted, the client gone)."""
+
+from __future__ import annotations
+
+
+class ByteBudget:
+    def __init__(self, limit: int) -> None:
+        """`limit`: bytes in all; 0 = no limit (reservations are still counted)."""
+        self.limit = limit
+        self.held = 0
+
+    def reserve(self, size: int) -> bool:
+        """Take `size` bytes if they fit: whether they did."""
+        if self.limit and self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.held -= size
