@@ -102,3 +102,59 @@ async def test_auth_role_may_use_the_counter(databases):
             await conn.execute("DELETE FROM send_counters")
     finally:
         await conn.close()
+
+
+BUDGET_USER, BUDGET_DOMAIN, BUDGET = "mb-budget", "budget.test", 200_000
+
+
+async def test_a_data_over_the_process_budget_is_452_and_not_a_client_error(
+    databases, tls_files, tls_ca
+):
+    """`submission.max_data_bytes_in_flight`: a DATA that does not fit next to one being
+    received is answered 452 4.3.1 and not relayed, without counting towards max_errors (1
+    here); once the other DATA has ended, its bytes are given back and the retry is relayed."""
+    await make_motorblock(databases, username=BUDGET_USER, password=PASSWORD, domain=BUDGET_DOMAIN)
+    sender = f"news@{BUDGET_DOMAIN}"
+    line = "x" * 98 + "\r\n"
+    first_data = message(sender, ["r1@x.test"], body=line * 1500)  # 150 000 bytes and more
+    second_data = message(sender, ["r2@x.test"], body=line * 1000)
+
+    def sessions(port: int) -> tuple[tuple[int, bytes], ...]:
+        with (
+            login(port, tls_ca, BUDGET_USER, PASSWORD) as first,
+            login(port, tls_ca, BUDGET_USER, PASSWORD) as second,
+        ):
+            first.docmd("MAIL", f"FROM:<{sender}>")
+            first.docmd("RCPT", "TO:<r1@x.test>")
+            assert first.docmd("DATA")[0] == 354
+            first.send(first_data[:120_000])  # held, no final dot yet
+            second.docmd("MAIL", f"FROM:<{sender}>")
+            second.docmd("RCPT", "TO:<r2@x.test>")
+            refused = second.data(second_data)
+            after = second.noop()  # max_errors = 1 would have closed the session
+            first.send(first_data[120_000:] + b".\r\n")
+            finished = first.getreply()
+            second.docmd("MAIL", f"FROM:<{sender}>")
+            second.docmd("RCPT", "TO:<r2@x.test>")
+            return refused, after, finished, second.data(second_data)
+
+    with sink() as (controller, handler):
+        cfg = make_config(
+            databases,
+            tls_files,
+            submission={
+                "listen": "127.0.0.1:0",
+                "relay": f"127.0.0.1:{controller.port}",
+                "max_message_size": BUDGET,
+                "max_data_bytes_in_flight": BUDGET,
+                "max_errors": 1,
+            },
+        )
+        async with submission(cfg) as service:
+            refused, after, finished, retried = await asyncio.to_thread(
+                sessions, starttls_port(service)
+            )
+    assert refused == (452, b"4.3.1 Insufficient system storage")
+    assert after[0] == 250
+    assert finished[0] == 250 and retried[0] == 250
+    assert [m.rcpt_tos for m in handler.messages] == [["r1@x.test"], ["r2@x.test"]]
