@@ -101,6 +101,13 @@ DB_RECONNECTS = Counter(
     ["database", "reason"],
     registry=REGISTRY,
 )
+BYTES_IN_FLIGHT = Gauge(
+    "encimap_bytes_in_flight",
+    "Client data (IMAP literals, SMTP/LMTP DATA) held by the commands being received or run, "
+    "per service; bounded by its max_*_bytes_in_flight.",
+    ["service"],
+    registry=REGISTRY,
+)
 DB_POOL_CONNECTIONS = Gauge(
     "encimap_db_pool_connections",
     "Connections of the service pools, per database, role and state (open, idle).",

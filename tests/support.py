@@ -17,6 +17,7 @@ import asyncpg
 
 from encimap import config as config_module
 from encimap.auth.passwords import hash_password
+from encimap.metrics import REGISTRY
 from encimap.pgcluster import LocalCluster, prepare_databases
 from encimap.store import credentials, platform, vaultboxes
 
@@ -191,3 +192,8 @@ async def make_vaultbox(
         return DemoVaultbox(box, username, password)
     finally:
         await conn.close()
+
+
+def bytes_in_flight(service: str) -> float:
+    """encimap_bytes_in_flight{service} of the services running in this process."""
+    return REGISTRY.get_sample_value("encimap_bytes_in_flight", {"service": service}) or 0.0

@@ -5,6 +5,8 @@ recipient; when the other DATA has ended, its bytes are given back and the retry
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.intake_support import (
     LMTPClient,
     add_certificate,
@@ -14,7 +16,7 @@ from tests.intake_support import (
     running_intake,
     stored_messages,
 )
-from tests.support import make_vaultbox
+from tests.support import bytes_in_flight, make_vaultbox
 
 BUDGET = 200_000
 
@@ -36,6 +38,7 @@ async def test_a_data_over_the_process_budget_is_refused_until_the_other_ends(da
     recipients = ["db1@vault.test", "db2@vault.test"]
     first_data = dot_stuff(message("first", 150_000))
     second_data = message("second", 100_000)
+    held_before = bytes_in_flight("intake")
     async with running_intake(cfg):
         first = await LMTPClient.connect(port_of(cfg))
         second = await LMTPClient.connect(port_of(cfg))
@@ -47,6 +50,11 @@ async def test_a_data_over_the_process_budget_is_refused_until_the_other_ends(da
             half = len(first_data) // 2 + 30_000  # 105 000 bytes held, no final dot yet
             first.writer.write(first_data[:half])
             await first.writer.drain()
+            for _ in range(1000):  # until the intake has read (and holds) all of it
+                if bytes_in_flight("intake") >= held_before + half:
+                    break
+                await asyncio.sleep(0.01)
+            assert bytes_in_flight("intake") == held_before + half
 
             await second.command("LHLO client.test")
             _, refused = await second.transaction("a@sender.test", recipients, second_data)
@@ -71,3 +79,4 @@ async def test_a_data_over_the_process_budget_is_refused_until_the_other_ends(da
             if box is boxes[0]
             else ["<second@sender.test>"]
         )
+    assert bytes_in_flight("intake") == held_before  # all given back

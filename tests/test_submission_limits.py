@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import asyncpg
 import pytest
 
 from encimap.store import sending
 from tests.submission_helpers import login, message, sink, starttls_port, submission
-from tests.support import make_config, make_motorblock
+from tests.support import bytes_in_flight, make_config, make_motorblock
 
 USER, PASSWORD, DOMAIN, LIMIT = "mb-limited", "limited-pw", "limited.test", 5
 SENDER = f"news@{DOMAIN}"
@@ -128,6 +129,10 @@ async def test_a_data_over_the_process_budget_is_452_and_not_a_client_error(
             first.docmd("RCPT", "TO:<r1@x.test>")
             assert first.docmd("DATA")[0] == 354
             first.send(first_data[:120_000])  # held, no final dot yet
+            for _ in range(1000):  # until the service has read (and holds) all of it
+                if bytes_in_flight("submission") >= held_before + 120_000:
+                    break
+                time.sleep(0.01)
             second.docmd("MAIL", f"FROM:<{sender}>")
             second.docmd("RCPT", "TO:<r2@x.test>")
             refused = second.data(second_data)
@@ -138,6 +143,7 @@ async def test_a_data_over_the_process_budget_is_452_and_not_a_client_error(
             second.docmd("RCPT", "TO:<r2@x.test>")
             return refused, after, finished, second.data(second_data)
 
+    held_before = bytes_in_flight("submission")
     with sink() as (controller, handler):
         cfg = make_config(
             databases,
@@ -158,3 +164,4 @@ async def test_a_data_over_the_process_budget_is_452_and_not_a_client_error(
     assert after[0] == 250
     assert finished[0] == 250 and retried[0] == 250
     assert [m.rcpt_tos for m in handler.messages] == [["r1@x.test"], ["r2@x.test"]]
+    assert bytes_in_flight("submission") == held_before

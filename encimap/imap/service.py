@@ -61,7 +61,7 @@ class Server:
         self.sessions = Sessions()
         self.cache = MessageCache()
         # literal bytes held by commands being read or run, in all sessions
-        self.literal_budget = ByteBudget(config.imap.max_literal_bytes_in_flight)
+        self.literal_budget = ByteBudget(config.imap.max_literal_bytes_in_flight, "imap")
         # APPEND's certificates and OpenPGP keys, parsed once (as the intake's)
         self.certificates = CertificateCache()
         self.servers: list[asyncio.Server] = []

@@ -65,7 +65,7 @@ def protocol_factory(
 ):
     settings = config.intake
     limiter = ConnectionLimiter("intake", Limits.of(settings))
-    data_budget = ByteBudget(settings.max_data_bytes_in_flight)
+    data_budget = ByteBudget(settings.max_data_bytes_in_flight, "intake")
     protocol = IntakeLMTP if settings.protocol == "lmtp" else IntakeSMTP
     proxy_timeout = PROXY_PROTOCOL_TIMEOUT if settings.proxy_protocol else None
 

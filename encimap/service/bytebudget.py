@@ -9,19 +9,25 @@ has ended in any other way (refused, aborted, the client gone)."""
 
 from __future__ import annotations
 
+from encimap.metrics import BYTES_IN_FLIGHT
+
 
 class ByteBudget:
-    def __init__(self, limit: int) -> None:
-        """`limit`: bytes in all; 0 = no limit (reservations are still counted)."""
+    def __init__(self, limit: int, service: str) -> None:
+        """`limit`: bytes in all; 0 = no limit (reservations are still counted). What is held
+        shows in encimap_bytes_in_flight{service}."""
         self.limit = limit
         self.held = 0
+        self._shown = BYTES_IN_FLIGHT.labels(service)
 
     def reserve(self, size: int) -> bool:
         """Take `size` bytes if they fit: whether they did."""
         if self.limit and self.held + size > self.limit:
             return False
         self.held += size
+        self._shown.inc(size)
         return True
 
     def release(self, size: int) -> None:
         self.held -= size
+        self._shown.dec(size)

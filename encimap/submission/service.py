@@ -41,7 +41,7 @@ class SubmissionService:
         self.sessions = Sessions()
         self.servers: list[asyncio.Server] = []
         self.limiter = ConnectionLimiter("submission", Limits.of(self.config))
-        self.data_budget = ByteBudget(self.config.max_data_bytes_in_flight)
+        self.data_budget = ByteBudget(self.config.max_data_bytes_in_flight, "submission")
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
