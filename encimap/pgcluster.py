@@ -75,6 +75,10 @@ class LocalCluster:
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [str(server_bindir() / args[0]), *args[1:]]
         if self._as_root:
+            if self.datadir.exists():
+                # a parent may have been closed since the last command (pytest makes its
+                # temporary root 0700 whenever a session starts)
+                _open_path_for(self.datadir)
             command = ["runuser", "-u", SERVICE_USER, "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if check and result.returncode != 0:
@@ -88,7 +92,6 @@ class LocalCluster:
     def init(self) -> None:
         self.datadir.mkdir(parents=True, exist_ok=True)
         if self._as_root:
-            _open_path_for(self.datadir)
             shutil.chown(self.datadir, SERVICE_USER, SERVICE_USER)
         self.datadir.chmod(0o700)
         self._run(
@@ -106,10 +109,6 @@ class LocalCluster:
     def start(self) -> None:
         if not self.initialised:
             self.init()
-        elif self._as_root:
-            # a parent may have been closed again since init (pytest makes its temporary root
-            # 0700 whenever a session starts)
-            _open_path_for(self.datadir)
         self.port = self.port or free_port()
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 "

@@ -22,10 +22,11 @@ def test_free_port_is_bindable_and_outside_the_ephemeral_range():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the server user's path rights matter as root")
-def test_a_cluster_starts_again_after_a_parent_was_closed(tmp_path: Path):
+def test_a_cluster_starts_and_stops_after_a_parent_was_closed(tmp_path: Path):
     """As root the server runs as `postgres`; `encimap dev` starts an existing cluster again.
     pytest makes its temporary root 0700 whenever a session starts, and an operator may close
-    a parent too: the second start must open the path again, not fail with EACCES."""
+    a parent too: the next start, or stop, must open the path again, not fail with EACCES (a
+    failed stop left the cluster running)."""
     parent = tmp_path / "closed"
     cluster = LocalCluster(parent / "pg")
     cluster.start()
@@ -33,6 +34,17 @@ def test_a_cluster_starts_again_after_a_parent_was_closed(tmp_path: Path):
     parent.chmod(0o700)
     try:
         cluster.start()
-        assert cluster.running
+        postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+        parent.chmod(0o700)
     finally:
         cluster.stop()
+    assert not _alive(postmaster)  # not `running`: pg_ctl status fails alike
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended (a zombie waits for its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
