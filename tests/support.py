@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import pty
 import subprocess
@@ -190,6 +191,19 @@ async def make_vaultbox(
             await conn.execute("UPDATE vaultboxes SET status = $2 WHERE id = $1", box.id, status)
             box = dataclasses.replace(box, status=status)
         return DemoVaultbox(box, username, password)
+    finally:
+        await conn.close()
+
+
+async def set_limits(databases: Databases, vaultbox_id: Any, limits: dict[str, Any]) -> None:
+    """The vaultbox's `limits` (as the platform sets them: quota, sending limit...)."""
+    conn = await databases.connect()
+    try:
+        await conn.execute(
+            "UPDATE vaultboxes SET limits = $2::jsonb WHERE id = $1",
+            vaultbox_id,
+            json.dumps(limits),
+        )
     finally:
         await conn.close()
 

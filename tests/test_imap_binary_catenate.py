@@ -5,7 +5,6 @@ again with `openssl cms`, bad URLs, limits, and Dovecot as the oracle for BINARY
 from __future__ import annotations
 
 import base64
-import json
 import re
 import subprocess
 import tracemalloc
@@ -27,6 +26,7 @@ from tests.imap_support import (
     store,
 )
 from tests.intake_support import openssl_decrypt
+from tests.support import set_limits
 
 BINARY_PART = b"\x00\xed\r\n\x01binary\rpart\n\xff" * 40
 
@@ -364,15 +364,7 @@ async def test_catenate_counts_against_the_quota(databases, cfg, tls_ca, tmp_pat
     box = await make_box(databases, "catenate-quota@example.test", tmp_path)
     source = encrypt_for(box, plain_message(1, size=1000))
     inserted = await store(databases, box, source)
-    conn = await databases.connect()
-    try:
-        await conn.execute(
-            "UPDATE vaultboxes SET limits = $2::jsonb WHERE id = $1",
-            box.id,
-            json.dumps({"max_bytes": 3 * len(source) + 100}),
-        )
-    finally:
-        await conn.close()
+    await set_limits(databases, box.id, {"max_bytes": 3 * len(source) + 100})
     url = f"/INBOX/;UID={inserted.uid}"
     async with running_imap(cfg):
         client = await _session(cfg, box, tls_ca)

@@ -7,7 +7,6 @@ return must be what the server holds."""
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 
 import pytest
@@ -24,6 +23,7 @@ from tests.imap_support import (
     store_mail,
 )
 from tests.intake_support import openssl_decrypt
+from tests.support import set_limits
 
 imapclient = pytest.importorskip("imapclient", reason="IMAPClient is not installed")
 
@@ -123,15 +123,7 @@ async def test_imapclient_parses_every_reply_of_a_sync_walk_through(
     stored.append(encrypt_for(box, _reply(5, 4)))
     for body in stored[-2:]:
         await store(databases, box, body)
-    conn = await databases.connect()
-    try:
-        await conn.execute(
-            "UPDATE vaultboxes SET limits = $2::jsonb WHERE id = $1",
-            box.id,
-            json.dumps({"max_messages": 100, "max_bytes": 1_048_576}),
-        )
-    finally:
-        await conn.close()
+    await set_limits(databases, box.id, {"max_messages": 100, "max_bytes": 1_048_576})
     cfg = imap_config(databases, tls_files)
     starttls_port, tls_port = ports(cfg)
     context = client_context(tls_ca)

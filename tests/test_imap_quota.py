@@ -3,8 +3,6 @@ APPEND beyond a limit NO [OVERQUOTA] (as delivery is refused beyond it)."""
 
 from __future__ import annotations
 
-import json
-
 from tests.imap_support import (
     RawClient,
     encrypt_for,
@@ -15,6 +13,7 @@ from tests.imap_support import (
     running_imap,
     store,
 )
+from tests.support import set_limits
 
 
 async def _append(client: RawClient, *bodies: bytes) -> bytes:
@@ -31,15 +30,7 @@ async def test_quota_from_the_vaultbox_limits(databases, tls_files, tls_ca, tmp_
     stored = encrypt_for(box, plain_message(1))
     await store(databases, box, stored)
     await store(databases, box, stored, mailbox="Trash")
-    conn = await databases.connect()
-    try:
-        await conn.execute(
-            "UPDATE vaultboxes SET limits = $2::jsonb WHERE id = $1",
-            box.id,
-            json.dumps({"max_messages": 3, "max_bytes": 1_048_576}),
-        )
-    finally:
-        await conn.close()
+    await set_limits(databases, box.id, {"max_messages": 3, "max_bytes": 1_048_576})
     cfg = imap_config(databases, tls_files)
     async with running_imap(cfg):
         client = await RawClient.connect(ports(cfg)[1], tls_ca)
