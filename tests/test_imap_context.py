@@ -196,6 +196,12 @@ async def test_updates_follow_another_sessions_flags_deliveries_and_expunges(
         # the results as kept match a fresh search
         reply = await watcher.command("g", "UID SORT RETURN (ALL) (REVERSE ARRIVAL) UTF-8 FLAGGED")
         assert reply[0] == b'* ESEARCH (TAG "g") UID ALL 6,1\r\n', reply
+
+        # and so does the \Seen its own FETCH sets
+        reply = await watcher.command("h", "SEARCH RETURN (UPDATE) SEEN")
+        assert reply[0] == b'* ESEARCH (TAG "h")\r\n', reply
+        reply = await watcher.command("i", "FETCH 2 BODY[HEADER.FIELDS (X-NONE)]")
+        assert _esearch(reply) == [b'* ESEARCH (TAG "h") ADDTO (0 2)\r\n'], reply
         for client in (watcher, changer):
             await client.close()
 

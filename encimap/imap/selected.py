@@ -356,9 +356,7 @@ class Selected:
         elif event.kind == events.RESYNC or event.uids is None:
             self._resync = True
         elif event.origin == self.session_id:
-            if self.observer is not None and event.kind == events.FLAGS:
-                self.observer.changed(event.uids)
-            return
+            return  # reported with the command that made it (`flags_changed_here`)
         elif event.kind == events.FLAGS:
             self._flags.update(event.uids)
         elif event.kind == events.EXPUNGE:
@@ -367,6 +365,13 @@ class Selected:
             self.waker()
         else:
             self.changed.set()
+
+    def flags_changed_here(self, uids: Iterable[int]) -> None:
+        """This session changed these messages' flags (STORE, FETCH setting \\Seen): its
+        contexts (RFC 5267) are updated with the command's reply. Its own NOTIFY may come back
+        only after that reply, since the events barrier starts when the command arrives."""
+        if self.observer is not None:
+            self.observer.changed(uids)
 
     def expect_new(self) -> None:
         """This session added messages here (APPEND, COPY): report them with its reply rather

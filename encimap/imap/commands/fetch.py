@@ -135,6 +135,7 @@ async def _fetch(session: Session, reader: Reader, *, by_uid: bool) -> str:
                 origin=session.id,
             )
         seen = stored.changed
+        selected.flags_changed_here(uid for uid, _current, _modseq in seen)
         if not any(item.name == "FLAGS" for item in items):
             items = [*items, FetchItem("FLAGS")]
     names = [item.name for item in items]

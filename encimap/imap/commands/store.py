@@ -84,6 +84,7 @@ async def _store(session: Session, reader: Reader, *, by_uid: bool) -> str:
             unchanged_since=unchanged_since,
         )
     changed = stored.changed
+    selected.flags_changed_here(uid for uid, _current, _modseq in changed)
     for line in selected.announce([*flags, *(f for _uid, current, _m in changed for f in current)]):
         session.send(line)
     for uid, current, modseq in changed:
