@@ -141,10 +141,15 @@ class PrivatePostfix:
             timeout=30,
             check=False,
         )
-        # master waits for its children; give it a moment before the directory goes.
+        # master waits for its children; give it a moment before the directory goes. It
+        # leaves master.pid behind, so wait for the process, not the file.
         pid_file = self.base / "queue" / "pid" / "master.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
         deadline = time.monotonic() + 10
-        while pid_file.exists() and time.monotonic() < deadline:
+        while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
 
     def cleanup(self) -> None:
@@ -168,3 +173,13 @@ class PrivatePostfix:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
         self.cleanup()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
