@@ -193,7 +193,7 @@ async def test_submission_login_phase_has_a_total_time_budget(
     databases, tls_files, tls_ca, motorblock
 ):
     """A slowloris that keeps every read alive (and even sends valid commands) is cut off."""
-    async with limited_submission(databases, tls_files, login_timeout=1.0) as (svc, _):
+    async with limited_submission(databases, tls_files, login_timeout=2.0) as (svc, _):
         port = starttls_port(svc)
         slow = await Raw.connect(port)
         assert (await slow.line()).startswith(b"220 ")
@@ -205,7 +205,7 @@ async def test_submission_login_phase_has_a_total_time_budget(
         # A logged-in session is not bound by it.
         client = await asyncio.to_thread(login, port, tls_ca, USER, PASSWORD)
         try:
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(2.5)
             assert (await asyncio.to_thread(client.noop))[0] == 250
         finally:
             client.close()

@@ -99,7 +99,7 @@ async def _after_recent(client: RawClient) -> bool:
     """Whether the session reports a RECENT count (the one that has the new message as
     \\Recent does, right after EXISTS); reads that line if so."""
     try:
-        line = await asyncio.wait_for(client.reader.readline(), 0.5)
+        line = await asyncio.wait_for(client.reader.readline(), 2)
     except TimeoutError:
         return False
     assert line.startswith(b"* ") and line.endswith(b" RECENT\r\n"), line

@@ -150,9 +150,11 @@ async def test_workers_share_the_port(databases, vaultbox, tmp_path):
     port = free_port()
     proc = start_intake(databases, tmp_path, port, workers=2)
     try:
-        await asyncio.sleep(1)  # the worker announces itself after the parent listens
+        # the parent listens first: wait until its worker does too (its log goes to the
+        # same file), or every connection may reach the parent
         deadline = time.monotonic() + 30
-        while not children(proc.pid) and time.monotonic() < deadline:
+        while len(log_entries(tmp_path, "intake.listening")) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "worker did not listen"
             await asyncio.sleep(0.1)
         workers = children(proc.pid)
         assert len(workers) == 1
