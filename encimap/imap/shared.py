@@ -44,8 +44,7 @@ def note(mailbox_id: int, event: object) -> None:
     entry = _mailboxes.get(mailbox_id)
     if entry is not None and event is not entry[1]:
         entry[1] = event
-        entry[2] += 1
-        entry[3] = {}
+        _next_generation(entry)
 
 
 def written(mailbox_id: int) -> None:
@@ -54,8 +53,13 @@ def written(mailbox_id: int) -> None:
     after it."""
     entry = _mailboxes.get(mailbox_id)
     if entry is not None:
-        entry[2] += 1
-        entry[3] = {}
+        _next_generation(entry)
+
+
+def _next_generation(entry: list[Any]) -> None:
+    """Reads begun from now on are not joined with earlier ones; kept answers are dropped."""
+    entry[2] += 1
+    entry[3] = {}
 
 
 async def read(mailbox_id: int, question: Hashable, query: Callable[[], Awaitable[Any]]) -> Any:
